@@ -1,0 +1,92 @@
+//! The command line: `serve`, `check-config`, `tail`, `sign`, `spool`.
+
+mod check;
+mod sign;
+mod spool;
+mod tail;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Receives Eduzz and Toolzz webhooks, answers at once, and republishes every event to Kafka.
+#[derive(Debug, Parser)]
+#[command(name = "eduzz-kafka-bridge", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML). Every key can be overridden by EKB__SECTION__KEY variables.
+    #[arg(long, short, global = true, env = "EKB_CONFIG", default_value = "config/default.toml")]
+    pub config: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bridge (with no kafka.brokers set, on an embedded development broker).
+    Serve,
+    /// Validate a configuration and print the routing table of the known slugs.
+    CheckConfig {
+        /// File to check (default: --config).
+        file: Option<PathBuf>,
+    },
+    /// Print the events of a topic: one JSON line each, with key, headers and value.
+    Tail(tail::TailArgs),
+    /// Print the x-signature header value for a body (to try the bridge with curl).
+    Sign(sign::SignArgs),
+    /// Inspect or empty the spool (only while the bridge is stopped).
+    #[command(subcommand)]
+    Spool(spool::SpoolCommand),
+}
+
+/// Runs the parsed command; returns the process exit code.
+pub fn run(cli: Cli) -> i32 {
+    let result = match cli.command {
+        Command::Serve => serve(&cli.config),
+        Command::CheckConfig { file } => check::run(file.as_deref().unwrap_or(&cli.config)),
+        Command::Tail(args) => tail::run(args),
+        Command::Sign(args) => sign::run(args),
+        Command::Spool(cmd) => spool::run(&cli.config, cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Settings> {
+    crate::config::Settings::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
+    let settings = load(config)?;
+    crate::telemetry::init(&settings.log);
+    runtime()?.block_on(async move {
+        let app = crate::app::Application::build(settings).await?;
+        let stop = app.stop_handle();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.stop();
+        });
+        app.run_until_stopped().await?;
+        Ok(0)
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}

@@ -1,0 +1,103 @@
+//! The admin endpoints: `/healthz`, `/readyz`, `/metrics`, on their own listener.
+//!
+//! Liveness says only that the process answers. Readiness says whether a load balancer
+//! should send webhooks here: Kafka reachable (or, in `spooled` mode, room left in the
+//! spool, since the spool absorbs an outage) and no backpressure.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use http::{header, HeaderValue, Method, Request, StatusCode};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::answer::{self, Answer};
+use crate::metrics::{GaugeValues, Metrics};
+use crate::publish::drain::DrainGauges;
+use crate::publish::Publisher;
+use crate::spool::Spool;
+
+/// What the admin endpoints read.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub publisher: Publisher,
+    pub spool: Option<Spool>,
+    pub drain: Arc<DrainGauges>,
+}
+
+/// Paths served by the admin listener.
+pub const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+impl AdminState {
+    /// Whether this instance should get traffic, and why not.
+    pub fn readiness(&self) -> (bool, serde_json::Value) {
+        let kafka = self.publisher.health().is_reachable();
+        let spool_full = self.spool.as_ref().is_some_and(|s| s.is_full());
+        // With a spool, an outage is absorbed until the spool fills; without one, a request
+        // can only be taken while Kafka answers.
+        let ready = !spool_full && (kafka || self.spool.is_some());
+        (
+            ready,
+            json!({
+                "ready": ready,
+                "kafka": if kafka { "reachable" } else { "unreachable" },
+                "spool": match &self.spool {
+                    None => "disabled",
+                    Some(_) if spool_full => "full",
+                    Some(_) => "ok",
+                },
+            }),
+        )
+    }
+
+    async fn gauges(&self) -> GaugeValues {
+        let (depth, bytes, age) = match &self.spool {
+            Some(s) => {
+                let st = s.stats();
+                let age = s.oldest_age().await.map(|d| d.as_secs_f64()).unwrap_or(0.0);
+                (Some(st.depth), Some(st.bytes), Some(age))
+            }
+            None => (None, None, None),
+        };
+        GaugeValues {
+            spool_depth: depth,
+            spool_bytes: bytes,
+            spool_oldest_age_seconds: age,
+            producer_queue: self.publisher.queue_depth() as i64,
+            kafka_reachable: self.publisher.health().is_reachable(),
+            parked: self.drain.parked.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Handles one request on the admin listener.
+pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Answer {
+    let path = req.uri().path();
+    if !ADMIN_PATHS.contains(&path) {
+        return answer::error(StatusCode::NOT_FOUND, "not_found", "try /healthz, /readyz or /metrics");
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return answer::method_not_allowed("GET");
+    }
+    match path {
+        "/healthz" => answer::json(StatusCode::OK, json!({"status": "ok"})),
+        "/readyz" => {
+            let (ready, body) = state.readiness();
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            answer::json(status, body)
+        }
+        _ => {
+            let text = state.metrics.render(state.gauges().await);
+            let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
+        }
+    }
+}

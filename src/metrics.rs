@@ -1,0 +1,202 @@
+//! Prometheus metrics, served on the admin listener at `/metrics`.
+//!
+//! Counters and histograms are updated where things happen; the gauges that describe state
+//! owned elsewhere (spool depth, producer queue, Kafka reachability) are sampled when
+//! scraped ([`GaugeValues`]), so no module has to push them.
+
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub source: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: String,
+    pub slug: String,
+    /// accepted, published, duplicate, dropped, ping
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthLabels {
+    pub source: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+/// State sampled at scrape time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GaugeValues {
+    pub spool_depth: Option<u64>,
+    pub spool_bytes: Option<u64>,
+    pub spool_oldest_age_seconds: Option<f64>,
+    pub producer_queue: i64,
+    pub kafka_reachable: bool,
+    pub parked: u64,
+}
+
+/// All metrics of one bridge process.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: Family<RequestLabels, Counter>,
+    pub events: Family<EventLabels, Counter>,
+    pub published: Family<TopicLabels, Counter>,
+    pub publish_errors: Family<ErrorLabels, Counter>,
+    pub dead_lettered: Counter,
+    pub signature_failures: Family<AuthLabels, Counter>,
+    pub dedupe_hits: Family<SourceLabels, Counter>,
+    pub publish_latency: Histogram,
+    pub request_duration: Histogram,
+    spool_depth: Gauge,
+    spool_bytes: Gauge,
+    spool_oldest_age: Gauge<f64, AtomicU64>,
+    producer_queue: Gauge,
+    kafka_reachable: Gauge,
+    parked: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("eduzz_bridge");
+        let m = Metrics {
+            http_requests: Family::default(),
+            events: Family::default(),
+            published: Family::default(),
+            publish_errors: Family::default(),
+            dead_lettered: Counter::default(),
+            signature_failures: Family::default(),
+            dedupe_hits: Family::default(),
+            publish_latency: Histogram::new(
+                [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+            ),
+            request_duration: Histogram::new(
+                [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
+            ),
+            spool_depth: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_oldest_age: Gauge::default(),
+            producer_queue: Gauge::default(),
+            kafka_reachable: Gauge::default(),
+            parked: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("http_requests", "Webhook requests by source and HTTP status", m.http_requests.clone());
+        registry.register("events", "Events by source, slug and outcome", m.events.clone());
+        registry.register("published", "Messages confirmed by Kafka, by topic", m.published.clone());
+        registry.register("publish_errors", "Delivery failures reported by Kafka, by error", m.publish_errors.clone());
+        registry.register("dead_lettered", "Messages sent to the dead-letter topic", m.dead_lettered.clone());
+        registry.register("signature_failures", "Deliveries refused by authentication, by source and reason", m.signature_failures.clone());
+        registry.register("dedupe_hits", "Deliveries recognised as already accepted", m.dedupe_hits.clone());
+        registry.register_with_unit(
+            "publish_latency",
+            "Time from receiving an event to Kafka confirming it",
+            prometheus_client::registry::Unit::Seconds,
+            m.publish_latency.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time to answer a webhook request",
+            prometheus_client::registry::Unit::Seconds,
+            m.request_duration.clone(),
+        );
+        registry.register("spool_depth", "Events in the spool waiting for Kafka", m.spool_depth.clone());
+        registry.register_with_unit("spool", "Bytes of events in the spool", prometheus_client::registry::Unit::Bytes, m.spool_bytes.clone());
+        registry.register_with_unit(
+            "spool_oldest_age",
+            "Age of the oldest event in the spool",
+            prometheus_client::registry::Unit::Seconds,
+            m.spool_oldest_age.clone(),
+        );
+        registry.register("producer_queue_depth", "Messages handed to the producer and not yet confirmed", m.producer_queue.clone());
+        registry.register("kafka_reachable", "1 when Kafka answers, 0 during an outage", m.kafka_reachable.clone());
+        registry.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", m.parked.clone());
+        Metrics { registry, ..m }
+    }
+
+    /// Renders every metric in the Prometheus text format, sampling `values` first.
+    pub fn render(&self, values: GaugeValues) -> String {
+        self.spool_depth.set(values.spool_depth.unwrap_or(0) as i64);
+        self.spool_bytes.set(values.spool_bytes.unwrap_or(0) as i64);
+        self.spool_oldest_age.set(values.spool_oldest_age_seconds.unwrap_or(0.0));
+        self.producer_queue.set(values.producer_queue);
+        self.kafka_reachable.set(values.kafka_reachable as i64);
+        self.parked.set(values.parked as i64);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn event(&self, source: &str, slug: &str, outcome: &'static str) {
+        self.events
+            .get_or_create(&EventLabels {
+                source: source.to_string(),
+                slug: slug.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_prometheus_conventions() {
+        let m = Metrics::new();
+        m.event("eduzz", "nutror.lesson_started", "accepted");
+        m.http_requests
+            .get_or_create(&RequestLabels {
+                source: "eduzz".into(),
+                status: 202,
+            })
+            .inc();
+        m.publish_latency.observe(0.002);
+        let text = m.render(GaugeValues {
+            spool_depth: Some(3),
+            kafka_reachable: true,
+            ..Default::default()
+        });
+        for needle in [
+            "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"202\"} 1",
+            "eduzz_bridge_events_total{source=\"eduzz\",slug=\"nutror.lesson_started\",outcome=\"accepted\"} 1",
+            "eduzz_bridge_publish_latency_seconds_bucket",
+            "eduzz_bridge_spool_depth 3",
+            "eduzz_bridge_kafka_reachable 1",
+            "eduzz_bridge_spool_bytes 0",
+        ] {
+            assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Secrets in the configuration: a literal, `env:NAME` or `file:/path`.
+//!
+//! A [`Secret`] never prints its value: `Debug` and `Display` show only where it comes from,
+//! so a secret can't leak through a log line, a panic message or `check-config` output.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer};
+
+/// Where a secret's value comes from, as written in the config.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret {
+    spec: String,
+}
+
+impl Secret {
+    pub fn literal(value: impl Into<String>) -> Self {
+        Self { spec: value.into() }
+    }
+
+    /// Where the value comes from, safe to print (`env:EDUZZ_SECRET`, `file:/run/…`, `literal`).
+    pub fn origin(&self) -> String {
+        if self.spec.starts_with("env:") || self.spec.starts_with("file:") {
+            self.spec.clone()
+        } else {
+            "literal".into()
+        }
+    }
+
+    /// Reads the value now; the error names the origin, never the value.
+    pub fn resolve(&self) -> Result<Vec<u8>, String> {
+        let value = if let Some(name) = self.spec.strip_prefix("env:") {
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+        } else if let Some(path) = self.spec.strip_prefix("file:") {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {path}: {e}"))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        } else {
+            self.spec.clone()
+        };
+        if value.is_empty() {
+            return Err(format!("secret from {} is empty", self.origin()));
+        }
+        Ok(value.into_bytes())
+    }
+
+    /// Whether the value can be read (used when validating the config).
+    pub fn check(&self) -> Result<(), String> {
+        self.resolve().map(|_| ())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({})", self.origin())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.origin())
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret {
+            spec: String::deserialize(d)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_display_never_show_the_value() {
+        let s = Secret::literal("hunter2");
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+        assert_eq!(s.resolve().unwrap(), b"hunter2");
+    }
+
+    #[test]
+    fn env_and_file_secrets_resolve() {
+        std::env::set_var("EKB_TEST_SECRET_RESOLVE", "from-env");
+        let s = Secret::literal("env:EKB_TEST_SECRET_RESOLVE");
+        assert_eq!(s.resolve().unwrap(), b"from-env");
+        assert_eq!(s.origin(), "env:EKB_TEST_SECRET_RESOLVE");
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "from-file\n").unwrap();
+        let s = Secret::literal(format!("file:{}", path.display()));
+        assert_eq!(s.resolve().unwrap(), b"from-file");
+    }
+
+    #[test]
+    fn a_missing_env_var_is_named() {
+        let s = Secret::literal("env:EKB_TEST_SECRET_SURELY_UNSET");
+        let err = s.resolve().unwrap_err();
+        assert!(err.contains("EKB_TEST_SECRET_SURELY_UNSET"));
+    }
+}

@@ -1,0 +1,312 @@
+//! The durable spool: where an event waits between "acknowledged" and "on Kafka".
+//!
+//! In `spooled` mode a request is answered 2xx only after its message is in the spool *and*
+//! the spool's transaction is fsynced. One writer thread owns all writes and batches
+//! whatever arrived while the previous commit was syncing (group commit): under load, many
+//! requests share one fsync, so durability costs latency per batch, not per request.
+//!
+//! The spool is also the memory of what was already accepted (dedupe): the check and the
+//! insert happen inside the same transaction, so two copies of one delivery racing each other
+//! cannot both get in, and a restart forgets nothing.
+//!
+//! Readers (the [`drain`](crate::publish::drain) that publishes, and the `spool` CLI) read
+//! committed entries concurrently; they learn of new ones through [`Spool::subscribe`].
+
+pub mod store;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redb::Database;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{DedupeSettings, SpoolSettings};
+use crate::message::{unix_ms, Message};
+pub use store::{AppendOutcome, Entry};
+
+/// Most requests committed in one transaction.
+const MAX_BATCH: usize = 4096;
+/// Most bytes committed in one transaction (a batch stops growing past this).
+const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
+
+/// Why an append did not make it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    #[error("the spool is full")]
+    Full,
+    #[error("spool storage failed: {0}")]
+    Storage(String),
+    #[error("the spool is closed")]
+    Closed,
+}
+
+/// What became of an accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// Durably stored under this sequence number.
+    Stored(u64),
+    /// Its (source, event id) was accepted before, within the dedupe window.
+    Duplicate,
+}
+
+/// Live figures, updated after every commit.
+#[derive(Debug, Default)]
+pub struct SpoolGauges {
+    pub depth: AtomicU64,
+    pub bytes: AtomicU64,
+    pub full: AtomicBool,
+    pub dedupe_entries: AtomicU64,
+}
+
+/// A point-in-time copy of the spool's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolStats {
+    pub depth: u64,
+    pub bytes: u64,
+    pub max_bytes: u64,
+    pub dedupe_entries: u64,
+}
+
+enum Command {
+    Append {
+        encoded: Vec<u8>,
+        dedupe_key: Option<String>,
+        received_at_ms: u64,
+        reply: oneshot::Sender<Result<Appended, SpoolError>>,
+    },
+    Delete {
+        seqs: Vec<u64>,
+        reply: Option<oneshot::Sender<Result<(), SpoolError>>>,
+    },
+}
+
+/// Handle to the spool; cheap to clone. The writer thread ends when the last handle goes.
+#[derive(Clone)]
+pub struct Spool {
+    tx: mpsc::Sender<Command>,
+    db: Arc<Database>,
+    gauges: Arc<SpoolGauges>,
+    committed: watch::Receiver<Option<u64>>,
+    max_bytes: u64,
+    dir: PathBuf,
+}
+
+impl Spool {
+    /// Opens the spool in `settings.dir` and starts its writer thread.
+    pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, String> {
+        let db = Arc::new(store::open(&settings.dir)?);
+        let counters = store::load_counters(&db).map_err(|e| e.to_string())?;
+        let limits = store::Limits {
+            max_bytes: settings.max_bytes,
+            dedupe: dedupe.enabled.then_some(store::DedupeLimits {
+                window: dedupe.window,
+                max_entries: dedupe.max_entries,
+            }),
+        };
+        let gauges = Arc::new(SpoolGauges::default());
+        publish_gauges(&gauges, &counters, limits.max_bytes);
+        let last_committed = counters.next_seq.checked_sub(1);
+        let (committed_tx, committed) = watch::channel(last_committed);
+        let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
+        {
+            let db = db.clone();
+            let gauges = gauges.clone();
+            std::thread::Builder::new()
+                .name("spool-writer".into())
+                .spawn(move || writer(db, rx, counters, limits, gauges, committed_tx))
+                .map_err(|e| format!("cannot start the spool writer: {e}"))?;
+        }
+        Ok(Spool {
+            tx,
+            db,
+            gauges,
+            committed,
+            max_bytes: settings.max_bytes,
+            dir: settings.dir.clone(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Stores `msg` durably, unless its (source, event id) was accepted within the window.
+    pub async fn append(&self, msg: &Message) -> Result<Appended, SpoolError> {
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Append {
+            encoded: msg.encode(),
+            dedupe_key: Some(dedupe_key(&msg.source, &msg.event_id)),
+            received_at_ms: msg.received_at_ms,
+            reply,
+        };
+        self.tx.send(cmd).await.map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Removes published entries; durable once the returned future resolves.
+    pub async fn delete(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Delete {
+                seqs,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
+    /// Up to `limit` committed entries after `after`, oldest first.
+    pub async fn read_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Result<Entry, (u64, String)>>, SpoolError> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || store::read_after(&db, after, limit))
+            .await
+            .map_err(|e| SpoolError::Storage(e.to_string()))?
+            .map_err(|e| SpoolError::Storage(e.to_string()))
+    }
+
+    /// The sequence number of the newest committed entry; changes after each commit.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.committed.clone()
+    }
+
+    pub fn stats(&self) -> SpoolStats {
+        SpoolStats {
+            depth: self.gauges.depth.load(Ordering::Relaxed),
+            bytes: self.gauges.bytes.load(Ordering::Relaxed),
+            max_bytes: self.max_bytes,
+            dedupe_entries: self.gauges.dedupe_entries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether the spool has no room left for a typical event (readiness reports this).
+    pub fn is_full(&self) -> bool {
+        self.gauges.full.load(Ordering::Relaxed)
+    }
+
+    /// Age of the oldest entry, if any.
+    pub async fn oldest_age(&self) -> Option<Duration> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || store::oldest(&db).ok().flatten())
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.message.age())
+    }
+}
+
+/// The dedupe identity of an event.
+pub fn dedupe_key(source: &str, event_id: &str) -> String {
+    format!("{source}\u{1f}{event_id}")
+}
+
+/// Room a typical event needs; below it the spool reports itself full.
+const HEADROOM: u64 = 64 * 1024;
+
+fn publish_gauges(g: &SpoolGauges, c: &store::Counters, max_bytes: u64) {
+    g.depth.store(c.depth, Ordering::Relaxed);
+    g.bytes.store(c.bytes, Ordering::Relaxed);
+    g.dedupe_entries.store(c.dedupe_entries, Ordering::Relaxed);
+    g.full
+        .store(c.bytes + HEADROOM.min(max_bytes) > max_bytes, Ordering::Relaxed);
+}
+
+/// The writer thread: takes everything queued, commits it in one transaction, answers all.
+fn writer(
+    db: Arc<Database>,
+    mut rx: mpsc::Receiver<Command>,
+    mut counters: store::Counters,
+    limits: store::Limits,
+    gauges: Arc<SpoolGauges>,
+    committed: watch::Sender<Option<u64>>,
+) {
+    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        let mut bytes = 0usize;
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    if let Command::Append { encoded, .. } = &cmd {
+                        bytes += encoded.len();
+                    }
+                    batch.push(cmd);
+                }
+                Err(_) => break,
+            }
+        }
+
+        let mut appends = Vec::new();
+        let mut deletes = Vec::new();
+        for cmd in &batch {
+            match cmd {
+                Command::Append {
+                    encoded,
+                    dedupe_key,
+                    received_at_ms,
+                    ..
+                } => appends.push(store::Append {
+                    encoded,
+                    dedupe_key: dedupe_key.as_deref(),
+                    received_at_ms: *received_at_ms,
+                }),
+                Command::Delete { seqs, .. } => deletes.extend_from_slice(seqs),
+            }
+        }
+        let now = unix_ms(SystemTime::now());
+        let result = store::commit_batch(&db, &mut counters, &limits, now, &appends, &deletes);
+        drop(appends);
+        match result {
+            Ok(outcomes) => {
+                publish_gauges(&gauges, &counters, limits.max_bytes);
+                committed.send_replace(counters.next_seq.checked_sub(1));
+                let mut outcomes = outcomes.into_iter();
+                for cmd in batch.drain(..) {
+                    match cmd {
+                        Command::Append { reply, .. } => {
+                            let answer = match outcomes.next() {
+                                Some(AppendOutcome::Stored { seq }) => Ok(Appended::Stored(seq)),
+                                Some(AppendOutcome::Duplicate) => Ok(Appended::Duplicate),
+                                Some(AppendOutcome::Full) => Err(SpoolError::Full),
+                                None => Err(SpoolError::Storage("lost outcome".into())),
+                            };
+                            let _ = reply.send(answer);
+                        }
+                        Command::Delete { reply, .. } => {
+                            if let Some(r) = reply {
+                                let _ = r.send(Ok(()));
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                // Nothing of this batch was written: every waiting request hears so and
+                // answers non-2xx, so the sender keeps the event and retries.
+                tracing::error!(error = %e, "spool commit failed; the requests of this batch are answered 503");
+                let err = SpoolError::Storage(e.to_string());
+                for cmd in batch.drain(..) {
+                    match cmd {
+                        Command::Append { reply, .. } => {
+                            let _ = reply.send(Err(err.clone()));
+                        }
+                        Command::Delete { reply, .. } => {
+                            if let Some(r) = reply {
+                                let _ = r.send(Err(err.clone()));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

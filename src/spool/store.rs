@@ -1,0 +1,256 @@
+//! The spool's tables in redb, and the one transaction that changes them.
+//!
+//! Tables:
+//! - `events`: sequence number → encoded [`Message`]; the publish queue, oldest first.
+//! - `dedupe`: `source \x1f event id` → (receive ms, dedupe seq); ids accepted recently.
+//! - `dedupe_by_time`: (receive ms, dedupe seq) → dedupe key; to forget the oldest first.
+//! - `meta`: counters kept in the same transactions as the data they count.
+//!
+//! Everything here is synchronous and runs on the writer thread (or a blocking task for
+//! reads); redb allows one writer at a time and any number of concurrent readers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+
+use crate::message::Message;
+
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const DEDUPE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedupe");
+const DEDUPE_BY_TIME: TableDefinition<(u64, u64), &str> = TableDefinition::new("dedupe_by_time");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const NEXT_SEQ: &str = "next_seq";
+const BYTES: &str = "bytes";
+const DEDUPE_SEQ: &str = "dedupe_seq";
+
+/// Most expired dedupe entries forgotten per transaction (keeps each commit short).
+const EXPIRE_PER_COMMIT: usize = 2048;
+
+/// File name of the database inside `spool.dir`.
+pub const FILE_NAME: &str = "spool.redb";
+
+/// Counters the writer keeps in memory and in `meta`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub next_seq: u64,
+    pub depth: u64,
+    pub bytes: u64,
+    pub dedupe_seq: u64,
+    pub dedupe_entries: u64,
+}
+
+/// Limits applied inside the transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_bytes: u64,
+    pub dedupe: Option<DedupeLimits>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct DedupeLimits {
+    pub window: Duration,
+    pub max_entries: u64,
+}
+
+/// What became of one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored { seq: u64 },
+    Duplicate,
+    Full,
+}
+
+/// One append request: the encoded message and its dedupe key.
+pub struct Append<'a> {
+    pub encoded: &'a [u8],
+    pub dedupe_key: Option<&'a str>,
+    pub received_at_ms: u64,
+}
+
+/// Opens (or creates) the spool database in `dir`.
+pub fn open(dir: &Path) -> Result<Database, String> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create spool directory {}: {e}", dir.display()))?;
+    let path = dir.join(FILE_NAME);
+    let db = Database::builder()
+        .set_cache_size(64 * 1024 * 1024)
+        .create(&path)
+        .map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => format!(
+                "the spool {} is in use by another process (is the bridge running?)",
+                path.display()
+            ),
+            other => format!("cannot open spool {}: {other}", path.display()),
+        })?;
+    let txn = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        txn.open_table(EVENTS).map_err(|e| e.to_string())?;
+        txn.open_table(DEDUPE).map_err(|e| e.to_string())?;
+        txn.open_table(DEDUPE_BY_TIME).map_err(|e| e.to_string())?;
+        txn.open_table(META).map_err(|e| e.to_string())?;
+    }
+    txn.commit().map_err(|e| e.to_string())?;
+    Ok(db)
+}
+
+/// Reads the counters as last committed.
+pub fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let get = |k: &str| -> Result<u64, redb::Error> {
+        Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
+    };
+    let events = txn.open_table(EVENTS)?;
+    let dedupe = txn.open_table(DEDUPE_BY_TIME)?;
+    Ok(Counters {
+        next_seq: get(NEXT_SEQ)?,
+        depth: events.len()?,
+        bytes: get(BYTES)?,
+        dedupe_seq: get(DEDUPE_SEQ)?,
+        dedupe_entries: dedupe.len()?,
+    })
+}
+
+/// Applies a batch of appends and deletes in one durable transaction.
+///
+/// Returns one outcome per append, in order. On error nothing was written, and `counters`
+/// is left as it was.
+pub fn commit_batch(
+    db: &Database,
+    counters: &mut Counters,
+    limits: &Limits,
+    now_ms: u64,
+    appends: &[Append<'_>],
+    deletes: &[u64],
+) -> Result<Vec<AppendOutcome>, redb::Error> {
+    let mut c = *counters;
+    let mut outcomes = Vec::with_capacity(appends.len());
+    let txn = db.begin_write()?;
+    {
+        let mut events = txn.open_table(EVENTS)?;
+        let mut dedupe = txn.open_table(DEDUPE)?;
+        let mut by_time = txn.open_table(DEDUPE_BY_TIME)?;
+        let mut meta = txn.open_table(META)?;
+
+        for seq in deletes {
+            if let Some(old) = events.remove(seq)? {
+                c.bytes = c.bytes.saturating_sub(old.value().len() as u64);
+                c.depth = c.depth.saturating_sub(1);
+            }
+        }
+
+        let cutoff = limits
+            .dedupe
+            .map(|d| now_ms.saturating_sub(d.window.as_millis() as u64));
+        for a in appends {
+            let key = if limits.dedupe.is_some() {
+                a.dedupe_key
+            } else {
+                None
+            };
+            let mut stale: Option<(u64, u64)> = None;
+            if let (Some(key), Some(cutoff)) = (key, cutoff) {
+                if let Some(seen) = dedupe.get(key)? {
+                    let (ms, dseq) = seen.value();
+                    if ms >= cutoff {
+                        outcomes.push(AppendOutcome::Duplicate);
+                        continue;
+                    }
+                    stale = Some((ms, dseq));
+                }
+            }
+            let len = a.encoded.len() as u64;
+            if c.bytes + len > limits.max_bytes {
+                outcomes.push(AppendOutcome::Full);
+                continue;
+            }
+            let seq = c.next_seq;
+            events.insert(seq, a.encoded)?;
+            c.next_seq += 1;
+            c.depth += 1;
+            c.bytes += len;
+            if let Some(key) = key {
+                if let Some(old) = stale {
+                    by_time.remove(old)?;
+                    c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
+                }
+                let dseq = c.dedupe_seq;
+                c.dedupe_seq += 1;
+                dedupe.insert(key, (a.received_at_ms, dseq))?;
+                by_time.insert((a.received_at_ms, dseq), key)?;
+                c.dedupe_entries += 1;
+            }
+            outcomes.push(AppendOutcome::Stored { seq });
+        }
+
+        // Forget ids that left the window, and the oldest ones past max_entries.
+        if let (Some(d), Some(cutoff)) = (limits.dedupe, cutoff) {
+            for _ in 0..EXPIRE_PER_COMMIT {
+                let oldest = match by_time.first()? {
+                    Some((k, v)) => Some((k.value(), v.value().to_string())),
+                    None => None,
+                };
+                let Some(((ms, dseq), key)) = oldest else { break };
+                if ms >= cutoff && c.dedupe_entries <= d.max_entries {
+                    break;
+                }
+                by_time.remove((ms, dseq))?;
+                c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
+                let current = dedupe.get(key.as_str())?.map(|v| v.value());
+                if current == Some((ms, dseq)) {
+                    dedupe.remove(key.as_str())?;
+                }
+            }
+        }
+
+        meta.insert(NEXT_SEQ, c.next_seq)?;
+        meta.insert(BYTES, c.bytes)?;
+        meta.insert(DEDUPE_SEQ, c.dedupe_seq)?;
+    }
+    txn.commit()?;
+    *counters = c;
+    Ok(outcomes)
+}
+
+/// One spooled message and its sequence number.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub message: Message,
+}
+
+/// Up to `limit` entries with a sequence number above `after` (all when `after` is None),
+/// oldest first. Entries that cannot be decoded are returned as errors with their seq.
+pub fn read_after(
+    db: &Database,
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Result<Entry, (u64, String)>>, redb::Error> {
+    let txn = db.begin_read()?;
+    let events = txn.open_table(EVENTS)?;
+    let start = after.map(|s| s + 1).unwrap_or(0);
+    let mut out = Vec::new();
+    for item in events.range(start..)?.take(limit) {
+        let (k, v) = item?;
+        let seq = k.value();
+        out.push(
+            Message::decode(v.value())
+                .map(|message| Entry { seq, message })
+                .map_err(|e| (seq, e.to_string())),
+        );
+    }
+    Ok(out)
+}
+
+/// The oldest entry still in the spool, if any.
+pub fn oldest(db: &Database) -> Result<Option<Entry>, redb::Error> {
+    Ok(read_after(db, None, 1)?
+        .into_iter()
+        .next()
+        .and_then(|r| r.ok()))
+}

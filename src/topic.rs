@@ -1,0 +1,224 @@
+//! Topic names: templates like `eduzz.{app}.{slug}`, and Kafka's naming rules.
+//!
+//! Kafka accepts topic names of 1 to 249 characters from `[A-Za-z0-9._-]`, except `.` and `..`.
+//! A template's fixed text is checked against those rules when the config loads. The parts
+//! that come from a delivery (the slug) are not under our control, so a rendered name that
+//! breaks the rules is *sanitised*: illegal characters become `_` and a short hash of the
+//! original name is appended. The hash keeps the mapping stable (the same slug always lands
+//! on the same topic) and keeps two different illegal slugs from silently sharing a topic.
+
+use sha2::{Digest, Sha256};
+
+/// Longest topic name Kafka accepts.
+pub const MAX_TOPIC_LEN: usize = 249;
+/// Hex characters of the hash appended to a sanitised name.
+const HASH_CHARS: usize = 8;
+
+fn is_legal_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'
+}
+
+/// Whether `name` is a legal Kafka topic name; the error says why not.
+pub fn check_topic_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("a topic name cannot be empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("'{name}' is not a legal topic name"));
+    }
+    if name.len() > MAX_TOPIC_LEN {
+        return Err(format!(
+            "topic names are at most {MAX_TOPIC_LEN} characters (this one has {})",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| !is_legal_char(*c)) {
+        return Err(format!(
+            "'{c}' is not allowed in a topic name (only A-Z a-z 0-9 . _ -)"
+        ));
+    }
+    Ok(())
+}
+
+/// Makes any string a legal topic name, the same way every time.
+///
+/// Legal names come back unchanged; anything else has illegal characters replaced by `_`,
+/// is cut to fit, and ends in `-` plus 8 hex characters of the SHA-256 of the original.
+pub fn sanitize_topic(name: &str) -> String {
+    if check_topic_name(name).is_ok() {
+        return name.to_string();
+    }
+    let digest = Sha256::digest(name.as_bytes());
+    let hash = &hex::encode(digest)[..HASH_CHARS];
+    let budget = MAX_TOPIC_LEN - HASH_CHARS - 1;
+    let mut out: String = name
+        .chars()
+        .map(|c| if is_legal_char(c) { c } else { '_' })
+        .take(budget)
+        .collect();
+    out.push('-');
+    out.push_str(hash);
+    out
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Slug,
+    Source,
+    App,
+}
+
+/// A parsed topic template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    text: String,
+    parts: Vec<Part>,
+}
+
+/// What a template is rendered with.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicVars<'a> {
+    pub slug: &'a str,
+    pub source: &'a str,
+}
+
+impl Template {
+    /// Parses `eduzz.{app}.{slug}`; the error says what is wrong.
+    pub fn parse(text: &str) -> Result<Template, String> {
+        if text.is_empty() {
+            return Err("a topic template cannot be empty".into());
+        }
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let end = rest.find('}').ok_or_else(|| {
+                        format!("'{text}' has a '{{' that is never closed")
+                    })?;
+                    let part = match &rest[1..end] {
+                        "slug" => Part::Slug,
+                        "source" => Part::Source,
+                        "app" => Part::App,
+                        other => {
+                            return Err(format!(
+                                "'{{{other}}}' is not a placeholder (use {{slug}}, {{source}} or {{app}})"
+                            ))
+                        }
+                    };
+                    parts.push(part);
+                    rest = &rest[end + 1..];
+                }
+                found => {
+                    let end = found.unwrap_or(rest.len());
+                    let literal = &rest[..end];
+                    if literal.contains('}') {
+                        return Err(format!("'{text}' has a '}}' that was never opened"));
+                    }
+                    if let Some(c) = literal.chars().find(|c| !is_legal_char(*c)) {
+                        return Err(format!(
+                            "'{c}' is not allowed in a topic name (only A-Z a-z 0-9 . _ -)"
+                        ));
+                    }
+                    parts.push(Part::Literal(literal.to_string()));
+                    rest = &rest[end..];
+                }
+            }
+        }
+        if !parts.iter().any(|p| !matches!(p, Part::Literal(_))) {
+            check_topic_name(text)?;
+        }
+        Ok(Template {
+            text: text.to_string(),
+            parts,
+        })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Renders the template and sanitises the result into a legal topic name.
+    pub fn render(&self, vars: TopicVars<'_>) -> String {
+        let mut out = String::with_capacity(self.text.len() + vars.slug.len());
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Slug => out.push_str(vars.slug),
+                Part::Source => out.push_str(vars.source),
+                Part::App => out.push_str(app_of(vars.slug)),
+            }
+        }
+        sanitize_topic(&out)
+    }
+}
+
+/// The application part of a slug: the text before the first dot (`nutror` of
+/// `nutror.lesson_started`), or the whole slug when it has no dot.
+pub fn app_of(slug: &str) -> &str {
+    slug.split('.').next().unwrap_or(slug)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(slug: &'a str) -> TopicVars<'a> {
+        TopicVars {
+            slug,
+            source: "eduzz",
+        }
+    }
+
+    #[test]
+    fn templates_render_their_placeholders() {
+        let t = Template::parse("{source}.{app}.{slug}").unwrap();
+        assert_eq!(
+            t.render(vars("nutror.lesson_started")),
+            "eduzz.nutror.nutror.lesson_started"
+        );
+        let t = Template::parse("events-{app}").unwrap();
+        assert_eq!(t.render(vars("ping")), "events-ping");
+    }
+
+    #[test]
+    fn bad_templates_say_why() {
+        assert!(Template::parse("").is_err());
+        assert!(Template::parse("a b{slug}").unwrap_err().contains("' '"));
+        assert!(Template::parse("{nope}").unwrap_err().contains("{nope}"));
+        assert!(Template::parse("x{slug").unwrap_err().contains("never closed"));
+        assert!(Template::parse("x}").unwrap_err().contains("never opened"));
+        assert!(Template::parse("..").is_err());
+        assert!(Template::parse(&"a".repeat(250)).is_err());
+    }
+
+    #[test]
+    fn legal_names_pass_through_sanitising() {
+        for name in ["nutror.lesson_started", "a", "A-b_c.9", &"x".repeat(249)] {
+            assert_eq!(sanitize_topic(name), name);
+        }
+    }
+
+    #[test]
+    fn illegal_names_become_legal_stable_and_distinct() {
+        let a = sanitize_topic("nutror.lição/1");
+        let b = sanitize_topic("nutror.lição/2");
+        assert!(check_topic_name(&a).is_ok(), "{a}");
+        assert_eq!(a, sanitize_topic("nutror.lição/1"));
+        assert_ne!(a, b);
+        assert!(a.starts_with("nutror.li__o_1-"), "{a}");
+        for weird in ["", ".", "..", &"é".repeat(400), "a b c"] {
+            let s = sanitize_topic(weird);
+            assert!(check_topic_name(&s).is_ok(), "{weird:?} -> {s:?}");
+        }
+    }
+
+    #[test]
+    fn app_is_the_text_before_the_first_dot() {
+        assert_eq!(app_of("myeduzz.invoice_paid"), "myeduzz");
+        assert_eq!(app_of("activities.certificate.issued"), "activities");
+        assert_eq!(app_of("ping"), "ping");
+    }
+}
