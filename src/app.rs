@@ -42,7 +42,7 @@ pub struct Application {
     servers: Vec<JoinHandle<()>>,
     drain: Option<JoinHandle<()>>,
     probe: JoinHandle<()>,
-    publisher: Publisher,
+    publisher: Option<Publisher>,
     spool: Option<Spool>,
     // Dropped last: the producer must be flushed before the embedded broker goes.
     embedded: Option<EmbeddedBroker>,
@@ -217,7 +217,7 @@ impl Application {
             servers,
             drain,
             probe,
-            publisher,
+            publisher: Some(publisher),
             spool,
             embedded,
         })
@@ -266,14 +266,21 @@ impl Application {
             let _ = tokio::time::timeout(left + Duration::from_secs(1), d).await;
         }
         let left = deadline.saturating_duration_since(Instant::now());
-        if !self.publisher.flush(left.max(Duration::from_millis(100))).await {
+        let Some(publisher) = self.publisher.take() else {
+            return;
+        };
+        if !publisher.flush(left.max(Duration::from_millis(100))).await {
             tracing::warn!(
-                unconfirmed = self.publisher.queue_depth(),
+                unconfirmed = publisher.queue_depth(),
                 "grace period over with messages unconfirmed by Kafka{}",
                 if self.spool.is_some() { "; they stay in the spool" } else { "" }
             );
         }
         self.probe.abort();
+        let _ = (&mut self.probe).await;
+        // The producer goes before the embedded broker, or it would report the broker's
+        // departure as an outage.
+        drop(publisher);
         if let Some(s) = &self.spool {
             let st = s.stats();
             tracing::info!(spool_depth = st.depth, "stopped");

@@ -1,0 +1,281 @@
+//! Test harness: a Kafka-protocol broker, the bridge on a random port, and a reader that
+//! fetches what landed on a topic.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use eduzz_kafka_bridge::app::{Application, StopHandle};
+use eduzz_kafka_bridge::config::Settings;
+use eduzz_kafka_bridge::source::auth::sign_hex;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+pub const SECRET: &str = "test-secret";
+pub const OLD_SECRET: &str = "old-secret";
+pub const TOKEN: &str = "test-token";
+
+/// Sources as the tests use them: Eduzz signed with two live secrets, Toolzz with a path token.
+pub const SOURCES: &str = r#"
+[sources.eduzz]
+path = "/webhooks/eduzz"
+format = "eduzz"
+auth = { type = "hmac-sha256", secrets = ["test-secret", "old-secret"] }
+
+[sources.toolzz]
+path = "/webhooks/toolzz/{token}"
+format = "toolzz"
+auth = { type = "token", tokens = ["test-token"] }
+"#;
+
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// Every fixture: (file name, raw bytes).
+pub fn fixtures() -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(shared_dir().join("fixtures"))
+        .expect("../shared/fixtures must exist")
+        .map(|e| {
+            let path = e.unwrap().path();
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&path).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    assert!(out.len() >= 5, "expected the shared fixtures, found {}", out.len());
+    out
+}
+
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(shared_dir().join("fixtures").join(name)).unwrap()
+}
+
+/// An Eduzz-envelope event written from the docs' shape.
+pub fn eduzz_event(id: &str, slug: &str) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "id": id,
+        "event": slug,
+        "data": {
+            "producer": {"email": "fulano@eduzz.com", "name": "Fulano da Silva"},
+            "learner": {"email": "learner@eduzz.com", "name": "Ciclano da Silva"},
+            "course": {"hash": "4bba1d18c02755a13ee97521ae61958c3cf9e665", "title": "Título do Curso"},
+            "createdAt": "2024-02-29T14:33:02Z"
+        },
+        "sentDate": "2024-02-29T14:33:02.020Z"
+    }))
+    .unwrap()
+}
+
+/// A running bridge inside the test process.
+pub struct TestApp {
+    pub addr: std::net::SocketAddr,
+    pub admin: std::net::SocketAddr,
+    pub brokers: String,
+    pub client: reqwest::Client,
+    pub stop: StopHandle,
+    pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    pub spool_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The config text for a bridge on random ports with `brokers`, a spool in `spool_dir`,
+/// and `extra` TOML appended (routes, [delivery], …).
+pub fn config_text(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+shutdown_grace = "5s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[kafka]
+brokers = "{brokers}"
+
+[spool]
+dir = "{spool}"
+{SOURCES}
+{extra}
+"#,
+        spool = spool_dir.display()
+    )
+}
+
+impl TestApp {
+    /// Starts the bridge against `brokers` with `extra` config.
+    pub async fn spawn(brokers: &str, extra: &str) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let mut app = Self::spawn_in(brokers, &spool_dir, extra).await;
+        app._dir = Some(dir);
+        app
+    }
+
+    /// Starts the bridge with its spool in `spool_dir` (kept by the caller, for restarts).
+    pub async fn spawn_in(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> TestApp {
+        let settings = Settings::from_toml(&config_text(brokers, spool_dir, extra))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let app = Application::build(settings).await.expect("the bridge starts");
+        let addr = app.webhook_addr();
+        let admin = app.admin_addr().unwrap();
+        let stop = app.stop_handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        TestApp {
+            addr,
+            admin,
+            brokers: brokers.to_string(),
+            client: reqwest::Client::new(),
+            stop,
+            task,
+            spool_dir: spool_dir.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Posts `body` to the Eduzz source, signed with `secret`.
+    pub async fn post_eduzz(&self, body: &[u8], secret: &str) -> reqwest::Response {
+        self.client
+            .post(self.url("/webhooks/eduzz"))
+            .header("content-type", "application/json")
+            .header("x-signature", sign_hex(secret.as_bytes(), body))
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_toolzz(&self, body: &[u8], token: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(&format!("/webhooks/toolzz/{token}")))
+            .header("content-type", "application/json")
+            .body(body.to_vec())
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Stops the bridge the way SIGTERM does and waits for it.
+    pub async fn shutdown(self) {
+        self.stop.stop();
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+/// One message read back from Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub value: Vec<u8>,
+}
+
+impl Record {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+    }
+}
+
+/// Reads `topic` from the beginning until `expected` messages arrived, then `linger` more
+/// to catch extras, or until `timeout`. Returns what was read.
+pub async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let (brokers, topic) = (brokers.to_string(), topic.to_string());
+    tokio::task::spawn_blocking(move || read_topic_blocking(&brokers, &topic, expected, timeout))
+        .await
+        .unwrap()
+}
+
+pub fn read_topic_blocking(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Vec<Record> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "bridge-tests")
+        .set("enable.auto.commit", "false")
+        .set("allow.auto.create.topics", "true")
+        .create()
+        .unwrap();
+    let started = Instant::now();
+    let partitions = loop {
+        let n = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
+            .ok()
+            .and_then(|md| {
+                md.topics()
+                    .iter()
+                    .find(|t| t.name() == topic && t.error().is_none())
+                    .map(|t| t.partitions().len())
+            })
+            .unwrap_or(0);
+        if n > 0 {
+            break n;
+        }
+        if started.elapsed() > timeout {
+            return Vec::new();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions as i32 {
+        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    // After the expected count, keep reading a little to catch duplicates.
+    let linger = Duration::from_millis(500);
+    let mut reached: Option<Instant> = None;
+    while started.elapsed() < timeout {
+        if out.len() >= expected {
+            let t = *reached.get_or_insert_with(Instant::now);
+            if t.elapsed() >= linger {
+                break;
+            }
+        }
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+            out.push(Record {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(|k| k.to_vec()),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                value: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+    }
+    out
+}
+
+/// Whether `topic` stays empty for `wait` (for "nothing was published" checks).
+pub async fn assert_topic_empty(brokers: &str, topic: &str, wait: Duration) {
+    let records = read_topic(brokers, topic, 1, wait).await;
+    assert!(records.is_empty(), "{topic} should be empty, has {records:?}");
+}
