@@ -81,7 +81,8 @@ impl Application {
         }
 
         let metrics = Arc::new(Metrics::new());
-        let publisher = Publisher::new(&settings, &brokers).context("cannot create the Kafka producer")?;
+        let publisher =
+            Publisher::new(&settings, &brokers).context("cannot create the Kafka producer")?;
         let sources = Sources::from_settings(&settings).map_err(anyhow::Error::msg)?;
         let router = Router::from_settings(&settings).map_err(anyhow::Error::msg)?;
 
@@ -89,10 +90,15 @@ impl Application {
         let drain_gauges = Arc::new(DrainGauges::default());
         let (sink, spool, drain) = match settings.delivery.ack {
             AckMode::Spooled => {
-                let spool = Spool::open(&settings.spool, &settings.dedupe).map_err(anyhow::Error::msg)?;
+                let spool =
+                    Spool::open(&settings.spool, &settings.dedupe).map_err(anyhow::Error::msg)?;
                 let st = spool.stats();
                 if st.depth > 0 {
-                    tracing::info!(events = st.depth, bytes = st.bytes, "spool holds events from an earlier run; publishing them first");
+                    tracing::info!(
+                        events = st.depth,
+                        bytes = st.bytes,
+                        "spool holds events from an earlier run; publishing them first"
+                    );
                 }
                 let mut drain_settings = DrainSettings::new(settings.delivery.max_in_flight);
                 drain_settings.stop_grace = settings.server.shutdown_grace;
@@ -136,7 +142,12 @@ impl Application {
         let (stop_http, stop_http_rx) = watch::channel(false);
         let listener = TcpListener::bind(&settings.server.listen)
             .await
-            .with_context(|| format!("cannot listen on {} (server.listen)", settings.server.listen))?;
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} (server.listen)",
+                    settings.server.listen
+                )
+            })?;
         let webhook_addr = listener.local_addr()?;
         let webhook_state = Arc::new(WebhookState {
             sources,
@@ -167,7 +178,9 @@ impl Application {
         } else {
             let listener = TcpListener::bind(&settings.admin.listen)
                 .await
-                .with_context(|| format!("cannot listen on {} (admin.listen)", settings.admin.listen))?;
+                .with_context(|| {
+                    format!("cannot listen on {} (admin.listen)", settings.admin.listen)
+                })?;
             let addr = listener.local_addr()?;
             let state = Arc::new(AdminState {
                 metrics: metrics.clone(),
@@ -273,7 +286,11 @@ impl Application {
             tracing::warn!(
                 unconfirmed = publisher.queue_depth(),
                 "grace period over with messages unconfirmed by Kafka{}",
-                if self.spool.is_some() { "; they stay in the spool" } else { "" }
+                if self.spool.is_some() {
+                    "; they stay in the spool"
+                } else {
+                    ""
+                }
             );
         }
         self.probe.abort();

@@ -437,7 +437,10 @@ impl Settings {
         if self.server.listen.parse::<SocketAddr>().is_err() {
             push(
                 "server.listen".into(),
-                format!("'{}' is not an address like 0.0.0.0:8080", self.server.listen),
+                format!(
+                    "'{}' is not an address like 0.0.0.0:8080",
+                    self.server.listen
+                ),
             );
         }
         if !self.admin.listen.is_empty() && self.admin.listen.parse::<SocketAddr>().is_err() {
@@ -450,13 +453,22 @@ impl Settings {
             );
         }
         if self.server.max_body_bytes == 0 {
-            push("server.max_body_bytes".into(), "must be greater than 0".into());
+            push(
+                "server.max_body_bytes".into(),
+                "must be greater than 0".into(),
+            );
         }
         if self.server.max_connections == 0 {
-            push("server.max_connections".into(), "must be greater than 0".into());
+            push(
+                "server.max_connections".into(),
+                "must be greater than 0".into(),
+            );
         }
         if self.delivery.max_in_flight == 0 {
-            push("delivery.max_in_flight".into(), "must be greater than 0".into());
+            push(
+                "delivery.max_in_flight".into(),
+                "must be greater than 0".into(),
+            );
         }
         if let Some(brokers) = &self.kafka.brokers {
             if brokers.trim().is_empty() {
@@ -677,7 +689,9 @@ fn check_pointer(push: &mut impl FnMut(String, String), key: String, pointer: &s
     if !pointer.is_empty() && !pointer.starts_with('/') {
         push(
             key,
-            format!("'{pointer}' is not a JSON pointer (it must start with '/', e.g. \"/data/id\")"),
+            format!(
+                "'{pointer}' is not a JSON pointer (it must start with '/', e.g. \"/data/id\")"
+            ),
         );
     }
 }
@@ -800,7 +814,10 @@ auth = { type = "token", tokens = ["abc"] }
         let s = Settings::from_toml(&text).unwrap();
         let p = &s.kafka.properties;
         assert_eq!(p["linger.ms"].to_string(), "5");
-        assert_eq!(p["enable.ssl.certificate.verification"].to_string(), "false");
+        assert_eq!(
+            p["enable.ssl.certificate.verification"].to_string(),
+            "false"
+        );
         assert_eq!(p["compression.type"].to_string(), "zstd");
     }
 }

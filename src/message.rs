@@ -136,12 +136,20 @@ mod tests {
         let h = sample().kafka_headers();
         let pairs: Vec<(String, String)> = h
             .iter()
-            .map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap()).into()))
+            .map(|h| {
+                (
+                    h.key.to_string(),
+                    String::from_utf8_lossy(h.value.unwrap()).into(),
+                )
+            })
             .collect();
         assert_eq!(pairs[0], ("event".into(), "nutror.lesson_started".into()));
         assert_eq!(pairs[1], ("event-id".into(), "abc".into()));
         assert_eq!(pairs[2], ("source".into(), "eduzz".into()));
-        assert_eq!(pairs[3], ("received-at".into(), "2023-11-14T22:13:20.123Z".into()));
+        assert_eq!(
+            pairs[3],
+            ("received-at".into(), "2023-11-14T22:13:20.123Z".into())
+        );
         assert_eq!(pairs[4], ("content-type".into(), "application/json".into()));
     }
 }

@@ -4,7 +4,6 @@
 //! owned elsewhere (spool depth, producer queue, Kafka reachability) are sampled when
 //! scraped ([`GaugeValues`]), so no module has to push them.
 
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -96,12 +95,14 @@ impl Metrics {
             dead_lettered: Counter::default(),
             signature_failures: Family::default(),
             dedupe_hits: Family::default(),
-            publish_latency: Histogram::new(
-                [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
-            ),
-            request_duration: Histogram::new(
-                [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0],
-            ),
+            publish_latency: Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0,
+            ]),
+            request_duration: Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+                5.0,
+            ]),
             spool_depth: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_oldest_age: Gauge::default(),
@@ -110,13 +111,41 @@ impl Metrics {
             parked: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("http_requests", "Webhook requests by source and HTTP status", m.http_requests.clone());
-        registry.register("events", "Events by source, slug and outcome", m.events.clone());
-        registry.register("published", "Messages confirmed by Kafka, by topic", m.published.clone());
-        registry.register("publish_errors", "Delivery failures reported by Kafka, by error", m.publish_errors.clone());
-        registry.register("dead_lettered", "Messages sent to the dead-letter topic", m.dead_lettered.clone());
-        registry.register("signature_failures", "Deliveries refused by authentication, by source and reason", m.signature_failures.clone());
-        registry.register("dedupe_hits", "Deliveries recognised as already accepted", m.dedupe_hits.clone());
+        registry.register(
+            "http_requests",
+            "Webhook requests by source and HTTP status",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "events",
+            "Events by source, slug and outcome",
+            m.events.clone(),
+        );
+        registry.register(
+            "published",
+            "Messages confirmed by Kafka, by topic",
+            m.published.clone(),
+        );
+        registry.register(
+            "publish_errors",
+            "Delivery failures reported by Kafka, by error",
+            m.publish_errors.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Messages sent to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "signature_failures",
+            "Deliveries refused by authentication, by source and reason",
+            m.signature_failures.clone(),
+        );
+        registry.register(
+            "dedupe_hits",
+            "Deliveries recognised as already accepted",
+            m.dedupe_hits.clone(),
+        );
         registry.register_with_unit(
             "publish_latency",
             "Time from receiving an event to Kafka confirming it",
@@ -129,16 +158,33 @@ impl Metrics {
             prometheus_client::registry::Unit::Seconds,
             m.request_duration.clone(),
         );
-        registry.register("spool_depth", "Events in the spool waiting for Kafka", m.spool_depth.clone());
-        registry.register_with_unit("spool", "Bytes of events in the spool", prometheus_client::registry::Unit::Bytes, m.spool_bytes.clone());
+        registry.register(
+            "spool_depth",
+            "Events in the spool waiting for Kafka",
+            m.spool_depth.clone(),
+        );
+        registry.register_with_unit(
+            "spool",
+            "Bytes of events in the spool",
+            prometheus_client::registry::Unit::Bytes,
+            m.spool_bytes.clone(),
+        );
         registry.register_with_unit(
             "spool_oldest_age",
             "Age of the oldest event in the spool",
             prometheus_client::registry::Unit::Seconds,
             m.spool_oldest_age.clone(),
         );
-        registry.register("producer_queue_depth", "Messages handed to the producer and not yet confirmed", m.producer_queue.clone());
-        registry.register("kafka_reachable", "1 when Kafka answers, 0 during an outage", m.kafka_reachable.clone());
+        registry.register(
+            "producer_queue_depth",
+            "Messages handed to the producer and not yet confirmed",
+            m.producer_queue.clone(),
+        );
+        registry.register(
+            "kafka_reachable",
+            "1 when Kafka answers, 0 during an outage",
+            m.kafka_reachable.clone(),
+        );
         registry.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", m.parked.clone());
         Metrics { registry, ..m }
     }
@@ -147,7 +193,8 @@ impl Metrics {
     pub fn render(&self, values: GaugeValues) -> String {
         self.spool_depth.set(values.spool_depth.unwrap_or(0) as i64);
         self.spool_bytes.set(values.spool_bytes.unwrap_or(0) as i64);
-        self.spool_oldest_age.set(values.spool_oldest_age_seconds.unwrap_or(0.0));
+        self.spool_oldest_age
+            .set(values.spool_oldest_age_seconds.unwrap_or(0.0));
         self.producer_queue.set(values.producer_queue);
         self.kafka_reachable.set(values.kafka_reachable as i64);
         self.parked.set(values.parked as i64);

@@ -65,7 +65,8 @@ impl Router {
             } else {
                 let text = r.topic.as_deref().unwrap_or("{slug}");
                 Action::Publish {
-                    template: Template::parse(text).map_err(|e| format!("routes[{i}].topic: {e}"))?,
+                    template: Template::parse(text)
+                        .map_err(|e| format!("routes[{i}].topic: {e}"))?,
                     key_pointer: r.key.clone(),
                 }
             };
@@ -202,10 +203,22 @@ drop = true
 "#,
         );
         let doc = json!({});
-        assert_eq!(r.route("eduzz", "nutror.lesson_started", "i", &doc), publish("lessons", "i"));
-        assert_eq!(r.route("eduzz", "nutror.module_completed", "i", &doc), publish("eduzz.nutror", "i"));
-        assert_eq!(r.route("eduzz", "myeduzz.invoice_paid", "i", &doc), publish("myeduzz.invoice_paid", "i"));
-        assert!(matches!(r.route("eduzz", "x.ping", "i", &doc), Decision::Drop { .. }));
+        assert_eq!(
+            r.route("eduzz", "nutror.lesson_started", "i", &doc),
+            publish("lessons", "i")
+        );
+        assert_eq!(
+            r.route("eduzz", "nutror.module_completed", "i", &doc),
+            publish("eduzz.nutror", "i")
+        );
+        assert_eq!(
+            r.route("eduzz", "myeduzz.invoice_paid", "i", &doc),
+            publish("myeduzz.invoice_paid", "i")
+        );
+        assert!(matches!(
+            r.route("eduzz", "x.ping", "i", &doc),
+            Decision::Drop { .. }
+        ));
     }
 
     #[test]
@@ -219,8 +232,14 @@ topic = "toolzz.{slug}"
 "#,
         );
         let doc = json!({});
-        assert_eq!(r.route("toolzz", "members.updated", "i", &doc), publish("toolzz.members.updated", "i"));
-        assert_eq!(r.route("eduzz", "members.updated", "i", &doc), publish("members.updated", "i"));
+        assert_eq!(
+            r.route("toolzz", "members.updated", "i", &doc),
+            publish("toolzz.members.updated", "i")
+        );
+        assert_eq!(
+            r.route("eduzz", "members.updated", "i", &doc),
+            publish("members.updated", "i")
+        );
     }
 
     #[test]
@@ -238,9 +257,18 @@ key = "/data/invoice/id"
 "#,
         );
         let doc = json!({"data": {"learner": {"email": "a@b.c"}, "invoice": {"id": 77}}});
-        assert_eq!(r.route("eduzz", "nutror.x", "i", &doc), publish("nutror.x", "a@b.c"));
-        assert_eq!(r.route("eduzz", "myeduzz.y", "i", &doc), publish("myeduzz.y", "77"));
-        assert_eq!(r.route("eduzz", "nutror.x", "i", &json!({})), publish("nutror.x", "i"));
+        assert_eq!(
+            r.route("eduzz", "nutror.x", "i", &doc),
+            publish("nutror.x", "a@b.c")
+        );
+        assert_eq!(
+            r.route("eduzz", "myeduzz.y", "i", &doc),
+            publish("myeduzz.y", "77")
+        );
+        assert_eq!(
+            r.route("eduzz", "nutror.x", "i", &json!({})),
+            publish("nutror.x", "i")
+        );
     }
 
     #[test]

@@ -105,15 +105,15 @@ impl Sink {
                 metrics,
             } => {
                 let future = enqueue(publisher, &msg)?;
-                let result = match tokio::time::timeout(*timeout, Publisher::delivered(future)).await
-                {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(Refusal::Unavailable(
-                            "Kafka did not confirm the event in time".into(),
-                        ))
-                    }
-                };
+                let result =
+                    match tokio::time::timeout(*timeout, Publisher::delivered(future)).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Err(Refusal::Unavailable(
+                                "Kafka did not confirm the event in time".into(),
+                            ))
+                        }
+                    };
                 record(metrics, &msg, &result);
                 match result {
                     Ok(d) => Ok(Accepted::Published(d)),
@@ -125,11 +125,15 @@ impl Sink {
                             }
                             Err(why) => {
                                 tracing::error!(event_id = %msg.event_id, error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
-                                Err(Refusal::Unavailable(format!("Kafka refused the event: {e}")))
+                                Err(Refusal::Unavailable(format!(
+                                    "Kafka refused the event: {e}"
+                                )))
                             }
                         }
                     }
-                    Err(e) => Err(Refusal::Unavailable(format!("Kafka did not confirm the event: {e}"))),
+                    Err(e) => Err(Refusal::Unavailable(format!(
+                        "Kafka did not confirm the event: {e}"
+                    ))),
                 }
             }
         }
@@ -142,7 +146,9 @@ fn enqueue(
 ) -> Result<rdkafka::producer::DeliveryFuture, Refusal> {
     publisher.enqueue(msg).map_err(|e| match e {
         EnqueueError::QueueFull => Refusal::Busy("the producer queue is full".into()),
-        EnqueueError::Refused(e) => Refusal::Unavailable(format!("the producer refused the event: {e}")),
+        EnqueueError::Refused(e) => {
+            Refusal::Unavailable(format!("the producer refused the event: {e}"))
+        }
     })
 }
 

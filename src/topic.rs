@@ -94,9 +94,9 @@ impl Template {
         while !rest.is_empty() {
             match rest.find('{') {
                 Some(0) => {
-                    let end = rest.find('}').ok_or_else(|| {
-                        format!("'{text}' has a '{{' that is never closed")
-                    })?;
+                    let end = rest
+                        .find('}')
+                        .ok_or_else(|| format!("'{text}' has a '{{' that is never closed"))?;
                     let part = match &rest[1..end] {
                         "slug" => Part::Slug,
                         "source" => Part::Source,
@@ -188,7 +188,9 @@ mod tests {
         assert!(Template::parse("").is_err());
         assert!(Template::parse("a b{slug}").unwrap_err().contains("' '"));
         assert!(Template::parse("{nope}").unwrap_err().contains("{nope}"));
-        assert!(Template::parse("x{slug").unwrap_err().contains("never closed"));
+        assert!(Template::parse("x{slug")
+            .unwrap_err()
+            .contains("never closed"));
         assert!(Template::parse("x}").unwrap_err().contains("never opened"));
         assert!(Template::parse("..").is_err());
         assert!(Template::parse(&"a".repeat(250)).is_err());

@@ -28,7 +28,10 @@ async fn every_fixture_lands_byte_exact_with_headers_and_key() {
         let (resp, id) = if doc["event"].is_object() {
             (app.post_toolzz(&body, TOKEN).await, body_id(&body))
         } else {
-            (app.post_eduzz(&body, SECRET).await, doc["id"].as_str().unwrap().to_string())
+            (
+                app.post_eduzz(&body, SECRET).await,
+                doc["id"].as_str().unwrap().to_string(),
+            )
         };
         assert_eq!(resp.status(), 202, "{name}");
         let answer: serde_json::Value = resp.json().await.unwrap();
@@ -37,18 +40,37 @@ async fn every_fixture_lands_byte_exact_with_headers_and_key() {
         assert_eq!(answer["topic"], slug);
 
         let records = read_topic(&brokers, slug, 1, WAIT).await;
-        assert_eq!(records.len(), 1, "{name}: exactly one message on topic {slug}");
+        assert_eq!(
+            records.len(),
+            1,
+            "{name}: exactly one message on topic {slug}"
+        );
         let r = &records[0];
-        assert_eq!(r.value, body, "{name}: value is the raw body, byte for byte");
-        assert_eq!(r.key.as_deref(), Some(id.as_bytes()), "{name}: key is the event id");
+        assert_eq!(
+            r.value, body,
+            "{name}: value is the raw body, byte for byte"
+        );
+        assert_eq!(
+            r.key.as_deref(),
+            Some(id.as_bytes()),
+            "{name}: key is the event id"
+        );
         assert_eq!(r.header("event").as_deref(), Some(slug));
         assert_eq!(r.header("event-id").as_deref(), Some(id.as_str()));
-        let source = if doc["event"].is_object() { "toolzz" } else { "eduzz" };
+        let source = if doc["event"].is_object() {
+            "toolzz"
+        } else {
+            "eduzz"
+        };
         assert_eq!(r.header("source").as_deref(), Some(source));
-        assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            Some("application/json")
+        );
         let received = r.header("received-at").unwrap();
         assert!(
-            time::OffsetDateTime::parse(&received, &time::format_description::well_known::Rfc3339).is_ok(),
+            time::OffsetDateTime::parse(&received, &time::format_description::well_known::Rfc3339)
+                .is_ok(),
             "received-at {received} is RFC 3339"
         );
     }
@@ -116,7 +138,12 @@ topic = "eduzz.other.{slug}"
     assert_eq!(other[0].value, student);
 
     // The dropped slug went nowhere: its default topic stays empty.
-    assert_topic_empty(&brokers, "eduzz.other.blinket.attendance_edited", Duration::from_secs(2)).await;
+    assert_topic_empty(
+        &brokers,
+        "eduzz.other.blinket.attendance_edited",
+        Duration::from_secs(2),
+    )
+    .await;
     app.shutdown().await;
 }
 
@@ -132,7 +159,10 @@ async fn forged_missing_and_rotated_signatures() {
     assert_eq!(resp.status(), 401);
     let body = resp.text().await.unwrap();
     assert!(body.contains("\"unauthorized\""), "{body}");
-    assert!(!body.contains("secret") && !body.contains("signature"), "no hint for a forger: {body}");
+    assert!(
+        !body.contains("secret") && !body.contains("signature"),
+        "no hint for a forger: {body}"
+    );
 
     let missing = eduzz_event("missing", slug);
     let resp = app
@@ -168,12 +198,17 @@ async fn forged_missing_and_rotated_signatures() {
 
     // Only the two authentic events are on the topic.
     let records = read_topic(&brokers, slug, 2, WAIT).await;
-    let mut ids: Vec<String> = records.iter().map(|r| r.header("event-id").unwrap()).collect();
+    let mut ids: Vec<String> = records
+        .iter()
+        .map(|r| r.header("event-id").unwrap())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["rot-new", "rot-old"]);
 
     // A wrong token on the Toolzz path is refused too.
-    let resp = app.post_toolzz(&fixture("activities.certificate.issued.json"), "wrong").await;
+    let resp = app
+        .post_toolzz(&fixture("activities.certificate.issued.json"), "wrong")
+        .await;
     assert_eq!(resp.status(), 401);
     app.shutdown().await;
 }
@@ -185,13 +220,29 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
     let app = TestApp::spawn(&brokers, "").await;
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("malformed JSON", b"{\"id\": \"x\", \"event\": ".to_vec(), "not valid JSON"),
+        (
+            "malformed JSON",
+            b"{\"id\": \"x\", \"event\": ".to_vec(),
+            "not valid JSON",
+        ),
         ("empty body", b"".to_vec(), "empty"),
         ("array", b"[1,2]".to_vec(), "JSON object"),
         ("no slug", br#"{"id":"a","data":{}}"#.to_vec(), "'event'"),
-        ("slug of the wrong type", br#"{"id":"a","event":{"slug":"x"}}"#.to_vec(), "'event' must be a string"),
-        ("no id", br#"{"event":"nutror.lesson_started","data":{}}"#.to_vec(), "'id'"),
-        ("invalid UTF-8", b"{\"id\":\"\xff\xfe\",\"event\":\"nutror.x\"}".to_vec(), "not valid JSON"),
+        (
+            "slug of the wrong type",
+            br#"{"id":"a","event":{"slug":"x"}}"#.to_vec(),
+            "'event' must be a string",
+        ),
+        (
+            "no id",
+            br#"{"event":"nutror.lesson_started","data":{}}"#.to_vec(),
+            "'id'",
+        ),
+        (
+            "invalid UTF-8",
+            b"{\"id\":\"\xff\xfe\",\"event\":\"nutror.x\"}".to_vec(),
+            "not valid JSON",
+        ),
     ];
     for (what, body, says) in cases {
         let resp = app.post_eduzz(&body, SECRET).await;
@@ -204,15 +255,28 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
     }
 
     // Toolzz: event.slug is named when missing.
-    let resp = app.post_toolzz(br#"{"event":{"name":"x"},"data":{}}"#, TOKEN).await;
+    let resp = app
+        .post_toolzz(br#"{"event":{"name":"x"},"data":{}}"#, TOKEN)
+        .await;
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("event.slug"));
 
     // Wrong method and unknown path.
-    let resp = app.client.get(app.url("/webhooks/eduzz")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/webhooks/eduzz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 405);
     assert_eq!(resp.headers()["allow"], "POST");
-    let resp = app.client.post(app.url("/nope")).body("{}").send().await.unwrap();
+    let resp = app
+        .client
+        .post(app.url("/nope"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
     let answer: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(answer["error"], "not_found");
@@ -247,7 +311,9 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     // Chunked, no length: refused once the limit is crossed, without reading it all.
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     stream
-        .write_all(b"POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n")
+        .write_all(
+            b"POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+        )
         .await
         .unwrap();
     let chunk = vec![b'a'; 64 * 1024];
@@ -298,10 +364,14 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
     let brokers = cluster.bootstrap_servers();
     let extra = "[default_route]\ntopic = \"all-events\"\n";
     let dir = tempfile::tempdir().unwrap();
-    let text = config_text(&brokers, &dir.path().join("spool"), extra)
-        .replace("format = \"eduzz\"\n", "format = \"eduzz\"\npublish_ping = true\n");
+    let text = config_text(&brokers, &dir.path().join("spool"), extra).replace(
+        "format = \"eduzz\"\n",
+        "format = \"eduzz\"\npublish_ping = true\n",
+    );
     let settings = eduzz_kafka_bridge::config::Settings::from_toml(&text).unwrap();
-    let bridge = eduzz_kafka_bridge::app::Application::build(settings).await.unwrap();
+    let bridge = eduzz_kafka_bridge::app::Application::build(settings)
+        .await
+        .unwrap();
     let url = format!("http://{}/webhooks/eduzz", bridge.webhook_addr());
     let stop = bridge.stop_handle();
     let task = tokio::spawn(bridge.run_until_stopped());
@@ -374,9 +444,15 @@ async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
     let answer: serde_json::Value = resp.json().await.unwrap();
     let topic = answer["topic"].as_str().unwrap().to_string();
     assert!(topic.starts_with("nutror.aula_iniciada__"), "{topic}");
-    assert_eq!(topic, eduzz_kafka_bridge::topic::sanitize_topic("nutror.aula iniciada/ção"));
+    assert_eq!(
+        topic,
+        eduzz_kafka_bridge::topic::sanitize_topic("nutror.aula iniciada/ção")
+    );
     let records = read_topic(&brokers, &topic, 1, WAIT).await;
     assert_eq!(records[0].value, body);
-    assert_eq!(records[0].header("event").as_deref(), Some("nutror.aula iniciada/ção"));
+    assert_eq!(
+        records[0].header("event").as_deref(),
+        Some("nutror.aula iniciada/ção")
+    );
     app.shutdown().await;
 }

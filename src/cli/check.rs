@@ -35,14 +35,21 @@ pub fn run(path: &Path) -> anyhow::Result<i32> {
             source.path,
             source.format().as_str(),
             source.auth.describe(),
-            if source.publish_ping { ", ping published" } else { "" }
+            if source.publish_ping {
+                ", ping published"
+            } else {
+                ""
+            }
         );
         let slugs = slugs::for_format(source.format());
         let width = slugs.iter().map(|s| s.len()).max().unwrap_or(4).max(4);
         println!("  {:width$}  {:40}  {:22}  rule", "slug", "topic", "key");
         for slug in slugs {
             if slug == "ping" && !source.publish_ping {
-                println!("  {slug:width$}  {:40}  {:22}  answered 200, not published", "-", "-");
+                println!(
+                    "  {slug:width$}  {:40}  {:22}  answered 200, not published",
+                    "-", "-"
+                );
                 continue;
             }
             let row = router.explain(&source.name, &slug);

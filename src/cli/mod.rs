@@ -14,7 +14,13 @@ use clap::{Parser, Subcommand};
 #[command(name = "eduzz-kafka-bridge", version, about, long_about = None)]
 pub struct Cli {
     /// Configuration file (TOML). Every key can be overridden by EKB__SECTION__KEY variables.
-    #[arg(long, short, global = true, env = "EKB_CONFIG", default_value = "config/default.toml")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "EKB_CONFIG",
+        default_value = "config/default.toml"
+    )]
     pub config: PathBuf,
 
     #[command(subcommand)]

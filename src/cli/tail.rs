@@ -89,7 +89,11 @@ pub fn run(args: TailArgs) -> anyhow::Result<i32> {
             return Ok(0);
         }
         if idle.is_some_and(|d| last.elapsed() >= d) {
-            return Ok(if args.count.is_some_and(|c| seen < c) { 1 } else { 0 });
+            return Ok(if args.count.is_some_and(|c| seen < c) {
+                1
+            } else {
+                0
+            });
         }
         match consumer.poll(Duration::from_millis(200)) {
             None => {}
@@ -100,7 +104,10 @@ pub fn run(args: TailArgs) -> anyhow::Result<i32> {
                 let mut headers = Map::new();
                 if let Some(h) = m.headers() {
                     for header in h.iter() {
-                        headers.insert(header.key.to_string(), bytes_json(header.value.unwrap_or_default()));
+                        headers.insert(
+                            header.key.to_string(),
+                            bytes_json(header.value.unwrap_or_default()),
+                        );
                     }
                 }
                 let line = json!({

@@ -74,7 +74,11 @@ impl AdminState {
 pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Answer {
     let path = req.uri().path();
     if !ADMIN_PATHS.contains(&path) {
-        return answer::error(StatusCode::NOT_FOUND, "not_found", "try /healthz, /readyz or /metrics");
+        return answer::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "try /healthz, /readyz or /metrics",
+        );
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return answer::method_not_allowed("GET");

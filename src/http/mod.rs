@@ -99,6 +99,9 @@ pub async fn serve<H, F>(
         .await
         .is_err()
     {
-        tracing::warn!(listener = settings.name, "grace period over; closing the remaining connections");
+        tracing::warn!(
+            listener = settings.name,
+            "grace period over; closing the remaining connections"
+        );
     }
 }

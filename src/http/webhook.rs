@@ -116,7 +116,10 @@ async fn process(
                 "body_timeout",
             )
         }
-        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return done(too_large(), "payload_too_large")
         }
         Ok(Err(_)) => {

@@ -124,7 +124,10 @@ pub async fn run(
             && in_flight.len() < settings.max_in_flight
             && in_flight_bytes < settings.max_in_flight_bytes
         {
-            let (seq, message, attempt) = if retries.front().is_some_and(|r| r.due <= Instant::now()) {
+            let (seq, message, attempt) = if retries
+                .front()
+                .is_some_and(|r| r.due <= Instant::now())
+            {
                 let r = retries.pop_front().expect("checked");
                 if r.parked {
                     gauges.parked.fetch_sub(1, Ordering::Relaxed);
@@ -171,7 +174,19 @@ pub async fn run(
                     queue_full = true;
                 }
                 Err(EnqueueError::Refused(e)) => {
-                    handle_failure(&publisher, &metrics, &settings, &gauges, &mut retries, &mut to_delete, seq, message, attempt, e).await;
+                    handle_failure(
+                        &publisher,
+                        &metrics,
+                        &settings,
+                        &gauges,
+                        &mut retries,
+                        &mut to_delete,
+                        seq,
+                        message,
+                        attempt,
+                        e,
+                    )
+                    .await;
                 }
             }
         }
@@ -285,26 +300,32 @@ async fn handle_failure(
             Err(why) => {
                 tracing::error!(seq, event_id = %message.event_id, topic = %message.topic, error = %error, dead_letter_error = %why, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
                 gauges.parked.fetch_add(1, Ordering::Relaxed);
-                insert_retry(retries, Retry {
-                    due: Instant::now() + settings.park_retry,
-                    seq,
-                    message,
-                    attempt: attempt + 1,
-                    parked: true,
-                });
+                insert_retry(
+                    retries,
+                    Retry {
+                        due: Instant::now() + settings.park_retry,
+                        seq,
+                        message,
+                        attempt: attempt + 1,
+                        parked: true,
+                    },
+                );
             }
         }
     } else {
         let backoff = settings.retry_backoff * 2u32.saturating_pow(attempt.min(6));
         let backoff = backoff.min(Duration::from_secs(30));
         tracing::debug!(seq, error = %error, ?backoff, "delivery failed; will retry");
-        insert_retry(retries, Retry {
-            due: Instant::now() + backoff,
-            seq,
-            message,
-            attempt: attempt + 1,
-            parked: false,
-        });
+        insert_retry(
+            retries,
+            Retry {
+                due: Instant::now() + backoff,
+                seq,
+                message,
+                attempt: attempt + 1,
+                parked: false,
+            },
+        );
     }
 }
 

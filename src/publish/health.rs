@@ -12,9 +12,9 @@ use std::time::Instant;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
+use rdkafka::message::DeliveryResult;
 use rdkafka::producer::ProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::message::DeliveryResult;
 
 /// Shared reachability state of the Kafka cluster.
 #[derive(Debug)]
@@ -68,7 +68,10 @@ impl KafkaHealth {
                 .take()
                 .map(|t| t.elapsed())
                 .unwrap_or_default();
-            tracing::info!(outage_seconds = lasted.as_secs_f64(), "Kafka reachable again: outage ended");
+            tracing::info!(
+                outage_seconds = lasted.as_secs_f64(),
+                "Kafka reachable again: outage ended"
+            );
         }
     }
 }
@@ -86,7 +89,9 @@ impl ClientContext for BridgeContext {
             RDKafkaLogLevel::Emerg
             | RDKafkaLogLevel::Alert
             | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::debug!(target: "librdkafka", facility = fac, "{message}"),
+            | RDKafkaLogLevel::Error => {
+                tracing::debug!(target: "librdkafka", facility = fac, "{message}")
+            }
             _ => tracing::trace!(target: "librdkafka", facility = fac, "{message}"),
         }
     }

@@ -148,8 +148,12 @@ impl Publisher {
                 key: headers::DLQ_TOPIC,
                 value: Some(msg.topic.as_str()),
             });
-        let future = self.enqueue_with(topic, msg, h).map_err(|e| e.to_string())?;
-        Publisher::delivered(future).await.map_err(|e| e.to_string())
+        let future = self
+            .enqueue_with(topic, msg, h)
+            .map_err(|e| e.to_string())?;
+        Publisher::delivered(future)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Waits up to `timeout` for every queued message to be reported on.

@@ -220,9 +220,15 @@ mod tests {
         let body = br#"{"id":"1","event":"ping"}"#;
         for secret in ["old", "new"] {
             let sig = sign_hex(secret.as_bytes(), body);
-            assert_eq!(auth.verify(&headers("x-signature", &sig), None, body), Ok(()));
+            assert_eq!(
+                auth.verify(&headers("x-signature", &sig), None, body),
+                Ok(())
+            );
             let upper = format!("sha256={}", sig.to_uppercase());
-            assert_eq!(auth.verify(&headers("X-Signature", &upper), None, body), Ok(()));
+            assert_eq!(
+                auth.verify(&headers("X-Signature", &upper), None, body),
+                Ok(())
+            );
         }
         let forged = sign_hex(b"guess", body);
         assert_eq!(
@@ -244,7 +250,10 @@ mod tests {
     #[test]
     fn missing_and_malformed_signatures_are_told_apart() {
         let auth = hmac_auth(&["k"]);
-        assert_eq!(auth.verify(&HeaderMap::new(), None, b"x"), Err(AuthError::Missing));
+        assert_eq!(
+            auth.verify(&HeaderMap::new(), None, b"x"),
+            Err(AuthError::Missing)
+        );
         assert_eq!(
             auth.verify(&headers("x-signature", "zz"), None, b"x"),
             Err(AuthError::Malformed)
@@ -274,7 +283,10 @@ mod tests {
             in_path.verify(&HeaderMap::new(), Some("t0"), b""),
             Err(AuthError::Mismatch)
         );
-        assert_eq!(in_path.verify(&HeaderMap::new(), None, b""), Err(AuthError::Missing));
+        assert_eq!(
+            in_path.verify(&HeaderMap::new(), None, b""),
+            Err(AuthError::Missing)
+        );
 
         let in_header = Auth::from_settings(
             &AuthSettings::Token {
@@ -284,7 +296,10 @@ mod tests {
             false,
         )
         .unwrap();
-        assert_eq!(in_header.verify(&headers("x-token", "t0k"), None, b""), Ok(()));
+        assert_eq!(
+            in_header.verify(&headers("x-token", "t0k"), None, b""),
+            Ok(())
+        );
         assert!(!in_header.describe().contains("t0k"));
     }
 }

@@ -248,7 +248,9 @@ mod tests {
         assert!(e(&eduzz(), r#"{"id":"1","event":7}"#)
             .to_string()
             .contains("must be a string, not a number"));
-        assert!(e(&eduzz(), r#"{"event":"nutror.x"}"#).to_string().contains("'id'"));
+        assert!(e(&eduzz(), r#"{"event":"nutror.x"}"#)
+            .to_string()
+            .contains("'id'"));
         assert!(e(&eduzz(), r#"{"id":{},"event":"nutror.x"}"#)
             .to_string()
             .contains("'id'"));
@@ -264,10 +266,14 @@ mod tests {
 
     #[test]
     fn ping_needs_no_id_and_numbers_are_ids() {
-        let ping = eduzz().parse(&Bytes::from_static(br#"{"event":"ping"}"#)).unwrap();
+        let ping = eduzz()
+            .parse(&Bytes::from_static(br#"{"event":"ping"}"#))
+            .unwrap();
         assert_eq!(ping.slug, "ping");
         let n = eduzz()
-            .parse(&Bytes::from_static(br#"{"id":42,"event":"myeduzz.invoice_paid"}"#))
+            .parse(&Bytes::from_static(
+                br#"{"id":42,"event":"myeduzz.invoice_paid"}"#,
+            ))
             .unwrap();
         assert_eq!(n.id, "42");
     }
@@ -280,7 +286,9 @@ mod tests {
             id_pointer: Some("/meta/uid".into()),
         };
         let env = f
-            .parse(&Bytes::from_static(br#"{"type":"a.b","meta":{"uid":"u1"}}"#))
+            .parse(&Bytes::from_static(
+                br#"{"type":"a.b","meta":{"uid":"u1"}}"#,
+            ))
             .unwrap();
         assert_eq!((env.slug.as_str(), env.id.as_str()), ("a.b", "u1"));
     }

@@ -166,7 +166,7 @@ impl Spool {
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<Result<Entry, (u64, String)>>, SpoolError> {
+    ) -> Result<Vec<store::ReadEntry>, SpoolError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || store::read_after(&db, after, limit))
             .await
@@ -216,8 +216,10 @@ fn publish_gauges(g: &SpoolGauges, c: &store::Counters, max_bytes: u64) {
     g.depth.store(c.depth, Ordering::Relaxed);
     g.bytes.store(c.bytes, Ordering::Relaxed);
     g.dedupe_entries.store(c.dedupe_entries, Ordering::Relaxed);
-    g.full
-        .store(c.bytes + HEADROOM.min(max_bytes) > max_bytes, Ordering::Relaxed);
+    g.full.store(
+        c.bytes + HEADROOM.min(max_bytes) > max_bytes,
+        Ordering::Relaxed,
+    );
 }
 
 /// The writer thread: takes everything queued, commits it in one transaction, answers all.

@@ -102,9 +102,8 @@ pub fn open(dir: &Path) -> Result<Database, String> {
 pub fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
-    let get = |k: &str| -> Result<u64, redb::Error> {
-        Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0))
-    };
+    let get =
+        |k: &str| -> Result<u64, redb::Error> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
     let events = txn.open_table(EVENTS)?;
     let dedupe = txn.open_table(DEDUPE_BY_TIME)?;
     Ok(Counters {
@@ -191,11 +190,12 @@ pub fn commit_batch(
         // Forget ids that left the window, and the oldest ones past max_entries.
         if let (Some(d), Some(cutoff)) = (limits.dedupe, cutoff) {
             for _ in 0..EXPIRE_PER_COMMIT {
-                let oldest = match by_time.first()? {
-                    Some((k, v)) => Some((k.value(), v.value().to_string())),
-                    None => None,
+                let oldest = by_time
+                    .first()?
+                    .map(|(k, v)| (k.value(), v.value().to_string()));
+                let Some(((ms, dseq), key)) = oldest else {
+                    break;
                 };
-                let Some(((ms, dseq), key)) = oldest else { break };
                 if ms >= cutoff && c.dedupe_entries <= d.max_entries {
                     break;
                 }
@@ -217,6 +217,9 @@ pub fn commit_batch(
     Ok(outcomes)
 }
 
+/// An entry as read: decoded, or the sequence number and why it could not be decoded.
+pub type ReadEntry = Result<Entry, (u64, String)>;
+
 /// One spooled message and its sequence number.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -230,7 +233,7 @@ pub fn read_after(
     db: &Database,
     after: Option<u64>,
     limit: usize,
-) -> Result<Vec<Result<Entry, (u64, String)>>, redb::Error> {
+) -> Result<Vec<ReadEntry>, redb::Error> {
     let txn = db.begin_read()?;
     let events = txn.open_table(EVENTS)?;
     let start = after.map(|s| s + 1).unwrap_or(0);

@@ -2,6 +2,8 @@
 //! fetches what landed on a topic.
 #![allow(dead_code)]
 
+pub mod tansu;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -46,7 +48,11 @@ pub fn fixtures() -> Vec<(String, Vec<u8>)> {
         })
         .collect();
     out.sort();
-    assert!(out.len() >= 5, "expected the shared fixtures, found {}", out.len());
+    assert!(
+        out.len() >= 5,
+        "expected the shared fixtures, found {}",
+        out.len()
+    );
     out
 }
 
@@ -120,7 +126,9 @@ impl TestApp {
     pub async fn spawn_in(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> TestApp {
         let settings = Settings::from_toml(&config_text(brokers, spool_dir, extra))
             .unwrap_or_else(|e| panic!("{e}"));
-        let app = Application::build(settings).await.expect("the bridge starts");
+        let app = Application::build(settings)
+            .await
+            .expect("the bridge starts");
         let addr = app.webhook_addr();
         let admin = app.admin_addr().unwrap();
         let stop = app.stop_handle();
@@ -239,7 +247,8 @@ pub fn read_topic_blocking(
     };
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
     }
     consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
@@ -277,5 +286,8 @@ pub fn read_topic_blocking(
 /// Whether `topic` stays empty for `wait` (for "nothing was published" checks).
 pub async fn assert_topic_empty(brokers: &str, topic: &str, wait: Duration) {
     let records = read_topic(brokers, topic, 1, wait).await;
-    assert!(records.is_empty(), "{topic} should be empty, has {records:?}");
+    assert!(
+        records.is_empty(),
+        "{topic} should be empty, has {records:?}"
+    );
 }

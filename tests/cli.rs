@@ -1,0 +1,157 @@
+//! The command line, run as a newcomer would run it.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use rdkafka::mocking::MockCluster;
+
+fn bridge() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("EKB_CONFIG");
+    c
+}
+
+#[test]
+fn check_config_accepts_the_shipped_configs_and_prints_the_routing_table() {
+    for file in ["config/default.toml", "config/example.toml"] {
+        let out = bridge()
+            .args(["check-config", file])
+            .env("EDUZZ_WEBHOOK_SECRET", "x")
+            .env("EDUZZ_WEBHOOK_SECRET_PREVIOUS", "y")
+            .env("TOOLZZ_WEBHOOK_TOKEN", "z")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{file}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for slug in [
+            "nutror.lesson_started",
+            "myeduzz.invoice_paid",
+            "blinket.attendance_checkin",
+            "alpaclass.student_created",
+            "activities.certificate.issued",
+        ] {
+            assert!(
+                stdout.contains(slug),
+                "{file}: {slug} missing from\n{stdout}"
+            );
+        }
+        assert!(!stdout.contains("dev-secret"), "secrets never printed");
+    }
+}
+
+#[test]
+fn check_config_reports_every_problem_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        r#"
+[server]
+listen = "everywhere"
+
+[sources.eduzz]
+path = "/webhooks/eduzz"
+format = "eduzz"
+auth = { type = "hmac-sha256", secrets = ["env:EKB_TEST_UNSET_SECRET_VAR"] }
+
+[[routes]]
+match = "nutror.{"
+topic = "eduzz events"
+"#,
+    )
+    .unwrap();
+    let out = bridge().arg("check-config").arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "server.listen",
+        "sources.eduzz.auth.secrets[0]",
+        "EKB_TEST_UNSET_SECRET_VAR",
+        "routes[0].match",
+        "routes[0].topic",
+        "4 problems",
+    ] {
+        assert!(stderr.contains(needle), "{needle} missing from\n{stderr}");
+    }
+}
+
+#[test]
+fn env_overrides_the_file() {
+    let out = bridge()
+        .args(["check-config", "config/default.toml"])
+        .env("EKB__DELIVERY__ACK", "published")
+        .env("EKB__KAFKA__BROKERS", "kafka-1:9092")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ack mode: published; kafka: kafka-1:9092"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn help_version_and_sign() {
+    let out = bridge().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "check-config", "tail", "sign", "spool"] {
+        assert!(help.contains(cmd), "{cmd} in --help");
+    }
+    let out = bridge().arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+
+    let file = common::shared_dir().join("fixtures/nutror.learner_help.json");
+    let out = bridge()
+        .args(["sign", "--secret", "s3"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    let expected =
+        eduzz_kafka_bridge::source::auth::sign_hex(b"s3", &std::fs::read(&file).unwrap());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_prints_what_the_bridge_published() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let app = TestApp::spawn(&brokers, "").await;
+    let body = fixture("nutror.file_downloaded.json");
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+
+    let out = tokio::task::spawn_blocking(move || {
+        bridge()
+            .args([
+                "tail",
+                "--brokers",
+                &brokers,
+                "--topic",
+                "nutror.file_downloaded",
+            ])
+            .args(["--count", "1", "--idle-timeout", "20"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["value"].as_str().unwrap().as_bytes(), body.as_slice());
+    assert_eq!(line["key"], "iu6uf3b0nw6gc4oc8565rqwdm");
+    assert_eq!(line["headers"]["event"], "nutror.file_downloaded");
+    assert_eq!(line["headers"]["source"], "eduzz");
+    app.shutdown().await;
+}
