@@ -20,7 +20,7 @@ use crate::http::admin::{self, AdminState};
 use crate::http::webhook::{self, WebhookState};
 use crate::http::{serve, ListenerSettings};
 use crate::metrics::Metrics;
-use crate::publish::drain::{self, DrainGauges, DrainSettings, Until};
+use crate::publish::drain::{self, DrainGauges, DrainSettings, Recovery, Until};
 use crate::publish::Publisher;
 use crate::route::Router;
 use crate::sink::Sink;
@@ -29,6 +29,23 @@ use crate::spool::Spool;
 
 /// How often Kafka's reachability is probed (for readiness and outage logging).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The start-up check for events published but not deleted before the last stop.
+pub fn recovery(settings: &Settings, brokers: &str, drain: &DrainSettings) -> Option<Recovery> {
+    if !settings.delivery.recovery_check {
+        return None;
+    }
+    // Only the oldest entries can have been sent: the in-flight window, the confirmed ones
+    // whose delete was pending, and a read batch.
+    let candidates = drain.max_in_flight + 2 * drain.delete_batch + drain.read_batch;
+    Some(Recovery {
+        reader: crate::publish::reader_config(settings, brokers),
+        candidates,
+        lookback: 4 * candidates as i64,
+        timeout: Duration::from_secs(15),
+        attempts: 10,
+    })
+}
 
 /// A running bridge.
 pub struct Application {
@@ -102,6 +119,7 @@ impl Application {
                 }
                 let mut drain_settings = DrainSettings::new(settings.delivery.max_in_flight);
                 drain_settings.stop_grace = settings.server.shutdown_grace;
+                drain_settings.recovery = recovery(&settings, &brokers, &drain_settings);
                 let task = tokio::spawn(drain::run(
                     spool.clone(),
                     publisher.clone(),
@@ -213,7 +231,7 @@ impl Application {
 
         tracing::info!(
             webhook = %webhook_addr,
-            admin = ?admin_addr,
+            admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
             ack = settings.delivery.ack.as_str(),
             brokers = %brokers,
             "eduzz-kafka-bridge serving"
@@ -298,13 +316,13 @@ impl Application {
         // The producer goes before the embedded broker, or it would report the broker's
         // departure as an outage.
         drop(publisher);
-        if let Some(s) = &self.spool {
+        if let Some(s) = self.spool.take() {
             let st = s.stats();
+            s.close().await;
             tracing::info!(spool_depth = st.depth, "stopped");
         } else {
             tracing::info!("stopped");
         }
-        self.spool = None;
         self.embedded.take();
     }
 }

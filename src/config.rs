@@ -173,6 +173,9 @@ pub struct DeliverySettings {
     pub dead_letter_topic: Option<String>,
     /// In `spooled` mode: most events handed to the producer and not yet confirmed.
     pub max_in_flight: usize,
+    /// In `spooled` mode, at start-up: look up the oldest spooled events on Kafka and skip
+    /// those an earlier run published but could not delete (needs read access to the topics).
+    pub recovery_check: bool,
 }
 
 impl Default for DeliverySettings {
@@ -182,6 +185,7 @@ impl Default for DeliverySettings {
             publish_timeout: Duration::from_secs(10),
             dead_letter_topic: None,
             max_in_flight: 4096,
+            recovery_check: true,
         }
     }
 }

@@ -52,11 +52,14 @@ pub fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
                 let publisher = Publisher::new(&settings, &brokers)?;
                 let gauges = Arc::new(DrainGauges::default());
                 let (_stop, stop_rx) = watch::channel(false);
+                let mut drain_settings = DrainSettings::new(settings.delivery.max_in_flight);
+                drain_settings.recovery =
+                    crate::app::recovery(&settings, &brokers, &drain_settings);
                 drain::run(
                     spool.clone(),
                     publisher.clone(),
                     Arc::new(Metrics::new()),
-                    DrainSettings::new(settings.delivery.max_in_flight),
+                    drain_settings,
                     gauges.clone(),
                     stop_rx,
                     Until::Empty,
@@ -64,6 +67,7 @@ pub fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
                 .await;
                 publisher.flush(std::time::Duration::from_secs(10)).await;
                 let after = spool.stats().depth;
+                spool.close().await;
                 let parked = gauges.parked.load(std::sync::atomic::Ordering::Relaxed);
                 println!(
                     "{}",

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::message::Message;
 use crate::metrics::Metrics;
+use crate::publish::recover::{self, Outcome};
 use crate::publish::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::sink::record;
 use crate::spool::{Entry, Spool};
@@ -47,6 +48,32 @@ pub struct DrainSettings {
     /// Once told to stop: how long to wait for deliveries in flight before giving up on them
     /// (they stay in the spool).
     pub stop_grace: Duration,
+    /// Before draining, look up the oldest entries on Kafka (see [`recover`]); None skips it.
+    pub recovery: Option<Recovery>,
+}
+
+/// How the start-up check for already-published entries runs.
+#[derive(Clone)]
+pub struct Recovery {
+    /// Client settings to read the topics with.
+    pub reader: rdkafka::ClientConfig,
+    /// Most spooled entries looked up (those that can have been sent before the stop).
+    pub candidates: usize,
+    /// Messages read back from the end of each partition.
+    pub lookback: i64,
+    /// Time allowed to one attempt.
+    pub timeout: Duration,
+    /// Attempts before giving up (Kafka unreachable, or not readable).
+    pub attempts: u32,
+}
+
+impl std::fmt::Debug for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recovery")
+            .field("candidates", &self.candidates)
+            .field("lookback", &self.lookback)
+            .finish()
+    }
 }
 
 impl DrainSettings {
@@ -60,6 +87,7 @@ impl DrainSettings {
             retry_backoff: Duration::from_millis(500),
             park_retry: Duration::from_secs(60),
             stop_grace: Duration::from_secs(20),
+            recovery: None,
         }
     }
 }
@@ -103,6 +131,9 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     until: Until,
 ) {
+    if let Some(recovery) = &settings.recovery {
+        skip_already_published(&spool, recovery, &mut shutdown).await;
+    }
     let mut committed = spool.subscribe();
     let mut cursor: Option<u64> = None;
     let mut buffer: VecDeque<Entry> = VecDeque::new();
@@ -191,6 +222,9 @@ pub async fn run(
             }
         }
 
+        if !to_delete.is_empty() && oldest_pending_delete.is_none() {
+            oldest_pending_delete = Some(Instant::now());
+        }
         if to_delete.len() >= settings.delete_batch
             || (stopping && in_flight.is_empty() && !to_delete.is_empty())
             || oldest_pending_delete.is_some_and(|t| t.elapsed() >= settings.delete_interval)
@@ -224,7 +258,6 @@ pub async fn run(
                         publisher.health().mark_up();
                         gauges.published.fetch_add(1, Ordering::Relaxed);
                         to_delete.push(seq);
-                        oldest_pending_delete.get_or_insert_with(Instant::now);
                     }
                     Err(e) => {
                         handle_failure(&publisher, &metrics, &settings, &gauges, &mut retries, &mut to_delete, seq, message, attempt, e).await;
@@ -247,6 +280,53 @@ pub async fn run(
                 flush_deletes(&spool, &mut to_delete, &mut deleting);
                 while deleting.join_next().await.is_some() {}
                 return;
+            }
+        }
+    }
+}
+
+/// Deletes the spooled entries that an earlier run published but could not delete.
+async fn skip_already_published(spool: &Spool, r: &Recovery, shutdown: &mut watch::Receiver<bool>) {
+    let entries: Vec<Entry> = match spool.read_after(None, r.candidates).await {
+        Ok(v) => v.into_iter().filter_map(Result::ok).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the spool for the recovery check; skipping it");
+            return;
+        }
+    };
+    if entries.is_empty() {
+        return;
+    }
+    for attempt in 1..=r.attempts {
+        let (reader, lookback, timeout) = (r.reader.clone(), r.lookback, r.timeout);
+        let batch = entries.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            recover::already_published(&reader, &batch, lookback, timeout)
+        })
+        .await
+        .unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
+        match outcome {
+            Outcome::Found(seqs) => {
+                if !seqs.is_empty() {
+                    tracing::info!(
+                        events = seqs.len(),
+                        "spooled events were already on Kafka (confirmed before the last stop, not yet deleted); not publishing them again"
+                    );
+                }
+                if let Err(e) = spool.delete(seqs).await {
+                    tracing::warn!(error = %e, "cannot delete already-published entries; they will be published again");
+                }
+                return;
+            }
+            Outcome::Unknown(why) if attempt == r.attempts => {
+                tracing::warn!(reason = %why, events = entries.len(), "could not check which spooled events are already on Kafka; publishing them all (some may be duplicates)");
+            }
+            Outcome::Unknown(why) => {
+                tracing::debug!(reason = %why, attempt, "recovery check failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                    _ = shutdown.changed() => return,
+                }
             }
         }
     }

@@ -7,6 +7,7 @@
 
 pub mod drain;
 pub mod health;
+pub mod recover;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -179,6 +180,20 @@ impl Publisher {
         }
         ok
     }
+}
+
+/// Client settings for reading back from the same cluster (the recovery check).
+pub fn reader_config(settings: &Settings, brokers: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    for (k, v) in &settings.kafka.properties {
+        c.set(k, v.to_string());
+    }
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", "eduzz-kafka-bridge-recovery")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .set("log_level", "3");
+    c
 }
 
 /// The librdkafka configuration of the producer.

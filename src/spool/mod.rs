@@ -16,7 +16,7 @@ pub mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use redb::Database;
@@ -80,13 +80,20 @@ enum Command {
         seqs: Vec<u64>,
         reply: Option<oneshot::Sender<Result<(), SpoolError>>>,
     },
+    /// Commit what came before, then stop the writer.
+    Close { reply: oneshot::Sender<()> },
+}
+
+/// The open database, shared by the handles until [`Spool::close`] takes it away.
+struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
 }
 
 /// Handle to the spool; cheap to clone. The writer thread ends when the last handle goes.
 #[derive(Clone)]
 pub struct Spool {
     tx: mpsc::Sender<Command>,
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     gauges: Arc<SpoolGauges>,
     committed: watch::Receiver<Option<u64>>,
     max_bytes: u64,
@@ -120,7 +127,9 @@ impl Spool {
         }
         Ok(Spool {
             tx,
-            db,
+            shared: Arc::new(Shared {
+                db: RwLock::new(Some(db)),
+            }),
             gauges,
             committed,
             max_bytes: settings.max_bytes,
@@ -130,6 +139,34 @@ impl Spool {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    fn db(&self) -> Result<Arc<Database>, SpoolError> {
+        self.shared
+            .db
+            .read()
+            .unwrap()
+            .clone()
+            .ok_or(SpoolError::Closed)
+    }
+
+    /// Commits everything queued before this call, stops the writer and closes the file, so
+    /// another process (or a new instance) can open it at once. Later calls fail with
+    /// [`SpoolError::Closed`].
+    pub async fn close(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Command::Close { reply }).await.is_ok() {
+            let _ = done.await;
+        }
+        let Some(db) = self.shared.db.write().unwrap().take() else {
+            return;
+        };
+        // Reads in progress hold the database briefly; the file closes with the last one.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(db);
     }
 
     /// Stores `msg` durably, unless its (source, event id) was accepted within the window.
@@ -167,7 +204,7 @@ impl Spool {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<store::ReadEntry>, SpoolError> {
-        let db = self.db.clone();
+        let db = self.db()?;
         tokio::task::spawn_blocking(move || store::read_after(&db, after, limit))
             .await
             .map_err(|e| SpoolError::Storage(e.to_string()))?
@@ -195,7 +232,7 @@ impl Spool {
 
     /// Age of the oldest entry, if any.
     pub async fn oldest_age(&self) -> Option<Duration> {
-        let db = self.db.clone();
+        let db = self.db().ok()?;
         tokio::task::spawn_blocking(move || store::oldest(&db).ok().flatten())
             .await
             .ok()
@@ -209,17 +246,18 @@ pub fn dedupe_key(source: &str, event_id: &str) -> String {
     format!("{source}\u{1f}{event_id}")
 }
 
-/// Room a typical event needs; below it the spool reports itself full.
-const HEADROOM: u64 = 64 * 1024;
+/// Room a typical event needs; below it the spool reports itself full (not ready). A sixteenth
+/// of a small spool, so a tiny one is not "full" as soon as it holds anything.
+fn headroom(max_bytes: u64) -> u64 {
+    (64 * 1024).min(max_bytes / 16)
+}
 
 fn publish_gauges(g: &SpoolGauges, c: &store::Counters, max_bytes: u64) {
     g.depth.store(c.depth, Ordering::Relaxed);
     g.bytes.store(c.bytes, Ordering::Relaxed);
     g.dedupe_entries.store(c.dedupe_entries, Ordering::Relaxed);
-    g.full.store(
-        c.bytes + HEADROOM.min(max_bytes) > max_bytes,
-        Ordering::Relaxed,
-    );
+    g.full
+        .store(c.bytes + headroom(max_bytes) > max_bytes, Ordering::Relaxed);
 }
 
 /// The writer thread: takes everything queued, commits it in one transaction, answers all.
@@ -232,6 +270,7 @@ fn writer(
     committed: watch::Sender<Option<u64>>,
 ) {
     let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+    let mut closing: Option<oneshot::Sender<()>> = None;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         let mut bytes = 0usize;
@@ -262,6 +301,7 @@ fn writer(
                     received_at_ms: *received_at_ms,
                 }),
                 Command::Delete { seqs, .. } => deletes.extend_from_slice(seqs),
+                Command::Close { .. } => {}
             }
         }
         let now = unix_ms(SystemTime::now());
@@ -288,6 +328,7 @@ fn writer(
                                 let _ = r.send(Ok(()));
                             }
                         }
+                        Command::Close { reply } => closing = Some(reply),
                     }
                 }
             }
@@ -306,9 +347,31 @@ fn writer(
                                 let _ = r.send(Err(err.clone()));
                             }
                         }
+                        Command::Close { reply } => closing = Some(reply),
                     }
                 }
             }
+        }
+        if let Some(reply) = closing.take() {
+            // Refuse whatever is still queued, then let go of the database.
+            rx.close();
+            while let Ok(cmd) = rx.try_recv() {
+                match cmd {
+                    Command::Append { reply, .. } => {
+                        let _ = reply.send(Err(SpoolError::Closed));
+                    }
+                    Command::Delete { reply: Some(r), .. } => {
+                        let _ = r.send(Err(SpoolError::Closed));
+                    }
+                    Command::Delete { reply: None, .. } => {}
+                    Command::Close { reply } => {
+                        let _ = reply.send(());
+                    }
+                }
+            }
+            drop(db);
+            let _ = reply.send(());
+            return;
         }
     }
 }

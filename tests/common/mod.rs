@@ -2,6 +2,8 @@
 //! fetches what landed on a topic.
 #![allow(dead_code)]
 
+pub mod load;
+pub mod process;
 pub mod tansu;
 
 use std::path::PathBuf;
@@ -126,6 +128,13 @@ impl TestApp {
     pub async fn spawn_in(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> TestApp {
         let settings = Settings::from_toml(&config_text(brokers, spool_dir, extra))
             .unwrap_or_else(|e| panic!("{e}"));
+        // EKB_TEST_LOG=debug shows the bridge's logs while debugging a test.
+        if let Ok(filter) = std::env::var("EKB_TEST_LOG") {
+            eduzz_kafka_bridge::telemetry::init(&eduzz_kafka_bridge::config::LogSettings {
+                filter,
+                ..Default::default()
+            });
+        }
         let app = Application::build(settings)
             .await
             .expect("the bridge starts");
@@ -289,5 +298,55 @@ pub async fn assert_topic_empty(brokers: &str, topic: &str, wait: Duration) {
     assert!(
         records.is_empty(),
         "{topic} should be empty, has {records:?}"
+    );
+}
+
+/// Polls the admin `/metrics` until the spool is empty.
+pub async fn wait_spool_empty(admin: std::net::SocketAddr, timeout: Duration) {
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        if let Ok(resp) = client.get(format!("http://{admin}/metrics")).send().await {
+            let text = resp.text().await.unwrap_or_default();
+            if text.lines().any(|l| l == "eduzz_bridge_spool_depth 0") {
+                return;
+            }
+        }
+        assert!(
+            started.elapsed() < timeout,
+            "the spool did not empty within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// How often each event id appears on the topic.
+pub fn id_counts(records: &[Record]) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for r in records {
+        *counts.entry(r.header("event-id").unwrap()).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Every acknowledged id arrived exactly once, and nothing else arrived.
+pub fn assert_exactly_once(records: &[Record], acked: &std::collections::HashSet<String>) {
+    let counts = id_counts(records);
+    let missing: Vec<&String> = acked
+        .iter()
+        .filter(|id| !counts.contains_key(*id))
+        .collect();
+    let duplicated: Vec<(&String, &usize)> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    let unexpected: Vec<&String> = counts.keys().filter(|id| !acked.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged events lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(duplicated.is_empty(), "duplicates: {duplicated:?}");
+    assert!(
+        unexpected.is_empty(),
+        "events never acknowledged arrived: {unexpected:?}"
     );
 }
