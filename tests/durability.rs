@@ -422,3 +422,60 @@ dead_letter_topic = "bridge.dead-letters"
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        config_text(&brokers, &spool, ROUTE).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+
+    // Kafka is down: events wait in the spool, and stay there when the bridge stops.
+    cluster.broker_down(1).unwrap();
+    let mut bridge = BridgeProcess::start(&config);
+    let (code, _, err) = tokio::task::block_in_place(|| cli(&["spool", "stats"]));
+    assert_ne!(code, Some(0), "stats refuses while the bridge holds the spool");
+    assert!(err.contains("in use"), "{err}");
+    let result = load::run(
+        format!("http://{}/webhooks/eduzz", bridge.addr),
+        "stopped",
+        "alpaclass.student_created",
+        4,
+        25,
+        Duration::from_secs(20),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    assert_eq!(result.acked.len(), 100);
+    assert!(bridge.terminate().success(), "SIGTERM exits 0 even with events unpublished");
+
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&["spool", "stats"]));
+    assert_eq!(code, Some(0), "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["depth"], 100, "{stats}");
+    assert!(stats["oldest_age_seconds"].as_f64().unwrap() > 0.0);
+
+    // Kafka is back: `spool drain` publishes the backlog and exits 0 with an empty spool.
+    cluster.broker_up(1).unwrap();
+    let (code, out, err) = tokio::task::block_in_place(|| cli(&["spool", "drain"]));
+    assert_eq!(code, Some(0), "{out}{err}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["left"], 0, "{report}");
+    let records = read_topic(&brokers, TOPIC, 100, Duration::from_secs(30)).await;
+    assert_exactly_once(&records, &result.acked_set());
+}
