@@ -30,7 +30,6 @@ pub const ENV_SEPARATOR: &str = "__";
 
 /// The whole configuration of one bridge process.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
     pub server: ServerSettings,
@@ -59,7 +58,7 @@ pub struct Settings {
 
 /// The public webhook listener.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct ServerSettings {
     /// Address of the webhook listener, e.g. `0.0.0.0:8080` (port 0 picks a free port).
     pub listen: String,
@@ -93,7 +92,7 @@ impl Default for ServerSettings {
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`. Never the public port.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct AdminSettings {
     /// Address of the admin listener; empty disables it.
     pub listen: String,
@@ -109,7 +108,7 @@ impl Default for AdminSettings {
 
 /// Where and how to publish.
 #[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct KafkaSettings {
     /// `host:port[,host:port…]`. Unset: start an embedded in-process broker (development only).
     pub brokers: Option<String>,
@@ -163,7 +162,7 @@ impl AckMode {
 
 /// How events travel from the request to Kafka.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct DeliverySettings {
     pub ack: AckMode,
     /// In `published` mode: how long a request waits for the broker before 503.
@@ -192,7 +191,7 @@ impl Default for DeliverySettings {
 
 /// The durable spool used by `ack = "spooled"`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct SpoolSettings {
     /// Directory of the spool database (created if missing).
     pub dir: PathBuf,
@@ -211,7 +210,7 @@ impl Default for SpoolSettings {
 
 /// Remembering which (source, event id) pairs were already accepted.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct DedupeSettings {
     pub enabled: bool,
     /// How long an accepted id is remembered.
@@ -233,7 +232,7 @@ impl Default for DedupeSettings {
 
 /// Log output.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct LogSettings {
     pub format: LogFormat,
     /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
@@ -280,7 +279,6 @@ impl Format {
 
 /// One webhook source: a path, an envelope format and an authentication rule.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SourceSettings {
     /// Exact HTTP path, e.g. `/webhooks/eduzz`; may end in `/{token}` for token-in-path auth.
     pub path: String,
@@ -320,7 +318,6 @@ fn default_signature_header() -> String {
 
 /// One routing rule.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RouteSettings {
     /// Glob on the slug: `nutror.*`, `myeduzz.invoice_*`, `*`.
     #[serde(rename = "match")]
@@ -338,7 +335,7 @@ pub struct RouteSettings {
 
 /// The rule for slugs no other rule matches.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(default)]
 pub struct DefaultRouteSettings {
     pub topic: String,
     pub key: Option<String>,
@@ -407,14 +404,7 @@ impl Settings {
             )
             .build()
             .map_err(|e| single_problem(&name, "file", e.to_string()))?;
-        let settings: Settings = built
-            .try_deserialize()
-            .map_err(|e| single_problem(&name, &config_error_key(&e), e.to_string()))?;
-        settings.validate().map_err(|problems| ConfigError {
-            source_name: name,
-            problems,
-        })?;
-        Ok(settings)
+        finish(built, name)
     }
 
     /// Parses TOML text (no environment), then validates. Used by tests and tools.
@@ -423,14 +413,7 @@ impl Settings {
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .build()
             .map_err(|e| single_problem("<inline>", "file", e.to_string()))?;
-        let settings: Settings = built
-            .try_deserialize()
-            .map_err(|e| single_problem("<inline>", &config_error_key(&e), e.to_string()))?;
-        settings.validate().map_err(|problems| ConfigError {
-            source_name: "<inline>".into(),
-            problems,
-        })?;
-        Ok(settings)
+        finish(built, "<inline>".into())
     }
 
     /// Checks everything serde cannot, and returns every problem found.
@@ -689,6 +672,66 @@ impl Settings {
     }
 }
 
+/// Deserialises, collecting every unknown key, then validates; all problems in one error.
+fn finish(built: config::Config, name: String) -> Result<Settings, ConfigError> {
+    let mut unknown = Vec::new();
+    let settings: Settings = serde_ignored::deserialize(built, |path| unknown.push(path.to_string()))
+        .map_err(|e| single_problem(&name, &config_error_key(&e), e.to_string()))?;
+    let mut problems: Vec<ConfigProblem> = unknown.iter().map(|k| unknown_key(k)).collect();
+    if let Err(more) = settings.validate() {
+        problems.extend(more);
+    }
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(ConfigError {
+            source_name: name,
+            problems,
+        })
+    }
+}
+
+/// The keys each section knows, for "did you mean" hints. `*` stands for a source name or a
+/// route's index. (A test checks that config/example.toml, which documents every key, has no
+/// unknown key.)
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    ("", &["server", "admin", "kafka", "delivery", "spool", "dedupe", "log", "sources", "routes", "default_route"]),
+    ("server", &["listen", "max_body_bytes", "header_timeout", "body_timeout", "max_connections", "shutdown_grace"]),
+    ("admin", &["listen"]),
+    ("kafka", &["brokers", "properties"]),
+    ("delivery", &["ack", "publish_timeout", "dead_letter_topic", "max_in_flight", "recovery_check"]),
+    ("spool", &["dir", "max_bytes"]),
+    ("dedupe", &["enabled", "window", "max_entries"]),
+    ("log", &["format", "filter"]),
+    ("sources.*", &["path", "format", "slug_pointer", "id_pointer", "auth", "publish_ping"]),
+    ("routes.*", &["match", "source", "topic", "key", "drop"]),
+    ("default_route", &["topic", "key", "drop"]),
+];
+
+fn unknown_key(path: &str) -> ConfigProblem {
+    let (parent, leaf) = path.rsplit_once('.').unwrap_or(("", path));
+    let section = match parent.split_once('.') {
+        Some((head @ ("sources" | "routes"), _)) => format!("{head}.*"),
+        _ => parent.to_string(),
+    };
+    let hint = KNOWN_KEYS
+        .iter()
+        .find(|(s, _)| *s == section)
+        .and_then(|(_, keys)| {
+            // A near miss: a typo (small edit distance) or a shared prefix (Jaro-Winkler).
+            keys.iter()
+                .map(|k| (strsim::jaro_winkler(k, leaf), strsim::levenshtein(k, leaf), *k))
+                .filter(|(jw, lev, _)| *lev <= 2 || *jw >= 0.85)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+        })
+        .map(|(_, _, k)| format!("; did you mean '{k}'?"))
+        .unwrap_or_default();
+    ConfigProblem {
+        key: path.to_string(),
+        message: format!("unknown key{hint}"),
+    }
+}
+
 fn check_pointer(push: &mut impl FnMut(String, String), key: String, pointer: &str) {
     if !pointer.is_empty() && !pointer.starts_with('/') {
         push(
@@ -791,11 +834,26 @@ source = "ghost"
     }
 
     #[test]
-    fn unknown_keys_are_rejected_by_name() {
-        let err = Settings::from_toml(&format!("{MINIMAL}\n[server]\nlisten_addr = \"x\"\n"))
-            .unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("listen_addr"), "{text}");
+    fn every_unknown_key_is_named_with_a_hint() {
+        let text = format!(
+            "{MINIMAL}\n[server]\nlisten_addr = \"x\"\n[delivery]\nakc = \"spooled\"\n[[routes]]\nmatch = \"*\"\ntopik = \"t\"\n"
+        );
+        let err = Settings::from_toml(&text).unwrap_err();
+        let problems: Vec<String> = err.problems.iter().map(|p| p.to_string()).collect();
+        assert!(problems.contains(&"server.listen_addr: unknown key; did you mean 'listen'?".to_string()), "{problems:?}");
+        assert!(problems.contains(&"delivery.akc: unknown key; did you mean 'ack'?".to_string()), "{problems:?}");
+        assert!(problems.iter().any(|p| p.starts_with("routes.0.topik: unknown key; did you mean 'topic'?")), "{problems:?}");
+        // The rule without a topic is reported in the same run.
+        assert!(problems.iter().any(|p| p.starts_with("routes[0].topic:")), "{problems:?}");
+    }
+
+    #[test]
+    fn the_example_config_documents_only_known_keys() {
+        std::env::set_var("EDUZZ_WEBHOOK_SECRET", "a");
+        std::env::set_var("EDUZZ_WEBHOOK_SECRET_PREVIOUS", "b");
+        std::env::set_var("TOOLZZ_WEBHOOK_TOKEN", "c");
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        Settings::load(&path).unwrap_or_else(|e| panic!("{e}"));
     }
 
     #[test]

@@ -114,7 +114,8 @@ struct Retry {
 /// When to stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Until {
-    /// Run until `shutdown` turns true, then stop taking new work and finish what is in flight.
+    /// Run until `shutdown` turns true, then publish what the spool still holds until it is
+    /// empty or `stop_grace` is over (whatever is left stays for the next start).
     Shutdown,
     /// Stop as soon as the spool is empty (`spool drain`), or on `shutdown`.
     Empty,
@@ -150,8 +151,7 @@ pub async fn run(
     loop {
         // 1. Fill the window: due retries first, then the spool in order.
         queue_full = queue_full && !in_flight.is_empty();
-        while !stopping
-            && !queue_full
+        while !queue_full
             && in_flight.len() < settings.max_in_flight
             && in_flight_bytes < settings.max_in_flight_bytes
         {
@@ -237,7 +237,7 @@ pub async fn run(
             && buffer.is_empty()
             && *committed.borrow() <= cursor
             && retries.iter().all(|r| r.parked);
-        if (stopping && in_flight.is_empty()) || (until == Until::Empty && caught_up) {
+        if caught_up && (stopping || until == Until::Empty) {
             flush_deletes(&spool, &mut to_delete, &mut deleting);
             while deleting.join_next().await.is_some() {}
             return;
@@ -269,7 +269,7 @@ pub async fn run(
                     stopping = true;
                 }
             }
-            _ = sleep_until(next_retry), if next_retry.is_some() && !stopping => {}
+            _ = sleep_until(next_retry), if next_retry.is_some() => {}
             _ = sleep_until(delete_due), if delete_due.is_some() => {}
             _ = tokio::time::sleep(Duration::from_millis(5)), if queue_full => {}
             _ = shutdown.changed(), if !stopping => {

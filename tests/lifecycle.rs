@@ -1,0 +1,172 @@
+//! Running the bridge in production: shutdown, health, metrics, logs.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::process::BridgeProcess;
+use common::*;
+use rdkafka::mocking::MockCluster;
+
+const TOPIC: &str = "life.events";
+const ROUTE: &str = "[default_route]\ntopic = \"life.events\"\n";
+
+fn write_config(dir: &std::path::Path, brokers: &str, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("bridge.toml");
+    std::fs::write(&path, config_text(brokers, &dir.join("spool"), extra)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknowledged_one() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &brokers, ROUTE);
+    let mut bridge = BridgeProcess::start(&config);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(load::run(
+        format!("http://{}/webhooks/eduzz", bridge.addr),
+        "term",
+        "nutror.lesson_started",
+        16,
+        usize::MAX,
+        Duration::from_secs(20),
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let status = tokio::task::block_in_place(|| bridge.terminate());
+    assert!(status.success(), "exit 0 after SIGTERM, got {status:?}");
+    stop.store(true, Ordering::Relaxed);
+    let result = load.await.unwrap();
+    assert!(result.acked.len() > 100, "{} acked", result.acked.len());
+
+    // Every request answered 2xx is on Kafka, exactly once, without a restart: the grace
+    // period was enough to publish the whole spool.
+    let records = read_topic(&brokers, TOPIC, result.acked.len(), Duration::from_secs(30)).await;
+    assert_exactly_once(&records, &result.acked_set());
+    let logs = bridge.drain_logs().join("\n");
+    assert!(logs.contains("SIGTERM received"), "{logs}");
+    assert!(logs.contains("\"spool_depth\":0") && logs.contains("\"message\":\"stopped\""), "{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let app = TestApp::spawn(&brokers, &format!("{ROUTE}\n[delivery]\nack = \"published\"\npublish_timeout = \"2s\"\n")).await;
+    let admin = |path: &str| format!("http://{}{}", app.admin, path);
+
+    let health = reqwest::get(admin("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(admin("/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body, serde_json::json!({"ready": true, "kafka": "reachable", "spool": "disabled"}));
+
+    let body = eduzz_event("m-1", "myeduzz.invoice_paid");
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
+    assert_eq!(app.post_eduzz(&body, "forged").await.status(), 401);
+
+    // Without a spool, an unreachable Kafka means not ready, and requests get 503.
+    cluster.broker_down(1).unwrap();
+    let mut not_ready = false;
+    for _ in 0..100 {
+        let r = reqwest::get(admin("/readyz")).await.unwrap();
+        if r.status() == 503 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["kafka"], "unreachable");
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_ready, "readyz turns 503 while Kafka is down");
+    let down = app.post_eduzz(&eduzz_event("m-2", "myeduzz.invoice_paid"), SECRET).await;
+    assert_eq!(down.status(), 503);
+    assert!(down.headers().contains_key("retry-after"));
+    cluster.broker_up(1).unwrap();
+    let mut ready_again = false;
+    for _ in 0..100 {
+        if reqwest::get(admin("/readyz")).await.unwrap().status() == 200 {
+            ready_again = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready_again, "readyz returns to 200 when Kafka is back");
+
+    let metrics = reqwest::get(admin("/metrics")).await.unwrap();
+    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let text = metrics.text().await.unwrap();
+    for needle in [
+        "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"200\"} 1",
+        "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"401\"} 1",
+        "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"503\"} 1",
+        "eduzz_bridge_events_total{source=\"eduzz\",slug=\"myeduzz.invoice_paid\",outcome=\"published\"} 1",
+        "eduzz_bridge_published_total{topic=\"life.events\"} 1",
+        "eduzz_bridge_signature_failures_total{source=\"eduzz\",reason=\"mismatch\"} 1",
+        "eduzz_bridge_publish_latency_seconds_count 1",
+        "eduzz_bridge_request_duration_seconds_count",
+        "eduzz_bridge_producer_queue_depth",
+        "eduzz_bridge_kafka_reachable 1",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from\n{text}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_secret_is_logged() {
+    let cluster = MockCluster::new(1).unwrap();
+    let brokers = cluster.bootstrap_servers();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &brokers, ROUTE);
+    let bridge = BridgeProcess::start(&config);
+
+    cluster.broker_down(1).unwrap();
+    let result = load::run(
+        format!("http://{}/webhooks/eduzz", bridge.addr),
+        "outage",
+        "nutror.lesson_started",
+        4,
+        100,
+        Duration::from_secs(20),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await;
+    assert_eq!(result.acked.len(), 400, "the spool takes events during the outage");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.broker_up(1).unwrap();
+    wait_spool_empty(bridge.admin, Duration::from_secs(60)).await;
+    // A forged request, to see what an auth failure logs.
+    let forged = eduzz_event("forged-1", "nutror.lesson_started");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/eduzz", bridge.addr))
+        .header("x-signature", eduzz_kafka_bridge::source::auth::sign_hex(b"wrong", &forged))
+        .body(forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let logs = bridge.drain_logs();
+    let started = logs.iter().filter(|l| l.contains("outage started")).count();
+    let ended = logs.iter().filter(|l| l.contains("outage ended")).count();
+    assert_eq!((started, ended), (1, 1), "one line each:\n{}", logs.join("\n"));
+    let refused = logs
+        .iter()
+        .find(|l| l.contains("authentication failed"))
+        .expect("the refusal is logged");
+    let refused: serde_json::Value = serde_json::from_str(refused).unwrap();
+    assert_eq!(refused["span"]["source"], "eduzz", "the request's span names the source: {refused}");
+    let all = logs.join("\n");
+    assert!(!all.contains(SECRET), "no secret in the logs");
+    assert!(!all.contains("Ciclano da Silva"), "no body in the logs at info");
+    let records = read_topic(&brokers, TOPIC, 400, Duration::from_secs(30)).await;
+    assert_exactly_once(&records, &result.acked_set());
+}
