@@ -1,0 +1,159 @@
+//! deploy/ cannot be run here (no Docker engine, no cluster), so this checks what can be
+//! checked: every YAML parses, the manifests name the bridge's real ports, probe paths and spool
+//! directory, and the configs they carry pass the bridge's own validation.
+
+use std::path::{Path, PathBuf};
+
+use eduzz_kafka_bridge::config::Settings;
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn yaml(path: &str) -> Vec<Yaml> {
+    let text = std::fs::read_to_string(root().join(path)).unwrap();
+    YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn secrets_env() {
+    std::env::set_var("EDUZZ_WEBHOOK_SECRET", "x");
+    std::env::set_var("TOOLZZ_WEBHOOK_TOKEN", "y");
+}
+
+fn load_config_text(text: &str) -> Settings {
+    secrets_env();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    Settings::load(&path).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_container_config_is_valid_and_listens_beyond_loopback() {
+    let s = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
+    assert!(s.server.listen.starts_with("0.0.0.0:"));
+    assert!(s.admin.listen.starts_with("0.0.0.0:"), "probes come from outside the container");
+    assert!(s.kafka.brokers.is_some(), "never the embedded broker in a deployment");
+}
+
+#[test]
+fn the_statefulset_matches_the_config_it_mounts() {
+    let cm = &yaml("deploy/k8s/configmap.yaml")[0];
+    let settings = load_config_text(cm["data"]["config.toml"].as_str().unwrap());
+    let sts = &yaml("deploy/k8s/statefulset.yaml")[0];
+    assert_eq!(sts["kind"].as_str(), Some("StatefulSet"));
+    let pod = &sts["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+
+    let ports: Vec<(String, i64)> = c["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_i64().unwrap()))
+        .collect();
+    assert!(ports.contains(&("webhook".into(), port_of(&settings.server.listen))));
+    assert!(ports.contains(&("admin".into(), port_of(&settings.admin.listen))));
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"].as_str(), Some("admin"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_str(), Some("admin"));
+
+    let mounts = c["volumeMounts"].as_vec().unwrap();
+    let spool = mounts.iter().find(|m| m["name"].as_str() == Some("spool")).unwrap();
+    assert_eq!(Path::new(spool["mountPath"].as_str().unwrap()), settings.spool.dir);
+    let claims = sts["spec"]["volumeClaimTemplates"].as_vec().unwrap();
+    assert_eq!(claims[0]["metadata"]["name"].as_str(), Some("spool"));
+    let config_mount = mounts.iter().find(|m| m["name"].as_str() == Some("config")).unwrap();
+    let env = c["env"].as_vec().unwrap();
+    let config_path = env
+        .iter()
+        .find(|e| e["name"].as_str() == Some("EKB_CONFIG"))
+        .unwrap()["value"]
+        .as_str()
+        .unwrap();
+    assert!(config_path.starts_with(config_mount["mountPath"].as_str().unwrap()));
+
+    let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
+    assert!(grace as u64 > settings.server.shutdown_grace.as_secs(), "the pod outlives the bridge's grace period");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
+    assert!(c["resources"]["limits"]["memory"].as_str().is_some());
+}
+
+#[test]
+fn kustomize_lists_every_manifest_and_services_expose_the_right_ports() {
+    let k = &yaml("deploy/k8s/kustomization.yaml")[0];
+    let listed: Vec<&str> = k["resources"].as_vec().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    for entry in std::fs::read_dir(root().join("deploy/k8s")).unwrap() {
+        let name = entry.unwrap().file_name().to_string_lossy().to_string();
+        if name != "kustomization.yaml" {
+            assert!(listed.contains(&name.as_str()), "{name} is not in kustomization.yaml");
+        }
+        yaml(&format!("deploy/k8s/{name}"));
+    }
+    let services = yaml("deploy/k8s/service.yaml");
+    let public = services.iter().find(|s| s["metadata"]["name"].as_str() == Some("eduzz-kafka-bridge")).unwrap();
+    let targets: Vec<&str> = public["spec"]["ports"].as_vec().unwrap().iter().map(|p| p["targetPort"].as_str().unwrap()).collect();
+    assert_eq!(targets, ["webhook"], "the public service exposes only webhooks");
+    let hpa = &yaml("deploy/k8s/hpa.yaml")[0];
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(yaml("deploy/k8s/pdb.yaml")[0]["kind"].as_str(), Some("PodDisruptionBudget"));
+    for kind in ["ConfigMap", "Secret"] {
+        let file = format!("deploy/k8s/{}.yaml", kind.to_lowercase());
+        assert_eq!(yaml(&file)[0]["kind"].as_str(), Some(kind));
+    }
+}
+
+#[test]
+fn the_dockerfile_runs_as_non_root_with_a_volume_and_a_healthcheck() {
+    let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
+    let settings = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
+    let last_stage = text.rsplit("\nFROM ").next().unwrap();
+    let user = last_stage.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
+    assert!(user.trim() != "0" && user.trim() != "root");
+    let volume = last_stage.lines().find_map(|l| l.strip_prefix("VOLUME ")).unwrap();
+    assert_eq!(Path::new(volume.trim()), settings.spool.dir);
+    assert!(last_stage.contains(&format!("http://127.0.0.1:{}/healthz", port_of(&settings.admin.listen))));
+    assert!(last_stage.contains(&format!("EXPOSE {} {}", port_of(&settings.server.listen), port_of(&settings.admin.listen))));
+    assert!(last_stage.contains("STOPSIGNAL SIGTERM"));
+    assert!(last_stage.contains("COPY deploy/config.toml"));
+}
+
+#[test]
+fn compose_runs_kafka_the_bridge_and_a_consumer() {
+    let c = &yaml("deploy/compose.yaml")[0];
+    let services = &c["services"];
+    for name in ["kafka", "bridge", "consumer"] {
+        assert!(!services[name].is_badvalue(), "service {name}");
+    }
+    let bridge = &services["bridge"];
+    assert_eq!(bridge["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"));
+    assert_eq!(bridge["environment"]["EKB__KAFKA__BROKERS"].as_str(), Some("kafka:9092"));
+    let ports: Vec<&str> = bridge["ports"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(ports.contains(&"8080:8080"));
+    let volume = bridge["volumes"][0].as_str().unwrap();
+    assert!(volume.ends_with(":/var/lib/eduzz-kafka-bridge/spool"));
+    assert_eq!(services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str(), Some("broker,controller"));
+}
+
+#[test]
+fn the_systemd_unit_stops_gracefully() {
+    let text = std::fs::read_to_string(root().join("deploy/systemd/eduzz-kafka-bridge.service")).unwrap();
+    let settings = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("{key} missing"))
+            .to_string()
+    };
+    assert!(value("ExecStart").ends_with("eduzz-kafka-bridge serve"));
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    let stop: u64 = value("TimeoutStopSec").parse().unwrap();
+    assert!(stop > settings.server.shutdown_grace.as_secs());
+    assert_eq!(value("StateDirectory"), "eduzz-kafka-bridge");
+    assert!(settings.spool.dir.starts_with("/var/lib/eduzz-kafka-bridge"));
+}
