@@ -675,8 +675,9 @@ impl Settings {
 /// Deserialises, collecting every unknown key, then validates; all problems in one error.
 fn finish(built: config::Config, name: String) -> Result<Settings, ConfigError> {
     let mut unknown = Vec::new();
-    let settings: Settings = serde_ignored::deserialize(built, |path| unknown.push(path.to_string()))
-        .map_err(|e| single_problem(&name, &config_error_key(&e), e.to_string()))?;
+    let settings: Settings =
+        serde_ignored::deserialize(built, |path| unknown.push(path.to_string()))
+            .map_err(|e| single_problem(&name, &config_error_key(&e), e.to_string()))?;
     let mut problems: Vec<ConfigProblem> = unknown.iter().map(|k| unknown_key(k)).collect();
     if let Err(more) = settings.validate() {
         problems.extend(more);
@@ -695,15 +696,58 @@ fn finish(built: config::Config, name: String) -> Result<Settings, ConfigError> 
 /// route's index. (A test checks that config/example.toml, which documents every key, has no
 /// unknown key.)
 const KNOWN_KEYS: &[(&str, &[&str])] = &[
-    ("", &["server", "admin", "kafka", "delivery", "spool", "dedupe", "log", "sources", "routes", "default_route"]),
-    ("server", &["listen", "max_body_bytes", "header_timeout", "body_timeout", "max_connections", "shutdown_grace"]),
+    (
+        "",
+        &[
+            "server",
+            "admin",
+            "kafka",
+            "delivery",
+            "spool",
+            "dedupe",
+            "log",
+            "sources",
+            "routes",
+            "default_route",
+        ],
+    ),
+    (
+        "server",
+        &[
+            "listen",
+            "max_body_bytes",
+            "header_timeout",
+            "body_timeout",
+            "max_connections",
+            "shutdown_grace",
+        ],
+    ),
     ("admin", &["listen"]),
     ("kafka", &["brokers", "properties"]),
-    ("delivery", &["ack", "publish_timeout", "dead_letter_topic", "max_in_flight", "recovery_check"]),
+    (
+        "delivery",
+        &[
+            "ack",
+            "publish_timeout",
+            "dead_letter_topic",
+            "max_in_flight",
+            "recovery_check",
+        ],
+    ),
     ("spool", &["dir", "max_bytes"]),
     ("dedupe", &["enabled", "window", "max_entries"]),
     ("log", &["format", "filter"]),
-    ("sources.*", &["path", "format", "slug_pointer", "id_pointer", "auth", "publish_ping"]),
+    (
+        "sources.*",
+        &[
+            "path",
+            "format",
+            "slug_pointer",
+            "id_pointer",
+            "auth",
+            "publish_ping",
+        ],
+    ),
     ("routes.*", &["match", "source", "topic", "key", "drop"]),
     ("default_route", &["topic", "key", "drop"]),
 ];
@@ -720,7 +764,13 @@ fn unknown_key(path: &str) -> ConfigProblem {
         .and_then(|(_, keys)| {
             // A near miss: a typo (small edit distance) or a shared prefix (Jaro-Winkler).
             keys.iter()
-                .map(|k| (strsim::jaro_winkler(k, leaf), strsim::levenshtein(k, leaf), *k))
+                .map(|k| {
+                    (
+                        strsim::jaro_winkler(k, leaf),
+                        strsim::levenshtein(k, leaf),
+                        *k,
+                    )
+                })
                 .filter(|(jw, lev, _)| *lev <= 2 || *jw >= 0.85)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
         })
@@ -840,11 +890,26 @@ source = "ghost"
         );
         let err = Settings::from_toml(&text).unwrap_err();
         let problems: Vec<String> = err.problems.iter().map(|p| p.to_string()).collect();
-        assert!(problems.contains(&"server.listen_addr: unknown key; did you mean 'listen'?".to_string()), "{problems:?}");
-        assert!(problems.contains(&"delivery.akc: unknown key; did you mean 'ack'?".to_string()), "{problems:?}");
-        assert!(problems.iter().any(|p| p.starts_with("routes.0.topik: unknown key; did you mean 'topic'?")), "{problems:?}");
+        assert!(
+            problems
+                .contains(&"server.listen_addr: unknown key; did you mean 'listen'?".to_string()),
+            "{problems:?}"
+        );
+        assert!(
+            problems.contains(&"delivery.akc: unknown key; did you mean 'ack'?".to_string()),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("routes.0.topik: unknown key; did you mean 'topic'?")),
+            "{problems:?}"
+        );
         // The rule without a topic is reported in the same run.
-        assert!(problems.iter().any(|p| p.starts_with("routes[0].topic:")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.starts_with("routes[0].topic:")),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -37,8 +37,14 @@ fn port_of(addr: &str) -> i64 {
 fn the_container_config_is_valid_and_listens_beyond_loopback() {
     let s = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
     assert!(s.server.listen.starts_with("0.0.0.0:"));
-    assert!(s.admin.listen.starts_with("0.0.0.0:"), "probes come from outside the container");
-    assert!(s.kafka.brokers.is_some(), "never the embedded broker in a deployment");
+    assert!(
+        s.admin.listen.starts_with("0.0.0.0:"),
+        "probes come from outside the container"
+    );
+    assert!(
+        s.kafka.brokers.is_some(),
+        "never the embedded broker in a deployment"
+    );
 }
 
 #[test]
@@ -54,21 +60,47 @@ fn the_statefulset_matches_the_config_it_mounts() {
         .as_vec()
         .unwrap()
         .iter()
-        .map(|p| (p["name"].as_str().unwrap().to_string(), p["containerPort"].as_i64().unwrap()))
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap().to_string(),
+                p["containerPort"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert!(ports.contains(&("webhook".into(), port_of(&settings.server.listen))));
     assert!(ports.contains(&("admin".into(), port_of(&settings.admin.listen))));
-    assert_eq!(c["livenessProbe"]["httpGet"]["path"].as_str(), Some("/healthz"));
-    assert_eq!(c["livenessProbe"]["httpGet"]["port"].as_str(), Some("admin"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["path"].as_str(), Some("/readyz"));
-    assert_eq!(c["readinessProbe"]["httpGet"]["port"].as_str(), Some("admin"));
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"]["port"].as_str(),
+        Some("admin")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/readyz")
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"]["port"].as_str(),
+        Some("admin")
+    );
 
     let mounts = c["volumeMounts"].as_vec().unwrap();
-    let spool = mounts.iter().find(|m| m["name"].as_str() == Some("spool")).unwrap();
-    assert_eq!(Path::new(spool["mountPath"].as_str().unwrap()), settings.spool.dir);
+    let spool = mounts
+        .iter()
+        .find(|m| m["name"].as_str() == Some("spool"))
+        .unwrap();
+    assert_eq!(
+        Path::new(spool["mountPath"].as_str().unwrap()),
+        settings.spool.dir
+    );
     let claims = sts["spec"]["volumeClaimTemplates"].as_vec().unwrap();
     assert_eq!(claims[0]["metadata"]["name"].as_str(), Some("spool"));
-    let config_mount = mounts.iter().find(|m| m["name"].as_str() == Some("config")).unwrap();
+    let config_mount = mounts
+        .iter()
+        .find(|m| m["name"].as_str() == Some("config"))
+        .unwrap();
     let env = c["env"].as_vec().unwrap();
     let config_path = env
         .iter()
@@ -79,7 +111,10 @@ fn the_statefulset_matches_the_config_it_mounts() {
     assert!(config_path.starts_with(config_mount["mountPath"].as_str().unwrap()));
 
     let grace = pod["terminationGracePeriodSeconds"].as_i64().unwrap();
-    assert!(grace as u64 > settings.server.shutdown_grace.as_secs(), "the pod outlives the bridge's grace period");
+    assert!(
+        grace as u64 > settings.server.shutdown_grace.as_secs(),
+        "the pod outlives the bridge's grace period"
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"].as_bool(), Some(true));
     assert!(c["resources"]["limits"]["memory"].as_str().is_some());
 }
@@ -87,21 +122,47 @@ fn the_statefulset_matches_the_config_it_mounts() {
 #[test]
 fn kustomize_lists_every_manifest_and_services_expose_the_right_ports() {
     let k = &yaml("deploy/k8s/kustomization.yaml")[0];
-    let listed: Vec<&str> = k["resources"].as_vec().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
+    let listed: Vec<&str> = k["resources"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
     for entry in std::fs::read_dir(root().join("deploy/k8s")).unwrap() {
         let name = entry.unwrap().file_name().to_string_lossy().to_string();
         if name != "kustomization.yaml" {
-            assert!(listed.contains(&name.as_str()), "{name} is not in kustomization.yaml");
+            assert!(
+                listed.contains(&name.as_str()),
+                "{name} is not in kustomization.yaml"
+            );
         }
         yaml(&format!("deploy/k8s/{name}"));
     }
     let services = yaml("deploy/k8s/service.yaml");
-    let public = services.iter().find(|s| s["metadata"]["name"].as_str() == Some("eduzz-kafka-bridge")).unwrap();
-    let targets: Vec<&str> = public["spec"]["ports"].as_vec().unwrap().iter().map(|p| p["targetPort"].as_str().unwrap()).collect();
-    assert_eq!(targets, ["webhook"], "the public service exposes only webhooks");
+    let public = services
+        .iter()
+        .find(|s| s["metadata"]["name"].as_str() == Some("eduzz-kafka-bridge"))
+        .unwrap();
+    let targets: Vec<&str> = public["spec"]["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| p["targetPort"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        targets,
+        ["webhook"],
+        "the public service exposes only webhooks"
+    );
     let hpa = &yaml("deploy/k8s/hpa.yaml")[0];
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"].as_str(), Some("StatefulSet"));
-    assert_eq!(yaml("deploy/k8s/pdb.yaml")[0]["kind"].as_str(), Some("PodDisruptionBudget"));
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["kind"].as_str(),
+        Some("StatefulSet")
+    );
+    assert_eq!(
+        yaml("deploy/k8s/pdb.yaml")[0]["kind"].as_str(),
+        Some("PodDisruptionBudget")
+    );
     for kind in ["ConfigMap", "Secret"] {
         let file = format!("deploy/k8s/{}.yaml", kind.to_lowercase());
         assert_eq!(yaml(&file)[0]["kind"].as_str(), Some(kind));
@@ -111,14 +172,28 @@ fn kustomize_lists_every_manifest_and_services_expose_the_right_ports() {
 #[test]
 fn the_dockerfile_runs_as_non_root_with_a_volume_and_a_healthcheck() {
     let text = std::fs::read_to_string(root().join("deploy/Dockerfile")).unwrap();
-    let settings = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
+    let settings =
+        load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
     let last_stage = text.rsplit("\nFROM ").next().unwrap();
-    let user = last_stage.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
+    let user = last_stage
+        .lines()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("a USER line");
     assert!(user.trim() != "0" && user.trim() != "root");
-    let volume = last_stage.lines().find_map(|l| l.strip_prefix("VOLUME ")).unwrap();
+    let volume = last_stage
+        .lines()
+        .find_map(|l| l.strip_prefix("VOLUME "))
+        .unwrap();
     assert_eq!(Path::new(volume.trim()), settings.spool.dir);
-    assert!(last_stage.contains(&format!("http://127.0.0.1:{}/healthz", port_of(&settings.admin.listen))));
-    assert!(last_stage.contains(&format!("EXPOSE {} {}", port_of(&settings.server.listen), port_of(&settings.admin.listen))));
+    assert!(last_stage.contains(&format!(
+        "http://127.0.0.1:{}/healthz",
+        port_of(&settings.admin.listen)
+    )));
+    assert!(last_stage.contains(&format!(
+        "EXPOSE {} {}",
+        port_of(&settings.server.listen),
+        port_of(&settings.admin.listen)
+    )));
     assert!(last_stage.contains("STOPSIGNAL SIGTERM"));
     assert!(last_stage.contains("COPY deploy/config.toml"));
 }
@@ -131,19 +206,35 @@ fn compose_runs_kafka_the_bridge_and_a_consumer() {
         assert!(!services[name].is_badvalue(), "service {name}");
     }
     let bridge = &services["bridge"];
-    assert_eq!(bridge["build"]["dockerfile"].as_str(), Some("deploy/Dockerfile"));
-    assert_eq!(bridge["environment"]["EKB__KAFKA__BROKERS"].as_str(), Some("kafka:9092"));
-    let ports: Vec<&str> = bridge["ports"].as_vec().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert_eq!(
+        bridge["build"]["dockerfile"].as_str(),
+        Some("deploy/Dockerfile")
+    );
+    assert_eq!(
+        bridge["environment"]["EKB__KAFKA__BROKERS"].as_str(),
+        Some("kafka:9092")
+    );
+    let ports: Vec<&str> = bridge["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
     assert!(ports.contains(&"8080:8080"));
     let volume = bridge["volumes"][0].as_str().unwrap();
     assert!(volume.ends_with(":/var/lib/eduzz-kafka-bridge/spool"));
-    assert_eq!(services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str(), Some("broker,controller"));
+    assert_eq!(
+        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"].as_str(),
+        Some("broker,controller")
+    );
 }
 
 #[test]
 fn the_systemd_unit_stops_gracefully() {
-    let text = std::fs::read_to_string(root().join("deploy/systemd/eduzz-kafka-bridge.service")).unwrap();
-    let settings = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
+    let text =
+        std::fs::read_to_string(root().join("deploy/systemd/eduzz-kafka-bridge.service")).unwrap();
+    let settings =
+        load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
     let value = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{key}=")))
@@ -155,5 +246,8 @@ fn the_systemd_unit_stops_gracefully() {
     let stop: u64 = value("TimeoutStopSec").parse().unwrap();
     assert!(stop > settings.server.shutdown_grace.as_secs());
     assert_eq!(value("StateDirectory"), "eduzz-kafka-bridge");
-    assert!(settings.spool.dir.starts_with("/var/lib/eduzz-kafka-bridge"));
+    assert!(settings
+        .spool
+        .dir
+        .starts_with("/var/lib/eduzz-kafka-bridge"));
 }

@@ -432,7 +432,8 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,
-        config_text(&brokers, &spool, ROUTE).replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
+        config_text(&brokers, &spool, ROUTE)
+            .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
     )
     .unwrap();
     let cli = |args: &[&str]| {
@@ -442,14 +443,22 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
 
     // Kafka is down: events wait in the spool, and stay there when the bridge stops.
     cluster.broker_down(1).unwrap();
     let mut bridge = BridgeProcess::start(&config);
     let (code, _, err) = tokio::task::block_in_place(|| cli(&["spool", "stats"]));
-    assert_ne!(code, Some(0), "stats refuses while the bridge holds the spool");
+    assert_ne!(
+        code,
+        Some(0),
+        "stats refuses while the bridge holds the spool"
+    );
     assert!(err.contains("in use"), "{err}");
     let result = load::run(
         format!("http://{}/webhooks/eduzz", bridge.addr),
@@ -462,7 +471,10 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     )
     .await;
     assert_eq!(result.acked.len(), 100);
-    assert!(bridge.terminate().success(), "SIGTERM exits 0 even with events unpublished");
+    assert!(
+        bridge.terminate().success(),
+        "SIGTERM exits 0 even with events unpublished"
+    );
 
     let (code, out, err) = tokio::task::block_in_place(|| cli(&["spool", "stats"]));
     assert_eq!(code, Some(0), "{err}");

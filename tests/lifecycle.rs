@@ -50,14 +50,21 @@ async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknow
     assert_exactly_once(&records, &result.acked_set());
     let logs = bridge.drain_logs().join("\n");
     assert!(logs.contains("SIGTERM received"), "{logs}");
-    assert!(logs.contains("\"spool_depth\":0") && logs.contains("\"message\":\"stopped\""), "{logs}");
+    assert!(
+        logs.contains("\"spool_depth\":0") && logs.contains("\"message\":\"stopped\""),
+        "{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, &format!("{ROUTE}\n[delivery]\nack = \"published\"\npublish_timeout = \"2s\"\n")).await;
+    let app = TestApp::spawn(
+        &brokers,
+        &format!("{ROUTE}\n[delivery]\nack = \"published\"\npublish_timeout = \"2s\"\n"),
+    )
+    .await;
     let admin = |path: &str| format!("http://{}{}", app.admin, path);
 
     let health = reqwest::get(admin("/healthz")).await.unwrap();
@@ -65,7 +72,10 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     let ready = reqwest::get(admin("/readyz")).await.unwrap();
     assert_eq!(ready.status(), 200);
     let body: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(body, serde_json::json!({"ready": true, "kafka": "reachable", "spool": "disabled"}));
+    assert_eq!(
+        body,
+        serde_json::json!({"ready": true, "kafka": "reachable", "spool": "disabled"})
+    );
 
     let body = eduzz_event("m-1", "myeduzz.invoice_paid");
     assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
@@ -85,7 +95,9 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(not_ready, "readyz turns 503 while Kafka is down");
-    let down = app.post_eduzz(&eduzz_event("m-2", "myeduzz.invoice_paid"), SECRET).await;
+    let down = app
+        .post_eduzz(&eduzz_event("m-2", "myeduzz.invoice_paid"), SECRET)
+        .await;
     assert_eq!(down.status(), 503);
     assert!(down.headers().contains_key("retry-after"));
     cluster.broker_up(1).unwrap();
@@ -100,7 +112,10 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     assert!(ready_again, "readyz returns to 200 when Kafka is back");
 
     let metrics = reqwest::get(admin("/metrics")).await.unwrap();
-    assert!(metrics.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(metrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let text = metrics.text().await.unwrap();
     for needle in [
         "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"200\"} 1",
@@ -138,7 +153,11 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
         Arc::new(AtomicBool::new(false)),
     )
     .await;
-    assert_eq!(result.acked.len(), 400, "the spool takes events during the outage");
+    assert_eq!(
+        result.acked.len(),
+        400,
+        "the spool takes events during the outage"
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
     cluster.broker_up(1).unwrap();
     wait_spool_empty(bridge.admin, Duration::from_secs(60)).await;
@@ -146,7 +165,10 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     let forged = eduzz_event("forged-1", "nutror.lesson_started");
     let resp = reqwest::Client::new()
         .post(format!("http://{}/webhooks/eduzz", bridge.addr))
-        .header("x-signature", eduzz_kafka_bridge::source::auth::sign_hex(b"wrong", &forged))
+        .header(
+            "x-signature",
+            eduzz_kafka_bridge::source::auth::sign_hex(b"wrong", &forged),
+        )
         .body(forged)
         .send()
         .await
@@ -157,16 +179,27 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     let logs = bridge.drain_logs();
     let started = logs.iter().filter(|l| l.contains("outage started")).count();
     let ended = logs.iter().filter(|l| l.contains("outage ended")).count();
-    assert_eq!((started, ended), (1, 1), "one line each:\n{}", logs.join("\n"));
+    assert_eq!(
+        (started, ended),
+        (1, 1),
+        "one line each:\n{}",
+        logs.join("\n")
+    );
     let refused = logs
         .iter()
         .find(|l| l.contains("authentication failed"))
         .expect("the refusal is logged");
     let refused: serde_json::Value = serde_json::from_str(refused).unwrap();
-    assert_eq!(refused["span"]["source"], "eduzz", "the request's span names the source: {refused}");
+    assert_eq!(
+        refused["span"]["source"], "eduzz",
+        "the request's span names the source: {refused}"
+    );
     let all = logs.join("\n");
     assert!(!all.contains(SECRET), "no secret in the logs");
-    assert!(!all.contains("Ciclano da Silva"), "no body in the logs at info");
+    assert!(
+        !all.contains("Ciclano da Silva"),
+        "no body in the logs at info"
+    );
     let records = read_topic(&brokers, TOPIC, 400, Duration::from_secs(30)).await;
     assert_exactly_once(&records, &result.acked_set());
 }
