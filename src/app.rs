@@ -61,6 +61,7 @@ pub struct Application {
     probe: JoinHandle<()>,
     publisher: Option<Publisher>,
     spool: Option<Spool>,
+    tls_cert: Option<Arc<crate::http::tls::ReloadingCert>>,
     // Dropped last: the producer must be flushed before the embedded broker goes.
     embedded: Option<EmbeddedBroker>,
 }
@@ -167,7 +168,27 @@ impl Application {
                 )
             })?;
         let webhook_addr = listener.local_addr()?;
+        let proxies = crate::http::client_ip::ProxyPolicy::new(
+            settings
+                .server
+                .trusted_proxies
+                .iter()
+                .map(|c| crate::config::parse_cidr(c))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+        );
+        let (tls, tls_cert) = match &settings.server.tls {
+            None => (None, None),
+            Some(t) => {
+                let (acceptor, cert) = crate::http::tls::acceptor(t).map_err(anyhow::Error::msg)?;
+                (Some(acceptor), Some(cert))
+            }
+        };
         let webhook_state = Arc::new(WebhookState {
+            proxies,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(
+                settings.server.max_in_flight_requests,
+            )),
             sources,
             router,
             sink,
@@ -182,12 +203,14 @@ impl Application {
             name: "webhook",
             max_connections: settings.server.max_connections,
             header_timeout: settings.server.header_timeout,
+            max_header_bytes: settings.server.max_header_bytes,
             grace: settings.server.shutdown_grace,
+            tls,
         };
         let mut servers = vec![tokio::spawn(serve(
             listener,
             listener_settings.clone(),
-            move |req| webhook::handle(webhook_state.clone(), req),
+            move |req, peer| webhook::handle(webhook_state.clone(), req, peer),
             stop_http_rx.clone(),
         ))];
 
@@ -211,9 +234,10 @@ impl Application {
                 ListenerSettings {
                     name: "admin",
                     max_connections: 64,
+                    tls: None,
                     ..listener_settings
                 },
-                move |req| admin::handle(state.clone(), req),
+                move |req, peer| admin::handle(state.clone(), req, peer),
                 stop_http_rx,
             )));
             Some(addr)
@@ -250,6 +274,7 @@ impl Application {
             probe,
             publisher: Some(publisher),
             spool,
+            tls_cert,
             embedded,
         })
     }
@@ -265,6 +290,19 @@ impl Application {
     /// The bootstrap servers in use (the embedded broker's when none was configured).
     pub fn brokers(&self) -> &str {
         &self.brokers
+    }
+
+    /// Reads the TLS certificate files again (what SIGHUP does). Without TLS: Ok, nothing done.
+    pub fn reload_tls(&self) -> Result<(), String> {
+        match &self.tls_cert {
+            None => Ok(()),
+            Some(cert) => cert.reload(),
+        }
+    }
+
+    /// A handle that reloads the TLS certificate, for a signal handler.
+    pub fn tls_reloader(&self) -> Option<Arc<crate::http::tls::ReloadingCert>> {
+        self.tls_cert.clone()
     }
 
     pub fn stop_handle(&self) -> StopHandle {

@@ -64,9 +64,18 @@ pub struct ServerSettings {
     pub listen: String,
     /// Largest request body accepted; larger ones get 413 without being read whole.
     pub max_body_bytes: usize,
-    /// Time allowed to receive the request headers.
+    /// Time allowed to send a request's headers, counted from when the connection opens or the
+    /// previous answer was sent: it also closes idle keep-alive connections.
     #[serde(with = "humantime_serde")]
     pub header_timeout: Duration,
+    /// Largest request head (request line + headers); larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Most webhook requests being processed at once (bodies buffered in memory); more get 503.
+    pub max_in_flight_requests: usize,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed, e.g. your load balancer.
+    pub trusted_proxies: Vec<String>,
+    /// Serve HTTPS with these PEM files (reloaded on SIGHUP); unset: plain HTTP.
+    pub tls: Option<TlsSettings>,
     /// Time allowed to receive the whole body once the headers are in.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
@@ -83,11 +92,22 @@ impl Default for ServerSettings {
             listen: "0.0.0.0:8080".into(),
             max_body_bytes: 1024 * 1024,
             header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_in_flight_requests: 1024,
+            trusted_proxies: Vec::new(),
+            tls: None,
             body_timeout: Duration::from_secs(15),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(20),
         }
     }
+}
+
+/// Certificate chain and private key for the public listener, as PEM files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// The admin listener: `/healthz`, `/readyz`, `/metrics`. Never the public port.
@@ -291,6 +311,12 @@ pub struct SourceSettings {
     /// Publish `ping` events too (they are always answered 2xx).
     #[serde(default)]
     pub publish_ping: bool,
+    /// Only these client addresses (CIDRs) may post; empty: anyone (authentication still
+    /// applies). Behind a proxy, see `server.trusted_proxies`.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// Most requests of this source processed at once; unset: only the global limit.
+    pub max_in_flight: Option<usize>,
 }
 
 /// How a source proves a delivery is authentic.
@@ -445,6 +471,28 @@ impl Settings {
                 "must be greater than 0".into(),
             );
         }
+        if self.server.max_header_bytes < 8192 {
+            push(
+                "server.max_header_bytes".into(),
+                "must be at least 8192".into(),
+            );
+        }
+        if self.server.max_in_flight_requests == 0 {
+            push(
+                "server.max_in_flight_requests".into(),
+                "must be greater than 0".into(),
+            );
+        }
+        for (i, cidr) in self.server.trusted_proxies.iter().enumerate() {
+            if let Err(why) = parse_cidr(cidr) {
+                push(format!("server.trusted_proxies[{i}]"), why);
+            }
+        }
+        if let Some(tls) = &self.server.tls {
+            if let Err(why) = crate::http::tls::load_certified_key(&tls.cert, &tls.key) {
+                push("server.tls".into(), why);
+            }
+        }
         if self.server.max_connections == 0 {
             push(
                 "server.max_connections".into(),
@@ -523,6 +571,17 @@ impl Settings {
                 push(
                     format!("{key}.path"),
                     "is reserved for the admin endpoints".into(),
+                );
+            }
+            for (i, cidr) in source.allow_from.iter().enumerate() {
+                if let Err(why) = parse_cidr(cidr) {
+                    push(format!("{key}.allow_from[{i}]"), why);
+                }
+            }
+            if source.max_in_flight == Some(0) {
+                push(
+                    format!("{key}.max_in_flight"),
+                    "must be greater than 0 (remove it for no per-source limit)".into(),
                 );
             }
             match source.format {
@@ -780,6 +839,13 @@ fn unknown_key(path: &str) -> ConfigProblem {
         key: path.to_string(),
         message: format!("unknown key{hint}"),
     }
+}
+
+/// A network in CIDR notation; a bare address means just that address.
+pub fn parse_cidr(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("'{text}' is not an address or a CIDR like 10.0.0.0/8"))
 }
 
 fn check_pointer(push: &mut impl FnMut(String, String), key: String, pointer: &str) {

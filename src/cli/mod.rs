@@ -76,8 +76,24 @@ fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Settings> {
 fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
     let settings = load(config)?;
     crate::telemetry::init(&settings.log);
+    // Every open connection is a descriptor: use all the hard limit allows.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "cannot raise the open-files limit");
+    }
     runtime()?.block_on(async move {
         let app = crate::app::Application::build(settings).await?;
+        if let Some(cert) = app.tls_reloader() {
+            tokio::spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
+                while hup.recv().await.is_some() {
+                    match cert.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the current one stays"),
+                    }
+                }
+            });
+        }
         let stop = app.stop_handle();
         tokio::spawn(async move {
             wait_for_signal().await;

@@ -71,7 +71,11 @@ impl AdminState {
 }
 
 /// Handles one request on the admin listener.
-pub async fn handle(state: Arc<AdminState>, req: Request<Incoming>) -> Answer {
+pub async fn handle(
+    state: Arc<AdminState>,
+    req: Request<Incoming>,
+    _peer: std::net::SocketAddr,
+) -> Answer {
     let path = req.uri().path();
     if !ADMIN_PATHS.contains(&path) {
         return answer::error(

@@ -1,15 +1,20 @@
 //! The HTTP side: listeners, connections, and the two request handlers.
 //!
-//! [`serve`] runs one listener with a connection cap, hyper's header-read timeout, and a
-//! graceful stop: when told to stop it accepts nothing more and gives open connections the
-//! grace period to finish the request they are on.
+//! [`serve`] runs one listener with a connection cap, hyper's header-read timeout (which also
+//! closes idle keep-alive connections), a request-head size limit, optional TLS, and a graceful
+//! stop: when told to stop it accepts nothing more and gives open connections the grace period
+//! to finish the request they are on. A connection over the cap gets an immediate 503 and is
+//! closed, so a flood of idle sockets shows up as refusals instead of a silent backlog.
 
 pub mod admin;
 pub mod answer;
+pub mod client_ip;
+pub mod tls;
 pub mod webhook;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +23,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
 
 use answer::Answer;
 
@@ -30,13 +37,18 @@ pub fn is_admin_path(path: &str) -> bool {
 }
 
 /// Connection settings of one listener.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ListenerSettings {
     pub name: &'static str,
     pub max_connections: usize,
     pub header_timeout: Duration,
+    pub max_header_bytes: usize,
     pub grace: Duration,
+    pub tls: Option<TlsAcceptor>,
 }
+
+/// What a connection over the cap is told before it is closed.
+const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 58\r\n\r\n{\"error\":\"busy\",\"message\":\"too many open connections\"}\n\n\n";
 
 /// Serves `handler` on `listener` until `stop` turns true, then drains open connections for
 /// at most the grace period.
@@ -46,7 +58,7 @@ pub async fn serve<H, F>(
     handler: H,
     mut stop: watch::Receiver<bool>,
 ) where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -56,17 +68,13 @@ pub async fn serve<H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .keep_alive(true)
-        .max_buf_size(64 * 1024);
+        .max_buf_size(settings.max_header_bytes.max(8192));
     let builder = Arc::new(builder);
 
     loop {
         if *stop.borrow() {
             break;
         }
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            _ = stop.changed() => continue,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -79,20 +87,35 @@ pub async fn serve<H, F>(
             },
             _ = stop.changed() => continue,
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tokio::spawn(async move {
+                let mut stream = stream;
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVER_CAPACITY))
+                        .await;
+            });
+            tracing::debug!(listener = settings.name, %peer, "connection refused: too many open connections");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
-        });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+        // Watched from now on, so a stop waits for it (handshake included).
+        let watcher = graceful.watcher();
+        match settings.tls.clone() {
+            None => spawn_connection(stream, peer, permit, &builder, watcher, handler.clone()),
+            Some(acceptor) => {
+                let (builder, handler) = (builder.clone(), handler.clone());
+                let timeout = settings.header_timeout;
+                tokio::spawn(async move {
+                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            spawn_connection(tls, peer, permit, &builder, watcher, handler)
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
             }
-            drop(permit);
-        });
+        }
     }
     drop(listener);
     if tokio::time::timeout(settings.grace, graceful.shutdown())
@@ -104,4 +127,29 @@ pub async fn serve<H, F>(
             "grace period over; closing the remaining connections"
         );
     }
+}
+
+fn spawn_connection<I, H, F>(
+    io: I,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    builder: &http1::Builder,
+    watcher: Watcher,
+    handler: H,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Answer> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handler = handler.clone();
+        async move { Ok::<_, Infallible>(handler(req, peer).await) }
+    });
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+        drop(permit);
+    });
 }

@@ -5,6 +5,7 @@
 //! Each step returns early with its answer; the request's span records source, slug, event
 //! id and outcome, and the outcome is logged once at the end.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -25,6 +26,10 @@ use crate::source::{SourceError, Sources};
 /// What the webhook handler needs.
 pub struct WebhookState {
     pub sources: Sources,
+    /// Whose `X-Forwarded-For` to believe.
+    pub proxies: super::client_ip::ProxyPolicy,
+    /// Requests being processed (bodies in memory), all sources together.
+    pub in_flight: Arc<tokio::sync::Semaphore>,
     pub router: Router,
     pub sink: Sink,
     pub metrics: Arc<Metrics>,
@@ -32,8 +37,8 @@ pub struct WebhookState {
     pub body_timeout: std::time::Duration,
 }
 
-/// Handles one request on the public listener.
-pub async fn handle(state: Arc<WebhookState>, req: Request<Incoming>) -> Answer {
+/// Handles one request on the public listener, from `peer`.
+pub async fn handle(state: Arc<WebhookState>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     let started = Instant::now();
     let Some((source, token)) = state.sources.lookup(req.uri().path()) else {
         count(&state.metrics, "-", StatusCode::NOT_FOUND, started);
@@ -41,14 +46,17 @@ pub async fn handle(state: Arc<WebhookState>, req: Request<Incoming>) -> Answer 
     };
     let source = source.clone();
     let token = token.map(str::to_owned);
+    let client = state.proxies.client_ip(peer.ip(), req.headers());
     let span = tracing::info_span!(
         "webhook",
         source = %source.name,
+        %client,
         slug = tracing::field::Empty,
         event_id = tracing::field::Empty,
     );
     let answer = async {
-        let (status, answer, outcome) = process(&state, &source, token.as_deref(), req).await;
+        let (status, answer, outcome) =
+            process(&state, &source, client, token.as_deref(), req).await;
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), outcome, "webhook not taken");
         } else if status.is_client_error() {
@@ -80,12 +88,39 @@ fn count(metrics: &Metrics, source: &str, status: StatusCode, started: Instant) 
 async fn process(
     state: &WebhookState,
     source: &crate::source::Source,
+    client: IpAddr,
     token: Option<&str>,
     req: Request<Incoming>,
 ) -> (StatusCode, Answer, &'static str) {
     if req.method() != Method::POST {
         return done(answer::method_not_allowed("POST"), "method_not_allowed");
     }
+    if !source.allows(client) {
+        return done(
+            answer::error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "this address may not post to this source",
+            ),
+            "forbidden",
+        );
+    }
+    // Bound the bodies held in memory at once, overall and per source.
+    let Ok(_global) = state.in_flight.clone().try_acquire_owned() else {
+        return done(answer::busy("too many requests in flight", 1), "busy");
+    };
+    let _local = match &source.in_flight {
+        None => None,
+        Some(limit) => match limit.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return done(
+                    answer::busy("too many requests in flight for this source", 1),
+                    "busy",
+                )
+            }
+        },
+    };
     let received_at = SystemTime::now();
     let (parts, body) = req.into_parts();
 

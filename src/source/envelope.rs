@@ -59,7 +59,7 @@ impl EnvelopeFormat {
             return Err(EnvelopeError::Empty);
         }
         let doc: Value =
-            serde_json::from_slice(body).map_err(|e| EnvelopeError::Json(e.to_string()))?;
+            super::strict_json::parse(body).map_err(|e| EnvelopeError::Json(e.to_string()))?;
         if !doc.is_object() {
             return Err(EnvelopeError::NotAnObject(type_name(&doc)));
         }

@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod envelope;
+pub mod strict_json;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -56,9 +57,18 @@ pub struct Source {
     pub envelope: EnvelopeFormat,
     pub auth: Auth,
     pub publish_ping: bool,
+    /// Client networks allowed to post; empty: any.
+    pub allow_from: Vec<ipnet::IpNet>,
+    /// This source's share of requests in flight, when limited.
+    pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Source {
+    /// Whether a client at `ip` may post to this source.
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
+    }
+
     /// Authenticates and parses one delivery.
     pub fn accept(
         &self,
@@ -120,6 +130,15 @@ impl Sources {
                 },
                 auth,
                 publish_ping: s.publish_ping,
+                allow_from: s
+                    .allow_from
+                    .iter()
+                    .map(|c| crate::config::parse_cidr(c))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("sources.{name}.allow_from: {e}"))?,
+                in_flight: s
+                    .max_in_flight
+                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             });
             match prefix {
                 Some(p) => sources.token_prefixed.insert(p.to_string(), source.clone()),

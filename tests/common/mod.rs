@@ -87,6 +87,8 @@ pub struct TestApp {
     pub stop: StopHandle,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub spool_dir: PathBuf,
+    /// The TLS certificate reloader, when the config turns TLS on.
+    pub tls: Option<std::sync::Arc<eduzz_kafka_bridge::http::tls::ReloadingCert>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -124,10 +126,28 @@ impl TestApp {
         app
     }
 
+    /// Starts the bridge with a config text edited by `edit` (e.g. to add [server] keys).
+    pub async fn spawn_with(brokers: &str, edit: impl FnOnce(String) -> String) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_dir = dir.path().join("spool");
+        let text = edit(config_text(brokers, &spool_dir, ""));
+        let mut app = Self::start(&text, &spool_dir).await;
+        app._dir = Some(dir);
+        app
+    }
+
     /// Starts the bridge with its spool in `spool_dir` (kept by the caller, for restarts).
     pub async fn spawn_in(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> TestApp {
-        let settings = Settings::from_toml(&config_text(brokers, spool_dir, extra))
-            .unwrap_or_else(|e| panic!("{e}"));
+        Self::start(&config_text(brokers, spool_dir, extra), spool_dir).await
+    }
+
+    async fn start(text: &str, spool_dir: &std::path::Path) -> TestApp {
+        let settings = Settings::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
+        let brokers = settings
+            .kafka
+            .brokers
+            .clone()
+            .expect("tests name their broker");
         // EKB_TEST_LOG=debug shows the bridge's logs while debugging a test.
         if let Ok(filter) = std::env::var("EKB_TEST_LOG") {
             eduzz_kafka_bridge::telemetry::init(&eduzz_kafka_bridge::config::LogSettings {
@@ -141,15 +161,17 @@ impl TestApp {
         let addr = app.webhook_addr();
         let admin = app.admin_addr().unwrap();
         let stop = app.stop_handle();
+        let tls = app.tls_reloader();
         let task = tokio::spawn(app.run_until_stopped());
         TestApp {
             addr,
             admin,
-            brokers: brokers.to_string(),
+            brokers,
             client: reqwest::Client::new(),
             stop,
             task,
             spool_dir: spool_dir.to_path_buf(),
+            tls,
             _dir: None,
         }
     }
