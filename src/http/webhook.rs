@@ -12,7 +12,7 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
+use hyper::body::Body;
 use serde_json::json;
 use tracing::Instrument;
 
@@ -37,8 +37,13 @@ pub struct WebhookState {
     pub body_timeout: std::time::Duration,
 }
 
-/// Handles one request on the public listener, from `peer`.
-pub async fn handle(state: Arc<WebhookState>, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+/// Handles one request on the public listener, from `peer`. Generic over the body so the
+/// same code serves hyper's connections and in-memory requests (the fuzz target).
+pub async fn handle<B>(state: Arc<WebhookState>, req: Request<B>, peer: SocketAddr) -> Answer
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let started = Instant::now();
     let Some((source, token)) = state.sources.lookup(req.uri().path()) else {
         count(&state.metrics, "-", StatusCode::NOT_FOUND, started);
@@ -85,13 +90,17 @@ fn count(metrics: &Metrics, source: &str, status: StatusCode, started: Instant) 
         .observe(started.elapsed().as_secs_f64());
 }
 
-async fn process(
+async fn process<B>(
     state: &WebhookState,
     source: &crate::source::Source,
     client: IpAddr,
     token: Option<&str>,
-    req: Request<Incoming>,
-) -> (StatusCode, Answer, &'static str) {
+    req: Request<B>,
+) -> (StatusCode, Answer, &'static str)
+where
+    B: Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     if req.method() != Method::POST {
         return done(answer::method_not_allowed("POST"), "method_not_allowed");
     }
