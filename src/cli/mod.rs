@@ -43,6 +43,13 @@ pub enum Command {
     /// Inspect or empty the spool (only while the bridge is stopped).
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
+    /// Run the embedded development broker on its own and print its address, so bridges
+    /// (and benchmarks) can restart against a broker that keeps its topics.
+    DevBroker {
+        /// Number of brokers in the mock cluster.
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+    },
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -53,6 +60,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Tail(args) => tail::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Spool(cmd) => spool::run(&cli.config, cmd),
+        Command::DevBroker { brokers } => dev_broker(brokers),
     };
     match result {
         Ok(code) => code,
@@ -102,6 +110,21 @@ fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
         app.run_until_stopped().await?;
         Ok(0)
     })
+}
+
+fn dev_broker(brokers: i32) -> anyhow::Result<i32> {
+    let broker = crate::broker::EmbeddedBroker::start(brokers).map_err(anyhow::Error::msg)?;
+    // The address alone on stdout, for scripts; the rest on stderr.
+    println!("{}", broker.bootstrap_servers());
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    eprintln!(
+        "development broker (in memory) at {}; Ctrl-C to stop",
+        broker.bootstrap_servers()
+    );
+    runtime()?.block_on(wait_for_signal());
+    drop(broker);
+    Ok(0)
 }
 
 async fn wait_for_signal() {

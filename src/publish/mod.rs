@@ -208,11 +208,16 @@ pub fn producer_config(settings: &Settings, brokers: &str) -> ClientConfig {
         AckMode::Spooled => 0,
         _ => settings.delivery.publish_timeout.as_millis().max(1) as u64,
     };
+    // In `published` mode a request waits for its batch: batch for 1 ms, not librdkafka's 5.
+    let linger_ms = match settings.delivery.ack {
+        AckMode::Published => "1",
+        _ => "5",
+    };
     c.set("bootstrap.servers", brokers)
         .set("client.id", "eduzz-kafka-bridge")
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms)
         .set("message.timeout.ms", timeout_ms.to_string())
         .set("socket.keepalive.enable", "true");
     for (k, v) in &settings.kafka.properties {
