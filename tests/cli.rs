@@ -109,7 +109,7 @@ fn help_version_and_sign() {
     let out = bridge().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 
-    let file = common::shared_dir().join("fixtures/nutror.learner_help.json");
+    let file = common::fixtures_dir().join("nutror.learner_help.json");
     let out = bridge()
         .args(["sign", "--secret", "s3"])
         .arg(&file)

@@ -95,14 +95,12 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
 
     // Restart on the same spool, and keep sending.
     let second = BridgeProcess::start(&config);
-    let after = load::run(
+    let after = load::send(
         format!("http://{}/webhooks/eduzz", second.addr),
         "after",
         "myeduzz.invoice_paid",
         4,
         50,
-        Duration::from_secs(10),
-        Arc::new(AtomicBool::new(false)),
     )
     .await;
     assert_eq!(after.acked.len(), 200);
@@ -460,14 +458,12 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
         "stats refuses while the bridge holds the spool"
     );
     assert!(err.contains("in use"), "{err}");
-    let result = load::run(
+    let result = load::send(
         format!("http://{}/webhooks/eduzz", bridge.addr),
         "stopped",
         "alpaclass.student_created",
         4,
         25,
-        Duration::from_secs(20),
-        Arc::new(AtomicBool::new(false)),
     )
     .await;
     assert_eq!(result.acked.len(), 100);

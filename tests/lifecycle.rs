@@ -143,14 +143,12 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     let bridge = BridgeProcess::start(&config);
 
     cluster.broker_down(1).unwrap();
-    let result = load::run(
+    let result = load::send(
         format!("http://{}/webhooks/eduzz", bridge.addr),
         "outage",
         "nutror.lesson_started",
         4,
         100,
-        Duration::from_secs(20),
-        Arc::new(AtomicBool::new(false)),
     )
     .await;
     assert_eq!(

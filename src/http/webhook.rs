@@ -105,13 +105,10 @@ where
         return done(answer::method_not_allowed("POST"), "method_not_allowed");
     }
     if !source.allows(client) {
-        return done(
-            answer::error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "this address may not post to this source",
-            ),
+        return refuse(
+            StatusCode::FORBIDDEN,
             "forbidden",
+            "this address may not post to this source",
         );
     }
     // Bound the bodies held in memory at once, overall and per source.
@@ -151,13 +148,10 @@ where
     let limited = Limited::new(body, state.max_body_bytes);
     let body: Bytes = match tokio::time::timeout(state.body_timeout, limited.collect()).await {
         Err(_) => {
-            return done(
-                answer::closing(answer::error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "body_timeout",
-                    "the body did not arrive in time",
-                )),
+            return refuse_closing(
+                StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
+                "the body did not arrive in time",
             )
         }
         Ok(Err(e))
@@ -167,13 +161,10 @@ where
             return done(too_large(), "payload_too_large")
         }
         Ok(Err(_)) => {
-            return done(
-                answer::closing(answer::error(
-                    StatusCode::BAD_REQUEST,
-                    "body_unreadable",
-                    "the body could not be read",
-                )),
+            return refuse_closing(
+                StatusCode::BAD_REQUEST,
                 "body_unreadable",
+                "the body could not be read",
             )
         }
         Ok(Ok(collected)) => collected.to_bytes(),
@@ -191,20 +182,14 @@ where
                 })
                 .inc();
             tracing::info!(reason = reason.as_str(), "authentication failed");
-            return done(
-                answer::error(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthorized",
-                    "the delivery could not be authenticated",
-                ),
+            return refuse(
+                StatusCode::UNAUTHORIZED,
                 "unauthorized",
+                "the delivery could not be authenticated",
             );
         }
         Err(SourceError::Envelope(e)) => {
-            return done(
-                answer::error(StatusCode::BAD_REQUEST, "invalid_envelope", &e.to_string()),
-                "invalid_envelope",
-            )
+            return refuse(StatusCode::BAD_REQUEST, "invalid_envelope", &e.to_string())
         }
     };
     let span = tracing::Span::current();
@@ -278,4 +263,22 @@ where
 
 fn done(answer: Answer, outcome: &'static str) -> (StatusCode, Answer, &'static str) {
     (answer.status(), answer, outcome)
+}
+
+/// An error answer whose code is also the outcome recorded for the request.
+fn refuse(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> (StatusCode, Answer, &'static str) {
+    done(answer::error(status, code, message), code)
+}
+
+/// Like [`refuse`], and the connection closes (the body was not read whole).
+fn refuse_closing(
+    status: StatusCode,
+    code: &'static str,
+    message: &str,
+) -> (StatusCode, Answer, &'static str) {
+    done(answer::closing(answer::error(status, code, message)), code)
 }

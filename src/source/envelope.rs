@@ -213,7 +213,13 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Bytes {
-        let path = format!("{}/../shared/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+        let root = env!("CARGO_MANIFEST_DIR");
+        let shared = format!("{root}/../shared/fixtures/{name}");
+        let path = if std::path::Path::new(&shared).exists() {
+            shared
+        } else {
+            format!("{root}/examples/payloads/{name}")
+        };
         Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
     }
 

@@ -88,3 +88,23 @@ pub async fn run(
     }
     all
 }
+
+/// Posts exactly `workers × per_worker` distinct events (no stop flag, a generous time limit).
+pub async fn send(
+    url: String,
+    prefix: &str,
+    slug: &str,
+    workers: usize,
+    per_worker: usize,
+) -> LoadResult {
+    run(
+        url,
+        prefix,
+        slug,
+        workers,
+        per_worker,
+        Duration::from_secs(60),
+        Arc::new(AtomicBool::new(false)),
+    )
+    .await
+}

@@ -33,14 +33,22 @@ format = "toolzz"
 auth = { type = "token", tokens = ["test-token"] }
 "#;
 
-pub fn shared_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+/// The payload fixtures: `../shared/fixtures` beside the repository (the originals), or the
+/// copies in `examples/payloads` on a clone made elsewhere.
+pub fn fixtures_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let shared = root.join("../shared/fixtures");
+    if shared.is_dir() {
+        shared
+    } else {
+        root.join("examples/payloads")
+    }
 }
 
 /// Every fixture: (file name, raw bytes).
 pub fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(shared_dir().join("fixtures"))
-        .expect("../shared/fixtures must exist")
+    let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(fixtures_dir())
+        .expect("the fixtures directory exists")
         .map(|e| {
             let path = e.unwrap().path();
             (
@@ -59,7 +67,7 @@ pub fn fixtures() -> Vec<(String, Vec<u8>)> {
 }
 
 pub fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(shared_dir().join("fixtures").join(name)).unwrap()
+    std::fs::read(fixtures_dir().join(name)).unwrap()
 }
 
 /// An Eduzz-envelope event written from the docs' shape.
