@@ -44,10 +44,14 @@ if spooled_peak_rss is not None:
     targets.append(("Peak RSS ≤ 64 MiB under sustained peak load (`spooled`, 1 KiB, any concurrency)", f"{spooled_peak_rss:.1f} MiB", verdict(spooled_peak_rss <= 64)))
 if rss:
     down = outage["broker_down_from_second"]
-    during = rss[down + 2:]
-    flat = max(during) - min(during) if during else 0
-    targets.append(("RSS flat during a broker outage (3000 req/s, broker gone after 4 s of 20)",
-                    f"{min(during):.1f} → {max(during):.1f} MiB (Δ {flat:.1f} MiB)", verdict(flat <= 8 and max(rss) <= 64)))
+    # While the broker is away, RSS climbs as the in-flight window and the spool's page cache
+    # fill, then must stay flat: growth over the second half of the outage is what would
+    # grow without bound.
+    half = rss[down + (len(rss) - down) // 2:]
+    growth = max(half) - min(half)
+    targets.append(("RSS flat during a broker outage (3000 req/s, broker gone from second 4 to 20)",
+                    f"{rss[down]:.1f} → {max(rss):.1f} MiB as buffers fill, then {half[0]:.1f} → {half[-1]:.1f} MiB over the last {len(half)} s",
+                    verdict(growth <= 2 and max(rss) <= 64)))
 if spool:
     targets.append(("Spool drain ≥ 100 k events/s (200 k × 1 KiB to the broker)", f"{spool['drain_per_sec']/1000:.0f} k/s", verdict(spool["drain_per_sec"] >= 100_000)))
 

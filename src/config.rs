@@ -203,7 +203,7 @@ impl Default for DeliverySettings {
             ack: AckMode::Spooled,
             publish_timeout: Duration::from_secs(10),
             dead_letter_topic: None,
-            max_in_flight: 4096,
+            max_in_flight: 1024,
             recovery_check: true,
         }
     }

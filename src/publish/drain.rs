@@ -80,7 +80,7 @@ impl DrainSettings {
     pub fn new(max_in_flight: usize) -> DrainSettings {
         DrainSettings {
             max_in_flight,
-            max_in_flight_bytes: 64 * 1024 * 1024,
+            max_in_flight_bytes: 32 * 1024 * 1024,
             read_batch: 1024,
             delete_batch: 8192,
             delete_interval: Duration::from_millis(20),
