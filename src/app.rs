@@ -64,6 +64,8 @@ pub struct Application {
     tls_cert: Option<Arc<crate::http::tls::ReloadingCert>>,
     // Dropped last: the producer must be flushed before the embedded broker goes.
     embedded: Option<EmbeddedBroker>,
+    /// The embedded broker's throwaway spool directory (removed on drop).
+    _scratch: Option<tempfile::TempDir>,
 }
 
 /// Asks a running [`Application`] to stop (like SIGTERM does).
@@ -78,7 +80,7 @@ impl StopHandle {
 
 impl Application {
     /// Binds the listeners and starts every task; returns once the bridge is serving.
-    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<Application> {
         let embedded = match &settings.kafka.brokers {
             Some(_) => None,
             None => Some(
@@ -90,6 +92,19 @@ impl Application {
             (Some(b), _) => b.clone(),
             (None, Some(e)) => e.bootstrap_servers().to_string(),
             (None, None) => unreachable!("an embedded broker starts when none is configured"),
+        };
+        // The embedded broker forgets everything on exit, so its spool does too: a dedupe
+        // memory that outlived the broker would call the next run's events duplicates.
+        let scratch = match &embedded {
+            Some(_) => {
+                let dir = tempfile::Builder::new()
+                    .prefix("eduzz-kafka-bridge-dev-")
+                    .tempdir()
+                    .context("cannot create a temporary spool directory")?;
+                settings.spool.dir = dir.path().join("spool");
+                Some(dir)
+            }
+            None => None,
         };
         if embedded.is_some() {
             tracing::warn!(
@@ -276,6 +291,7 @@ impl Application {
             spool,
             tls_cert,
             embedded,
+            _scratch: scratch,
         })
     }
 

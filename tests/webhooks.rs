@@ -456,3 +456,41 @@ async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_default_serves_and_every_run_starts_clean() {
+    // config/default.toml as a newcomer runs it, on random ports.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let body = fixture("nutror.certificate_viewed.json");
+    for run in 0..2 {
+        let settings = eduzz_kafka_bridge::config::Settings::from_toml(&text).unwrap();
+        assert!(settings.kafka.brokers.is_none());
+        let app = eduzz_kafka_bridge::app::Application::build(settings)
+            .await
+            .unwrap();
+        let brokers = app.brokers().to_string();
+        let url = format!("http://{}/webhooks/eduzz", app.webhook_addr());
+        let stop = app.stop_handle();
+        let task = tokio::spawn(app.run_until_stopped());
+        let resp = reqwest::Client::new()
+            .post(url)
+            .header("x-signature", sign_hex(b"dev-secret", &body))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            resp.status(),
+            202,
+            "run {run}: a new broker, a new dedupe memory"
+        );
+        let records = read_topic(&brokers, "nutror.certificate_viewed", 1, WAIT).await;
+        assert_eq!(records.len(), 1, "run {run}");
+        assert_eq!(records[0].value, body);
+        stop.stop();
+        task.await.unwrap().unwrap();
+    }
+}
