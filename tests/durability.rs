@@ -151,17 +151,14 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
     // Room for a few dozen events only.
-    let dir = tempfile::tempdir().unwrap();
-    let text = config_text(&brokers, &dir.path().join("spool"), ROUTE)
-        .replace("[spool]\n", "[spool]\nmax_bytes = 40000\n");
-    let settings = eduzz_kafka_bridge::config::Settings::from_toml(&text).unwrap();
-    let bridge = eduzz_kafka_bridge::app::Application::build(settings)
-        .await
-        .unwrap();
-    let url = format!("http://{}/webhooks/eduzz", bridge.webhook_addr());
-    let admin = bridge.admin_addr().unwrap();
-    let stop_handle = bridge.stop_handle();
-    let task = tokio::spawn(bridge.run_until_stopped());
+    let app = TestApp::spawn_with(&brokers, |t| {
+        format!(
+            "{}{ROUTE}",
+            t.replace("[spool]\n", "[spool]\nmax_bytes = 40000\n")
+        )
+    })
+    .await;
+    let admin = app.admin;
     let client = reqwest::Client::new();
 
     cluster.broker_down(1).unwrap();
@@ -170,16 +167,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     for i in 0..500 {
         let id = format!("full-{i}");
         let body = eduzz_event(&id, "nutror.lesson_saved");
-        let resp = client
-            .post(&url)
-            .header(
-                "x-signature",
-                eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), &body),
-            )
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let resp = app.post_eduzz(&body, SECRET).await;
         match resp.status().as_u16() {
             202 => {
                 acked.insert(id);
@@ -213,17 +201,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     wait_spool_empty(admin, Duration::from_secs(60)).await;
     let id = "full-after".to_string();
     let body = eduzz_event(&id, "nutror.lesson_saved");
-    let resp = client
-        .post(&url)
-        .header(
-            "x-signature",
-            eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), &body),
-        )
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
     acked.insert(id);
     let ready = client
         .get(format!("http://{admin}/readyz"))
@@ -235,8 +213,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     wait_spool_empty(admin, Duration::from_secs(60)).await;
     let records = read_topic(&brokers, TOPIC, acked.len(), Duration::from_secs(30)).await;
     assert_exactly_once(&records, &acked);
-    stop_handle.stop();
-    task.await.unwrap().unwrap();
+    app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -362,31 +362,20 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
     // With publish_ping the ping is published like any event.
     let cluster = MockCluster::new(1).unwrap();
     let brokers = cluster.bootstrap_servers();
-    let extra = "[default_route]\ntopic = \"all-events\"\n";
-    let dir = tempfile::tempdir().unwrap();
-    let text = config_text(&brokers, &dir.path().join("spool"), extra).replace(
-        "format = \"eduzz\"\n",
-        "format = \"eduzz\"\npublish_ping = true\n",
-    );
-    let settings = eduzz_kafka_bridge::config::Settings::from_toml(&text).unwrap();
-    let bridge = eduzz_kafka_bridge::app::Application::build(settings)
-        .await
-        .unwrap();
-    let url = format!("http://{}/webhooks/eduzz", bridge.webhook_addr());
-    let stop = bridge.stop_handle();
-    let task = tokio::spawn(bridge.run_until_stopped());
-    let resp = reqwest::Client::new()
-        .post(url)
-        .header("x-signature", sign_hex(SECRET.as_bytes(), ping))
-        .body(ping.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let app = TestApp::spawn_with(&brokers, |t| {
+        format!(
+            "{}[default_route]\ntopic = \"all-events\"\n",
+            t.replace(
+                "format = \"eduzz\"\n",
+                "format = \"eduzz\"\npublish_ping = true\n"
+            )
+        )
+    })
+    .await;
+    assert_eq!(app.post_eduzz(ping, SECRET).await.status(), 202);
     let records = read_topic(&brokers, "all-events", 1, WAIT).await;
     assert_eq!(records[0].value, ping);
-    stop.stop();
-    task.await.unwrap().unwrap();
+    app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
