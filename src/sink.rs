@@ -87,10 +87,8 @@ impl Sink {
                     record(&metrics, &msg, &result);
                     if let Err(e) = result {
                         if is_permanent(&e) {
-                            if let Err(why) = publisher.dead_letter(&msg, &e.to_string()).await {
+                            if let Err(why) = dead_letter(&publisher, &metrics, &msg, &e).await {
                                 tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, dead_letter_error = %why, "event lost: Kafka refused it and it could not be dead-lettered (ack = received)");
-                            } else {
-                                metrics.dead_lettered.inc();
                             }
                         } else {
                             tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, "event lost: Kafka did not confirm it (ack = received)");
@@ -118,11 +116,8 @@ impl Sink {
                 match result {
                     Ok(d) => Ok(Accepted::Published(d)),
                     Err(e) if is_permanent(&e) => {
-                        match publisher.dead_letter(&msg, &e.to_string()).await {
-                            Ok(_) => {
-                                metrics.dead_lettered.inc();
-                                Ok(Accepted::DeadLettered)
-                            }
+                        match dead_letter(publisher, metrics, &msg, &e).await {
+                            Ok(()) => Ok(Accepted::DeadLettered),
                             Err(why) => {
                                 tracing::error!(event_id = %msg.event_id, error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
                                 Err(Refusal::Unavailable(format!(
@@ -150,6 +145,18 @@ fn enqueue(
             Refusal::Unavailable(format!("the producer refused the event: {e}"))
         }
     })
+}
+
+/// Sends a message Kafka refused for good to the dead-letter topic, and counts it there.
+pub async fn dead_letter(
+    publisher: &Publisher,
+    metrics: &Metrics,
+    msg: &Message,
+    error: &rdkafka::error::KafkaError,
+) -> Result<(), String> {
+    publisher.dead_letter(msg, &error.to_string()).await?;
+    metrics.dead_lettered.inc();
+    Ok(())
 }
 
 /// Counts one delivery report.

@@ -131,11 +131,11 @@ where
     let (parts, body) = req.into_parts();
 
     let too_large = || {
-        answer::closing(answer::error(
+        refuse_closing(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
             &format!("the body is larger than {} bytes", state.max_body_bytes),
-        ))
+        )
     };
     let declared = parts
         .headers
@@ -143,7 +143,7 @@ where
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.max_body_bytes as u64) {
-        return done(too_large(), "payload_too_large");
+        return too_large();
     }
     let limited = Limited::new(body, state.max_body_bytes);
     let body: Bytes = match tokio::time::timeout(state.body_timeout, limited.collect()).await {
@@ -158,7 +158,7 @@ where
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
         {
-            return done(too_large(), "payload_too_large")
+            return too_large()
         }
         Ok(Err(_)) => {
             return refuse_closing(

@@ -27,7 +27,7 @@ use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::publish::recover::{self, Outcome};
 use crate::publish::{is_permanent, Delivered, EnqueueError, Publisher};
-use crate::sink::record;
+use crate::sink::{dead_letter, record};
 use crate::spool::{Entry, Spool};
 
 /// How the drain paces itself.
@@ -370,9 +370,8 @@ async fn handle_failure(
     error: KafkaError,
 ) {
     if is_permanent(&error) {
-        match publisher.dead_letter(&message, &error.to_string()).await {
-            Ok(_) => {
-                metrics.dead_lettered.inc();
+        match dead_letter(publisher, metrics, &message, &error).await {
+            Ok(()) => {
                 gauges.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(seq, event_id = %message.event_id, topic = %message.topic, error = %error, "Kafka refused the event for good; sent to the dead-letter topic");
                 to_delete.push(seq);

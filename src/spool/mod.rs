@@ -307,71 +307,68 @@ fn writer(
         let now = unix_ms(SystemTime::now());
         let result = store::commit_batch(&db, &mut counters, &limits, now, &appends, &deletes);
         drop(appends);
-        match result {
+        let result = match result {
             Ok(outcomes) => {
                 publish_gauges(&gauges, &counters, limits.max_bytes);
                 committed.send_replace(counters.next_seq.checked_sub(1));
-                let mut outcomes = outcomes.into_iter();
-                for cmd in batch.drain(..) {
-                    match cmd {
-                        Command::Append { reply, .. } => {
-                            let answer = match outcomes.next() {
-                                Some(AppendOutcome::Stored { seq }) => Ok(Appended::Stored(seq)),
-                                Some(AppendOutcome::Duplicate) => Ok(Appended::Duplicate),
-                                Some(AppendOutcome::Full) => Err(SpoolError::Full),
-                                None => Err(SpoolError::Storage("lost outcome".into())),
-                            };
-                            let _ = reply.send(answer);
-                        }
-                        Command::Delete { reply, .. } => {
-                            if let Some(r) = reply {
-                                let _ = r.send(Ok(()));
-                            }
-                        }
-                        Command::Close { reply } => closing = Some(reply),
-                    }
-                }
+                Ok(outcomes)
             }
             Err(e) => {
                 // Nothing of this batch was written: every waiting request hears so and
                 // answers non-2xx, so the sender keeps the event and retries.
                 tracing::error!(error = %e, "spool commit failed; the requests of this batch are answered 503");
-                let err = SpoolError::Storage(e.to_string());
-                for cmd in batch.drain(..) {
-                    match cmd {
-                        Command::Append { reply, .. } => {
-                            let _ = reply.send(Err(err.clone()));
-                        }
-                        Command::Delete { reply, .. } => {
-                            if let Some(r) = reply {
-                                let _ = r.send(Err(err.clone()));
-                            }
-                        }
-                        Command::Close { reply } => closing = Some(reply),
-                    }
-                }
+                Err(SpoolError::Storage(e.to_string()))
             }
-        }
+        };
+        settle(&mut batch, result, &mut closing);
         if let Some(reply) = closing.take() {
             // Refuse whatever is still queued, then let go of the database.
             rx.close();
             while let Ok(cmd) = rx.try_recv() {
-                match cmd {
-                    Command::Append { reply, .. } => {
-                        let _ = reply.send(Err(SpoolError::Closed));
-                    }
-                    Command::Delete { reply: Some(r), .. } => {
-                        let _ = r.send(Err(SpoolError::Closed));
-                    }
-                    Command::Delete { reply: None, .. } => {}
-                    Command::Close { reply } => {
-                        let _ = reply.send(());
-                    }
-                }
+                batch.push(cmd);
+            }
+            let mut late_close = None;
+            settle(&mut batch, Err(SpoolError::Closed), &mut late_close);
+            if let Some(late) = late_close {
+                let _ = late.send(());
             }
             drop(db);
             let _ = reply.send(());
             return;
+        }
+    }
+}
+
+/// Tells every command of a batch how it went: each append its outcome (in order) when the
+/// commit succeeded, everyone the error when it did not. A close request is handed back
+/// through `closing`, to be answered once the database is let go.
+fn settle(
+    batch: &mut Vec<Command>,
+    result: Result<Vec<AppendOutcome>, SpoolError>,
+    closing: &mut Option<oneshot::Sender<()>>,
+) {
+    let (mut outcomes, failure) = match result {
+        Ok(outcomes) => (outcomes.into_iter(), None),
+        Err(e) => (Vec::new().into_iter(), Some(e)),
+    };
+    for cmd in batch.drain(..) {
+        match cmd {
+            Command::Append { reply, .. } => {
+                let answer = match (&failure, outcomes.next()) {
+                    (Some(e), _) => Err(e.clone()),
+                    (None, Some(AppendOutcome::Stored { seq })) => Ok(Appended::Stored(seq)),
+                    (None, Some(AppendOutcome::Duplicate)) => Ok(Appended::Duplicate),
+                    (None, Some(AppendOutcome::Full)) => Err(SpoolError::Full),
+                    (None, None) => Err(SpoolError::Storage("lost outcome".into())),
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Delete { reply, .. } => {
+                if let Some(r) = reply {
+                    let _ = r.send(failure.clone().map_or(Ok(()), Err));
+                }
+            }
+            Command::Close { reply } => *closing = Some(reply),
         }
     }
 }
