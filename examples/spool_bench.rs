@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use eduzz_kafka_bridge::config::{DedupeSettings, Settings, SpoolSettings};
-use eduzz_kafka_bridge::message::{unix_ms, Message};
+use eduzz_kafka_bridge::delivery::drain::{Drain, DrainGauges, DrainSettings, Until};
+use eduzz_kafka_bridge::delivery::{DeadLetters, DeliverySettings};
+use eduzz_kafka_bridge::event::{unix_ms, Message};
+use eduzz_kafka_bridge::kafka::{Connection, Publisher};
 use eduzz_kafka_bridge::metrics::Metrics;
-use eduzz_kafka_bridge::publish::drain::{self, DrainGauges, DrainSettings, Until};
-use eduzz_kafka_bridge::publish::Publisher;
-use eduzz_kafka_bridge::spool::{Appended, Spool};
+use eduzz_kafka_bridge::spool::{Appended, DedupeSettings, Spool, SpoolSettings};
+use tokio_util::sync::CancellationToken;
 
 fn message(i: usize, body: &Bytes) -> Message {
     Message {
@@ -79,32 +80,28 @@ fn main() -> anyhow::Result<()> {
         };
 
         // Appends, with the default dedupe and without.
-        let with = Spool::open(&spool_settings("dedupe"), &DedupeSettings::default())
-            .map_err(anyhow::Error::msg)?;
+        let with = Spool::open(&spool_settings("dedupe"), &DedupeSettings::default())?;
         let append_dedupe = fill(&with, events / 4, concurrency, &body).await;
         with.close().await;
-        let spool = Spool::open(&spool_settings("main"), &no_dedupe).map_err(anyhow::Error::msg)?;
+        let spool = Spool::open(&spool_settings("main"), &no_dedupe)?;
         let append_plain = fill(&spool, events, concurrency, &body).await;
 
         // Drain: the whole spool to Kafka.
-        let mut settings = Settings::from_toml(
-            "[sources.b]\npath = \"/b\"\nformat = \"eduzz\"\nauth = { type = \"none\" }\n",
-        )
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        settings.kafka.brokers = Some(brokers.clone());
-        let publisher = Publisher::new(&settings, &brokers)?;
+        let delivery = DeliverySettings::default();
+        let publisher = Publisher::new(&Connection::to(&brokers), delivery.producer_tuning())?;
+        let metrics = Arc::new(Metrics::new());
+        let dead_letters = DeadLetters::new(publisher.clone(), None, metrics.clone());
         let gauges = Arc::new(DrainGauges::default());
-        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
         let started = Instant::now();
-        drain::run(
+        Drain::new(
             spool.clone(),
             publisher.clone(),
-            Arc::new(Metrics::new()),
-            DrainSettings::new(settings.delivery.max_in_flight),
+            dead_letters,
+            metrics,
+            DrainSettings::new(delivery.max_in_flight),
             gauges.clone(),
-            stop_rx,
-            Until::Empty,
         )
+        .run(CancellationToken::new(), Until::Empty)
         .await;
         let drained = gauges.published.load(std::sync::atomic::Ordering::Relaxed);
         let drain_secs = started.elapsed().as_secs_f64();

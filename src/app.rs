@@ -1,4 +1,4 @@
-//! Wiring: builds every stage from the settings, runs them, and stops them in order.
+//! Wiring: builds every part from the configuration, runs them, and stops them in order.
 //!
 //! Stop order matters for "acknowledged means safe": first the listeners stop taking
 //! requests and finish the ones in flight (which may still append to the spool); then the
@@ -11,40 +11,36 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::broker::EmbeddedBroker;
-use crate::config::{AckMode, Settings};
+use crate::config::Config;
+use crate::delivery::drain::{Drain, DrainGauges, DrainSettings, Until};
+use crate::delivery::recover::Recovery;
+use crate::delivery::{AckMode, DeadLetters, Delivery};
 use crate::http::admin::{self, AdminState};
-use crate::http::webhook::{self, WebhookState};
-use crate::http::{serve, ListenerSettings};
+use crate::http::tls::ReloadingCert;
+use crate::http::webhook::Webhook;
+use crate::http::{serve, ListenerSettings, Server};
+use crate::kafka::broker::EmbeddedBroker;
+use crate::kafka::{Connection, Publisher};
 use crate::metrics::Metrics;
-use crate::publish::drain::{self, DrainGauges, DrainSettings, Recovery, Until};
-use crate::publish::Publisher;
-use crate::route::Router;
-use crate::sink::Sink;
-use crate::source::Sources;
+use crate::pipeline::Pipeline;
 use crate::spool::Spool;
 
 /// How often Kafka's reachability is probed (for readiness and outage logging).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
-/// The start-up check for events published but not deleted before the last stop.
-pub fn recovery(settings: &Settings, brokers: &str, drain: &DrainSettings) -> Option<Recovery> {
-    if !settings.delivery.recovery_check {
-        return None;
+/// The drain's settings for a configuration, with the start-up recovery check when on.
+pub(crate) fn drain_settings(config: &Config, connection: &Connection) -> DrainSettings {
+    let mut drain = DrainSettings::new(config.delivery.max_in_flight);
+    drain.stop_grace = config.server.shutdown_grace;
+    if config.delivery.recovery_check {
+        let candidates = drain.recovery_candidates();
+        drain.recovery = Some(Recovery::new(connection.clone(), candidates));
     }
-    // Only the oldest entries can have been sent: the in-flight window, the confirmed ones
-    // whose delete was pending, and a read batch.
-    let candidates = drain.max_in_flight + 2 * drain.delete_batch + drain.read_batch;
-    Some(Recovery {
-        reader: crate::publish::reader_config(settings, brokers),
-        candidates,
-        lookback: 4 * candidates as i64,
-        timeout: Duration::from_secs(15),
-        attempts: 10,
-    })
+    drain
 }
 
 /// A running bridge.
@@ -53,245 +49,114 @@ pub struct Application {
     admin_addr: Option<SocketAddr>,
     brokers: String,
     grace: Duration,
-    stop_http: watch::Sender<bool>,
-    stop_drain: watch::Sender<bool>,
-    trigger: watch::Sender<bool>,
-    servers: Vec<JoinHandle<()>>,
+    /// Asked to stop (SIGTERM, a [`StopHandle`]).
+    requested: CancellationToken,
+    /// Listeners: stop accepting, finish the requests in flight.
+    stop_http: CancellationToken,
+    /// Drain: stop reading the spool, wait for what is in flight.
+    stop_drain: CancellationToken,
+    servers: TaskTracker,
     drain: Option<JoinHandle<()>>,
     probe: JoinHandle<()>,
     publisher: Option<Publisher>,
     spool: Option<Spool>,
-    tls_cert: Option<Arc<crate::http::tls::ReloadingCert>>,
+    tls_cert: Option<Arc<ReloadingCert>>,
     // Dropped last: the producer must be flushed before the embedded broker goes.
-    embedded: Option<EmbeddedBroker>,
-    /// The embedded broker's throwaway spool directory (removed on drop).
-    _scratch: Option<tempfile::TempDir>,
+    embedded: Option<Embedded>,
+}
+
+/// The embedded development broker, and the throwaway spool directory that goes with it.
+struct Embedded {
+    broker: EmbeddedBroker,
+    _scratch: tempfile::TempDir,
 }
 
 /// Asks a running [`Application`] to stop (like SIGTERM does).
 #[derive(Clone)]
-pub struct StopHandle(watch::Sender<bool>);
+pub struct StopHandle(CancellationToken);
 
 impl StopHandle {
     pub fn stop(&self) {
-        self.0.send_replace(true);
+        self.0.cancel();
     }
+}
+
+/// What the delivery side started: the mode, its spool and drain when spooled.
+struct DeliveryParts {
+    delivery: Delivery,
+    spool: Option<Spool>,
+    drain: Option<JoinHandle<()>>,
+    gauges: Arc<DrainGauges>,
 }
 
 impl Application {
     /// Binds the listeners and starts every task; returns once the bridge is serving.
-    pub async fn build(mut settings: Settings) -> anyhow::Result<Application> {
-        let embedded = match &settings.kafka.brokers {
-            Some(_) => None,
-            None => Some(
-                EmbeddedBroker::start(1)
-                    .map_err(|e| anyhow::anyhow!("cannot start the embedded broker: {e}"))?,
-            ),
-        };
-        let brokers = match (&settings.kafka.brokers, &embedded) {
+    pub async fn build(mut config: Config) -> anyhow::Result<Application> {
+        let embedded = start_embedded(&mut config)?;
+        let brokers = match (&config.kafka.brokers, &embedded) {
             (Some(b), _) => b.clone(),
-            (None, Some(e)) => e.bootstrap_servers().to_string(),
+            (None, Some(e)) => e.broker.bootstrap_servers().to_string(),
             (None, None) => unreachable!("an embedded broker starts when none is configured"),
         };
-        // The embedded broker forgets everything on exit, so its spool does too: a dedupe
-        // memory that outlived the broker would call the next run's events duplicates.
-        let scratch = match &embedded {
-            Some(_) => {
-                let dir = tempfile::Builder::new()
-                    .prefix("eduzz-kafka-bridge-dev-")
-                    .tempdir()
-                    .context("cannot create a temporary spool directory")?;
-                settings.spool.dir = dir.path().join("spool");
-                Some(dir)
-            }
-            None => None,
-        };
-        if embedded.is_some() {
-            tracing::warn!(
-                bootstrap = %brokers,
-                "kafka.brokers is not set: started an EMBEDDED in-memory Kafka broker (development only, data is lost on exit). Read events with: eduzz-kafka-bridge tail --brokers {brokers} --topic <topic>"
-            );
-        }
-
+        let connection = config.kafka.connect(&brokers);
         let metrics = Arc::new(Metrics::new());
-        let publisher =
-            Publisher::new(&settings, &brokers).context("cannot create the Kafka producer")?;
-        let sources = Sources::from_settings(&settings).map_err(anyhow::Error::msg)?;
-        let router = Router::from_settings(&settings).map_err(anyhow::Error::msg)?;
+        let publisher = Publisher::new(&connection, config.delivery.producer_tuning())
+            .context("cannot create the Kafka producer")?;
+        let stop_drain = CancellationToken::new();
+        let parts = start_delivery(&config, &connection, &publisher, &metrics, &stop_drain)?;
+        let admin_state = Arc::new(AdminState {
+            metrics: metrics.clone(),
+            publisher: publisher.clone(),
+            spool: parts.spool.clone(),
+            drain: parts.gauges.clone(),
+        });
 
-        let (stop_drain, stop_drain_rx) = watch::channel(false);
-        let drain_gauges = Arc::new(DrainGauges::default());
-        let (sink, spool, drain) = match settings.delivery.ack {
-            AckMode::Spooled => {
-                let spool =
-                    Spool::open(&settings.spool, &settings.dedupe).map_err(anyhow::Error::msg)?;
-                let st = spool.stats();
-                if st.depth > 0 {
-                    tracing::info!(
-                        events = st.depth,
-                        bytes = st.bytes,
-                        "spool holds events from an earlier run; publishing them first"
-                    );
-                }
-                let mut drain_settings = DrainSettings::new(settings.delivery.max_in_flight);
-                drain_settings.stop_grace = settings.server.shutdown_grace;
-                drain_settings.recovery = recovery(&settings, &brokers, &drain_settings);
-                let task = tokio::spawn(drain::run(
-                    spool.clone(),
-                    publisher.clone(),
-                    metrics.clone(),
-                    drain_settings,
-                    drain_gauges.clone(),
-                    stop_drain_rx,
-                    Until::Shutdown,
-                ));
-                (
-                    Sink::Spooled {
-                        spool: spool.clone(),
-                        metrics: metrics.clone(),
-                    },
-                    Some(spool),
-                    Some(task),
-                )
-            }
-            AckMode::Published => (
-                Sink::Published {
-                    publisher: publisher.clone(),
-                    timeout: settings.delivery.publish_timeout,
-                    metrics: metrics.clone(),
-                },
-                None,
-                None,
-            ),
-            AckMode::Received => (
-                Sink::Received {
-                    publisher: publisher.clone(),
-                    metrics: metrics.clone(),
-                },
-                None,
-                None,
-            ),
-        };
-
-        let (stop_http, stop_http_rx) = watch::channel(false);
-        let listener = TcpListener::bind(&settings.server.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} (server.listen)",
-                    settings.server.listen
-                )
-            })?;
-        let webhook_addr = listener.local_addr()?;
-        let proxies = crate::http::client_ip::ProxyPolicy::new(
-            settings
-                .server
-                .trusted_proxies
-                .iter()
-                .map(|c| crate::config::parse_cidr(c))
-                .collect::<Result<_, _>>()
-                .map_err(anyhow::Error::msg)?,
-        );
-        let (tls, tls_cert) = match &settings.server.tls {
-            None => (None, None),
-            Some(t) => {
-                let (acceptor, cert) = crate::http::tls::acceptor(t).map_err(anyhow::Error::msg)?;
-                (Some(acceptor), Some(cert))
-            }
-        };
-        let webhook_state = Arc::new(WebhookState {
-            proxies,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(
-                settings.server.max_in_flight_requests,
-            )),
+        let Config {
+            server,
+            admin: admin_listen,
             sources,
             router,
-            sink,
-            metrics: metrics.clone(),
-            max_body_bytes: settings.server.max_body_bytes,
-            body_timeout: settings.server.body_timeout,
-        });
-        for s in webhook_state.sources.iter() {
+            delivery,
+            ..
+        } = config;
+        for s in sources.iter() {
             tracing::info!(source = %s.name, path = %s.path, format = s.format().as_str(), auth = %s.auth.describe(), "source ready");
         }
-        let listener_settings = ListenerSettings {
-            name: "webhook",
-            max_connections: settings.server.max_connections,
-            header_timeout: settings.server.header_timeout,
-            max_header_bytes: settings.server.max_header_bytes,
-            grace: settings.server.shutdown_grace,
-            tls,
+        let stop_http = CancellationToken::new();
+        let servers = TaskTracker::new();
+        let pipeline = Pipeline::new(sources, router, parts.delivery, metrics);
+        let (webhook_addr, listener) =
+            spawn_webhook(&server, pipeline, &servers, &stop_http).await?;
+        let admin_addr = match admin_listen {
+            None => None,
+            Some(addr) => {
+                Some(spawn_admin(addr, &listener, admin_state, &servers, &stop_http).await?)
+            }
         };
-        let mut servers = vec![tokio::spawn(serve(
-            listener,
-            listener_settings.clone(),
-            move |req, peer| webhook::handle(webhook_state.clone(), req, peer),
-            stop_http_rx.clone(),
-        ))];
-
-        let admin_addr = if settings.admin.listen.is_empty() {
-            None
-        } else {
-            let listener = TcpListener::bind(&settings.admin.listen)
-                .await
-                .with_context(|| {
-                    format!("cannot listen on {} (admin.listen)", settings.admin.listen)
-                })?;
-            let addr = listener.local_addr()?;
-            let state = Arc::new(AdminState {
-                metrics: metrics.clone(),
-                publisher: publisher.clone(),
-                spool: spool.clone(),
-                drain: drain_gauges.clone(),
-            });
-            servers.push(tokio::spawn(serve(
-                listener,
-                ListenerSettings {
-                    name: "admin",
-                    max_connections: 64,
-                    tls: None,
-                    ..listener_settings
-                },
-                move |req, peer| admin::handle(state.clone(), req, peer),
-                stop_http_rx,
-            )));
-            Some(addr)
-        };
-
-        let probe = {
-            let publisher = publisher.clone();
-            tokio::spawn(async move {
-                loop {
-                    publisher.probe(Duration::from_secs(1)).await;
-                    tokio::time::sleep(PROBE_INTERVAL).await;
-                }
-            })
-        };
+        servers.close();
 
         tracing::info!(
             webhook = %webhook_addr,
             admin = %admin_addr.map(|a| a.to_string()).unwrap_or_default(),
-            ack = settings.delivery.ack.as_str(),
+            ack = delivery.ack.as_str(),
             brokers = %brokers,
             "eduzz-kafka-bridge serving"
         );
-        let (trigger, _) = watch::channel(false);
         Ok(Application {
             webhook_addr,
             admin_addr,
             brokers,
-            grace: settings.server.shutdown_grace,
+            grace: server.shutdown_grace,
+            requested: CancellationToken::new(),
             stop_http,
             stop_drain,
-            trigger,
             servers,
-            drain,
-            probe,
+            drain: parts.drain,
+            probe: spawn_probe(publisher.clone()),
             publisher: Some(publisher),
-            spool,
-            tls_cert,
+            spool: parts.spool,
+            tls_cert: server.tls.map(|t| t.cert),
             embedded,
-            _scratch: scratch,
         })
     }
 
@@ -308,31 +173,18 @@ impl Application {
         &self.brokers
     }
 
-    /// Reads the TLS certificate files again (what SIGHUP does). Without TLS: Ok, nothing done.
-    pub fn reload_tls(&self) -> Result<(), String> {
-        match &self.tls_cert {
-            None => Ok(()),
-            Some(cert) => cert.reload(),
-        }
-    }
-
-    /// A handle that reloads the TLS certificate, for a signal handler.
-    pub fn tls_reloader(&self) -> Option<Arc<crate::http::tls::ReloadingCert>> {
+    /// A handle that reloads the TLS certificate (what SIGHUP does); `None` without TLS.
+    pub fn tls_reloader(&self) -> Option<Arc<ReloadingCert>> {
         self.tls_cert.clone()
     }
 
     pub fn stop_handle(&self) -> StopHandle {
-        StopHandle(self.trigger.clone())
+        StopHandle(self.requested.clone())
     }
 
     /// Runs until the stop handle fires, then stops in order within the grace period.
     pub async fn run_until_stopped(mut self) -> anyhow::Result<()> {
-        let mut trigger = self.trigger.subscribe();
-        while !*trigger.borrow_and_update() {
-            if trigger.changed().await.is_err() {
-                break;
-            }
-        }
+        self.requested.cancelled().await;
         self.shutdown().await;
         Ok(())
     }
@@ -341,11 +193,9 @@ impl Application {
     pub async fn shutdown(&mut self) {
         let deadline = Instant::now() + self.grace;
         tracing::info!(grace = ?self.grace, "stopping: no new requests; finishing those in flight");
-        self.stop_http.send_replace(true);
-        for s in self.servers.drain(..) {
-            let _ = s.await;
-        }
-        self.stop_drain.send_replace(true);
+        self.stop_http.cancel();
+        self.servers.wait().await;
+        self.stop_drain.cancel();
         if let Some(d) = self.drain.take() {
             let left = deadline.saturating_duration_since(Instant::now());
             let _ = tokio::time::timeout(left + Duration::from_secs(1), d).await;
@@ -379,4 +229,143 @@ impl Application {
         }
         self.embedded.take();
     }
+}
+
+/// Without `kafka.brokers`: the embedded broker, and a throwaway spool beside it. The embedded
+/// broker forgets everything on exit, so its spool does too: a dedupe memory that outlived
+/// the broker would call the next run's events duplicates.
+fn start_embedded(config: &mut Config) -> anyhow::Result<Option<Embedded>> {
+    if config.kafka.brokers.is_some() {
+        return Ok(None);
+    }
+    let broker = EmbeddedBroker::start(1).context("cannot start the embedded broker")?;
+    let scratch = tempfile::Builder::new()
+        .prefix("eduzz-kafka-bridge-dev-")
+        .tempdir()
+        .context("cannot create a temporary spool directory")?;
+    config.spool.dir = scratch.path().join("spool");
+    let brokers = broker.bootstrap_servers();
+    tracing::warn!(
+        bootstrap = %brokers,
+        "kafka.brokers is not set: started an EMBEDDED in-memory Kafka broker (development only, data is lost on exit). Read events with: eduzz-kafka-bridge tail --brokers {brokers} --topic <topic>"
+    );
+    Ok(Some(Embedded {
+        broker,
+        _scratch: scratch,
+    }))
+}
+
+/// The ack mode's delivery; in `spooled` mode the spool is opened and its drain started.
+fn start_delivery(
+    config: &Config,
+    connection: &Connection,
+    publisher: &Publisher,
+    metrics: &Arc<Metrics>,
+    stop_drain: &CancellationToken,
+) -> anyhow::Result<DeliveryParts> {
+    let gauges = Arc::new(DrainGauges::default());
+    let d = &config.delivery;
+    let dead_letters = DeadLetters::new(
+        publisher.clone(),
+        d.dead_letter_topic.clone(),
+        metrics.clone(),
+    );
+    if d.ack != AckMode::Spooled {
+        let delivery = Delivery::direct(
+            d.ack,
+            publisher.clone(),
+            dead_letters,
+            d.publish_timeout,
+            metrics.clone(),
+        );
+        return Ok(DeliveryParts {
+            delivery,
+            spool: None,
+            drain: None,
+            gauges,
+        });
+    }
+    let spool = Spool::open(&config.spool, &config.dedupe).context("cannot open the spool")?;
+    let st = spool.stats();
+    if st.depth > 0 {
+        tracing::info!(
+            events = st.depth,
+            bytes = st.bytes,
+            "spool holds events from an earlier run; publishing them first"
+        );
+    }
+    let drain = Drain::new(
+        spool.clone(),
+        publisher.clone(),
+        dead_letters,
+        metrics.clone(),
+        drain_settings(config, connection),
+        gauges.clone(),
+    );
+    let task = tokio::spawn(drain.run(stop_drain.clone(), Until::Shutdown));
+    Ok(DeliveryParts {
+        delivery: Delivery::spooled(spool.clone(), metrics.clone()),
+        spool: Some(spool),
+        drain: Some(task),
+        gauges,
+    })
+}
+
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} ({key})"))
+}
+
+/// The public listener, serving the pipeline through the webhook handler.
+async fn spawn_webhook(
+    server: &Server,
+    pipeline: Pipeline,
+    servers: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<(SocketAddr, ListenerSettings)> {
+    let settings = ListenerSettings {
+        name: "webhook",
+        max_connections: server.max_connections,
+        header_timeout: server.header_timeout,
+        max_header_bytes: server.max_header_bytes,
+        grace: server.shutdown_grace,
+        tls: server.tls.as_ref().map(|t| t.acceptor.clone()),
+    };
+    let webhook = Arc::new(Webhook::new(pipeline, server));
+    let tcp = bind(server.listen, "server.listen").await?;
+    let addr = tcp.local_addr()?;
+    let handler = move |req, peer| webhook.clone().handle(req, peer);
+    servers.spawn(serve(tcp, settings.clone(), handler, stop.clone()));
+    Ok((addr, settings))
+}
+
+/// The admin listener: like the public one, without TLS and with a small connection cap.
+async fn spawn_admin(
+    addr: SocketAddr,
+    public: &ListenerSettings,
+    state: Arc<AdminState>,
+    servers: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let tcp = bind(addr, "admin.listen").await?;
+    let addr = tcp.local_addr()?;
+    let settings = ListenerSettings {
+        name: "admin",
+        max_connections: 64,
+        tls: None,
+        ..public.clone()
+    };
+    let handler = move |req, peer| admin::handle(state.clone(), req, peer);
+    servers.spawn(serve(tcp, settings, handler, stop.clone()));
+    Ok(addr)
+}
+
+fn spawn_probe(publisher: Publisher) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            publisher.probe(Duration::from_secs(1)).await;
+            tokio::time::sleep(PROBE_INTERVAL).await;
+        }
+    })
 }

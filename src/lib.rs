@@ -1,27 +1,34 @@
 //! eduzz-kafka-bridge: webhooks in, Kafka out, nothing lost in between.
 //!
-//! Follow one webhook through the modules:
+//! Follow one webhook through the modules, each talking only to those below it:
 //!
-//! [`http`] (listener, limits) → [`source`] (authentication + envelope → [`source::Event`])
-//! → [`route`] (topic and key, or drop) → [`sink`] (what the ack mode promises) →
-//! [`spool`] (durable, deduplicated) → [`publish`] (the producer and the spool's drain).
+//! [`http`] (listeners, limits, answers) → [`pipeline`] (one delivery in, one outcome out) →
+//! [`source`] (authentication + envelope) / [`route`] (topic and key, or drop) /
+//! [`delivery`] (what the ack mode promises; the spool's drain) → [`spool`] (durable,
+//! deduplicated) / [`kafka`] (producer, readers, topic names, the embedded broker) →
+//! [`event`] (the data that travels).
 //!
-//! Beside them: [`config`] (typed settings), [`metrics`], [`app`] (wiring and shutdown
-//! order), [`broker`] (the embedded development broker) and [`cli`].
+//! Beside them: [`config`] (composes every component's settings and builds them once),
+//! [`metrics`], [`telemetry`], [`app`] (wiring and shutdown order) and [`cli`]; and the small
+//! leaves [`problem`] (config problems with their keys), [`secret`], [`cidr`], [`slugs`].
+
+#![warn(clippy::too_many_lines)]
+#![warn(unreachable_pub)]
 
 pub mod app;
-pub mod broker;
+pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod event;
 pub mod http;
-pub mod message;
+pub mod kafka;
 pub mod metrics;
-pub mod publish;
+pub mod pipeline;
+pub mod problem;
 pub mod route;
 pub mod secret;
-pub mod sink;
-pub mod slugs;
+pub(crate) mod slugs;
 pub mod source;
 pub mod spool;
 pub mod telemetry;
-pub mod topic;

@@ -1,3 +1,5 @@
+#![warn(clippy::too_many_lines)]
+
 use clap::Parser;
 
 /// mimalloc: the request path allocates small, short-lived buffers on several threads, where

@@ -3,6 +3,11 @@
 //! Counters and histograms are updated where things happen; the gauges that describe state
 //! owned elsewhere (spool depth, producer queue, Kafka reachability) are sampled when
 //! scraped ([`GaugeValues`]), so no module has to push them.
+//!
+//! Every label has a bounded set of values, whatever senders post: a slug outside the
+//! documented catalogue counts as `slug="other"`, and topics past the first
+//! [`MAX_TOPIC_LABELS`] as `topic="other"`, so a stream of made-up slugs cannot grow
+//! `/metrics` (or the process's memory) without limit.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -10,7 +15,14 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+/// Distinct topics counted by name in `published_total`; later ones count as `other`.
+pub const MAX_TOPIC_LABELS: usize = 256;
+/// The label value standing for everything outside a bounded set.
+pub const OTHER: &str = "other";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -61,21 +73,23 @@ pub struct GaugeValues {
 /// All metrics of one bridge process.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: Family<RequestLabels, Counter>,
-    pub events: Family<EventLabels, Counter>,
-    pub published: Family<TopicLabels, Counter>,
-    pub publish_errors: Family<ErrorLabels, Counter>,
-    pub dead_lettered: Counter,
-    pub signature_failures: Family<AuthLabels, Counter>,
-    pub dedupe_hits: Family<SourceLabels, Counter>,
-    pub publish_latency: Histogram,
-    pub request_duration: Histogram,
+    pub(crate) http_requests: Family<RequestLabels, Counter>,
+    pub(crate) events: Family<EventLabels, Counter>,
+    published: Family<TopicLabels, Counter>,
+    pub(crate) publish_errors: Family<ErrorLabels, Counter>,
+    pub(crate) dead_lettered: Counter,
+    pub(crate) signature_failures: Family<AuthLabels, Counter>,
+    pub(crate) dedupe_hits: Family<SourceLabels, Counter>,
+    pub(crate) publish_latency: Histogram,
+    pub(crate) request_duration: Histogram,
     spool_depth: Gauge,
     spool_bytes: Gauge,
     spool_oldest_age: Gauge<f64, AtomicU64>,
     producer_queue: Gauge,
     kafka_reachable: Gauge,
     parked: Gauge,
+    /// Topics that have a `published_total` series of their own.
+    topic_labels: Mutex<HashSet<String>>,
 }
 
 impl Default for Metrics {
@@ -109,84 +123,93 @@ impl Metrics {
             producer_queue: Gauge::default(),
             kafka_reachable: Gauge::default(),
             parked: Gauge::default(),
+            topic_labels: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
-        registry.register(
+        m.register_counters(&mut registry);
+        m.register_gauges(&mut registry);
+        Metrics { registry, ..m }
+    }
+
+    fn register_counters(&self, r: &mut Registry) {
+        r.register(
             "http_requests",
             "Webhook requests by source and HTTP status",
-            m.http_requests.clone(),
+            self.http_requests.clone(),
         );
-        registry.register(
+        r.register(
             "events",
             "Events by source, slug and outcome",
-            m.events.clone(),
+            self.events.clone(),
         );
-        registry.register(
+        r.register(
             "published",
             "Messages confirmed by Kafka, by topic",
-            m.published.clone(),
+            self.published.clone(),
         );
-        registry.register(
+        r.register(
             "publish_errors",
             "Delivery failures reported by Kafka, by error",
-            m.publish_errors.clone(),
+            self.publish_errors.clone(),
         );
-        registry.register(
+        r.register(
             "dead_lettered",
             "Messages sent to the dead-letter topic",
-            m.dead_lettered.clone(),
+            self.dead_lettered.clone(),
         );
-        registry.register(
+        r.register(
             "signature_failures",
             "Deliveries refused by authentication, by source and reason",
-            m.signature_failures.clone(),
+            self.signature_failures.clone(),
         );
-        registry.register(
+        r.register(
             "dedupe_hits",
             "Deliveries recognised as already accepted",
-            m.dedupe_hits.clone(),
+            self.dedupe_hits.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "publish_latency",
             "Time from receiving an event to Kafka confirming it",
             prometheus_client::registry::Unit::Seconds,
-            m.publish_latency.clone(),
+            self.publish_latency.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "request_duration",
             "Time to answer a webhook request",
             prometheus_client::registry::Unit::Seconds,
-            m.request_duration.clone(),
+            self.request_duration.clone(),
         );
-        registry.register(
+    }
+
+    fn register_gauges(&self, r: &mut Registry) {
+        r.register(
             "spool_depth",
             "Events in the spool waiting for Kafka",
-            m.spool_depth.clone(),
+            self.spool_depth.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "spool",
             "Bytes of events in the spool",
             prometheus_client::registry::Unit::Bytes,
-            m.spool_bytes.clone(),
+            self.spool_bytes.clone(),
         );
-        registry.register_with_unit(
+        r.register_with_unit(
             "spool_oldest_age",
             "Age of the oldest event in the spool",
             prometheus_client::registry::Unit::Seconds,
-            m.spool_oldest_age.clone(),
+            self.spool_oldest_age.clone(),
         );
-        registry.register(
+        r.register(
             "producer_queue_depth",
             "Messages handed to the producer and not yet confirmed",
-            m.producer_queue.clone(),
+            self.producer_queue.clone(),
         );
-        registry.register(
+        r.register(
             "kafka_reachable",
             "1 when Kafka answers, 0 during an outage",
-            m.kafka_reachable.clone(),
+            self.kafka_reachable.clone(),
         );
-        registry.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", m.parked.clone());
-        Metrics { registry, ..m }
+        r.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", self.parked.clone());
     }
 
     /// Renders every metric in the Prometheus text format, sampling `values` first.
@@ -204,12 +227,37 @@ impl Metrics {
         out
     }
 
+    /// Counts one event; slugs outside the documented catalogue count as `other`.
     pub fn event(&self, source: &str, slug: &str, outcome: &'static str) {
+        let slug = if crate::slugs::is_documented(slug) {
+            slug
+        } else {
+            OTHER
+        };
         self.events
             .get_or_create(&EventLabels {
                 source: source.to_string(),
                 slug: slug.to_string(),
                 outcome,
+            })
+            .inc();
+    }
+
+    /// Counts one message Kafka confirmed on `topic` (past [`MAX_TOPIC_LABELS`] topics, as
+    /// `other`).
+    pub fn published(&self, topic: &str) {
+        let topic = {
+            let mut seen = self.topic_labels.lock().unwrap();
+            if seen.contains(topic) || (seen.len() < MAX_TOPIC_LABELS && seen.insert(topic.into()))
+            {
+                topic
+            } else {
+                OTHER
+            }
+        };
+        self.published
+            .get_or_create(&TopicLabels {
+                topic: topic.to_string(),
             })
             .inc();
     }
@@ -245,5 +293,30 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} not in\n{text}");
         }
+    }
+
+    #[test]
+    fn labels_stay_bounded_whatever_is_posted() {
+        let m = Metrics::new();
+        for i in 0..2 * MAX_TOPIC_LABELS {
+            m.event("json", &format!("made.up_{i}"), "accepted");
+            m.published(&format!("made.up_{i}"));
+        }
+        m.event("eduzz", "myeduzz.invoice_negotiatied", "accepted");
+        let text = m.render(GaugeValues::default());
+        let series = |prefix: &str| text.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(series("eduzz_bridge_events_total{"), 2, "{text}");
+        assert!(text.contains(&format!(
+            "eduzz_bridge_events_total{{source=\"json\",slug=\"other\",outcome=\"accepted\"}} {}",
+            2 * MAX_TOPIC_LABELS
+        )));
+        assert!(text.contains("slug=\"myeduzz.invoice_negotiatied\""));
+        assert_eq!(
+            series("eduzz_bridge_published_total{"),
+            MAX_TOPIC_LABELS + 1
+        );
+        assert!(text.contains(&format!(
+            "eduzz_bridge_published_total{{topic=\"other\"}} {MAX_TOPIC_LABELS}"
+        )));
     }
 }

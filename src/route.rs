@@ -6,10 +6,49 @@
 //! [`globset::GlobSet`], so a lookup costs one pass however many rules there are.
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::Settings;
-use crate::topic::{Template, TopicVars};
+use crate::kafka::topic::{Template, TopicVars};
+use crate::problem::Problems;
+use crate::source::check_pointer;
+
+/// `[[routes]]`: one routing rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSettings {
+    /// Glob on the slug: `nutror.*`, `myeduzz.invoice_*`, `*`.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Only for events of this source (by name); unset: any source.
+    pub source: Option<String>,
+    /// Topic template with `{slug}`, `{source}` and `{app}`; required unless `drop = true`.
+    pub topic: Option<String>,
+    /// JSON pointer whose value becomes the message key; unset: the event id.
+    pub key: Option<String>,
+    /// Accept and answer 2xx, but publish nothing.
+    #[serde(default)]
+    pub drop: bool,
+}
+
+/// `[default_route]`: the rule for slugs no other rule matches.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DefaultRouteSettings {
+    pub topic: String,
+    pub key: Option<String>,
+    pub drop: bool,
+}
+
+impl Default for DefaultRouteSettings {
+    fn default() -> Self {
+        Self {
+            topic: "{slug}".into(),
+            key: None,
+            drop: false,
+        }
+    }
+}
 
 /// What to do with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +76,25 @@ enum Action {
     Drop,
 }
 
+impl Action {
+    /// Publishing to the template `topic`, keyed at `key_pointer`; problems under `key`.
+    fn publish(
+        key: &str,
+        topic: &str,
+        key_pointer: Option<&str>,
+        problems: &mut Problems,
+    ) -> Option<Action> {
+        if let Some(p) = key_pointer {
+            check_pointer(format!("{key}.key"), p, problems);
+        }
+        let template = problems.check(format!("{key}.topic"), Template::parse(topic))?;
+        Some(Action::Publish {
+            template,
+            key_pointer: key_pointer.map(str::to_string),
+        })
+    }
+}
+
 /// The routing table of a config.
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -47,51 +105,75 @@ pub struct Router {
 
 /// One row of the routing table as `check-config` prints it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteRow {
+pub(crate) struct RouteRow {
     pub rule: String,
     pub topic: Option<String>,
     pub key: String,
 }
 
 impl Router {
-    /// Compiles the rules of a validated config.
-    pub fn from_settings(settings: &Settings) -> Result<Router, String> {
-        let mut builder = GlobSetBuilder::new();
-        let mut rules = Vec::with_capacity(settings.routes.len());
-        for (i, r) in settings.routes.iter().enumerate() {
-            builder.add(Glob::new(&r.pattern).map_err(|e| format!("routes[{i}].match: {e}"))?);
-            let action = if r.drop {
-                Action::Drop
-            } else {
-                let text = r.topic.as_deref().unwrap_or("{slug}");
-                Action::Publish {
-                    template: Template::parse(text)
-                        .map_err(|e| format!("routes[{i}].topic: {e}"))?,
-                    key_pointer: r.key.clone(),
+    /// Compiles the rules; problems go to `problems` under `routes[i].…` and
+    /// `default_route.…`. `is_source` says whether a source of that name exists.
+    pub(crate) fn build(
+        routes: &[RouteSettings],
+        default: &DefaultRouteSettings,
+        is_source: impl Fn(&str) -> bool,
+        problems: &mut Problems,
+    ) -> Option<Router> {
+        let mark = problems.mark();
+        let mut globs = GlobSetBuilder::new();
+        let mut rules = Vec::with_capacity(routes.len());
+        for (i, r) in routes.iter().enumerate() {
+            let key = format!("routes[{i}]");
+            if let Some(glob) = problems.check(format!("{key}.match"), Glob::new(&r.pattern)) {
+                globs.add(glob);
+            }
+            if let Some(source) = r.source.as_deref().filter(|s| !is_source(s)) {
+                problems.push(
+                    format!("{key}.source"),
+                    format!("no source is named '{source}'"),
+                );
+            }
+            let action = match (&r.topic, r.drop) {
+                (None, false) => {
+                    problems.push(
+                        format!("{key}.topic"),
+                        "a rule needs a topic template, or drop = true",
+                    );
+                    None
                 }
+                (Some(_), true) => {
+                    problems.push(
+                        format!("{key}.topic"),
+                        "a rule with drop = true publishes nothing; remove the topic",
+                    );
+                    None
+                }
+                (None, true) => Some(Action::Drop),
+                (Some(t), false) => Action::publish(&key, t, r.key.as_deref(), problems),
             };
-            rules.push(Rule {
-                label: format!("routes[{i}] {}", r.pattern),
+            rules.extend(action.map(|action| Rule {
+                label: format!("{key} {}", r.pattern),
                 source: r.source.clone(),
                 action,
-            });
+            }));
         }
-        let d = &settings.default_route;
         let default = Rule {
             label: "default_route".into(),
             source: None,
-            action: if d.drop {
-                Action::Drop
-            } else {
-                Action::Publish {
-                    template: Template::parse(&d.topic)
-                        .map_err(|e| format!("default_route.topic: {e}"))?,
-                    key_pointer: d.key.clone(),
-                }
-            },
+            action: match default.drop {
+                true => Some(Action::Drop),
+                false => Action::publish(
+                    "default_route",
+                    &default.topic,
+                    default.key.as_deref(),
+                    problems,
+                ),
+            }?,
         };
-        Ok(Router {
-            globs: builder.build().map_err(|e| e.to_string())?,
+        let globs = problems.check("routes", globs.build())?;
+        problems.none_since(mark).then_some(Router {
+            globs,
             rules,
             default,
         })
@@ -127,7 +209,7 @@ impl Router {
     }
 
     /// Where `slug` from `source` would go, for `check-config`.
-    pub fn explain(&self, source: &str, slug: &str) -> RouteRow {
+    pub(crate) fn explain(&self, source: &str, slug: &str) -> RouteRow {
         let rule = self.rule_for(source, slug);
         match &rule.action {
             Action::Drop => RouteRow {
@@ -163,21 +245,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn router(rules: &str) -> Router {
-        let text = format!(
-            r#"
-[sources.eduzz]
-path = "/e"
-format = "eduzz"
-auth = {{ type = "none" }}
+    #[derive(serde::Deserialize)]
+    struct Rules {
+        #[serde(default)]
+        routes: Vec<RouteSettings>,
+    }
 
-[sources.toolzz]
-path = "/t"
-format = "toolzz"
-auth = {{ type = "none" }}
-{rules}"#
+    fn router(rules: &str) -> Router {
+        let rules: Rules = toml::from_str(rules).unwrap();
+        let mut problems = Problems::default();
+        let router = Router::build(
+            &rules.routes,
+            &DefaultRouteSettings::default(),
+            |s| s == "eduzz" || s == "toolzz",
+            &mut problems,
         );
-        Router::from_settings(&Settings::from_toml(&text).unwrap()).unwrap()
+        assert!(problems.is_empty(), "{problems:?}");
+        router.unwrap()
     }
 
     fn publish(topic: &str, key: &str) -> Decision {
@@ -277,7 +361,7 @@ key = "/data/invoice/id"
         match r.route("eduzz", "nutror.aula iniciada", "i", &json!({})) {
             Decision::Publish { topic, .. } => {
                 assert!(topic.starts_with("nutror.aula_iniciada-"), "{topic}");
-                assert!(crate::topic::check_topic_name(&topic).is_ok());
+                assert!(crate::kafka::topic::check_topic_name(&topic).is_ok());
             }
             other => panic!("{other:?}"),
         }

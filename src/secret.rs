@@ -7,6 +7,21 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
+/// Why a secret's value could not be read; names where it comes from, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("environment variable {0} is not set")]
+    MissingEnv(String),
+    #[error("cannot read secret file {path}")]
+    File {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("secret from {0} is empty")]
+    Empty(String),
+}
+
 /// Where a secret's value comes from, as written in the config.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -28,26 +43,24 @@ impl Secret {
     }
 
     /// Reads the value now; the error names the origin, never the value.
-    pub fn resolve(&self) -> Result<Vec<u8>, String> {
+    pub fn resolve(&self) -> Result<Vec<u8>, SecretError> {
         let value = if let Some(name) = self.spec.strip_prefix("env:") {
-            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+            std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_string()))?
         } else if let Some(path) = self.spec.strip_prefix("file:") {
             std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {path}: {e}"))?
+                .map_err(|source| SecretError::File {
+                    path: path.to_string(),
+                    source,
+                })?
                 .trim_end_matches(['\n', '\r'])
                 .to_string()
         } else {
             self.spec.clone()
         };
         if value.is_empty() {
-            return Err(format!("secret from {} is empty", self.origin()));
+            return Err(SecretError::Empty(self.origin()));
         }
         Ok(value.into_bytes())
-    }
-
-    /// Whether the value can be read (used when validating the config).
-    pub fn check(&self) -> Result<(), String> {
-        self.resolve().map(|_| ())
     }
 }
 
@@ -99,7 +112,7 @@ mod tests {
     #[test]
     fn a_missing_env_var_is_named() {
         let s = Secret::literal("env:EKB_TEST_SECRET_SURELY_UNSET");
-        let err = s.resolve().unwrap_err();
+        let err = s.resolve().unwrap_err().to_string();
         assert!(err.contains("EKB_TEST_SECRET_SURELY_UNSET"));
     }
 }

@@ -1,8 +1,9 @@
-//! Every slug the platforms document (from `shared/events.md`), for `check-config`'s routing
-//! table and for tests. Unknown slugs still route (by the default rule); this list is only
-//! what an operator is shown.
+//! Every slug the platforms document (from `shared/events.md`): `check-config`'s routing table,
+//! and the bounded set of `slug` label values in metrics. Unknown slugs still route (by the
+//! default rule); they only count under `slug="other"`, so a sender cannot grow `/metrics`.
 
-use crate::config::Format;
+use std::collections::HashSet;
+use std::sync::LazyLock;
 
 const NUTROR: &[&str] = &[
     "certificate_viewed",
@@ -38,12 +39,21 @@ const MYEDUZZ: &[&str] = &[
     "invoice_overdue",
     "invoice_scheduled",
     "invoice_negotiated",
+    // Eduzz's own example for invoice_negotiated sends this misspelling.
+    "invoice_negotiatied",
     "invoice_updated",
     "contract_created",
     "contract_updated",
     "contract_status_updated",
     "commission_processed",
     "cart_abandonment",
+];
+const SUBSCRIPTIONS: &[&str] = &[
+    "status_updated",
+    "contract_created",
+    "contract_updated",
+    "contract_status_updated",
+    "contract_changed",
 ];
 const BLINKET: &[&str] = &[
     "attendance_added",
@@ -72,20 +82,23 @@ const ALPACLASS: &[&str] = &[
 ];
 
 /// Toolzz's documented slugs.
-pub const TOOLZZ: &[&str] = &[
+pub(crate) const TOOLZZ: &[&str] = &[
     "activities.certificate.issued",
     "activities.course.completed",
     "activities.course.enrollment",
     "activities.trail.completed",
     "members.updated",
+    // sic: Toolzz's documented spelling.
+    "newslatter.created",
 ];
 
 /// Eduzz's documented slugs (`app.name`), `ping` first.
-pub fn eduzz() -> Vec<String> {
+pub(crate) fn eduzz() -> Vec<String> {
     let mut out = vec!["ping".to_string()];
     for (app, names) in [
         ("nutror", NUTROR),
         ("myeduzz", MYEDUZZ),
+        ("subscriptions", SUBSCRIPTIONS),
         ("blinket", BLINKET),
         ("alpaclass", ALPACLASS),
     ] {
@@ -94,15 +107,46 @@ pub fn eduzz() -> Vec<String> {
     out
 }
 
-/// The documented slugs a source of `format` may send.
-pub fn for_format(format: Format) -> Vec<String> {
-    match format {
-        Format::Eduzz => eduzz(),
-        Format::Toolzz => TOOLZZ.iter().map(|s| s.to_string()).collect(),
-        Format::Json => {
-            let mut all = eduzz();
-            all.extend(TOOLZZ.iter().map(|s| s.to_string()));
-            all
+/// Toolzz's documented slugs, owned.
+pub(crate) fn toolzz() -> Vec<String> {
+    TOOLZZ.iter().map(|s| s.to_string()).collect()
+}
+
+static DOCUMENTED: LazyLock<HashSet<String>> = LazyLock::new(|| {
+    let mut all: HashSet<String> = eduzz().into_iter().collect();
+    all.extend(toolzz());
+    all
+});
+
+/// Whether `slug` is in the documented catalogue of either platform.
+pub(crate) fn is_documented(slug: &str) -> bool {
+    DOCUMENTED.contains(slug)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_catalogue_holds_every_documented_slug() {
+        for slug in [
+            "ping",
+            "nutror.lesson_started",
+            "myeduzz.invoice_negotiated",
+            "myeduzz.invoice_negotiatied",
+            "subscriptions.status_updated",
+            "subscriptions.contract_created",
+            "subscriptions.contract_updated",
+            "subscriptions.contract_status_updated",
+            "subscriptions.contract_changed",
+            "blinket.ticket_edited",
+            "alpaclass.student_lesson_last_seen_at",
+            "activities.certificate.issued",
+            "newslatter.created",
+        ] {
+            assert!(is_documented(slug), "{slug}");
         }
+        assert!(!is_documented("myeduzz.subscriptions_status_updated"));
+        assert!(!is_documented("whatever.comes.next"));
     }
 }

@@ -1,8 +1,32 @@
 //! Logging setup: `tracing` with a `RUST_LOG`-style filter, pretty or JSON.
 
+use serde::Deserialize;
 use tracing_subscriber::{fmt, EnvFilter};
 
-use crate::config::{LogFormat, LogSettings};
+/// `[log]`: log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    /// `RUST_LOG`-style filter; the `RUST_LOG` variable wins when set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Pretty,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
 
 /// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
 /// Calling it twice is harmless (the second call does nothing).

@@ -5,7 +5,6 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use rdkafka::mocking::MockCluster;
 
 fn bridge() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"));
@@ -122,9 +121,8 @@ fn help_version_and_sign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_what_the_bridge_published() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
+    let brokers = app.brokers.clone();
     let body = fixture("nutror.file_downloaded.json");
     assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
 

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use eduzz_kafka_bridge::config::Settings;
+use eduzz_kafka_bridge::config::Config;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn root() -> PathBuf {
@@ -21,24 +21,29 @@ fn secrets_env() {
     std::env::set_var("TOOLZZ_WEBHOOK_TOKEN", "y");
 }
 
-fn load_config_text(text: &str) -> Settings {
+fn load_config_text(text: &str) -> Config {
     secrets_env();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.toml");
     std::fs::write(&path, text).unwrap();
-    Settings::load(&path).unwrap_or_else(|e| panic!("{e}"))
+    Config::load(&path).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn port_of(addr: &str) -> i64 {
-    addr.rsplit(':').next().unwrap().parse().unwrap()
+fn port_of(addr: impl ToString) -> i64 {
+    addr.to_string()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
 fn the_container_config_is_valid_and_listens_beyond_loopback() {
     let s = load_config_text(&std::fs::read_to_string(root().join("deploy/config.toml")).unwrap());
-    assert!(s.server.listen.starts_with("0.0.0.0:"));
+    assert!(s.server.listen.to_string().starts_with("0.0.0.0:"));
     assert!(
-        s.admin.listen.starts_with("0.0.0.0:"),
+        s.admin.unwrap().to_string().starts_with("0.0.0.0:"),
         "probes come from outside the container"
     );
     assert!(
@@ -67,8 +72,8 @@ fn the_statefulset_matches_the_config_it_mounts() {
             )
         })
         .collect();
-    assert!(ports.contains(&("webhook".into(), port_of(&settings.server.listen))));
-    assert!(ports.contains(&("admin".into(), port_of(&settings.admin.listen))));
+    assert!(ports.contains(&("webhook".into(), port_of(settings.server.listen))));
+    assert!(ports.contains(&("admin".into(), port_of(settings.admin.unwrap()))));
     assert_eq!(
         c["livenessProbe"]["httpGet"]["path"].as_str(),
         Some("/healthz")
@@ -187,12 +192,12 @@ fn the_dockerfile_runs_as_non_root_with_a_volume_and_a_healthcheck() {
     assert_eq!(Path::new(volume.trim()), settings.spool.dir);
     assert!(last_stage.contains(&format!(
         "http://127.0.0.1:{}/healthz",
-        port_of(&settings.admin.listen)
+        port_of(settings.admin.unwrap())
     )));
     assert!(last_stage.contains(&format!(
         "EXPOSE {} {}",
-        port_of(&settings.server.listen),
-        port_of(&settings.admin.listen)
+        port_of(settings.server.listen),
+        port_of(settings.admin.unwrap())
     )));
     assert!(last_stage.contains("STOPSIGNAL SIGTERM"));
     assert!(last_stage.contains("COPY deploy/config.toml"));

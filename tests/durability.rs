@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use common::process::BridgeProcess;
 use common::*;
-use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const TOPIC: &str = "fault.events";
@@ -18,9 +17,7 @@ const ROUTE: &str = "[default_route]\ntopic = \"fault.events\"\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_under_load_loses_nothing_and_duplicates_nothing() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, ROUTE).await;
+    let app = TestApp::spawn(ROUTE).await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let load = tokio::spawn(load::run(
@@ -33,14 +30,14 @@ async fn broker_down_under_load_loses_nothing_and_duplicates_nothing() {
         stop.clone(),
     ));
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.broker_down(1).unwrap();
+    app.broker().down();
     tokio::time::sleep(Duration::from_secs(3)).await;
     // While Kafka is away the spool keeps taking events: ready, and answering 202.
     let ready = reqwest::get(format!("http://{}/readyz", app.admin))
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);
-    cluster.broker_up(1).unwrap();
+    app.broker().up();
     let result = load.await.unwrap();
 
     assert!(
@@ -53,21 +50,23 @@ async fn broker_down_under_load_loses_nothing_and_duplicates_nothing() {
         "nothing refused during the outage: {:?}",
         &result.refused[..result.refused.len().min(5)]
     );
-    wait_spool_empty(app.admin, Duration::from_secs(60)).await;
-    let records = read_topic(&brokers, TOPIC, result.acked.len(), Duration::from_secs(60)).await;
+    app.wait_spool_empty(Duration::from_secs(60)).await;
+    let records = app
+        .read_topic(TOPIC, result.acked.len(), Duration::from_secs(60))
+        .await;
     assert_exactly_once(&records, &result.acked_set());
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let broker = TestBroker::start();
+    let brokers = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,
-        config_text(&brokers, &dir.path().join("spool"), ROUTE),
+        config_text(brokers, &dir.path().join("spool"), ROUTE),
     )
     .unwrap();
 
@@ -114,7 +113,9 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
         .chain(before.refused.iter().map(|(id, _)| id))
         .cloned()
         .collect();
-    let records = read_topic(&brokers, TOPIC, acked.len(), Duration::from_secs(60)).await;
+    let records = broker
+        .read_topic(TOPIC, acked.len(), Duration::from_secs(60))
+        .await;
     let counts = id_counts(&records);
     let lost: Vec<&String> = acked
         .iter()
@@ -148,10 +149,8 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     // Room for a few dozen events only.
-    let app = TestApp::spawn_with(&brokers, |t| {
+    let app = TestApp::spawn_with(|t| {
         format!(
             "{}{ROUTE}",
             t.replace("[spool]\n", "[spool]\nmax_bytes = 40000\n")
@@ -161,7 +160,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     let admin = app.admin;
     let client = reqwest::Client::new();
 
-    cluster.broker_down(1).unwrap();
+    app.broker().down();
     let mut acked = HashSet::new();
     let mut first_refusal = None;
     for i in 0..500 {
@@ -197,7 +196,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     assert_eq!(body["spool"], "full");
 
     // Kafka comes back: the spool drains and new events are taken again.
-    cluster.broker_up(1).unwrap();
+    app.broker().up();
     wait_spool_empty(admin, Duration::from_secs(60)).await;
     let id = "full-after".to_string();
     let body = eduzz_event(&id, "nutror.lesson_saved");
@@ -211,25 +210,24 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     assert_eq!(ready.status(), 200);
 
     wait_spool_empty(admin, Duration::from_secs(60)).await;
-    let records = read_topic(&brokers, TOPIC, acked.len(), Duration::from_secs(30)).await;
+    let records = app
+        .read_topic(TOPIC, acked.len(), Duration::from_secs(30))
+        .await;
     assert_exactly_once(&records, &acked);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_broker_errors_cause_no_loss_and_no_duplicates() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     // librdkafka's mock broker checks idempotent sequence numbers only for transactional
     // producers (rd_kafka_mock_validate_records), so when an injected error fails one request
     // it still appends the pipelined request behind it, leaving a gap that a real broker
     // refuses with OUT_OF_ORDER_SEQUENCE_NUMBER; librdkafka then (rightly, for a real broker)
     // takes the later success as proof of the earlier batch. One request in flight per
     // connection keeps the mock from creating gaps, so this test sees real retry behaviour.
-    let app = TestApp::spawn(
-        &brokers,
-        &format!("{ROUTE}\n[kafka.properties]\n\"max.in.flight.requests.per.connection\" = 1\n"),
-    )
+    let app = TestApp::spawn(&format!(
+        "{ROUTE}\n[kafka.properties]\n\"max.in.flight.requests.per.connection\" = 1\n"
+    ))
     .await;
 
     use RDKafkaRespErr::*;
@@ -255,7 +253,9 @@ async fn injected_broker_errors_cause_no_loss_and_no_duplicates() {
     ));
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        cluster.request_errors(RDKafkaApiKey::Produce, &errors);
+        app.broker()
+            .cluster()
+            .request_errors(RDKafkaApiKey::Produce, &errors);
     }
     let result = load.await.unwrap();
     assert_eq!(
@@ -264,31 +264,24 @@ async fn injected_broker_errors_cause_no_loss_and_no_duplicates() {
         "every request taken: {:?}",
         &result.refused[..result.refused.len().min(5)]
     );
-    wait_spool_empty(app.admin, Duration::from_secs(60)).await;
-    let records = read_topic(&brokers, TOPIC, result.acked.len(), Duration::from_secs(60)).await;
+    app.wait_spool_empty(Duration::from_secs(60)).await;
+    let records = app
+        .read_topic(TOPIC, result.acked.len(), Duration::from_secs(60))
+        .await;
     assert_exactly_once(&records, &result.acked_set());
-    let metrics = reqwest::get(format!("http://{}/metrics", app.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("eduzz_bridge_published_total{topic=\"fault.events\"} 2400"),
-        "{metrics}"
+    assert_eq!(
+        app.metric("eduzz_bridge_published_total{topic=\"fault.events\"}")
+            .await,
+        Some(2400.0)
     );
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let dir = tempfile::tempdir().unwrap();
-    let spool = dir.path().join("spool");
     let body = fixture("nutror.module_completed.json");
 
-    let app = TestApp::spawn_in(&brokers, &spool, ROUTE).await;
+    let app = TestApp::spawn(ROUTE).await;
     let first = app.post_eduzz(&body, SECRET).await;
     assert_eq!(first.status(), 202);
     // Eduzz retries (its own timeout, say): the same bytes again, concurrently too.
@@ -305,19 +298,18 @@ async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
     let mut statuses = [a.status().as_u16(), b.status().as_u16()];
     statuses.sort();
     assert_eq!(statuses, [200, 202]);
-    app.shutdown().await;
 
     // After a restart the dedupe memory is still there.
-    let app = TestApp::spawn_in(&brokers, &spool, ROUTE).await;
+    let app = app.restart().await;
     let again = app.post_eduzz(&body, SECRET).await;
     assert_eq!(again.status(), 200);
     let answer: serde_json::Value = again.json().await.unwrap();
     assert_eq!(answer["status"], "duplicate");
     let fresh = eduzz_event("fresh-1", "nutror.module_completed");
     assert_eq!(app.post_eduzz(&fresh, SECRET).await.status(), 202);
-    wait_spool_empty(app.admin, Duration::from_secs(30)).await;
+    app.wait_spool_empty(Duration::from_secs(30)).await;
 
-    let records = read_topic(&brokers, TOPIC, 3, Duration::from_secs(30)).await;
+    let records = app.read_topic(TOPIC, 3, Duration::from_secs(30)).await;
     let acked: HashSet<String> = ["uufzv5xh659yhlc8hwj386ftf", "race-1", "fresh-1"]
         .into_iter()
         .map(String::from)
@@ -333,14 +325,6 @@ async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_kafka_refuses_for_good_go_to_the_dead_letter_topic_or_stay_spooled() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    cluster
-        .topic_error(
-            "forbidden.topic",
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-        )
-        .unwrap();
     let routes = r#"
 [[routes]]
 match = "nutror.*"
@@ -349,10 +333,19 @@ topic = "forbidden.topic"
 [delivery]
 dead_letter_topic = "bridge.dead-letters"
 "#;
-    let app = TestApp::spawn(&brokers, routes).await;
+    let app = TestApp::spawn(routes).await;
+    app.broker()
+        .cluster()
+        .topic_error(
+            "forbidden.topic",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
     let body = eduzz_event("dlq-1", "nutror.enrollment_created");
     assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
-    let records = read_topic(&brokers, "bridge.dead-letters", 1, Duration::from_secs(60)).await;
+    let records = app
+        .read_topic("bridge.dead-letters", 1, Duration::from_secs(60))
+        .await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, body);
     assert_eq!(
@@ -365,25 +358,16 @@ dead_letter_topic = "bridge.dead-letters"
         .to_lowercase()
         .contains("authoriz"));
     assert_eq!(records[0].header("event-id").as_deref(), Some("dlq-1"));
-    wait_spool_empty(app.admin, Duration::from_secs(30)).await;
-    app.shutdown().await;
+    app.wait_spool_empty(Duration::from_secs(30)).await;
 
     // Without a dead-letter topic the event stays in the spool and is reported.
     let routes = "[[routes]]\nmatch = \"nutror.*\"\ntopic = \"forbidden.topic\"\n";
-    let app = TestApp::spawn(&brokers, routes).await;
+    let app = app.respawn(routes).await;
     let body = eduzz_event("parked-1", "nutror.enrollment_created");
     assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
-    let client = reqwest::Client::new();
     let mut parked = false;
     for _ in 0..300 {
-        let text = client
-            .get(format!("http://{}/metrics", app.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         if text.contains("eduzz_bridge_parked 1") {
             assert!(text.contains("eduzz_bridge_spool_depth 1"), "{text}");
             parked = true;
@@ -400,14 +384,14 @@ dead_letter_topic = "bridge.dead-letters"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let broker = TestBroker::start();
+    let brokers = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("spool");
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,
-        config_text(&brokers, &spool, ROUTE)
+        config_text(brokers, &spool, ROUTE)
             .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
     )
     .unwrap();
@@ -426,7 +410,7 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     };
 
     // Kafka is down: events wait in the spool, and stay there when the bridge stops.
-    cluster.broker_down(1).unwrap();
+    broker.down();
     let mut bridge = BridgeProcess::start(&config);
     let (code, _, err) = tokio::task::block_in_place(|| cli(&["spool", "stats"]));
     assert_ne!(
@@ -456,11 +440,11 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     assert!(stats["oldest_age_seconds"].as_f64().unwrap() > 0.0);
 
     // Kafka is back: `spool drain` publishes the backlog and exits 0 with an empty spool.
-    cluster.broker_up(1).unwrap();
+    broker.up();
     let (code, out, err) = tokio::task::block_in_place(|| cli(&["spool", "drain"]));
     assert_eq!(code, Some(0), "{out}{err}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(report["left"], 0, "{report}");
-    let records = read_topic(&brokers, TOPIC, 100, Duration::from_secs(30)).await;
+    let records = broker.read_topic(TOPIC, 100, Duration::from_secs(30)).await;
     assert_exactly_once(&records, &result.acked_set());
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use eduzz_kafka_bridge::source::auth::sign_hex;
-use rdkafka::mocking::MockCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,10 +33,8 @@ fn signed_request(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_and_idle_floods_do_not_stop_a_normal_client() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     // header_timeout is 10 s by default: the floods below stay open through the whole test.
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
 
     // 1000 idle connections and 1000 that trickle a request head one byte at a time.
     let mut idle = Vec::new();
@@ -81,22 +78,16 @@ async fn slow_loris_and_idle_floods_do_not_stop_a_normal_client() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(trickle.await.unwrap());
     drop(idle);
-    let records = read_topic(
-        &brokers,
-        "nutror.lesson_started",
-        50,
-        Duration::from_secs(30),
-    )
-    .await;
+    let records = app
+        .read_topic("nutror.lesson_started", 50, Duration::from_secs(30))
+        .await;
     assert_eq!(records.len(), 50);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn_with(&brokers, |t| {
+    let app = TestApp::spawn_with(|t| {
         t.replace(
             "[server]\n",
             "[server]\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n",
@@ -151,9 +142,7 @@ async fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_answer_clearly_and_the_rest_of_the_service_goes_on() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn_with(&brokers, |t| {
+    let app = TestApp::spawn_with(|t| {
         t.replace(
             "[server]\n",
             "[server]\nmax_connections = 8\nheader_timeout = \"2s\"\nbody_timeout = \"3s\"\n",
@@ -210,13 +199,9 @@ async fn limits_answer_clearly_and_the_rest_of_the_service_goes_on() {
         .await;
     assert_eq!(resp.status(), 202);
 
-    let records = read_topic(
-        &brokers,
-        "nutror.lesson_started",
-        2,
-        Duration::from_secs(20),
-    )
-    .await;
+    let records = app
+        .read_topic("nutror.lesson_started", 2, Duration::from_secs(20))
+        .await;
     let ids: std::collections::HashSet<String> = records
         .iter()
         .map(|r| r.header("event-id").unwrap())
@@ -230,12 +215,9 @@ async fn limits_answer_clearly_and_the_rest_of_the_service_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn_with(&brokers, |t| {
-        t.replace("[server]\n", "[server]\nmax_header_bytes = 16384\n")
-    })
-    .await;
+    let app =
+        TestApp::spawn_with(|t| t.replace("[server]\n", "[server]\nmax_header_bytes = 16384\n"))
+            .await;
     let topic = "nutror.comment_created";
     let deep = format!(
         r#"{{"id":"deep","event":"{topic}","data":{}{}}}"#,
@@ -275,7 +257,7 @@ async fn ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published(
     }
     let valid = eduzz_event("valid", topic);
     assert_eq!(app.post_eduzz(&valid, SECRET).await.status(), 202);
-    let records = read_topic(&brokers, topic, 1, Duration::from_secs(20)).await;
+    let records = app.read_topic(topic, 1, Duration::from_secs(20)).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, valid);
     app.shutdown().await;
@@ -283,9 +265,7 @@ async fn ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_signature_header_is_the_only_one_accepted() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn_with(&brokers, |t| {
+    let app = TestApp::spawn_with(|t| {
         t.replace(
             "secrets = [\"test-secret\", \"old-secret\"]",
             "header = \"x-eduzz-signature\", secrets = [\"test-secret\"]",
@@ -333,8 +313,6 @@ async fn a_configured_signature_header_is_the_only_one_accepted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlists_trust_forwarded_for_only_from_configured_proxies() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     let allow = |trusted: &'static str| {
         move |t: String| {
             t.replace(
@@ -361,7 +339,7 @@ async fn allowlists_trust_forwarded_for_only_from_configured_proxies() {
     };
 
     // Behind a trusted proxy (loopback here), the forwarded client address decides.
-    let app = TestApp::spawn_with(&brokers, allow("\"127.0.0.1/32\"")).await;
+    let app = TestApp::spawn_with(allow("\"127.0.0.1/32\"")).await;
     let resp = post(&app, None).await;
     assert_eq!(resp.status(), 403);
     let answer: serde_json::Value = resp.json().await.unwrap();
@@ -371,7 +349,7 @@ async fn allowlists_trust_forwarded_for_only_from_configured_proxies() {
     app.shutdown().await;
 
     // Without trusted proxies the header is ignored: a client cannot claim an address.
-    let app = TestApp::spawn_with(&brokers, allow("")).await;
+    let app = TestApp::spawn_with(allow("")).await;
     assert_eq!(post(&app, Some("10.9.8.7")).await.status(), 403);
     app.shutdown().await;
 }
@@ -414,8 +392,6 @@ mod tls {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tls_serves_webhooks_and_reloads_its_certificate() {
-        let cluster = MockCluster::new(1).unwrap();
-        let brokers = cluster.bootstrap_servers();
         let certs = tempfile::tempdir().unwrap();
         let first = self_signed(certs.path());
         let tls = format!(
@@ -423,7 +399,7 @@ mod tls {
             certs.path().join("cert.pem").display(),
             certs.path().join("key.pem").display()
         );
-        let app = TestApp::spawn_with(&brokers, |t| t.replace("[server]\n", &tls)).await;
+        let app = TestApp::spawn_with(|t| t.replace("[server]\n", &tls)).await;
         let bridge = app.tls.clone().expect("TLS is on");
 
         let (mut stream, presented) = handshake(app.addr, std::slice::from_ref(&first))
@@ -465,13 +441,9 @@ mod tls {
         let (_, presented) = handshake(app.addr, &[first, second.clone()]).await.unwrap();
         assert_eq!(presented, second);
 
-        let records = read_topic(
-            &brokers,
-            "nutror.lesson_started",
-            1,
-            Duration::from_secs(20),
-        )
-        .await;
+        let records = app
+            .read_topic("nutror.lesson_started", 1, Duration::from_secs(20))
+            .await;
         assert_eq!(records[0].value, body);
         app.shutdown().await;
     }

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::process::BridgeProcess;
 use common::*;
-use rdkafka::mocking::MockCluster;
 
 const TOPIC: &str = "life.events";
 const ROUTE: &str = "[default_route]\ntopic = \"life.events\"\n";
@@ -21,10 +20,10 @@ fn write_config(dir: &std::path::Path, brokers: &str, extra: &str) -> std::path:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknowledged_one() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let broker = TestBroker::start();
+    let brokers = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &brokers, ROUTE);
+    let config = write_config(dir.path(), brokers, ROUTE);
     let mut bridge = BridgeProcess::start(&config);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -46,7 +45,9 @@ async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknow
 
     // Every request answered 2xx is on Kafka, exactly once, without a restart: the grace
     // period was enough to publish the whole spool.
-    let records = read_topic(&brokers, TOPIC, result.acked.len(), Duration::from_secs(30)).await;
+    let records = broker
+        .read_topic(TOPIC, result.acked.len(), Duration::from_secs(30))
+        .await;
     assert_exactly_once(&records, &result.acked_set());
     let logs = bridge.drain_logs().join("\n");
     assert!(logs.contains("SIGTERM received"), "{logs}");
@@ -58,20 +59,14 @@ async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknow
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(
-        &brokers,
-        &format!("{ROUTE}\n[delivery]\nack = \"published\"\npublish_timeout = \"2s\"\n"),
-    )
+    let app = TestApp::spawn(&format!(
+        "{ROUTE}\n[delivery]\nack = \"published\"\npublish_timeout = \"2s\"\n"
+    ))
     .await;
-    let admin = |path: &str| format!("http://{}{}", app.admin, path);
-
-    let health = reqwest::get(admin("/healthz")).await.unwrap();
+    let health = app.admin_get("/healthz").await;
     assert_eq!(health.status(), 200);
-    let ready = reqwest::get(admin("/readyz")).await.unwrap();
-    assert_eq!(ready.status(), 200);
-    let body: serde_json::Value = ready.json().await.unwrap();
+    let (status, body) = app.ready().await;
+    assert_eq!(status, 200);
     assert_eq!(
         body,
         serde_json::json!({"ready": true, "kafka": "reachable", "spool": "disabled"})
@@ -82,12 +77,11 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     assert_eq!(app.post_eduzz(&body, "forged").await.status(), 401);
 
     // Without a spool, an unreachable Kafka means not ready, and requests get 503.
-    cluster.broker_down(1).unwrap();
+    app.broker().down();
     let mut not_ready = false;
     for _ in 0..100 {
-        let r = reqwest::get(admin("/readyz")).await.unwrap();
-        if r.status() == 503 {
-            let body: serde_json::Value = r.json().await.unwrap();
+        let (status, body) = app.ready().await;
+        if status == 503 {
             assert_eq!(body["kafka"], "unreachable");
             not_ready = true;
             break;
@@ -100,10 +94,10 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
         .await;
     assert_eq!(down.status(), 503);
     assert!(down.headers().contains_key("retry-after"));
-    cluster.broker_up(1).unwrap();
+    app.broker().up();
     let mut ready_again = false;
     for _ in 0..100 {
-        if reqwest::get(admin("/readyz")).await.unwrap().status() == 200 {
+        if app.ready().await.0 == 200 {
             ready_again = true;
             break;
         }
@@ -111,7 +105,7 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     }
     assert!(ready_again, "readyz returns to 200 when Kafka is back");
 
-    let metrics = reqwest::get(admin("/metrics")).await.unwrap();
+    let metrics = app.admin_get("/metrics").await;
     assert!(metrics.headers()["content-type"]
         .to_str()
         .unwrap()
@@ -136,13 +130,13 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_secret_is_logged() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
+    let broker = TestBroker::start();
+    let brokers = broker.bootstrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &brokers, ROUTE);
+    let config = write_config(dir.path(), brokers, ROUTE);
     let bridge = BridgeProcess::start(&config);
 
-    cluster.broker_down(1).unwrap();
+    broker.down();
     let result = load::send(
         format!("http://{}/webhooks/eduzz", bridge.addr),
         "outage",
@@ -157,7 +151,7 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
         "the spool takes events during the outage"
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.broker_up(1).unwrap();
+    broker.up();
     wait_spool_empty(bridge.admin, Duration::from_secs(60)).await;
     // A forged request, to see what an auth failure logs.
     let forged = eduzz_event("forged-1", "nutror.lesson_started");
@@ -198,6 +192,6 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
         !all.contains("Ciclano da Silva"),
         "no body in the logs at info"
     );
-    let records = read_topic(&brokers, TOPIC, 400, Duration::from_secs(30)).await;
+    let records = broker.read_topic(TOPIC, 400, Duration::from_secs(30)).await;
     assert_exactly_once(&records, &result.acked_set());
 }

@@ -23,7 +23,7 @@ async fn fixtures_round_trip_through_a_separate_broker_process() {
     for (topic, _) in &topics {
         tansu.create_topic(topic, 3);
     }
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::on(&brokers, "").await;
 
     for (topic, body) in &topics {
         let doc: serde_json::Value = serde_json::from_slice(body).unwrap();
@@ -35,7 +35,7 @@ async fn fixtures_round_trip_through_a_separate_broker_process() {
         assert_eq!(resp.status(), 202, "{topic}");
     }
     for (topic, body) in &topics {
-        let records = read_topic(&brokers, topic, 1, Duration::from_secs(30)).await;
+        let records = app.read_topic(topic, 1, Duration::from_secs(30)).await;
         assert_eq!(records.len(), 1, "{topic}");
         assert_eq!(&records[0].value, body, "{topic}: byte-exact");
         let doc: serde_json::Value = serde_json::from_slice(body).unwrap();

@@ -7,7 +7,6 @@ use std::time::Duration;
 use common::*;
 use eduzz_kafka_bridge::source::auth::sign_hex;
 use eduzz_kafka_bridge::source::envelope::body_id;
-use rdkafka::mocking::MockCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -18,9 +17,7 @@ fn json_of(bytes: &[u8]) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_lands_byte_exact_with_headers_and_key() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
 
     for (name, body) in fixtures() {
         let slug = name.trim_end_matches(".json");
@@ -39,7 +36,7 @@ async fn every_fixture_lands_byte_exact_with_headers_and_key() {
         assert_eq!(answer["id"], id.as_str());
         assert_eq!(answer["topic"], slug);
 
-        let records = read_topic(&brokers, slug, 1, WAIT).await;
+        let records = app.read_topic(slug, 1, WAIT).await;
         assert_eq!(
             records.len(),
             1,
@@ -79,10 +76,7 @@ async fn every_fixture_lands_byte_exact_with_headers_and_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_eduzz_apps_route_by_rules_with_keys_from_pointers() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
     let app = TestApp::spawn(
-        &brokers,
         r#"
 [[routes]]
 match = "myeduzz.invoice_*"
@@ -117,7 +111,7 @@ topic = "eduzz.other.{slug}"
     let answer: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(answer["status"], "dropped");
 
-    let invoices = read_topic(&brokers, "eduzz.invoices", 2, WAIT).await;
+    let invoices = app.read_topic("eduzz.invoices", 2, WAIT).await;
     assert_eq!(invoices.len(), 2);
     assert_eq!(invoices[0].key.as_deref(), Some(&b"learner@eduzz.com"[..]));
     let mut values: Vec<Vec<u8>> = invoices.iter().map(|r| r.value.clone()).collect();
@@ -126,20 +120,24 @@ topic = "eduzz.other.{slug}"
     expected.sort();
     assert_eq!(values, expected);
 
-    let lessons = read_topic(&brokers, "eduzz.nutror", 1, WAIT).await;
+    let lessons = app.read_topic("eduzz.nutror", 1, WAIT).await;
     assert_eq!(lessons.len(), 1);
     assert_eq!(lessons[0].value, lesson);
     assert_eq!(lessons[0].key.as_deref(), Some(&b"les-1"[..]));
 
-    let other = read_topic(&brokers, "eduzz.other.blinket.attendance_checkin", 1, WAIT).await;
+    let other = app
+        .read_topic("eduzz.other.blinket.attendance_checkin", 1, WAIT)
+        .await;
     assert_eq!(other.len(), 1);
     assert_eq!(other[0].value, checkin);
-    let other = read_topic(&brokers, "eduzz.other.alpaclass.student_created", 1, WAIT).await;
+    let other = app
+        .read_topic("eduzz.other.alpaclass.student_created", 1, WAIT)
+        .await;
     assert_eq!(other[0].value, student);
 
     // The dropped slug went nowhere: its default topic stays empty.
     assert_topic_empty(
-        &brokers,
+        &app.brokers,
         "eduzz.other.blinket.attendance_edited",
         Duration::from_secs(2),
     )
@@ -149,9 +147,7 @@ topic = "eduzz.other.{slug}"
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_missing_and_rotated_signatures() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
     let slug = "nutror.lesson_rated";
 
     let forged = eduzz_event("forged", slug);
@@ -197,7 +193,7 @@ async fn forged_missing_and_rotated_signatures() {
     assert_eq!(app.post_eduzz(&with_new, SECRET).await.status(), 202);
 
     // Only the two authentic events are on the topic.
-    let records = read_topic(&brokers, slug, 2, WAIT).await;
+    let records = app.read_topic(slug, 2, WAIT).await;
     let mut ids: Vec<String> = records
         .iter()
         .map(|r| r.header("event-id").unwrap())
@@ -215,9 +211,7 @@ async fn forged_missing_and_rotated_signatures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
 
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
@@ -290,7 +284,7 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
     // Nothing of the above reached Kafka: after one valid event, it is the topic's only one.
     let valid = eduzz_event("valid-1", "nutror.lesson_started");
     assert_eq!(app.post_eduzz(&valid, SECRET).await.status(), 202);
-    let records = read_topic(&brokers, "nutror.lesson_started", 1, WAIT).await;
+    let records = app.read_topic("nutror.lesson_started", 1, WAIT).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].value, valid);
     app.shutdown().await;
@@ -298,9 +292,7 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_declared_or_chunked() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
 
     // Declared too large: refused before the body is read.
     let big = vec![b' '; 1024 * 1024 + 1];
@@ -339,9 +331,7 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "[default_route]\ntopic = \"all-events\"\n").await;
+    let app = TestApp::spawn("[default_route]\ntopic = \"all-events\"\n").await;
 
     let ping = br#"{"id":"ping-1","event":"ping","data":{},"sentDate":"2024-02-29T14:33:02.020Z"}"#;
     let resp = app.post_eduzz(ping, SECRET).await;
@@ -354,15 +344,13 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
     assert_eq!(app.post_eduzz(&fake, SECRET).await.status(), 202);
 
     // On the catch-all topic only the fake event arrives, not the ping before it.
-    let records = read_topic(&brokers, "all-events", 1, WAIT).await;
+    let records = app.read_topic("all-events", 1, WAIT).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].value, fake);
     app.shutdown().await;
 
     // With publish_ping the ping is published like any event.
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn_with(&brokers, |t| {
+    let app = TestApp::spawn_with(|t| {
         format!(
             "{}[default_route]\ntopic = \"all-events\"\n",
             t.replace(
@@ -373,16 +361,14 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
     })
     .await;
     assert_eq!(app.post_eduzz(ping, SECRET).await.status(), 202);
-    let records = read_topic(&brokers, "all-events", 1, WAIT).await;
+    let records = app.read_topic("all-events", 1, WAIT).await;
     assert_eq!(records[0].value, ping);
     app.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_mode_answers_with_partition_and_offset() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "[delivery]\nack = \"published\"\n").await;
+    let app = TestApp::spawn("[delivery]\nack = \"published\"\n").await;
 
     let mut expected = Vec::new();
     for i in 0..3 {
@@ -397,7 +383,7 @@ async fn published_mode_answers_with_partition_and_offset() {
             body,
         ));
     }
-    let records = read_topic(&brokers, "myeduzz.invoice_paid", 3, WAIT).await;
+    let records = app.read_topic("myeduzz.invoice_paid", 3, WAIT).await;
     assert_eq!(records.len(), 3);
     for (partition, offset, body) in expected {
         let r = records
@@ -411,12 +397,10 @@ async fn published_mode_answers_with_partition_and_offset() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn received_mode_answers_at_once_and_still_delivers() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "[delivery]\nack = \"received\"\n").await;
+    let app = TestApp::spawn("[delivery]\nack = \"received\"\n").await;
     let body = eduzz_event("rcv-1", "nutror.comment_created");
     assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
-    let records = read_topic(&brokers, "nutror.comment_created", 1, WAIT).await;
+    let records = app.read_topic("nutror.comment_created", 1, WAIT).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, body);
     app.shutdown().await;
@@ -424,9 +408,7 @@ async fn received_mode_answers_at_once_and_still_delivers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
-    let cluster = MockCluster::new(1).unwrap();
-    let brokers = cluster.bootstrap_servers();
-    let app = TestApp::spawn(&brokers, "").await;
+    let app = TestApp::spawn("").await;
     let body = eduzz_event("weird-1", "nutror.aula iniciada/ção");
     let resp = app.post_eduzz(&body, SECRET).await;
     assert_eq!(resp.status(), 202);
@@ -435,9 +417,9 @@ async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
     assert!(topic.starts_with("nutror.aula_iniciada__"), "{topic}");
     assert_eq!(
         topic,
-        eduzz_kafka_bridge::topic::sanitize_topic("nutror.aula iniciada/ção")
+        eduzz_kafka_bridge::kafka::topic::sanitize_topic("nutror.aula iniciada/ção")
     );
-    let records = read_topic(&brokers, &topic, 1, WAIT).await;
+    let records = app.read_topic(&topic, 1, WAIT).await;
     assert_eq!(records[0].value, body);
     assert_eq!(
         records[0].header("event").as_deref(),
@@ -455,9 +437,9 @@ async fn the_embedded_default_serves_and_every_run_starts_clean() {
         .replace("127.0.0.1:9090", "127.0.0.1:0");
     let body = fixture("nutror.certificate_viewed.json");
     for run in 0..2 {
-        let settings = eduzz_kafka_bridge::config::Settings::from_toml(&text).unwrap();
-        assert!(settings.kafka.brokers.is_none());
-        let app = eduzz_kafka_bridge::app::Application::build(settings)
+        let config = eduzz_kafka_bridge::config::Config::from_toml(&text).unwrap();
+        assert!(config.kafka.brokers.is_none());
+        let app = eduzz_kafka_bridge::app::Application::build(config)
             .await
             .unwrap();
         let brokers = app.brokers().to_string();

@@ -7,11 +7,11 @@ use std::sync::{Arc, LazyLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use eduzz_kafka_bridge::config::{Format, Settings};
-use eduzz_kafka_bridge::message::Message;
+use eduzz_kafka_bridge::config::Config;
+use eduzz_kafka_bridge::event::{Event, Message};
+use eduzz_kafka_bridge::kafka::topic::check_topic_name;
 use eduzz_kafka_bridge::route::{Decision, Router};
-use eduzz_kafka_bridge::source::{EnvelopeFormat, Event};
-use eduzz_kafka_bridge::topic::check_topic_name;
+use eduzz_kafka_bridge::source::{EnvelopeFormat, Format};
 use libfuzzer_sys::fuzz_target;
 
 const CONFIG: &str = r#"
@@ -39,8 +39,7 @@ topic = "{slug}"
 key = "/data"
 "#;
 
-static ROUTER: LazyLock<Router> =
-    LazyLock::new(|| Router::from_settings(&Settings::from_toml(CONFIG).unwrap()).unwrap());
+static ROUTER: LazyLock<Router> = LazyLock::new(|| Config::from_toml(CONFIG).unwrap().router);
 
 static FORMATS: LazyLock<Vec<EnvelopeFormat>> = LazyLock::new(|| {
     vec![

@@ -8,17 +8,14 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
-use std::time::Duration;
 
 use bytes::Bytes;
-use eduzz_kafka_bridge::config::Settings;
-use eduzz_kafka_bridge::http::client_ip::ProxyPolicy;
-use eduzz_kafka_bridge::http::webhook::{self, WebhookState};
+use eduzz_kafka_bridge::config::Config;
+use eduzz_kafka_bridge::delivery::Delivery;
+use eduzz_kafka_bridge::http::webhook::Webhook;
 use eduzz_kafka_bridge::metrics::Metrics;
-use eduzz_kafka_bridge::route::Router;
-use eduzz_kafka_bridge::sink::Sink;
+use eduzz_kafka_bridge::pipeline::Pipeline;
 use eduzz_kafka_bridge::source::auth::sign_hex;
-use eduzz_kafka_bridge::source::Sources;
 use eduzz_kafka_bridge::spool::Spool;
 use http_body_util::Full;
 use libfuzzer_sys::fuzz_target;
@@ -27,12 +24,17 @@ static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 });
 
-static STATE: LazyLock<Arc<WebhookState>> = LazyLock::new(|| {
+static WEBHOOK: LazyLock<Arc<Webhook>> = LazyLock::new(|| {
     // The spool lives for the whole run; on tmpfs when there is one, so fsync is cheap.
     let base = if std::path::Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
     let dir = Box::leak(Box::new(tempfile::tempdir_in(base).unwrap()));
     let text = format!(
         r#"
+[server]
+max_body_bytes = 65536
+body_timeout = "1s"
+max_in_flight_requests = 16
+
 [spool]
 dir = "{}"
 max_bytes = 2000000
@@ -54,19 +56,13 @@ key = "/data/learner/email"
 "#,
         dir.path().display()
     );
-    let settings = Settings::from_toml(&text).unwrap();
-    let spool = RUNTIME.block_on(async { Spool::open(&settings.spool, &settings.dedupe).unwrap() });
+    // Built the way `serve` builds it: the same config, pipeline and handler.
+    let config = Config::from_toml(&text).unwrap();
+    let spool = RUNTIME.block_on(async { Spool::open(&config.spool, &config.dedupe).unwrap() });
     let metrics = Arc::new(Metrics::new());
-    Arc::new(WebhookState {
-        sources: Sources::from_settings(&settings).unwrap(),
-        proxies: ProxyPolicy::default(),
-        in_flight: Arc::new(tokio::sync::Semaphore::new(16)),
-        router: Router::from_settings(&settings).unwrap(),
-        sink: Sink::Spooled { spool, metrics: metrics.clone() },
-        metrics,
-        max_body_bytes: 64 * 1024,
-        body_timeout: Duration::from_secs(1),
-    })
+    let delivery = Delivery::spooled(spool, metrics.clone());
+    let pipeline = Pipeline::new(config.sources, config.router, delivery, metrics);
+    Arc::new(Webhook::new(pipeline, &config.server))
 });
 
 fuzz_target!(|data: &[u8]| {
@@ -90,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
     let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
 
-    let answer = RUNTIME.block_on(webhook::handle(STATE.clone(), req, peer));
+    let answer = RUNTIME.block_on(WEBHOOK.clone().handle(req, peer));
     let status = answer.status().as_u16();
     assert!(
         [200, 202, 400, 401, 403, 404, 405, 408, 413, 503].contains(&status),

@@ -2,26 +2,23 @@
 
 use std::path::Path;
 
-use crate::config::Settings;
-use crate::route::Router;
-use crate::slugs;
-use crate::source::Sources;
+use crate::config::Config;
 
-pub fn run(path: &Path) -> anyhow::Result<i32> {
-    let settings = match Settings::load(path) {
-        Ok(s) => s,
+/// Loads and builds `path` the way `serve` does; prints every problem, or the routing table.
+pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
             return Ok(2);
         }
     };
-    let sources = Sources::from_settings(&settings).map_err(anyhow::Error::msg)?;
-    let router = Router::from_settings(&settings).map_err(anyhow::Error::msg)?;
+    let (sources, router) = (&config.sources, &config.router);
     println!("{}: OK", path.display());
     println!(
         "ack mode: {}; kafka: {}",
-        settings.delivery.ack.as_str(),
-        settings
+        config.delivery.ack.as_str(),
+        config
             .kafka
             .brokers
             .as_deref()
@@ -41,7 +38,7 @@ pub fn run(path: &Path) -> anyhow::Result<i32> {
                 ""
             }
         );
-        let slugs = slugs::for_format(source.format());
+        let slugs = source.format().documented_slugs();
         let width = slugs.iter().map(|s| s.len()).max().unwrap_or(4).max(4);
         println!("  {:width$}  {:40}  {:22}  rule", "slug", "topic", "key");
         for slug in slugs {

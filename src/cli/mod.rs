@@ -77,19 +77,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Settings> {
-    crate::config::Settings::load(path).map_err(|e| anyhow::anyhow!("{e}"))
+fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
+    Ok(crate::config::Config::load(path)?)
 }
 
 fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
-    let settings = load(config)?;
-    crate::telemetry::init(&settings.log);
+    let config = load(config)?;
+    crate::telemetry::init(&config.log);
     // Every open connection is a descriptor: use all the hard limit allows.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
     runtime()?.block_on(async move {
-        let app = crate::app::Application::build(settings).await?;
+        let app = crate::app::Application::build(config).await?;
         if let Some(cert) = app.tls_reloader() {
             tokio::spawn(async move {
                 use tokio::signal::unix::{signal, SignalKind};
@@ -113,7 +113,7 @@ fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
 }
 
 fn dev_broker(brokers: i32) -> anyhow::Result<i32> {
-    let broker = crate::broker::EmbeddedBroker::start(brokers).map_err(anyhow::Error::msg)?;
+    let broker = crate::kafka::broker::EmbeddedBroker::start(brokers)?;
     // The address alone on stdout, for scripts; the rest on stderr.
     println!("{}", broker.bootstrap_servers());
     use std::io::Write;

@@ -14,7 +14,7 @@ pub struct SignArgs {
     file: Option<PathBuf>,
 }
 
-pub fn run(args: SignArgs) -> anyhow::Result<i32> {
+pub(super) fn run(args: SignArgs) -> anyhow::Result<i32> {
     let body = match &args.file {
         Some(p) => std::fs::read(p)?,
         None => {

@@ -4,14 +4,18 @@
 //! the bridge is running (and cannot corrupt it).
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Subcommand;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
+use crate::config::Config;
+use crate::delivery::drain::{Drain, DrainGauges, Until};
+use crate::delivery::DeadLetters;
+use crate::kafka::Publisher;
 use crate::metrics::Metrics;
-use crate::publish::drain::{self, DrainGauges, DrainSettings, Until};
-use crate::publish::Publisher;
 use crate::spool::Spool;
 
 #[derive(Debug, Subcommand)]
@@ -22,59 +26,67 @@ pub enum SpoolCommand {
     Drain,
 }
 
-pub fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
-    let settings = super::load(config)?;
-    crate::telemetry::init(&settings.log);
+pub(super) fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
+    let config = super::load(config)?;
+    crate::telemetry::init(&config.log);
     super::runtime()?.block_on(async move {
-        let spool = Spool::open(&settings.spool, &settings.dedupe).map_err(anyhow::Error::msg)?;
+        let spool = Spool::open(&config.spool, &config.dedupe)?;
         match cmd {
-            SpoolCommand::Stats => {
-                let st = spool.stats();
-                let age = spool.oldest_age().await;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "dir": settings.spool.dir,
-                        "depth": st.depth,
-                        "bytes": st.bytes,
-                        "max_bytes": st.max_bytes,
-                        "oldest_age_seconds": age.map(|d| d.as_secs_f64()),
-                        "dedupe_entries": st.dedupe_entries,
-                    })
-                );
-                Ok(0)
-            }
-            SpoolCommand::Drain => {
-                let Some(brokers) = settings.kafka.brokers.clone() else {
-                    anyhow::bail!("kafka.brokers is not set: draining into the embedded development broker would lose the events");
-                };
-                let before = spool.stats().depth;
-                let publisher = Publisher::new(&settings, &brokers)?;
-                let gauges = Arc::new(DrainGauges::default());
-                let (_stop, stop_rx) = watch::channel(false);
-                let mut drain_settings = DrainSettings::new(settings.delivery.max_in_flight);
-                drain_settings.recovery =
-                    crate::app::recovery(&settings, &brokers, &drain_settings);
-                drain::run(
-                    spool.clone(),
-                    publisher.clone(),
-                    Arc::new(Metrics::new()),
-                    drain_settings,
-                    gauges.clone(),
-                    stop_rx,
-                    Until::Empty,
-                )
-                .await;
-                publisher.flush(std::time::Duration::from_secs(10)).await;
-                let after = spool.stats().depth;
-                spool.close().await;
-                let parked = gauges.parked.load(std::sync::atomic::Ordering::Relaxed);
-                println!(
-                    "{}",
-                    serde_json::json!({"before": before, "published": gauges.published.load(std::sync::atomic::Ordering::Relaxed), "dead_lettered": gauges.dead_lettered.load(std::sync::atomic::Ordering::Relaxed), "left": after, "parked": parked})
-                );
-                Ok(if after == 0 { 0 } else { 1 })
-            }
+            SpoolCommand::Stats => stats(&config, &spool).await,
+            SpoolCommand::Drain => drain(&config, spool).await,
         }
     })
+}
+
+async fn stats(config: &Config, spool: &Spool) -> anyhow::Result<i32> {
+    let st = spool.stats();
+    let age = spool.oldest_age().await;
+    println!(
+        "{}",
+        serde_json::json!({
+            "dir": config.spool.dir,
+            "depth": st.depth,
+            "bytes": st.bytes,
+            "max_bytes": st.max_bytes,
+            "oldest_age_seconds": age.map(|d| d.as_secs_f64()),
+            "dedupe_entries": st.dedupe_entries,
+        })
+    );
+    Ok(0)
+}
+
+async fn drain(config: &Config, spool: Spool) -> anyhow::Result<i32> {
+    let Some(brokers) = config.kafka.brokers.clone() else {
+        anyhow::bail!("kafka.brokers is not set: draining into the embedded development broker would lose the events");
+    };
+    let before = spool.stats().depth;
+    let connection = config.kafka.connect(&brokers);
+    let publisher = Publisher::new(&connection, config.delivery.producer_tuning())?;
+    let metrics = Arc::new(Metrics::new());
+    let dead_letters = DeadLetters::new(
+        publisher.clone(),
+        config.delivery.dead_letter_topic.clone(),
+        metrics.clone(),
+    );
+    let gauges = Arc::new(DrainGauges::default());
+    let settings = crate::app::drain_settings(config, &connection);
+    Drain::new(
+        spool.clone(),
+        publisher.clone(),
+        dead_letters,
+        metrics,
+        settings,
+        gauges.clone(),
+    )
+    .run(CancellationToken::new(), Until::Empty)
+    .await;
+    publisher.flush(Duration::from_secs(10)).await;
+    let after = spool.stats().depth;
+    spool.close().await;
+    let count = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    println!(
+        "{}",
+        serde_json::json!({"before": before, "published": count(&gauges.published), "dead_lettered": count(&gauges.dead_lettered), "left": after, "parked": count(&gauges.parked)})
+    );
+    Ok(if after == 0 { 0 } else { 1 })
 }

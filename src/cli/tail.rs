@@ -6,10 +6,12 @@
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::Offset;
 use serde_json::{json, Map, Value};
+
+use crate::kafka::reader::{self, ReadError, Record};
+use crate::kafka::Connection;
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
@@ -33,55 +35,37 @@ pub struct TailArgs {
     properties: Vec<(String, String)>,
 }
 
-fn parse_property(s: &str) -> Result<(String, String), String> {
+/// A `-X` argument without `=`.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not key=value")]
+struct NotKeyValue(String);
+
+fn parse_property(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("'{s}' is not key=value"))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
-pub fn run(args: TailArgs) -> anyhow::Result<i32> {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", &args.brokers)
-        .set("group.id", "eduzz-kafka-bridge-tail")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false");
-    for (k, v) in &args.properties {
-        config.set(k, v);
-    }
-    let consumer: BaseConsumer = config.create()?;
+pub(super) fn run(args: TailArgs) -> anyhow::Result<i32> {
+    let consumer: BaseConsumer = Connection::to(&args.brokers)
+        .with_properties(args.properties.clone())
+        .reader_config("eduzz-kafka-bridge-tail")
+        .create()?;
     let idle = args.idle_timeout.map(Duration::from_secs_f64);
-
-    // Wait for the topic to exist (the bridge creates it with its first event).
-    let started = Instant::now();
-    let partitions = loop {
-        let md = consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(5))?;
-        let n = md
-            .topics()
-            .iter()
-            .find(|t| t.name() == args.topic && t.error().is_none())
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        if n > 0 {
-            break n;
-        }
-        if idle.is_some_and(|d| started.elapsed() >= d) {
-            eprintln!("topic {} does not exist (yet)", args.topic);
-            return Ok(if args.count.is_some() { 1 } else { 0 });
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut tpl = TopicPartitionList::new();
     let start = if args.from_end {
         Offset::End
     } else {
         Offset::Beginning
     };
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(&args.topic, p, start)?;
+    // Wait for the topic to exist (the bridge creates it with its first event).
+    match reader::assign_all(&consumer, &args.topic, start, idle) {
+        Ok(_) => {}
+        Err(ReadError::NoTopic(topic)) => {
+            eprintln!("topic {topic} does not exist (yet)");
+            return Ok(if args.count.is_some() { 1 } else { 0 });
+        }
+        Err(e) => return Err(e.into()),
     }
-    consumer.assign(&tpl)?;
-
     let mut seen = 0usize;
     let mut last = Instant::now();
     loop {
@@ -101,27 +85,27 @@ pub fn run(args: TailArgs) -> anyhow::Result<i32> {
             Some(Ok(m)) => {
                 seen += 1;
                 last = Instant::now();
-                let mut headers = Map::new();
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        headers.insert(
-                            header.key.to_string(),
-                            bytes_json(header.value.unwrap_or_default()),
-                        );
-                    }
-                }
-                let line = json!({
-                    "topic": m.topic(),
-                    "partition": m.partition(),
-                    "offset": m.offset(),
-                    "key": m.key().map(bytes_json).unwrap_or(Value::Null),
-                    "headers": headers,
-                    "value": m.payload().map(bytes_json).unwrap_or(Value::Null),
-                });
-                println!("{line}");
+                println!("{}", line(&Record::of(&m)));
             }
         }
     }
+}
+
+/// One record as a JSON line: text where the bytes are UTF-8, hex where they are not.
+fn line(r: &Record) -> Value {
+    let headers: Map<String, Value> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), bytes_json(v)))
+        .collect();
+    json!({
+        "topic": r.topic,
+        "partition": r.partition,
+        "offset": r.offset,
+        "key": r.key.as_deref().map(bytes_json).unwrap_or(Value::Null),
+        "headers": headers,
+        "value": bytes_json(&r.value),
+    })
 }
 
 fn bytes_json(b: &[u8]) -> Value {

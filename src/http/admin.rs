@@ -12,13 +12,13 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::answer::{self, Answer};
+use crate::delivery::drain::DrainGauges;
+use crate::kafka::Publisher;
 use crate::metrics::{GaugeValues, Metrics};
-use crate::publish::drain::DrainGauges;
-use crate::publish::Publisher;
 use crate::spool::Spool;
 
 /// What the admin endpoints read.
-pub struct AdminState {
+pub(crate) struct AdminState {
     pub metrics: Arc<Metrics>,
     pub publisher: Publisher,
     pub spool: Option<Spool>,
@@ -26,11 +26,11 @@ pub struct AdminState {
 }
 
 /// Paths served by the admin listener.
-pub const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub(crate) const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 impl AdminState {
     /// Whether this instance should get traffic, and why not.
-    pub fn readiness(&self) -> (bool, serde_json::Value) {
+    pub(crate) fn readiness(&self) -> (bool, serde_json::Value) {
         let kafka = self.publisher.health().is_reachable();
         let spool_full = self.spool.as_ref().is_some_and(|s| s.is_full());
         // With a spool, an outage is absorbed until the spool fills; without one, a request
@@ -71,7 +71,7 @@ impl AdminState {
 }
 
 /// Handles one request on the admin listener.
-pub async fn handle(
+pub(crate) async fn handle(
     state: Arc<AdminState>,
     req: Request<Incoming>,
     _peer: std::net::SocketAddr,

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 pub type Answer = Response<Full<Bytes>>;
 
 /// A JSON answer with `status` and `body`.
-pub fn json(status: StatusCode, body: Value) -> Answer {
+pub(super) fn json(status: StatusCode, body: Value) -> Answer {
     let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
     bytes.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
@@ -25,12 +25,12 @@ pub fn json(status: StatusCode, body: Value) -> Answer {
 }
 
 /// An error answer: `{"error": code, "message": message}`.
-pub fn error(status: StatusCode, code: &str, message: &str) -> Answer {
+pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Answer {
     json(status, json!({"error": code, "message": message}))
 }
 
 /// 503 with `Retry-After`, for a full spool or queue.
-pub fn busy(message: &str, retry_after_secs: u32) -> Answer {
+pub(super) fn busy(message: &str, retry_after_secs: u32) -> Answer {
     let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
     r.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
@@ -38,14 +38,14 @@ pub fn busy(message: &str, retry_after_secs: u32) -> Answer {
 }
 
 /// Marks an answer as the last on its connection (the request body was not read whole).
-pub fn closing(mut r: Answer) -> Answer {
+pub(super) fn closing(mut r: Answer) -> Answer {
     r.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
 /// 405 with the `Allow` header.
-pub fn method_not_allowed(allow: &'static str) -> Answer {
+pub(super) fn method_not_allowed(allow: &'static str) -> Answer {
     let mut r = error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
@@ -56,7 +56,7 @@ pub fn method_not_allowed(allow: &'static str) -> Answer {
     r
 }
 
-pub fn not_found() -> Answer {
+pub(super) fn not_found() -> Answer {
     error(
         StatusCode::NOT_FOUND,
         "not_found",

@@ -8,16 +8,17 @@
 use std::net::IpAddr;
 
 use http::HeaderMap;
-use ipnet::IpNet;
+
+use crate::cidr::Cidr;
 
 /// Which peers may tell us the client's address.
 #[derive(Debug, Clone, Default)]
 pub struct ProxyPolicy {
-    trusted: Vec<IpNet>,
+    trusted: Vec<Cidr>,
 }
 
 impl ProxyPolicy {
-    pub fn new(trusted: Vec<IpNet>) -> ProxyPolicy {
+    pub fn new(trusted: Vec<Cidr>) -> ProxyPolicy {
         ProxyPolicy { trusted }
     }
 

@@ -6,9 +6,10 @@
 //! to finish the request they are on. A connection over the cap gets an immediate 503 and is
 //! closed, so a flood of idle sockets shows up as refusals instead of a silent backlog.
 
-pub mod admin;
-pub mod answer;
+pub(crate) mod admin;
+mod answer;
 pub mod client_ip;
+mod settings;
 pub mod tls;
 pub mod webhook;
 
@@ -26,19 +27,21 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-use answer::Answer;
+pub use answer::Answer;
+pub use settings::{AdminSettings, Server, ServerSettings, TlsSettings};
 
 /// Whether `path` belongs to the admin endpoints (no source may use it).
-pub fn is_admin_path(path: &str) -> bool {
+pub(crate) fn is_admin_path(path: &str) -> bool {
     admin::ADMIN_PATHS.contains(&path)
 }
 
 /// Connection settings of one listener.
 #[derive(Clone)]
-pub struct ListenerSettings {
+pub(crate) struct ListenerSettings {
     pub name: &'static str,
     pub max_connections: usize,
     pub header_timeout: Duration,
@@ -50,13 +53,13 @@ pub struct ListenerSettings {
 /// What a connection over the cap is told before it is closed.
 const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 58\r\n\r\n{\"error\":\"busy\",\"message\":\"too many open connections\"}\n\n\n";
 
-/// Serves `handler` on `listener` until `stop` turns true, then drains open connections for
+/// Serves `handler` on `listener` until `stop` is cancelled, then drains open connections for
 /// at most the grace period.
-pub async fn serve<H, F>(
+pub(crate) async fn serve<H, F>(
     listener: TcpListener,
     settings: ListenerSettings,
     handler: H,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Answer> + Send + 'static,
@@ -72,9 +75,6 @@ pub async fn serve<H, F>(
     let builder = Arc::new(builder);
 
     loop {
-        if *stop.borrow() {
-            break;
-        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -85,7 +85,7 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
-            _ = stop.changed() => continue,
+            _ = stop.cancelled() => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tokio::spawn(async move {

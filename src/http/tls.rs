@@ -14,21 +14,37 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsSettings;
+use super::settings::TlsSettings;
+
+/// Why the certificate or key did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificate {0}")]
+    ReadCert(PathBuf, #[source] rustls::pki_types::pem::Error),
+    #[error("no certificate in {0}")]
+    NoCert(PathBuf),
+    #[error("cannot read private key {0}")]
+    ReadKey(PathBuf, #[source] rustls::pki_types::pem::Error),
+    #[error("unsupported private key in {0}")]
+    Key(PathBuf, #[source] rustls::Error),
+    #[error("cannot set up TLS")]
+    Config(#[source] rustls::Error),
+}
 
 /// Reads a PEM certificate chain and private key.
-pub fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, String> {
+fn load_certified_key(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let read_cert = |e| TlsError::ReadCert(cert.to_path_buf(), e);
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate {}: {e}", cert.display()))?
+        .map_err(read_cert)?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad certificate PEM in {}: {e}", cert.display()))?;
+        .map_err(read_cert)?;
     if chain.is_empty() {
-        return Err(format!("no certificate in {}", cert.display()));
+        return Err(TlsError::NoCert(cert.to_path_buf()));
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("cannot read private key {}: {e}", key.display()))?;
+    let key_der =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::ReadKey(key.to_path_buf(), e))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
-        .map_err(|e| format!("unsupported private key in {}: {e}", key.display()))?;
+        .map_err(|e| TlsError::Key(key.to_path_buf(), e))?;
     Ok(CertifiedKey::new(chain, signing))
 }
 
@@ -41,7 +57,7 @@ pub struct ReloadingCert {
 }
 
 impl ReloadingCert {
-    pub fn load(settings: &TlsSettings) -> Result<ReloadingCert, String> {
+    fn load(settings: &TlsSettings) -> Result<ReloadingCert, TlsError> {
         let current = load_certified_key(&settings.cert, &settings.key)?;
         Ok(ReloadingCert {
             cert: settings.cert.clone(),
@@ -51,7 +67,7 @@ impl ReloadingCert {
     }
 
     /// Reads the files again; on failure the current certificate stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), TlsError> {
         let fresh = load_certified_key(&self.cert, &self.key)?;
         *self.current.write().unwrap() = Arc::new(fresh);
         Ok(())
@@ -64,15 +80,35 @@ impl ResolvesServerCert for ReloadingCert {
     }
 }
 
-/// A TLS acceptor for the public listener, and the handle that reloads its certificate.
-pub fn acceptor(settings: &TlsSettings) -> Result<(TlsAcceptor, Arc<ReloadingCert>), String> {
-    let resolver = Arc::new(ReloadingCert::load(settings)?);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver.clone());
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((TlsAcceptor::from(Arc::new(config)), resolver))
+/// TLS for the public listener: the acceptor, and the handle that reloads its certificate.
+#[derive(Clone)]
+pub struct Tls {
+    pub acceptor: TlsAcceptor,
+    pub cert: Arc<ReloadingCert>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("cert", &self.cert.cert)
+            .finish()
+    }
+}
+
+impl Tls {
+    /// Reads the files (once) and sets up rustls.
+    pub fn load(settings: &TlsSettings) -> Result<Tls, TlsError> {
+        let resolver = Arc::new(ReloadingCert::load(settings)?);
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(TlsError::Config)?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Tls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            cert: resolver,
+        })
+    }
 }

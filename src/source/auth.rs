@@ -6,10 +6,35 @@
 
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, HeaderName};
+use serde::Deserialize;
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::config::AuthSettings;
+use crate::problem::Problems;
+use crate::secret::Secret;
+
+/// How a source proves a delivery is authentic (`sources.NAME.auth`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AuthSettings {
+    /// Hex HMAC-SHA256 of the raw body in a header; any listed secret may match (rotation).
+    HmacSha256 {
+        #[serde(default = "default_signature_header")]
+        header: String,
+        secrets: Vec<Secret>,
+    },
+    /// A shared token in a header, or in the path when `path` ends in `/{token}`.
+    Token {
+        header: Option<String>,
+        tokens: Vec<Secret>,
+    },
+    /// No authentication at all; must be written out on purpose.
+    None,
+}
+
+fn default_signature_header() -> String {
+    "x-signature".into()
+}
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -63,39 +88,90 @@ impl std::fmt::Debug for Auth {
     }
 }
 
-impl Auth {
-    /// Builds the rule from the config, reading the secrets now.
-    pub fn from_settings(settings: &AuthSettings, token_in_path: bool) -> Result<Auth, String> {
-        Ok(match settings {
-            AuthSettings::HmacSha256 { header, secrets } => Auth::HmacSha256 {
-                header: HeaderName::from_bytes(header.as_bytes())
-                    .map_err(|_| format!("'{header}' is not a valid header name"))?,
-                keys: secrets
-                    .iter()
-                    .map(|s| {
-                        let key = s.resolve()?;
-                        HmacSha256::new_from_slice(&key).map_err(|e| e.to_string())
+impl AuthSettings {
+    /// Builds the rule, reading every secret now (once); problems go under `key` (the
+    /// source's `auth`). `token_in_path`: the source's path ends in `/{token}`.
+    pub(crate) fn build(
+        &self,
+        key: &str,
+        token_in_path: bool,
+        problems: &mut Problems,
+    ) -> Option<Auth> {
+        let mark = problems.mark();
+        let auth = match self {
+            AuthSettings::HmacSha256 { header, secrets } => {
+                problems.require(
+                    !secrets.is_empty(),
+                    format!("{key}.secrets"),
+                    "needs at least one secret",
+                );
+                let header = header_name(header, &format!("{key}.header"), problems);
+                let keys = resolve_all(secrets, &format!("{key}.secrets"), problems)
+                    .into_iter()
+                    .map(|k| {
+                        HmacSha256::new_from_slice(&k).expect("HMAC takes a key of any length")
                     })
-                    .collect::<Result<_, String>>()?,
-            },
-            AuthSettings::Token { header, tokens } => Auth::Token {
-                place: match header {
-                    Some(h) => TokenPlace::Header(
-                        HeaderName::from_bytes(h.as_bytes())
-                            .map_err(|_| format!("'{h}' is not a valid header name"))?,
-                    ),
-                    None if token_in_path => TokenPlace::Path,
-                    None => return Err("a token needs a header or a '/{token}' path".into()),
-                },
-                tokens: tokens
-                    .iter()
-                    .map(|s| s.resolve())
-                    .collect::<Result<_, String>>()?,
-            },
-            AuthSettings::None => Auth::None,
-        })
+                    .collect();
+                header.map(|header| Auth::HmacSha256 { header, keys })
+            }
+            AuthSettings::Token { header, tokens } => {
+                problems.require(
+                    !tokens.is_empty(),
+                    format!("{key}.tokens"),
+                    "needs at least one token",
+                );
+                let tokens = resolve_all(tokens, &format!("{key}.tokens"), problems);
+                token_place(key, header.as_deref(), token_in_path, problems)
+                    .map(|place| Auth::Token { place, tokens })
+            }
+            AuthSettings::None => Some(Auth::None),
+        };
+        auth.filter(|_| problems.none_since(mark))
     }
+}
 
+fn header_name(text: &str, key: &str, problems: &mut Problems) -> Option<HeaderName> {
+    let name = HeaderName::from_bytes(text.as_bytes()).ok();
+    if name.is_none() {
+        problems.push(key, format!("'{text}' is not a valid header name"));
+    }
+    name
+}
+
+fn resolve_all(secrets: &[Secret], key: &str, problems: &mut Problems) -> Vec<Vec<u8>> {
+    secrets
+        .iter()
+        .enumerate()
+        .filter_map(|(i, s)| problems.check(format!("{key}[{i}]"), s.resolve()))
+        .collect()
+}
+
+fn token_place(
+    key: &str,
+    header: Option<&str>,
+    token_in_path: bool,
+    problems: &mut Problems,
+) -> Option<TokenPlace> {
+    match (header, token_in_path) {
+        (None, false) => {
+            problems.push(
+                key,
+                "a token needs a place: set auth.header, or end the path in '/{token}'",
+            );
+            None
+        }
+        (Some(_), true) => {
+            problems.push(key, "set either auth.header or a '/{token}' path, not both");
+            None
+        }
+        (Some(h), false) => {
+            header_name(h, &format!("{key}.header"), problems).map(TokenPlace::Header)
+        }
+        (None, true) => Some(TokenPlace::Path),
+    }
+}
+
+impl Auth {
     /// A one-line description without any secret (for `check-config` and start-up logs).
     pub fn describe(&self) -> String {
         match self {
@@ -183,17 +259,22 @@ pub fn sign_hex(secret: &[u8], body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::secret::Secret;
+
+    fn build(settings: AuthSettings, token_in_path: bool) -> Auth {
+        let mut problems = Problems::default();
+        let auth = settings.build("auth", token_in_path, &mut problems);
+        assert!(problems.is_empty(), "{problems:?}");
+        auth.unwrap()
+    }
 
     fn hmac_auth(secrets: &[&str]) -> Auth {
-        Auth::from_settings(
-            &AuthSettings::HmacSha256 {
+        build(
+            AuthSettings::HmacSha256 {
                 header: "x-signature".into(),
                 secrets: secrets.iter().map(|s| Secret::literal(*s)).collect(),
             },
             false,
         )
-        .unwrap()
     }
 
     fn headers(name: &str, value: &str) -> HeaderMap {
@@ -270,14 +351,13 @@ mod tests {
 
     #[test]
     fn tokens_from_path_and_header() {
-        let in_path = Auth::from_settings(
-            &AuthSettings::Token {
+        let in_path = build(
+            AuthSettings::Token {
                 header: None,
                 tokens: vec![Secret::literal("t0k")],
             },
             true,
-        )
-        .unwrap();
+        );
         assert_eq!(in_path.verify(&HeaderMap::new(), Some("t0k"), b""), Ok(()));
         assert_eq!(
             in_path.verify(&HeaderMap::new(), Some("t0"), b""),
@@ -288,14 +368,13 @@ mod tests {
             Err(AuthError::Missing)
         );
 
-        let in_header = Auth::from_settings(
-            &AuthSettings::Token {
+        let in_header = build(
+            AuthSettings::Token {
                 header: Some("x-token".into()),
                 tokens: vec![Secret::literal("t0k")],
             },
             false,
-        )
-        .unwrap();
+        );
         assert_eq!(
             in_header.verify(&headers("x-token", "t0k"), None, b""),
             Ok(())

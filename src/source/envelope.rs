@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::config::Format;
+use super::Format;
 
 /// Longest slug accepted; longer ones are refused (they could not make a sane topic anyway).
 pub const MAX_SLUG_LEN: usize = 200;

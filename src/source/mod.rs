@@ -1,43 +1,86 @@
 //! Sources: who may post, on which path, in which envelope.
 //!
-//! A source turns a raw delivery (headers, path, body) into an [`Event`]: it authenticates
-//! the raw bytes first (so an unsigned stranger's JSON is never parsed), then reads the
-//! envelope. What it returns is all later stages need; they never see HTTP.
+//! A source turns a raw delivery (headers, path token, body) into an [`Event`]: it
+//! authenticates the raw bytes first (so an unsigned stranger's JSON is never parsed), then
+//! reads the envelope. What it returns is all later stages need; they never see HTTP.
+//!
+//! `[sources.NAME]` settings are built here, once, into [`Sources`]: secrets read, header
+//! names, networks and pointers parsed, every problem reported with its key.
 
 pub mod auth;
 pub mod envelope;
-pub mod strict_json;
+mod strict_json;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::HeaderMap;
+use serde::Deserialize;
 
-use crate::config::{Format, Settings};
-pub use auth::{Auth, AuthError};
+use crate::cidr::Cidr;
+use crate::event::Event;
+use crate::problem::Problems;
+pub use auth::{Auth, AuthError, AuthSettings};
 pub use envelope::{EnvelopeError, EnvelopeFormat};
 
-/// An authenticated, parsed delivery.
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub source: Arc<str>,
-    pub slug: String,
-    pub id: String,
-    /// The parsed body, for routing (message keys come from it).
-    pub doc: serde_json::Value,
-    /// The raw body exactly as received; this is what gets published.
-    pub body: Bytes,
-    pub content_type: String,
-    pub received_at: SystemTime,
+/// The envelope a source's deliveries come in.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// `{"id", "event": "app.name", "data", "sentDate"}`
+    Eduzz,
+    /// `{"event": {"name", "slug", "send_at"}, "data"}`, no id (one is derived from the body).
+    Toolzz,
+    /// Any JSON object; slug and id found by JSON pointers.
+    Json,
 }
 
-impl Event {
-    /// Eduzz's activation event: always answered 2xx.
-    pub fn is_ping(&self) -> bool {
-        self.slug == "ping"
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Eduzz => "eduzz",
+            Format::Toolzz => "toolzz",
+            Format::Json => "json",
+        }
     }
+
+    /// The documented slugs a source of this format may send.
+    pub fn documented_slugs(self) -> Vec<String> {
+        match self {
+            Format::Eduzz => crate::slugs::eduzz(),
+            Format::Toolzz => crate::slugs::toolzz(),
+            Format::Json => {
+                let mut all = crate::slugs::eduzz();
+                all.extend(crate::slugs::toolzz());
+                all
+            }
+        }
+    }
+}
+
+/// `[sources.NAME]`: a path, an envelope format and an authentication rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSettings {
+    /// Exact HTTP path, e.g. `/webhooks/eduzz`; may end in `/{token}` for token-in-path auth.
+    pub path: String,
+    pub format: Format,
+    /// For `format = "json"`: JSON pointer to the slug (e.g. `/type`).
+    pub slug_pointer: Option<String>,
+    /// For `format = "json"`: JSON pointer to the event id; unset derives one from the body.
+    pub id_pointer: Option<String>,
+    pub auth: AuthSettings,
+    /// Publish `ping` events too (they are always answered 2xx).
+    #[serde(default)]
+    pub publish_ping: bool,
+    /// Only these client addresses (CIDRs) may post; empty: anyone (authentication still
+    /// applies). Behind a proxy, see `server.trusted_proxies`.
+    #[serde(default)]
+    pub allow_from: Vec<String>,
+    /// Most requests of this source processed at once; unset: only the global limit.
+    pub max_in_flight: Option<usize>,
 }
 
 /// Why a delivery was not taken.
@@ -58,7 +101,7 @@ pub struct Source {
     pub auth: Auth,
     pub publish_ping: bool,
     /// Client networks allowed to post; empty: any.
-    pub allow_from: Vec<ipnet::IpNet>,
+    allow_from: Vec<Cidr>,
     /// This source's share of requests in flight, when limited.
     pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
 }
@@ -113,40 +156,45 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// Builds every source of the config (the config must have been validated).
-    pub fn from_settings(settings: &Settings) -> Result<Sources, String> {
+    /// Builds every source; problems go to `problems` under `sources.NAME.…`.
+    pub(crate) fn build(
+        settings: &BTreeMap<String, SourceSettings>,
+        problems: &mut Problems,
+    ) -> Option<Sources> {
+        let mark = problems.mark();
+        problems.require(
+            !settings.is_empty(),
+            "sources",
+            "no source is configured; add e.g. [sources.eduzz]",
+        );
         let mut sources = Sources::default();
-        for (name, s) in &settings.sources {
+        for (name, s) in settings {
             let prefix = s.path.strip_suffix("/{token}");
-            let auth = Auth::from_settings(&s.auth, prefix.is_some())
-                .map_err(|e| format!("sources.{name}.auth: {e}"))?;
-            let source = Arc::new(Source {
-                name: Arc::from(name.as_str()),
-                path: s.path.clone(),
-                envelope: EnvelopeFormat {
-                    format: s.format,
-                    slug_pointer: s.slug_pointer.clone(),
-                    id_pointer: s.id_pointer.clone(),
-                },
-                auth,
-                publish_ping: s.publish_ping,
-                allow_from: s
-                    .allow_from
-                    .iter()
-                    .map(|c| crate::config::parse_cidr(c))
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| format!("sources.{name}.allow_from: {e}"))?,
-                in_flight: s
-                    .max_in_flight
-                    .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
-            });
+            let taken = prefix.unwrap_or(&s.path);
+            if let Some(other) = sources.lookup_exact(taken) {
+                problems.push(
+                    format!("sources.{name}.path"),
+                    format!("'{}' is already the path of source '{other}'", s.path),
+                );
+            }
+            let Some(source) = s.build(name, problems) else {
+                continue;
+            };
+            let source = Arc::new(source);
             match prefix {
                 Some(p) => sources.token_prefixed.insert(p.to_string(), source.clone()),
                 None => sources.exact.insert(s.path.clone(), source.clone()),
             };
             sources.ordered.push(source);
         }
-        Ok(sources)
+        problems.none_since(mark).then_some(sources)
+    }
+
+    fn lookup_exact(&self, path: &str) -> Option<&str> {
+        self.exact
+            .get(path)
+            .or_else(|| self.token_prefixed.get(path))
+            .map(|s| &*s.name)
     }
 
     /// The source serving `path`, and the token found in the path if the source takes one.
@@ -166,26 +214,130 @@ impl Sources {
     }
 }
 
+impl SourceSettings {
+    /// Builds one source; problems go under `sources.NAME`.
+    fn build(&self, name: &str, problems: &mut Problems) -> Option<Source> {
+        let key = format!("sources.{name}");
+        let mark = problems.mark();
+        problems.require(
+            name.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+            &key,
+            "source names may hold only letters, digits, '_' and '-'",
+        );
+        let token_in_path = self.check_path(&key, problems);
+        let envelope = self.envelope(&key, problems);
+        let auth = self
+            .auth
+            .build(&format!("{key}.auth"), token_in_path, problems);
+        let allow_from: Vec<Cidr> = self
+            .allow_from
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| problems.check(format!("{key}.allow_from[{i}]"), c.parse()))
+            .collect();
+        problems.require(
+            self.max_in_flight != Some(0),
+            format!("{key}.max_in_flight"),
+            "must be greater than 0 (remove it for no per-source limit)",
+        );
+        let (envelope, auth) = (envelope?, auth?);
+        problems.none_since(mark).then(|| Source {
+            name: Arc::from(name),
+            path: self.path.clone(),
+            envelope,
+            auth,
+            publish_ping: self.publish_ping,
+            allow_from,
+            in_flight: self
+                .max_in_flight
+                .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+        })
+    }
+
+    /// Checks the path; returns whether it ends in `/{token}`.
+    fn check_path(&self, key: &str, problems: &mut Problems) -> bool {
+        let token_in_path = self.path.ends_with("/{token}");
+        if !self.path.starts_with('/') {
+            problems.push(format!("{key}.path"), "must start with '/'");
+        } else if self.path.contains('{') && !token_in_path {
+            problems.push(
+                format!("{key}.path"),
+                "the only placeholder a path may hold is a final '/{token}'",
+            );
+        }
+        if token_in_path && !matches!(self.auth, AuthSettings::Token { .. }) {
+            problems.push(
+                format!("{key}.path"),
+                "'/{token}' in the path needs auth.type = \"token\"",
+            );
+        }
+        token_in_path
+    }
+
+    fn envelope(&self, key: &str, problems: &mut Problems) -> Option<EnvelopeFormat> {
+        let mark = problems.mark();
+        match (self.format, &self.slug_pointer) {
+            (Format::Json, None) => problems.push(
+                format!("{key}.slug_pointer"),
+                "format = \"json\" needs a JSON pointer to the slug, e.g. \"/type\"",
+            ),
+            (Format::Json, Some(p)) => check_pointer(format!("{key}.slug_pointer"), p, problems),
+            (other, Some(_)) => problems.push(
+                format!("{key}.slug_pointer"),
+                format!(
+                    "only used with format = \"json\" (the {} envelope fixes it)",
+                    other.as_str()
+                ),
+            ),
+            (_, None) => {}
+        }
+        if let Some(p) = &self.id_pointer {
+            problems.require(
+                self.format == Format::Json,
+                format!("{key}.id_pointer"),
+                "only used with format = \"json\"",
+            );
+            check_pointer(format!("{key}.id_pointer"), p, problems);
+        }
+        problems.none_since(mark).then(|| EnvelopeFormat {
+            format: self.format,
+            slug_pointer: self.slug_pointer.clone(),
+            id_pointer: self.id_pointer.clone(),
+        })
+    }
+}
+
+/// Records a problem unless `pointer` is a JSON pointer (empty, or starting with '/').
+pub(crate) fn check_pointer(key: String, pointer: &str, problems: &mut Problems) {
+    problems.require(
+        pointer.is_empty() || pointer.starts_with('/'),
+        key,
+        format!("'{pointer}' is not a JSON pointer (it must start with '/', e.g. \"/data/id\")"),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn sources() -> Sources {
-        let s = Settings::from_toml(
+        let settings: BTreeMap<String, SourceSettings> = toml::from_str(
             r#"
-[sources.eduzz]
+[eduzz]
 path = "/webhooks/eduzz"
 format = "eduzz"
 auth = { type = "hmac-sha256", secrets = ["k"] }
 
-[sources.toolzz]
+[toolzz]
 path = "/webhooks/toolzz/{token}"
 format = "toolzz"
 auth = { type = "token", tokens = ["t"] }
 "#,
         )
         .unwrap();
-        Sources::from_settings(&s).unwrap()
+        let mut problems = Problems::default();
+        Sources::build(&settings, &mut problems).unwrap()
     }
 
     #[test]

@@ -11,7 +11,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visit
 use serde_json::{Map, Number, Value};
 
 /// Parses `bytes` into a [`Value`], failing on duplicate keys and trailing data.
-pub fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+pub(super) fn parse(bytes: &[u8]) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Strict.deserialize(&mut de)?;
     de.end()?;

@@ -9,10 +9,10 @@
 //! insert happen inside the same transaction, so two copies of one delivery racing each other
 //! cannot both get in, and a restart forgets nothing.
 //!
-//! Readers (the [`drain`](crate::publish::drain) that publishes, and the `spool` CLI) read
+//! Readers (the [`drain`](crate::delivery::drain) that publishes, and the `spool` CLI) read
 //! committed entries concurrently; they learn of new ones through [`Spool::subscribe`].
 
-pub mod store;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,26 +20,87 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use redb::Database;
+use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{DedupeSettings, SpoolSettings};
-use crate::message::{unix_ms, Message};
-pub use store::{AppendOutcome, Entry};
+use crate::event::{unix_ms, Message};
+use crate::problem::Problems;
+pub use store::{AppendOutcome, Entry, OpenError, ReadEntry, Undecodable};
+
+/// `[spool]`: the durable spool used by `ack = "spooled"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SpoolSettings {
+    /// Directory of the spool database (created if missing).
+    pub dir: PathBuf,
+    /// Bytes of events the spool may hold; past that, new events get 503 + Retry-After.
+    pub max_bytes: u64,
+}
+
+impl Default for SpoolSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("data/spool"),
+            max_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[dedupe]`: remembering which (source, event id) pairs were already accepted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DedupeSettings {
+    pub enabled: bool,
+    /// How long an accepted id is remembered.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// Most ids remembered; the oldest are forgotten first.
+    pub max_entries: u64,
+}
+
+impl Default for DedupeSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            window: Duration::from_secs(24 * 3600),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+impl DedupeSettings {
+    /// Checks the settings; problems go to `problems` under `dedupe.…`.
+    pub(crate) fn check(&self, problems: &mut Problems) {
+        problems.require(
+            !self.enabled || self.max_entries > 0,
+            "dedupe.max_entries",
+            "must be greater than 0 (or set dedupe.enabled = false)",
+        );
+    }
+}
 
 /// Most requests committed in one transaction.
 const MAX_BATCH: usize = 4096;
 /// Most bytes committed in one transaction (a batch stops growing past this).
 const MAX_BATCH_BYTES: usize = 32 * 1024 * 1024;
 
-/// Why an append did not make it.
+/// Why an append, a delete or a read did not make it.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SpoolError {
     #[error("the spool is full")]
     Full,
-    #[error("spool storage failed: {0}")]
-    Storage(String),
+    #[error("spool storage failed")]
+    Storage(#[source] Arc<redb::Error>),
     #[error("the spool is closed")]
     Closed,
+    #[error("the spool writer answered no outcome for an append")]
+    LostOutcome,
+}
+
+impl From<redb::Error> for SpoolError {
+    fn from(e: redb::Error) -> Self {
+        SpoolError::Storage(Arc::new(e))
+    }
 }
 
 /// What became of an accepted message.
@@ -53,7 +114,7 @@ pub enum Appended {
 
 /// Live figures, updated after every commit.
 #[derive(Debug, Default)]
-pub struct SpoolGauges {
+pub(crate) struct SpoolGauges {
     pub depth: AtomicU64,
     pub bytes: AtomicU64,
     pub full: AtomicBool,
@@ -102,9 +163,9 @@ pub struct Spool {
 
 impl Spool {
     /// Opens the spool in `settings.dir` and starts its writer thread.
-    pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, String> {
+    pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, OpenError> {
         let db = Arc::new(store::open(&settings.dir)?);
-        let counters = store::load_counters(&db).map_err(|e| e.to_string())?;
+        let counters = store::load_counters(&db).map_err(OpenError::Read)?;
         let limits = store::Limits {
             max_bytes: settings.max_bytes,
             dedupe: dedupe.enabled.then_some(store::DedupeLimits {
@@ -122,8 +183,18 @@ impl Spool {
             let gauges = gauges.clone();
             std::thread::Builder::new()
                 .name("spool-writer".into())
-                .spawn(move || writer(db, rx, counters, limits, gauges, committed_tx))
-                .map_err(|e| format!("cannot start the spool writer: {e}"))?;
+                .spawn(move || {
+                    Writer {
+                        db,
+                        rx,
+                        counters,
+                        limits,
+                        gauges,
+                        committed: committed_tx,
+                    }
+                    .run()
+                })
+                .map_err(OpenError::Writer)?;
         }
         Ok(Spool {
             tx,
@@ -203,12 +274,12 @@ impl Spool {
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<Vec<store::ReadEntry>, SpoolError> {
+    ) -> Result<Vec<ReadEntry>, SpoolError> {
         let db = self.db()?;
         tokio::task::spawn_blocking(move || store::read_after(&db, after, limit))
             .await
-            .map_err(|e| SpoolError::Storage(e.to_string()))?
-            .map_err(|e| SpoolError::Storage(e.to_string()))
+            .map_err(|_| SpoolError::Closed)?
+            .map_err(SpoolError::from)
     }
 
     /// The sequence number of the newest committed entry; changes after each commit.
@@ -242,7 +313,7 @@ impl Spool {
 }
 
 /// The dedupe identity of an event.
-pub fn dedupe_key(source: &str, event_id: &str) -> String {
+pub(crate) fn dedupe_key(source: &str, event_id: &str) -> String {
     format!("{source}\u{1f}{event_id}")
 }
 
@@ -261,34 +332,48 @@ fn publish_gauges(g: &SpoolGauges, c: &store::Counters, max_bytes: u64) {
 }
 
 /// The writer thread: takes everything queued, commits it in one transaction, answers all.
-fn writer(
+struct Writer {
     db: Arc<Database>,
-    mut rx: mpsc::Receiver<Command>,
-    mut counters: store::Counters,
+    rx: mpsc::Receiver<Command>,
+    counters: store::Counters,
     limits: store::Limits,
     gauges: Arc<SpoolGauges>,
     committed: watch::Sender<Option<u64>>,
-) {
-    let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
-    let mut closing: Option<oneshot::Sender<()>> = None;
-    while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        let mut bytes = 0usize;
-        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(cmd) => {
-                    if let Command::Append { encoded, .. } = &cmd {
-                        bytes += encoded.len();
-                    }
-                    batch.push(cmd);
-                }
-                Err(_) => break,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+        let mut closing: Option<oneshot::Sender<()>> = None;
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            self.gather(&mut batch);
+            let result = self.commit(&batch);
+            settle(&mut batch, result, &mut closing);
+            if let Some(reply) = closing.take() {
+                self.close(batch, reply);
+                return;
             }
         }
+    }
 
+    /// Adds whatever else is queued to `batch`, up to the batch limits.
+    fn gather(&mut self, batch: &mut Vec<Command>) {
+        let mut bytes = 0usize;
+        while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            let Ok(cmd) = self.rx.try_recv() else { break };
+            if let Command::Append { encoded, .. } = &cmd {
+                bytes += encoded.len();
+            }
+            batch.push(cmd);
+        }
+    }
+
+    /// Commits the appends and deletes of `batch` in one transaction.
+    fn commit(&mut self, batch: &[Command]) -> Result<Vec<AppendOutcome>, SpoolError> {
         let mut appends = Vec::new();
         let mut deletes = Vec::new();
-        for cmd in &batch {
+        for cmd in batch {
             match cmd {
                 Command::Append {
                     encoded,
@@ -305,37 +390,35 @@ fn writer(
             }
         }
         let now = unix_ms(SystemTime::now());
-        let result = store::commit_batch(&db, &mut counters, &limits, now, &appends, &deletes);
-        drop(appends);
-        let result = match result {
+        let c = &mut self.counters;
+        match store::commit_batch(&self.db, c, &self.limits, now, &appends, &deletes) {
             Ok(outcomes) => {
-                publish_gauges(&gauges, &counters, limits.max_bytes);
-                committed.send_replace(counters.next_seq.checked_sub(1));
+                publish_gauges(&self.gauges, c, self.limits.max_bytes);
+                self.committed.send_replace(c.next_seq.checked_sub(1));
                 Ok(outcomes)
             }
             Err(e) => {
                 // Nothing of this batch was written: every waiting request hears so and
                 // answers non-2xx, so the sender keeps the event and retries.
-                tracing::error!(error = %e, "spool commit failed; the requests of this batch are answered 503");
-                Err(SpoolError::Storage(e.to_string()))
+                tracing::error!(error = %crate::problem::with_causes(&e), "spool commit failed; the requests of this batch are answered 503");
+                Err(SpoolError::from(e))
             }
-        };
-        settle(&mut batch, result, &mut closing);
-        if let Some(reply) = closing.take() {
-            // Refuse whatever is still queued, then let go of the database.
-            rx.close();
-            while let Ok(cmd) = rx.try_recv() {
-                batch.push(cmd);
-            }
-            let mut late_close = None;
-            settle(&mut batch, Err(SpoolError::Closed), &mut late_close);
-            if let Some(late) = late_close {
-                let _ = late.send(());
-            }
-            drop(db);
-            let _ = reply.send(());
-            return;
         }
+    }
+
+    /// Refuses whatever is still queued, then lets go of the database and answers `reply`.
+    fn close(mut self, mut batch: Vec<Command>, reply: oneshot::Sender<()>) {
+        self.rx.close();
+        while let Ok(cmd) = self.rx.try_recv() {
+            batch.push(cmd);
+        }
+        let mut late_close = None;
+        settle(&mut batch, Err(SpoolError::Closed), &mut late_close);
+        if let Some(late) = late_close {
+            let _ = late.send(());
+        }
+        drop(self.db);
+        let _ = reply.send(());
     }
 }
 
@@ -359,7 +442,7 @@ fn settle(
                     (None, Some(AppendOutcome::Stored { seq })) => Ok(Appended::Stored(seq)),
                     (None, Some(AppendOutcome::Duplicate)) => Ok(Appended::Duplicate),
                     (None, Some(AppendOutcome::Full)) => Err(SpoolError::Full),
-                    (None, None) => Err(SpoolError::Storage("lost outcome".into())),
+                    (None, None) => Err(SpoolError::LostOutcome),
                 };
                 let _ = reply.send(answer);
             }

@@ -9,7 +9,7 @@
 //! Everything here is synchronous and runs on the writer thread (or a blocking task for
 //! reads); redb allows one writer at a time and any number of concurrent readers.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use redb::{
@@ -17,7 +17,30 @@ use redb::{
     TableDefinition,
 };
 
-use crate::message::Message;
+use crate::event::Message;
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create spool directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the spool {0} is in use by another process (is the bridge running?)")]
+    InUse(PathBuf),
+    #[error("cannot open spool {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("cannot read the spool's counters")]
+    Read(#[source] redb::Error),
+    #[error("cannot start the spool writer")]
+    Writer(#[source] std::io::Error),
+}
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 const DEDUPE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedupe");
@@ -32,11 +55,11 @@ const DEDUPE_SEQ: &str = "dedupe_seq";
 const EXPIRE_PER_COMMIT: usize = 2048;
 
 /// File name of the database inside `spool.dir`.
-pub const FILE_NAME: &str = "spool.redb";
+pub(super) const FILE_NAME: &str = "spool.redb";
 
 /// Counters the writer keeps in memory and in `meta`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
+pub(super) struct Counters {
     pub next_seq: u64,
     pub depth: u64,
     pub bytes: u64,
@@ -46,13 +69,13 @@ pub struct Counters {
 
 /// Limits applied inside the transaction.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(super) struct Limits {
     pub max_bytes: u64,
     pub dedupe: Option<DedupeLimits>,
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct DedupeLimits {
+pub(super) struct DedupeLimits {
     pub window: Duration,
     pub max_entries: u64,
 }
@@ -66,16 +89,18 @@ pub enum AppendOutcome {
 }
 
 /// One append request: the encoded message and its dedupe key.
-pub struct Append<'a> {
+pub(super) struct Append<'a> {
     pub encoded: &'a [u8],
     pub dedupe_key: Option<&'a str>,
     pub received_at_ms: u64,
 }
 
 /// Opens (or creates) the spool database in `dir`.
-pub fn open(dir: &Path) -> Result<Database, String> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| format!("cannot create spool directory {}: {e}", dir.display()))?;
+pub(super) fn open(dir: &Path) -> Result<Database, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let path = dir.join(FILE_NAME);
     // A small cache: appends and the drain touch the newest and oldest pages only, and a
     // large cache shows up as RSS growing while a broker outage fills the spool.
@@ -83,25 +108,30 @@ pub fn open(dir: &Path) -> Result<Database, String> {
         .set_cache_size(16 * 1024 * 1024)
         .create(&path)
         .map_err(|e| match e {
-            DatabaseError::DatabaseAlreadyOpen => format!(
-                "the spool {} is in use by another process (is the bridge running?)",
-                path.display()
-            ),
-            other => format!("cannot open spool {}: {other}", path.display()),
+            DatabaseError::DatabaseAlreadyOpen => OpenError::InUse(path.clone()),
+            other => OpenError::Open {
+                path: path.clone(),
+                source: other.into(),
+            },
         })?;
-    let txn = db.begin_write().map_err(|e| e.to_string())?;
-    {
-        txn.open_table(EVENTS).map_err(|e| e.to_string())?;
-        txn.open_table(DEDUPE).map_err(|e| e.to_string())?;
-        txn.open_table(DEDUPE_BY_TIME).map_err(|e| e.to_string())?;
-        txn.open_table(META).map_err(|e| e.to_string())?;
-    }
-    txn.commit().map_err(|e| e.to_string())?;
+    create_tables(&db).map_err(|source| OpenError::Open { path, source })?;
     Ok(db)
 }
 
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(EVENTS)?;
+        txn.open_table(DEDUPE)?;
+        txn.open_table(DEDUPE_BY_TIME)?;
+        txn.open_table(META)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
 /// Reads the counters as last committed.
-pub fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
+pub(super) fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
     let get =
@@ -121,7 +151,7 @@ pub fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
 ///
 /// Returns one outcome per append, in order. On error nothing was written, and `counters`
 /// is left as it was.
-pub fn commit_batch(
+pub(super) fn commit_batch(
     db: &Database,
     counters: &mut Counters,
     limits: &Limits,
@@ -130,103 +160,145 @@ pub fn commit_batch(
     deletes: &[u64],
 ) -> Result<Vec<AppendOutcome>, redb::Error> {
     let mut c = *counters;
-    let mut outcomes = Vec::with_capacity(appends.len());
     let mut txn = db.begin_write()?;
     if appends.is_empty() {
         // Only deletes of published entries: no fsync of their own. The next append's commit
         // makes them durable; if a crash loses them first, the start-up recovery check finds
-        // those entries on Kafka and skips them (see publish::recover).
+        // those entries on Kafka and skips them (see delivery::recover).
         txn.set_durability(redb::Durability::None)?;
     }
-    {
-        let mut events = txn.open_table(EVENTS)?;
-        let mut dedupe = txn.open_table(DEDUPE)?;
-        let mut by_time = txn.open_table(DEDUPE_BY_TIME)?;
-        let mut meta = txn.open_table(META)?;
-
+    let outcomes = {
+        let mut t = Tables {
+            events: txn.open_table(EVENTS)?,
+            dedupe: txn.open_table(DEDUPE)?,
+            by_time: txn.open_table(DEDUPE_BY_TIME)?,
+        };
         for seq in deletes {
-            if let Some(old) = events.remove(seq)? {
-                c.bytes = c.bytes.saturating_sub(old.value().len() as u64);
-                c.depth = c.depth.saturating_sub(1);
-            }
+            t.delete(&mut c, *seq)?;
         }
-
         let cutoff = limits
             .dedupe
             .map(|d| now_ms.saturating_sub(d.window.as_millis() as u64));
-        for a in appends {
-            let key = if limits.dedupe.is_some() {
-                a.dedupe_key
-            } else {
-                None
-            };
-            let mut stale: Option<(u64, u64)> = None;
-            if let (Some(key), Some(cutoff)) = (key, cutoff) {
-                if let Some(seen) = dedupe.get(key)? {
-                    let (ms, dseq) = seen.value();
-                    if ms >= cutoff {
-                        outcomes.push(AppendOutcome::Duplicate);
-                        continue;
-                    }
-                    stale = Some((ms, dseq));
-                }
-            }
-            let len = a.encoded.len() as u64;
-            if c.bytes + len > limits.max_bytes {
-                outcomes.push(AppendOutcome::Full);
-                continue;
-            }
-            let seq = c.next_seq;
-            events.insert(seq, a.encoded)?;
-            c.next_seq += 1;
-            c.depth += 1;
-            c.bytes += len;
-            if let Some(key) = key {
-                if let Some(old) = stale {
-                    by_time.remove(old)?;
-                    c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
-                }
-                let dseq = c.dedupe_seq;
-                c.dedupe_seq += 1;
-                dedupe.insert(key, (a.received_at_ms, dseq))?;
-                by_time.insert((a.received_at_ms, dseq), key)?;
-                c.dedupe_entries += 1;
-            }
-            outcomes.push(AppendOutcome::Stored { seq });
-        }
-
-        // Forget ids that left the window, and the oldest ones past max_entries.
+        let outcomes = appends
+            .iter()
+            .map(|a| t.append(&mut c, limits, cutoff, a))
+            .collect::<Result<Vec<_>, _>>()?;
         if let (Some(d), Some(cutoff)) = (limits.dedupe, cutoff) {
-            for _ in 0..EXPIRE_PER_COMMIT {
-                let oldest = by_time
-                    .first()?
-                    .map(|(k, v)| (k.value(), v.value().to_string()));
-                let Some(((ms, dseq), key)) = oldest else {
-                    break;
-                };
-                if ms >= cutoff && c.dedupe_entries <= d.max_entries {
-                    break;
-                }
-                by_time.remove((ms, dseq))?;
-                c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
-                let current = dedupe.get(key.as_str())?.map(|v| v.value());
-                if current == Some((ms, dseq)) {
-                    dedupe.remove(key.as_str())?;
-                }
-            }
+            t.forget_old_ids(&mut c, &d, cutoff)?;
         }
-
+        let mut meta = txn.open_table(META)?;
         meta.insert(NEXT_SEQ, c.next_seq)?;
         meta.insert(BYTES, c.bytes)?;
         meta.insert(DEDUPE_SEQ, c.dedupe_seq)?;
-    }
+        outcomes
+    };
     txn.commit()?;
     *counters = c;
     Ok(outcomes)
 }
 
+/// The tables one commit changes.
+struct Tables<'txn> {
+    events: redb::Table<'txn, u64, &'static [u8]>,
+    dedupe: redb::Table<'txn, &'static str, (u64, u64)>,
+    by_time: redb::Table<'txn, (u64, u64), &'static str>,
+}
+
+impl Tables<'_> {
+    fn delete(&mut self, c: &mut Counters, seq: u64) -> Result<(), redb::Error> {
+        if let Some(old) = self.events.remove(seq)? {
+            c.bytes = c.bytes.saturating_sub(old.value().len() as u64);
+            c.depth = c.depth.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    /// Stores one append, unless its id was seen since `cutoff` or the spool has no room.
+    fn append(
+        &mut self,
+        c: &mut Counters,
+        limits: &Limits,
+        cutoff: Option<u64>,
+        a: &Append<'_>,
+    ) -> Result<AppendOutcome, redb::Error> {
+        let key = if limits.dedupe.is_some() {
+            a.dedupe_key
+        } else {
+            None
+        };
+        let mut stale: Option<(u64, u64)> = None;
+        if let (Some(key), Some(cutoff)) = (key, cutoff) {
+            if let Some(seen) = self.dedupe.get(key)? {
+                let (ms, dseq) = seen.value();
+                if ms >= cutoff {
+                    return Ok(AppendOutcome::Duplicate);
+                }
+                stale = Some((ms, dseq));
+            }
+        }
+        let len = a.encoded.len() as u64;
+        if c.bytes + len > limits.max_bytes {
+            return Ok(AppendOutcome::Full);
+        }
+        let seq = c.next_seq;
+        self.events.insert(seq, a.encoded)?;
+        c.next_seq += 1;
+        c.depth += 1;
+        c.bytes += len;
+        if let Some(key) = key {
+            if let Some(old) = stale {
+                self.by_time.remove(old)?;
+                c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
+            }
+            let dseq = c.dedupe_seq;
+            c.dedupe_seq += 1;
+            self.dedupe.insert(key, (a.received_at_ms, dseq))?;
+            self.by_time.insert((a.received_at_ms, dseq), key)?;
+            c.dedupe_entries += 1;
+        }
+        Ok(AppendOutcome::Stored { seq })
+    }
+
+    /// Forgets ids that left the window, and the oldest ones past `max_entries`.
+    fn forget_old_ids(
+        &mut self,
+        c: &mut Counters,
+        d: &DedupeLimits,
+        cutoff: u64,
+    ) -> Result<(), redb::Error> {
+        for _ in 0..EXPIRE_PER_COMMIT {
+            let oldest = self
+                .by_time
+                .first()?
+                .map(|(k, v)| (k.value(), v.value().to_string()));
+            let Some(((ms, dseq), key)) = oldest else {
+                break;
+            };
+            if ms >= cutoff && c.dedupe_entries <= d.max_entries {
+                break;
+            }
+            self.by_time.remove((ms, dseq))?;
+            c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
+            let current = self.dedupe.get(key.as_str())?.map(|v| v.value());
+            if current == Some((ms, dseq)) {
+                self.dedupe.remove(key.as_str())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An entry as read: decoded, or the sequence number and why it could not be decoded.
-pub type ReadEntry = Result<Entry, (u64, String)>;
+pub type ReadEntry = Result<Entry, Undecodable>;
+
+/// A spooled entry that does not decode (left in place for an operator).
+#[derive(Debug, thiserror::Error)]
+#[error("spool entry {seq} cannot be decoded")]
+pub struct Undecodable {
+    pub seq: u64,
+    #[source]
+    pub source: postcard::Error,
+}
 
 /// One spooled message and its sequence number.
 #[derive(Debug, Clone)]
@@ -237,7 +309,7 @@ pub struct Entry {
 
 /// Up to `limit` entries with a sequence number above `after` (all when `after` is None),
 /// oldest first. Entries that cannot be decoded are returned as errors with their seq.
-pub fn read_after(
+pub(super) fn read_after(
     db: &Database,
     after: Option<u64>,
     limit: usize,
@@ -252,14 +324,14 @@ pub fn read_after(
         out.push(
             Message::decode(v.value())
                 .map(|message| Entry { seq, message })
-                .map_err(|e| (seq, e.to_string())),
+                .map_err(|source| Undecodable { seq, source }),
         );
     }
     Ok(out)
 }
 
 /// The oldest entry still in the spool, if any.
-pub fn oldest(db: &Database) -> Result<Option<Entry>, redb::Error> {
+pub(super) fn oldest(db: &Database) -> Result<Option<Entry>, redb::Error> {
     Ok(read_after(db, None, 1)?
         .into_iter()
         .next()

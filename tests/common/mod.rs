@@ -1,5 +1,6 @@
-//! Test harness: a Kafka-protocol broker, the bridge on a random port, and a reader that
-//! fetches what landed on a topic.
+//! Test harness: [`TestApp`] owns a bridge on random ports, its broker and its spool, and
+//! offers what tests need (post, readiness, metrics, read a topic back), so a test says what
+//! it checks rather than how things start.
 #![allow(dead_code)]
 
 pub mod load;
@@ -10,11 +11,16 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use eduzz_kafka_bridge::app::{Application, StopHandle};
-use eduzz_kafka_bridge::config::Settings;
+use eduzz_kafka_bridge::config::Config;
+use eduzz_kafka_bridge::http::tls::ReloadingCert;
+pub use eduzz_kafka_bridge::kafka::reader::Record;
+use eduzz_kafka_bridge::kafka::{reader, Connection};
 use eduzz_kafka_bridge::source::auth::sign_hex;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use eduzz_kafka_bridge::telemetry::LogSettings;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::Offset;
 
 pub const SECRET: &str = "test-secret";
 pub const OLD_SECRET: &str = "old-secret";
@@ -86,7 +92,46 @@ pub fn eduzz_event(id: &str, slug: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A running bridge inside the test process.
+/// A Kafka-protocol broker a test owns: librdkafka's mock cluster, in this process, so a test
+/// can take it down, bring it back and inject errors.
+pub struct TestBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+    bootstrap: String,
+}
+
+impl TestBroker {
+    pub fn start() -> TestBroker {
+        let cluster = MockCluster::new(1).expect("the mock cluster starts");
+        let bootstrap = cluster.bootstrap_servers();
+        TestBroker { cluster, bootstrap }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The broker stops answering (an outage).
+    pub fn down(&self) {
+        self.cluster.broker_down(1).unwrap();
+    }
+
+    pub fn up(&self) {
+        self.cluster.broker_up(1).unwrap();
+    }
+
+    /// Reads `topic` (see [`read_topic`]).
+    pub async fn read_topic(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+        read_topic(&self.bootstrap, topic, expected, timeout).await
+    }
+
+    /// The mock cluster itself, for fault injection.
+    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
+        &self.cluster
+    }
+}
+
+/// A running bridge inside the test process, with everything it needs: its broker (unless it
+/// runs against an external one), its spool directory, its config.
 pub struct TestApp {
     pub addr: std::net::SocketAddr,
     pub admin: std::net::SocketAddr,
@@ -96,8 +141,10 @@ pub struct TestApp {
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
     pub spool_dir: PathBuf,
     /// The TLS certificate reloader, when the config turns TLS on.
-    pub tls: Option<std::sync::Arc<eduzz_kafka_bridge::http::tls::ReloadingCert>>,
-    _dir: Option<tempfile::TempDir>,
+    pub tls: Option<std::sync::Arc<ReloadingCert>>,
+    config: String,
+    broker: Option<TestBroker>,
+    _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// The config text for a bridge on random ports with `brokers`, a spool in `spool_dir`,
@@ -125,47 +172,78 @@ dir = "{spool}"
 }
 
 impl TestApp {
-    /// Starts the bridge against `brokers` with `extra` config.
-    pub async fn spawn(brokers: &str, extra: &str) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let spool_dir = dir.path().join("spool");
-        let mut app = Self::spawn_in(brokers, &spool_dir, extra).await;
-        app._dir = Some(dir);
-        app
+    /// Starts the bridge on a broker of its own, with `extra` config.
+    pub async fn spawn(extra: &str) -> TestApp {
+        Self::spawn_with(|t| format!("{t}{extra}")).await
     }
 
-    /// Starts the bridge with a config text edited by `edit` (e.g. to add [server] keys).
-    pub async fn spawn_with(brokers: &str, edit: impl FnOnce(String) -> String) -> TestApp {
-        let dir = tempfile::tempdir().unwrap();
-        let spool_dir = dir.path().join("spool");
-        let text = edit(config_text(brokers, &spool_dir, ""));
-        let mut app = Self::start(&text, &spool_dir).await;
-        app._dir = Some(dir);
-        app
+    /// Starts the bridge on a broker of its own, with the config text edited by `edit` (e.g.
+    /// to add [server] keys).
+    pub async fn spawn_with(edit: impl FnOnce(String) -> String) -> TestApp {
+        let broker = TestBroker::start();
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let text = edit(config_text(
+            broker.bootstrap(),
+            &dir.path().join("spool"),
+            "",
+        ));
+        Self::start(text, Some(broker), dir).await
     }
 
-    /// Starts the bridge with its spool in `spool_dir` (kept by the caller, for restarts).
-    pub async fn spawn_in(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> TestApp {
-        Self::start(&config_text(brokers, spool_dir, extra), spool_dir).await
+    /// Starts the bridge against a broker in another process (tansu), with `extra` config.
+    pub async fn on(brokers: &str, extra: &str) -> TestApp {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let text = config_text(brokers, &dir.path().join("spool"), extra);
+        Self::start(text, None, dir).await
     }
 
-    async fn start(text: &str, spool_dir: &std::path::Path) -> TestApp {
-        let settings = Settings::from_toml(text).unwrap_or_else(|e| panic!("{e}"));
-        let brokers = settings
+    /// Stops the bridge and starts it again: same broker, same spool, same config.
+    pub async fn restart(self) -> TestApp {
+        let (config, broker, dir) = self.stop_keeping().await;
+        Self::start(config, broker, dir).await
+    }
+
+    /// Stops the bridge and starts a fresh one (new spool) on the same broker with `extra`.
+    pub async fn respawn(self, extra: &str) -> TestApp {
+        let (_, broker, _) = self.stop_keeping().await;
+        let broker = broker.expect("respawn needs the app's own broker");
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let text = config_text(broker.bootstrap(), &dir.path().join("spool"), extra);
+        Self::start(text, Some(broker), dir).await
+    }
+
+    async fn stop_keeping(
+        self,
+    ) -> (
+        String,
+        Option<TestBroker>,
+        std::sync::Arc<tempfile::TempDir>,
+    ) {
+        self.stop.stop();
+        self.task.await.unwrap().unwrap();
+        (self.config, self.broker, self._dir)
+    }
+
+    async fn start(
+        text: String,
+        broker: Option<TestBroker>,
+        dir: std::sync::Arc<tempfile::TempDir>,
+    ) -> TestApp {
+        let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
+        let brokers = config
             .kafka
             .brokers
             .clone()
             .expect("tests name their broker");
+        let spool_dir = config.spool.dir.clone();
         // EKB_TEST_LOG=debug shows the bridge's logs while debugging a test.
         if let Ok(filter) = std::env::var("EKB_TEST_LOG") {
-            eduzz_kafka_bridge::telemetry::init(&eduzz_kafka_bridge::config::LogSettings {
+            eduzz_kafka_bridge::telemetry::init(&LogSettings {
                 filter,
                 ..Default::default()
             });
         }
-        let app = Application::build(settings)
-            .await
-            .expect("the bridge starts");
+        let app = Application::build(config).await.expect("the bridge starts");
         let addr = app.webhook_addr();
         let admin = app.admin_addr().unwrap();
         let stop = app.stop_handle();
@@ -178,66 +256,101 @@ impl TestApp {
             client: reqwest::Client::new(),
             stop,
             task,
-            spool_dir: spool_dir.to_path_buf(),
+            spool_dir,
             tls,
-            _dir: None,
+            config: text,
+            broker,
+            _dir: dir,
         }
+    }
+
+    /// The app's own broker.
+    pub fn broker(&self) -> &TestBroker {
+        self.broker
+            .as_ref()
+            .expect("this app runs on an external broker")
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Posts `body` to `path` with `headers`.
+    pub async fn post(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> reqwest::Response {
+        let mut req = self.client.post(self.url(path)).body(body.to_vec());
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.unwrap()
+    }
+
     /// Posts `body` to the Eduzz source, signed with `secret`.
     pub async fn post_eduzz(&self, body: &[u8], secret: &str) -> reqwest::Response {
+        let signature = sign_hex(secret.as_bytes(), body);
+        let headers = [
+            ("content-type", "application/json"),
+            ("x-signature", signature.as_str()),
+        ];
+        self.post("/webhooks/eduzz", &headers, body).await
+    }
+
+    pub async fn post_toolzz(&self, body: &[u8], token: &str) -> reqwest::Response {
+        let path = format!("/webhooks/toolzz/{token}");
+        self.post(&path, &[("content-type", "application/json")], body)
+            .await
+    }
+
+    /// `GET` on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.client
-            .post(self.url("/webhooks/eduzz"))
-            .header("content-type", "application/json")
-            .header("x-signature", sign_hex(secret.as_bytes(), body))
-            .body(body.to_vec())
+            .get(format!("http://{}{path}", self.admin))
             .send()
             .await
             .unwrap()
     }
 
-    pub async fn post_toolzz(&self, body: &[u8], token: &str) -> reqwest::Response {
-        self.client
-            .post(self.url(&format!("/webhooks/toolzz/{token}")))
-            .header("content-type", "application/json")
-            .body(body.to_vec())
-            .send()
-            .await
-            .unwrap()
+    /// `/readyz`: its status and body.
+    pub async fn ready(&self) -> (u16, serde_json::Value) {
+        let resp = self.admin_get("/readyz").await;
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap())
+    }
+
+    /// The whole `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.admin_get("/metrics").await.text().await.unwrap()
+    }
+
+    /// The value of one series, named with its labels as `/metrics` prints it
+    /// (`eduzz_bridge_spool_depth`, `eduzz_bridge_published_total{topic="t"}`).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self.metrics().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// Reads `topic` from this app's broker (see [`read_topic`]).
+    pub async fn read_topic(&self, topic: &str, expected: usize, timeout: Duration) -> Vec<Record> {
+        read_topic(&self.brokers, topic, expected, timeout).await
+    }
+
+    /// Waits until the spool is empty (everything acknowledged is on Kafka).
+    pub async fn wait_spool_empty(&self, timeout: Duration) {
+        wait_spool_empty(self.admin, timeout).await
     }
 
     /// Stops the bridge the way SIGTERM does and waits for it.
     pub async fn shutdown(self) {
-        self.stop.stop();
-        self.task.await.unwrap().unwrap();
+        self.stop_keeping().await;
     }
 }
 
-/// One message read back from Kafka.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Record {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<Vec<u8>>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub value: Vec<u8>,
-}
-
-impl Record {
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
-    }
-}
-
-/// Reads `topic` from the beginning until `expected` messages arrived, then `linger` more
+/// Reads `topic` from the beginning until `expected` messages arrived, then a little longer
 /// to catch extras, or until `timeout`. Returns what was read.
 pub async fn read_topic(
     brokers: &str,
@@ -257,39 +370,15 @@ pub fn read_topic_blocking(
     expected: usize,
     timeout: Duration,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "bridge-tests")
-        .set("enable.auto.commit", "false")
+    let consumer: BaseConsumer = Connection::to(brokers)
+        .reader_config("bridge-tests")
         .set("allow.auto.create.topics", "true")
         .create()
         .unwrap();
     let started = Instant::now();
-    let partitions = loop {
-        let n = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(2))
-            .ok()
-            .and_then(|md| {
-                md.topics()
-                    .iter()
-                    .find(|t| t.name() == topic && t.error().is_none())
-                    .map(|t| t.partitions().len())
-            })
-            .unwrap_or(0);
-        if n > 0 {
-            break n;
-        }
-        if started.elapsed() > timeout {
-            return Vec::new();
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..partitions as i32 {
-        tpl.add_partition_offset(topic, p, Offset::Beginning)
-            .unwrap();
+    if reader::assign_all(&consumer, topic, Offset::Beginning, Some(timeout)).is_err() {
+        return Vec::new();
     }
-    consumer.assign(&tpl).unwrap();
     let mut out = Vec::new();
     // After the expected count, keep reading a little to catch duplicates.
     let linger = Duration::from_millis(500);
@@ -302,21 +391,7 @@ pub fn read_topic_blocking(
             }
         }
         if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-            out.push(Record {
-                topic: m.topic().to_string(),
-                partition: m.partition(),
-                offset: m.offset(),
-                key: m.key().map(|k| k.to_vec()),
-                headers: m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                value: m.payload().unwrap_or_default().to_vec(),
-            });
+            out.push(Record::of(&m));
         }
     }
     out

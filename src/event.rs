@@ -1,31 +1,41 @@
-//! The record the bridge publishes: a routed event, ready for Kafka.
+//! What travels down the pipeline: an authenticated [`Event`], and the routed [`Message`]
+//! that becomes one Kafka record.
 //!
-//! A [`Message`] is what crosses from the request side to the publishing side, whether it
-//! goes straight to the producer or waits in the spool first, so it holds everything the
-//! publish needs and nothing from HTTP. It serialises compactly (postcard) for the spool.
+//! These are the bottom of the module graph: plain data that every stage can name without
+//! depending on the stage that made it. Nothing here knows about HTTP or Kafka's client.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 
-use crate::source::Event;
+/// An authenticated, parsed delivery.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub source: Arc<str>,
+    pub slug: String,
+    pub id: String,
+    /// The parsed body, for routing (message keys come from it).
+    pub doc: serde_json::Value,
+    /// The raw body exactly as received; this is what gets published.
+    pub body: Bytes,
+    pub content_type: String,
+    pub received_at: SystemTime,
+}
 
-/// Kafka header names set on every published message.
-pub mod headers {
-    pub const EVENT: &str = "event";
-    pub const EVENT_ID: &str = "event-id";
-    pub const SOURCE: &str = "source";
-    pub const RECEIVED_AT: &str = "received-at";
-    pub const CONTENT_TYPE: &str = "content-type";
-    /// On dead-lettered messages: why Kafka refused the original.
-    pub const DLQ_REASON: &str = "dlq-reason";
-    /// On dead-lettered messages: the topic it was meant for.
-    pub const DLQ_TOPIC: &str = "dlq-original-topic";
+impl Event {
+    /// Eduzz's activation event: always answered 2xx.
+    pub fn is_ping(&self) -> bool {
+        self.slug == "ping"
+    }
 }
 
 /// One event on its way to Kafka.
+///
+/// A `Message` is what crosses from the request side to the publishing side, whether it goes
+/// straight to the producer or waits in the spool first, so it holds everything the publish
+/// needs and nothing from HTTP. It serialises compactly (postcard) for the spool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub topic: String,
@@ -55,17 +65,6 @@ impl Message {
         }
     }
 
-    /// The Kafka headers that name the event (slug, id, source, receive time, content type).
-    pub fn kafka_headers(&self) -> OwnedHeaders {
-        let received_at = rfc3339_ms(self.received_at_ms);
-        OwnedHeaders::new_with_capacity(5)
-            .insert(header(headers::EVENT, &self.slug))
-            .insert(header(headers::EVENT_ID, &self.event_id))
-            .insert(header(headers::SOURCE, &self.source))
-            .insert(header(headers::RECEIVED_AT, &received_at))
-            .insert(header(headers::CONTENT_TYPE, &self.content_type))
-    }
-
     /// Bytes this message occupies in the spool (what `spool.max_bytes` counts).
     pub fn encode(&self) -> Vec<u8> {
         postcard::to_stdvec(self).expect("a Message always serialises")
@@ -81,12 +80,10 @@ impl Message {
             .duration_since(UNIX_EPOCH + Duration::from_millis(self.received_at_ms))
             .unwrap_or_default()
     }
-}
 
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
-    Header {
-        key,
-        value: Some(value),
+    /// The receive time as RFC 3339 (what the `received-at` header carries).
+    pub fn received_at(&self) -> String {
+        rfc3339_ms(self.received_at_ms)
     }
 }
 
@@ -103,10 +100,10 @@ pub fn rfc3339_ms(ms: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sample() -> Message {
+    pub(crate) fn sample() -> Message {
         Message {
             topic: "nutror.lesson_started".into(),
             key: Bytes::from_static(b"k"),
@@ -128,28 +125,5 @@ mod tests {
     #[test]
     fn receive_time_is_rfc3339_utc() {
         assert_eq!(rfc3339_ms(1_700_000_000_123), "2023-11-14T22:13:20.123Z");
-    }
-
-    #[test]
-    fn headers_name_the_event() {
-        use rdkafka::message::Headers;
-        let h = sample().kafka_headers();
-        let pairs: Vec<(String, String)> = h
-            .iter()
-            .map(|h| {
-                (
-                    h.key.to_string(),
-                    String::from_utf8_lossy(h.value.unwrap()).into(),
-                )
-            })
-            .collect();
-        assert_eq!(pairs[0], ("event".into(), "nutror.lesson_started".into()));
-        assert_eq!(pairs[1], ("event-id".into(), "abc".into()));
-        assert_eq!(pairs[2], ("source".into(), "eduzz".into()));
-        assert_eq!(
-            pairs[3],
-            ("received-at".into(), "2023-11-14T22:13:20.123Z".into())
-        );
-        assert_eq!(pairs[4], ("content-type".into(), "application/json".into()));
     }
 }

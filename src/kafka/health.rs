@@ -79,7 +79,7 @@ impl KafkaHealth {
 /// The producer's librdkafka context: routes librdkafka's logs into `tracing` (at debug, as
 /// they repeat per connection attempt) and turns its error callbacks into [`KafkaHealth`].
 #[derive(Clone)]
-pub struct BridgeContext {
+pub(super) struct BridgeContext {
     pub health: std::sync::Arc<KafkaHealth>,
 }
 

@@ -18,24 +18,40 @@ fn is_legal_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-'
 }
 
+/// Why a topic name or template is not legal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("a topic name cannot be empty")]
+    Empty,
+    #[error("'{0}' is not a legal topic name")]
+    Dots(String),
+    #[error("topic names are at most {MAX_TOPIC_LEN} characters (this one has {0})")]
+    TooLong(usize),
+    #[error("'{0}' is not allowed in a topic name (only A-Z a-z 0-9 . _ -)")]
+    IllegalChar(char),
+    #[error("a topic template cannot be empty")]
+    EmptyTemplate,
+    #[error("'{0}' has a '{{' that is never closed")]
+    Unclosed(String),
+    #[error("'{0}' has a '}}' that was never opened")]
+    Unopened(String),
+    #[error("'{{{0}}}' is not a placeholder (use {{slug}}, {{source}} or {{app}})")]
+    Placeholder(String),
+}
+
 /// Whether `name` is a legal Kafka topic name; the error says why not.
-pub fn check_topic_name(name: &str) -> Result<(), String> {
+pub fn check_topic_name(name: &str) -> Result<(), TopicError> {
     if name.is_empty() {
-        return Err("a topic name cannot be empty".into());
+        return Err(TopicError::Empty);
     }
     if name == "." || name == ".." {
-        return Err(format!("'{name}' is not a legal topic name"));
+        return Err(TopicError::Dots(name.to_string()));
     }
     if name.len() > MAX_TOPIC_LEN {
-        return Err(format!(
-            "topic names are at most {MAX_TOPIC_LEN} characters (this one has {})",
-            name.len()
-        ));
+        return Err(TopicError::TooLong(name.len()));
     }
     if let Some(c) = name.chars().find(|c| !is_legal_char(*c)) {
-        return Err(format!(
-            "'{c}' is not allowed in a topic name (only A-Z a-z 0-9 . _ -)"
-        ));
+        return Err(TopicError::IllegalChar(c));
     }
     Ok(())
 }
@@ -85,9 +101,9 @@ pub struct TopicVars<'a> {
 
 impl Template {
     /// Parses `eduzz.{app}.{slug}`; the error says what is wrong.
-    pub fn parse(text: &str) -> Result<Template, String> {
+    pub fn parse(text: &str) -> Result<Template, TopicError> {
         if text.is_empty() {
-            return Err("a topic template cannot be empty".into());
+            return Err(TopicError::EmptyTemplate);
         }
         let mut parts = Vec::new();
         let mut rest = text;
@@ -96,16 +112,12 @@ impl Template {
                 Some(0) => {
                     let end = rest
                         .find('}')
-                        .ok_or_else(|| format!("'{text}' has a '{{' that is never closed"))?;
+                        .ok_or_else(|| TopicError::Unclosed(text.to_string()))?;
                     let part = match &rest[1..end] {
                         "slug" => Part::Slug,
                         "source" => Part::Source,
                         "app" => Part::App,
-                        other => {
-                            return Err(format!(
-                                "'{{{other}}}' is not a placeholder (use {{slug}}, {{source}} or {{app}})"
-                            ))
-                        }
+                        other => return Err(TopicError::Placeholder(other.to_string())),
                     };
                     parts.push(part);
                     rest = &rest[end + 1..];
@@ -114,12 +126,10 @@ impl Template {
                     let end = found.unwrap_or(rest.len());
                     let literal = &rest[..end];
                     if literal.contains('}') {
-                        return Err(format!("'{text}' has a '}}' that was never opened"));
+                        return Err(TopicError::Unopened(text.to_string()));
                     }
                     if let Some(c) = literal.chars().find(|c| !is_legal_char(*c)) {
-                        return Err(format!(
-                            "'{c}' is not allowed in a topic name (only A-Z a-z 0-9 . _ -)"
-                        ));
+                        return Err(TopicError::IllegalChar(c));
                     }
                     parts.push(Part::Literal(literal.to_string()));
                     rest = &rest[end..];
@@ -186,12 +196,11 @@ mod tests {
     #[test]
     fn bad_templates_say_why() {
         assert!(Template::parse("").is_err());
-        assert!(Template::parse("a b{slug}").unwrap_err().contains("' '"));
-        assert!(Template::parse("{nope}").unwrap_err().contains("{nope}"));
-        assert!(Template::parse("x{slug")
-            .unwrap_err()
-            .contains("never closed"));
-        assert!(Template::parse("x}").unwrap_err().contains("never opened"));
+        let why = |t: &str| Template::parse(t).unwrap_err().to_string();
+        assert!(why("a b{slug}").contains("' '"));
+        assert!(why("{nope}").contains("{nope}"));
+        assert!(why("x{slug").contains("never closed"));
+        assert!(why("x}").contains("never opened"));
         assert!(Template::parse("..").is_err());
         assert!(Template::parse(&"a".repeat(250)).is_err());
     }

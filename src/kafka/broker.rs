@@ -11,7 +11,19 @@
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
+use rdkafka::error::KafkaError;
 use rdkafka::mocking::MockCluster;
+
+/// Why the embedded broker did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot start the embedded broker's thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the mock cluster did not start")]
+    Mock(#[source] KafkaError),
+    #[error("the embedded broker's thread ended before it was ready")]
+    Gone,
+}
 
 /// A running in-process Kafka-protocol broker.
 pub struct EmbeddedBroker {
@@ -22,7 +34,7 @@ pub struct EmbeddedBroker {
 
 impl EmbeddedBroker {
     /// Starts a mock cluster of `brokers` brokers on loopback ports.
-    pub fn start(brokers: i32) -> Result<EmbeddedBroker, String> {
+    pub fn start(brokers: i32) -> Result<EmbeddedBroker, BrokerError> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
@@ -35,13 +47,11 @@ impl EmbeddedBroker {
                     drop(cluster);
                 }
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e.to_string()));
+                    let _ = ready_tx.send(Err(BrokerError::Mock(e)));
                 }
             })
-            .map_err(|e| e.to_string())?;
-        let bootstrap = ready_rx
-            .recv()
-            .map_err(|_| "the embedded broker thread ended early".to_string())??;
+            .map_err(BrokerError::Thread)?;
+        let bootstrap = ready_rx.recv().map_err(|_| BrokerError::Gone)??;
         Ok(EmbeddedBroker {
             bootstrap,
             stop: Some(stop_tx),

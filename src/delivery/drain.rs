@@ -1,0 +1,429 @@
+//! The drain: moves spooled events to Kafka, and deletes each only once Kafka confirmed it.
+//!
+//! The spool is the queue. The drain keeps a window of messages in flight (bounded in count
+//! and bytes, so memory stays flat however long Kafka is away), reads more from the spool as
+//! confirmations come back, and deletes confirmed entries in batches. It reads in sequence
+//! order and librdkafka's idempotent producer keeps that order per partition, so events with
+//! the same key stay in order, across outages too (messages never time out in this mode).
+//!
+//! When Kafka refuses a message for good (too large, topic invalid or not authorised), it goes
+//! to the dead-letter topic, in the same in-flight window as everything else (so other
+//! confirmations never wait behind it); if that fails too, it stays in the spool ("parked"),
+//! is retried now and then, and shows in logs and metrics. It is never dropped.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::DeliveryFuture;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::recover::{self, Recovery};
+use super::{record, DeadLetters};
+use crate::event::Message;
+use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
+use crate::metrics::Metrics;
+use crate::spool::{Entry, Spool};
+
+/// How the drain paces itself.
+#[derive(Debug, Clone)]
+pub struct DrainSettings {
+    pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
+    /// Entries read from the spool per read.
+    pub read_batch: usize,
+    /// Confirmed entries deleted per spool transaction, at most.
+    pub delete_batch: usize,
+    /// Longest a confirmed entry waits for its delete.
+    pub delete_interval: Duration,
+    /// First wait before re-sending a message after a passing failure (doubles up to 30 s).
+    pub retry_backoff: Duration,
+    /// Wait before retrying a parked message.
+    pub park_retry: Duration,
+    /// Once told to stop: how long to wait for deliveries in flight before giving up on them
+    /// (they stay in the spool).
+    pub stop_grace: Duration,
+    /// Before draining, look up the oldest entries on Kafka (see [`recover`]); None skips it.
+    pub recovery: Option<Recovery>,
+}
+
+impl DrainSettings {
+    pub fn new(max_in_flight: usize) -> DrainSettings {
+        DrainSettings {
+            max_in_flight,
+            max_in_flight_bytes: 32 * 1024 * 1024,
+            read_batch: 1024,
+            delete_batch: 8192,
+            delete_interval: Duration::from_millis(20),
+            retry_backoff: Duration::from_millis(500),
+            park_retry: Duration::from_secs(60),
+            stop_grace: Duration::from_secs(20),
+            recovery: None,
+        }
+    }
+
+    /// Spooled entries that can have been sent before a stop: the in-flight window, the
+    /// confirmed ones whose delete was pending, and a read batch.
+    pub fn recovery_candidates(&self) -> usize {
+        self.max_in_flight + 2 * self.delete_batch + self.read_batch
+    }
+}
+
+/// Figures the drain shares with metrics and the CLI.
+#[derive(Debug, Default)]
+pub struct DrainGauges {
+    pub parked: AtomicU64,
+    pub published: AtomicU64,
+    pub dead_lettered: AtomicU64,
+}
+
+/// When to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Run until shut down, then publish what the spool still holds until it is empty or
+    /// `stop_grace` is over (whatever is left stays for the next start).
+    Shutdown,
+    /// Stop as soon as the spool is empty (`spool drain`), or when shut down.
+    Empty,
+}
+
+/// What one in-flight send was.
+enum Attempt {
+    /// The message to its own topic.
+    Publish,
+    /// The message to the dead-letter topic, after Kafka refused it for good with `error`.
+    DeadLetter { error: KafkaError },
+}
+
+/// A send in flight, and what it is about.
+struct Sending {
+    seq: u64,
+    message: Message,
+    attempt: u32,
+    kind: Attempt,
+}
+
+type Report = (Sending, Result<Delivered, KafkaError>);
+type InFlight = Pin<Box<dyn Future<Output = Report> + Send>>;
+
+struct Retry {
+    due: Instant,
+    seq: u64,
+    message: Message,
+    attempt: u32,
+    parked: bool,
+}
+
+/// The drain task's state. [`Drain::run`] returns when told to (see [`Until`]); entries not
+/// confirmed by then stay in the spool for the next start.
+pub struct Drain {
+    spool: Spool,
+    publisher: Publisher,
+    dead_letters: DeadLetters,
+    metrics: Arc<Metrics>,
+    settings: DrainSettings,
+    gauges: Arc<DrainGauges>,
+    committed: watch::Receiver<Option<u64>>,
+    /// The newest spool entry read so far.
+    cursor: Option<u64>,
+    buffer: VecDeque<Entry>,
+    retries: VecDeque<Retry>,
+    in_flight: FuturesUnordered<InFlight>,
+    in_flight_bytes: usize,
+    queue_full: bool,
+    to_delete: Vec<u64>,
+    oldest_pending_delete: Option<Instant>,
+    deleting: JoinSet<()>,
+}
+
+impl Drain {
+    pub fn new(
+        spool: Spool,
+        publisher: Publisher,
+        dead_letters: DeadLetters,
+        metrics: Arc<Metrics>,
+        settings: DrainSettings,
+        gauges: Arc<DrainGauges>,
+    ) -> Drain {
+        Drain {
+            committed: spool.subscribe(),
+            spool,
+            publisher,
+            dead_letters,
+            metrics,
+            settings,
+            gauges,
+            cursor: None,
+            buffer: VecDeque::new(),
+            retries: VecDeque::new(),
+            in_flight: FuturesUnordered::new(),
+            in_flight_bytes: 0,
+            queue_full: false,
+            to_delete: Vec::new(),
+            oldest_pending_delete: None,
+            deleting: JoinSet::new(),
+        }
+    }
+
+    /// Publishes the spool until `shutdown` (or, with [`Until::Empty`], until it is empty).
+    pub async fn run(mut self, shutdown: CancellationToken, until: Until) {
+        if let Some(recovery) = &self.settings.recovery {
+            recover::skip_already_published(&self.spool, recovery, &shutdown).await;
+        }
+        let mut stopping = shutdown.is_cancelled();
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            self.fill().await;
+            self.delete_when_due(stopping);
+            if self.caught_up() && (stopping || until == Until::Empty) {
+                return self.finish().await;
+            }
+            if stopping && stop_deadline.is_none() {
+                stop_deadline = Some(Instant::now() + self.settings.stop_grace);
+            }
+            let next_retry = self.retries.front().map(|r| r.due);
+            let delete_due = self
+                .oldest_pending_delete
+                .map(|t| t + self.settings.delete_interval);
+            tokio::select! {
+                Some(report) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_report(report),
+                changed = self.committed.changed(), if !stopping => stopping = changed.is_err(),
+                _ = sleep_until(next_retry), if next_retry.is_some() => {}
+                _ = sleep_until(delete_due), if delete_due.is_some() => {}
+                _ = tokio::time::sleep(Duration::from_millis(5)), if self.queue_full => {}
+                _ = shutdown.cancelled(), if !stopping => stopping = true,
+                _ = sleep_until(stop_deadline), if stop_deadline.is_some() => {
+                    tracing::warn!(in_flight = self.in_flight.len(), "stop grace over with deliveries unconfirmed; they stay in the spool");
+                    return self.finish().await;
+                }
+            }
+        }
+    }
+
+    /// Fills the window: due retries first, then the spool in order.
+    async fn fill(&mut self) {
+        self.queue_full = self.queue_full && !self.in_flight.is_empty();
+        while !self.queue_full
+            && self.in_flight.len() < self.settings.max_in_flight
+            && self.in_flight_bytes < self.settings.max_in_flight_bytes
+        {
+            let (seq, message, attempt) = if let Some(r) = self.due_retry() {
+                (r.seq, r.message, r.attempt)
+            } else if let Some(e) = self.buffer.pop_front() {
+                (e.seq, e.message, 0)
+            } else if *self.committed.borrow_and_update() > self.cursor {
+                self.read_more().await;
+                continue;
+            } else {
+                break;
+            };
+            match self.publisher.enqueue(&message) {
+                Ok(future) => self.send(future, seq, message, attempt, Attempt::Publish),
+                Err(EnqueueError::QueueFull) => {
+                    self.buffer.push_front(Entry { seq, message });
+                    self.queue_full = true;
+                }
+                Err(EnqueueError::Refused(e)) => self.on_failure(seq, message, attempt, e),
+            }
+        }
+    }
+
+    fn due_retry(&mut self) -> Option<Retry> {
+        let due = self
+            .retries
+            .front()
+            .is_some_and(|r| r.due <= Instant::now());
+        let r = if due { self.retries.pop_front() } else { None }?;
+        if r.parked {
+            self.gauges.parked.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(r)
+    }
+
+    /// Reads the next committed entries into the buffer.
+    async fn read_more(&mut self) {
+        match self
+            .spool
+            .read_after(self.cursor, self.settings.read_batch)
+            .await
+        {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Ok(e) => {
+                            self.cursor = Some(e.seq);
+                            self.buffer.push_back(e);
+                        }
+                        Err(bad) => {
+                            // Unreadable entries stay where they are, for an operator.
+                            self.cursor = Some(bad.seq);
+                            tracing::error!(seq = bad.seq, error = %crate::problem::with_causes(&bad), "left in the spool");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::problem::with_causes(&e), "cannot read the spool; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        future: DeliveryFuture,
+        seq: u64,
+        message: Message,
+        attempt: u32,
+        kind: Attempt,
+    ) {
+        self.in_flight_bytes += message.body.len();
+        let sending = Sending {
+            seq,
+            message,
+            attempt,
+            kind,
+        };
+        self.in_flight.push(Box::pin(async move {
+            (sending, Publisher::delivered(future).await)
+        }));
+    }
+
+    /// One delivery report came back.
+    fn on_report(&mut self, (sent, result): Report) {
+        self.in_flight_bytes -= sent.message.body.len();
+        self.queue_full = false;
+        match (sent.kind, result) {
+            (Attempt::Publish, result) => {
+                record(&self.metrics, &sent.message, &result);
+                match result {
+                    Ok(_) => {
+                        self.publisher.health().mark_up();
+                        self.gauges.published.fetch_add(1, Ordering::Relaxed);
+                        self.to_delete.push(sent.seq);
+                    }
+                    Err(e) => self.on_failure(sent.seq, sent.message, sent.attempt, e),
+                }
+            }
+            (Attempt::DeadLetter { error }, Ok(_)) => {
+                self.dead_letters.confirmed();
+                self.gauges.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(seq = sent.seq, event_id = %sent.message.event_id, topic = %sent.message.topic, %error, "Kafka refused the event for good; sent to the dead-letter topic");
+                self.to_delete.push(sent.seq);
+            }
+            (Attempt::DeadLetter { error }, Err(why)) => {
+                self.park(sent.seq, sent.message, sent.attempt, &error, &why)
+            }
+        }
+    }
+
+    /// A send failed: dead-letter it when Kafka refuses it for good, else retry with backoff.
+    fn on_failure(&mut self, seq: u64, message: Message, attempt: u32, error: KafkaError) {
+        if is_permanent(&error) {
+            match self.dead_letters.enqueue(&message, &error) {
+                Ok(future) => {
+                    self.send(future, seq, message, attempt, Attempt::DeadLetter { error })
+                }
+                Err(why) => self.park(seq, message, attempt, &error, &why),
+            }
+            return;
+        }
+        let backoff = self.settings.retry_backoff * 2u32.saturating_pow(attempt.min(6));
+        let backoff = backoff.min(Duration::from_secs(30));
+        tracing::debug!(seq, error = %error, ?backoff, "delivery failed; will retry");
+        self.retry(Retry {
+            due: Instant::now() + backoff,
+            seq,
+            message,
+            attempt: attempt + 1,
+            parked: false,
+        });
+    }
+
+    /// Keeps an event Kafka refuses and no dead-letter topic took; retried now and then.
+    fn park(
+        &mut self,
+        seq: u64,
+        message: Message,
+        attempt: u32,
+        error: &KafkaError,
+        why: &dyn std::fmt::Display,
+    ) {
+        tracing::error!(seq, event_id = %message.event_id, topic = %message.topic, error = %error, dead_letter_error = %why, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
+        self.gauges.parked.fetch_add(1, Ordering::Relaxed);
+        self.retry(Retry {
+            due: Instant::now() + self.settings.park_retry,
+            seq,
+            message,
+            attempt: attempt + 1,
+            parked: true,
+        });
+    }
+
+    fn retry(&mut self, r: Retry) {
+        let at = self.retries.partition_point(|x| x.due <= r.due);
+        self.retries.insert(at, r);
+    }
+
+    /// Whether nothing is left to send but parked events.
+    fn caught_up(&self) -> bool {
+        self.in_flight.is_empty()
+            && self.buffer.is_empty()
+            && *self.committed.borrow() <= self.cursor
+            && self.retries.iter().all(|r| r.parked)
+    }
+
+    /// Deletes confirmed entries once a batch is full, the oldest waited long enough, or the
+    /// drain is stopping with nothing in flight.
+    fn delete_when_due(&mut self, stopping: bool) {
+        if !self.to_delete.is_empty() && self.oldest_pending_delete.is_none() {
+            self.oldest_pending_delete = Some(Instant::now());
+        }
+        if self.to_delete.len() >= self.settings.delete_batch
+            || (stopping && self.in_flight.is_empty() && !self.to_delete.is_empty())
+            || self
+                .oldest_pending_delete
+                .is_some_and(|t| t.elapsed() >= self.settings.delete_interval)
+        {
+            self.flush_deletes();
+            self.oldest_pending_delete = None;
+        }
+    }
+
+    fn flush_deletes(&mut self) {
+        if self.to_delete.is_empty() {
+            return;
+        }
+        let seqs = std::mem::take(&mut self.to_delete);
+        let spool = self.spool.clone();
+        self.deleting.spawn(async move {
+            let n = seqs.len();
+            if let Err(e) = spool.delete(seqs).await {
+                // The entries stay and are published again after a restart (at least once).
+                tracing::error!(error = %crate::problem::with_causes(&e), entries = n, "cannot delete published entries from the spool");
+            }
+        });
+        // Reap finished deletes so the set does not grow.
+        while self.deleting.try_join_next().is_some() {}
+    }
+
+    async fn finish(mut self) {
+        self.flush_deletes();
+        while self.deleting.join_next().await.is_some() {}
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,319 @@
+//! Taking a routed message: what "acknowledged" means in each ack mode, and how the spool
+//! reaches Kafka.
+//!
+//! | mode        | answered 2xx once…                         | lost on a crash?             |
+//! |-------------|--------------------------------------------|------------------------------|
+//! | `spooled`   | it is fsynced in the local spool           | no                           |
+//! | `published` | Kafka confirmed it (acks=all)              | no (the sender waits longer) |
+//! | `received`  | it is in the producer's memory queue       | yes, what was queued         |
+//!
+//! The pipeline calls [`Delivery::accept`] and turns the result into an outcome; it never
+//! needs to know which mode is on. In `spooled` mode the [`drain`] publishes the spool.
+
+mod dead_letter;
+pub mod drain;
+pub mod recover;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use serde::Deserialize;
+
+use crate::event::Message;
+use crate::kafka::topic::check_topic_name;
+use crate::kafka::{is_permanent, Delivered, EnqueueError, ProducerTuning, Publisher};
+use crate::metrics::{ErrorLabels, Metrics, SourceLabels};
+use crate::problem::Problems;
+use crate::spool::{Appended, Spool, SpoolError};
+pub use dead_letter::{DeadLetterError, DeadLetters};
+
+/// When the bridge answers 2xx, and so what a 2xx promises.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// Answer once the event is handed to the producer's memory queue (fast, lost on a crash).
+    Received,
+    /// Answer once the broker confirmed the write (slow, nothing to lose, sender waits).
+    Published,
+    /// Answer once the event is fsynced in the local spool (durable and fast; the default).
+    #[default]
+    Spooled,
+}
+
+impl AckMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AckMode::Received => "received",
+            AckMode::Published => "published",
+            AckMode::Spooled => "spooled",
+        }
+    }
+}
+
+/// `[delivery]`: how events travel from the request to Kafka.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    pub ack: AckMode,
+    /// In `published` mode: how long a request waits for the broker before 503.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
+    /// Topic for events Kafka refuses for good (too large, not authorised, invalid topic).
+    pub dead_letter_topic: Option<String>,
+    /// In `spooled` mode: most events handed to the producer and not yet confirmed.
+    pub max_in_flight: usize,
+    /// In `spooled` mode, at start-up: look up the oldest spooled events on Kafka and skip
+    /// those an earlier run published but could not delete (needs read access to the topics).
+    pub recovery_check: bool,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            ack: AckMode::Spooled,
+            publish_timeout: Duration::from_secs(10),
+            dead_letter_topic: None,
+            max_in_flight: 1024,
+            recovery_check: true,
+        }
+    }
+}
+
+impl DeliverySettings {
+    /// Checks the settings; problems go to `problems` under `delivery.…`.
+    pub(crate) fn check(&self, problems: &mut Problems) {
+        problems.require(
+            self.max_in_flight > 0,
+            "delivery.max_in_flight",
+            "must be greater than 0",
+        );
+        if let Some(dlq) = &self.dead_letter_topic {
+            problems.check("delivery.dead_letter_topic", check_topic_name(dlq));
+        }
+    }
+
+    /// How the producer holds messages in this mode.
+    ///
+    /// In `spooled` mode messages never time out inside librdkafka: the spool already holds
+    /// them durably, and letting librdkafka retry forever keeps per-key order through an
+    /// outage. In the other modes the request is waiting, so the timeout is
+    /// `publish_timeout`; in `published` mode it waits for its batch too, so batches are
+    /// short (1 ms instead of librdkafka's 5).
+    pub fn producer_tuning(&self) -> ProducerTuning {
+        ProducerTuning {
+            message_timeout: match self.ack {
+                AckMode::Spooled => None,
+                _ => Some(self.publish_timeout),
+            },
+            linger: Duration::from_millis(match self.ack {
+                AckMode::Published => 1,
+                _ => 5,
+            }),
+        }
+    }
+}
+
+/// What became of an accepted message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// In the producer's queue (`received`).
+    Queued,
+    /// Confirmed by Kafka (`published`).
+    Published(Delivered),
+    /// Kafka refused it for good and it went to the dead-letter topic (`published`).
+    DeadLettered,
+    /// Durably in the spool (`spooled`).
+    Spooled,
+    /// Already accepted earlier, within the dedupe window: nothing new is published.
+    Duplicate,
+}
+
+/// Why a message was not taken; every case is answered non-2xx so the sender retries.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    /// Full queue or spool: come back later (503 with Retry-After).
+    #[error("{0}")]
+    Busy(String),
+    /// Kafka or storage not working right now (503).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The ack mode in force and what it needs.
+#[derive(Clone)]
+pub struct Delivery {
+    mode: Mode,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Clone)]
+enum Mode {
+    Received {
+        publisher: Publisher,
+        dead_letters: DeadLetters,
+    },
+    Published {
+        publisher: Publisher,
+        dead_letters: DeadLetters,
+        timeout: Duration,
+    },
+    Spooled {
+        spool: Spool,
+    },
+}
+
+impl Delivery {
+    /// `spooled`: a 2xx once the spool has the event.
+    pub fn spooled(spool: Spool, metrics: Arc<Metrics>) -> Delivery {
+        Delivery {
+            mode: Mode::Spooled { spool },
+            metrics,
+        }
+    }
+
+    /// `received` or `published`, straight to the producer.
+    pub fn direct(
+        ack: AckMode,
+        publisher: Publisher,
+        dead_letters: DeadLetters,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Delivery {
+        let mode = match ack {
+            AckMode::Published => Mode::Published {
+                publisher,
+                dead_letters,
+                timeout,
+            },
+            _ => Mode::Received {
+                publisher,
+                dead_letters,
+            },
+        };
+        Delivery { mode, metrics }
+    }
+
+    pub async fn accept(&self, msg: Message) -> Result<Accepted, Refusal> {
+        match &self.mode {
+            Mode::Spooled { spool } => self.spool(spool, msg).await,
+            Mode::Received {
+                publisher,
+                dead_letters,
+            } => self.queue(publisher, dead_letters, msg),
+            Mode::Published {
+                publisher,
+                dead_letters,
+                timeout,
+            } => self.publish(publisher, dead_letters, *timeout, msg).await,
+        }
+    }
+
+    async fn spool(&self, spool: &Spool, msg: Message) -> Result<Accepted, Refusal> {
+        match spool.append(&msg).await {
+            Ok(Appended::Stored(_)) => Ok(Accepted::Spooled),
+            Ok(Appended::Duplicate) => {
+                self.metrics
+                    .dedupe_hits
+                    .get_or_create(&SourceLabels {
+                        source: msg.source.clone(),
+                    })
+                    .inc();
+                Ok(Accepted::Duplicate)
+            }
+            Err(SpoolError::Full) => Err(Refusal::Busy("the spool is full".into())),
+            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+        }
+    }
+
+    fn queue(
+        &self,
+        publisher: &Publisher,
+        dead_letters: &DeadLetters,
+        msg: Message,
+    ) -> Result<Accepted, Refusal> {
+        let future = enqueue(publisher, &msg)?;
+        let (metrics, dead_letters) = (self.metrics.clone(), dead_letters.clone());
+        // The sender already has its answer; the report only feeds metrics and logs.
+        tokio::spawn(async move {
+            let result = Publisher::delivered(future).await;
+            record(&metrics, &msg, &result);
+            match result {
+                Ok(_) => {}
+                Err(e) if is_permanent(&e) => {
+                    if let Err(why) = dead_letters.send(&msg, &e).await {
+                        tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, dead_letter_error = %why, "event lost: Kafka refused it and it could not be dead-lettered (ack = received)");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, "event lost: Kafka did not confirm it (ack = received)");
+                }
+            }
+        });
+        Ok(Accepted::Queued)
+    }
+
+    async fn publish(
+        &self,
+        publisher: &Publisher,
+        dead_letters: &DeadLetters,
+        timeout: Duration,
+        msg: Message,
+    ) -> Result<Accepted, Refusal> {
+        let future = enqueue(publisher, &msg)?;
+        let Ok(result) = tokio::time::timeout(timeout, Publisher::delivered(future)).await else {
+            return Err(Refusal::Unavailable(
+                "Kafka did not confirm the event in time".into(),
+            ));
+        };
+        record(&self.metrics, &msg, &result);
+        match result {
+            Ok(d) => Ok(Accepted::Published(d)),
+            Err(e) if is_permanent(&e) => match dead_letters.send(&msg, &e).await {
+                Ok(()) => Ok(Accepted::DeadLettered),
+                Err(why) => {
+                    tracing::error!(event_id = %msg.event_id, error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
+                    Err(Refusal::Unavailable(format!(
+                        "Kafka refused the event: {e}"
+                    )))
+                }
+            },
+            Err(e) => Err(Refusal::Unavailable(format!(
+                "Kafka did not confirm the event: {e}"
+            ))),
+        }
+    }
+}
+
+fn enqueue(
+    publisher: &Publisher,
+    msg: &Message,
+) -> Result<rdkafka::producer::DeliveryFuture, Refusal> {
+    publisher.enqueue(msg).map_err(|e| match e {
+        EnqueueError::QueueFull => Refusal::Busy("the producer queue is full".into()),
+        EnqueueError::Refused(e) => {
+            Refusal::Unavailable(format!("the producer refused the event: {e}"))
+        }
+    })
+}
+
+/// Counts one delivery report.
+pub(crate) fn record(metrics: &Metrics, msg: &Message, result: &Result<Delivered, KafkaError>) {
+    match result {
+        Ok(_) => {
+            metrics.published(&msg.topic);
+            metrics.publish_latency.observe(msg.age().as_secs_f64());
+        }
+        Err(e) => {
+            metrics
+                .publish_errors
+                .get_or_create(&ErrorLabels {
+                    kind: e
+                        .rdkafka_error_code()
+                        .map(|c| format!("{c:?}"))
+                        .unwrap_or_else(|| "other".into()),
+                })
+                .inc();
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `[server]` and `[admin]`: the listeners' settings, and the checked form they run as.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::client_ip::ProxyPolicy;
+use super::tls::Tls;
+use crate::cidr::Cidr;
+use crate::problem::Problems;
+
+/// `[server]`: the public webhook listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address of the webhook listener, e.g. `0.0.0.0:8080` (port 0 picks a free port).
+    pub listen: String,
+    /// Largest request body accepted; larger ones get 413 without being read whole.
+    pub max_body_bytes: usize,
+    /// Time allowed to send a request's headers, counted from when the connection opens or the
+    /// previous answer was sent: it also closes idle keep-alive connections.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// Largest request head (request line + headers); larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Most webhook requests being processed at once (bodies buffered in memory); more get 503.
+    pub max_in_flight_requests: usize,
+    /// Peers (CIDRs) whose `X-Forwarded-For` is believed, e.g. your load balancer.
+    pub trusted_proxies: Vec<String>,
+    /// Serve HTTPS with these PEM files (reloaded on SIGHUP); unset: plain HTTP.
+    pub tls: Option<TlsSettings>,
+    /// Time allowed to receive the whole body once the headers are in.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// Most connections open at once; further ones get an immediate 503 and are closed.
+    pub max_connections: usize,
+    /// Time given to in-flight requests after SIGTERM/SIGINT before the process exits.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            max_body_bytes: 1024 * 1024,
+            header_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_in_flight_requests: 1024,
+            trusted_proxies: Vec::new(),
+            tls: None,
+            body_timeout: Duration::from_secs(15),
+            max_connections: 4096,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// `server.tls`: certificate chain and private key for the public listener, as PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// `[admin]`: `/healthz`, `/readyz`, `/metrics`. Never the public port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Address of the admin listener; empty disables it.
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9090".into(),
+        }
+    }
+}
+
+/// The public listener, ready to bind: address, limits, proxies and TLS all checked.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+    pub header_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_in_flight_requests: usize,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub shutdown_grace: Duration,
+    pub proxies: ProxyPolicy,
+    pub tls: Option<Tls>,
+}
+
+impl ServerSettings {
+    /// Checks and builds the listener's settings (reading the TLS files once); problems go to
+    /// `problems` under `server.…`.
+    pub(crate) fn build(&self, problems: &mut Problems) -> Option<Server> {
+        let mark = problems.mark();
+        let listen = address(&self.listen, "server.listen", "0.0.0.0:8080", problems);
+        for (ok, key, message) in [
+            (
+                self.max_body_bytes > 0,
+                "server.max_body_bytes",
+                "must be greater than 0",
+            ),
+            (
+                self.max_header_bytes >= 8192,
+                "server.max_header_bytes",
+                "must be at least 8192",
+            ),
+            (
+                self.max_in_flight_requests > 0,
+                "server.max_in_flight_requests",
+                "must be greater than 0",
+            ),
+            (
+                self.max_connections > 0,
+                "server.max_connections",
+                "must be greater than 0",
+            ),
+        ] {
+            problems.require(ok, key, message);
+        }
+        let trusted: Vec<Cidr> = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| problems.check(format!("server.trusted_proxies[{i}]"), c.parse()))
+            .collect();
+        let tls = match &self.tls {
+            None => None,
+            Some(t) => Some(problems.check("server.tls", Tls::load(t))?),
+        };
+        let listen = listen?;
+        problems.none_since(mark).then(|| Server {
+            listen,
+            max_body_bytes: self.max_body_bytes,
+            header_timeout: self.header_timeout,
+            max_header_bytes: self.max_header_bytes,
+            max_in_flight_requests: self.max_in_flight_requests,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+            shutdown_grace: self.shutdown_grace,
+            proxies: ProxyPolicy::new(trusted),
+            tls,
+        })
+    }
+}
+
+impl AdminSettings {
+    /// The admin listener's address (`None`: disabled); problems go under `admin.listen`.
+    pub(crate) fn build(&self, problems: &mut Problems) -> Option<Option<SocketAddr>> {
+        if self.listen.is_empty() {
+            return Some(None);
+        }
+        address(
+            &self.listen,
+            "admin.listen",
+            "127.0.0.1:9090 (empty disables the admin listener)",
+            problems,
+        )
+        .map(Some)
+    }
+}
+
+fn address(text: &str, key: &str, example: &str, problems: &mut Problems) -> Option<SocketAddr> {
+    let addr = text.parse().ok();
+    if addr.is_none() {
+        problems.push(key, format!("'{text}' is not an address like {example}"));
+    }
+    addr
+}

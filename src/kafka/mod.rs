@@ -1,0 +1,184 @@
+//! Everything that speaks Kafka, in one place: how to reach the cluster and the client settings
+//! of each role ([`Connection`]), the idempotent producer ([`Publisher`]), the headers a message
+//! carries ([`headers`]), reading topics back ([`reader`]), topic naming ([`topic`]),
+//! reachability ([`health`]) and the embedded development broker ([`broker`]).
+//!
+//! The rest of the bridge hands this module [`Message`](crate::event::Message)s and gets back
+//! delivery reports; it never builds an rdkafka config of its own.
+
+pub mod broker;
+pub mod headers;
+mod health;
+mod producer;
+pub mod reader;
+pub mod topic;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use serde::Deserialize;
+
+use crate::problem::Problems;
+pub use health::KafkaHealth;
+pub use producer::{is_permanent, Delivered, EnqueueError, Publisher};
+
+/// `[kafka]`: where and how to publish.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// `host:port[,host:port…]`. Unset: start an embedded in-process broker (development only).
+    pub brokers: Option<String>,
+    /// Passed to librdkafka as they are (`"compression.type" = "zstd"`, SASL, TLS…).
+    pub properties: BTreeMap<String, PropertyValue>,
+}
+
+/// A librdkafka property value as written in TOML (string, number or boolean).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum PropertyValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+}
+
+impl fmt::Display for PropertyValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PropertyValue::Bool(b) => write!(f, "{b}"),
+            PropertyValue::Int(i) => write!(f, "{i}"),
+            PropertyValue::Float(x) => write!(f, "{x}"),
+            PropertyValue::Text(s) => f.write_str(s),
+        }
+    }
+}
+
+/// The Kafka settings, checked: the brokers (or none, for the embedded broker) and the
+/// operator's librdkafka properties as librdkafka reads them.
+#[derive(Debug, Clone)]
+pub struct Kafka {
+    pub brokers: Option<String>,
+    properties: Vec<(String, String)>,
+}
+
+impl KafkaSettings {
+    /// Checks the settings; problems go to `problems` under `kafka.…`.
+    pub(crate) fn build(&self, problems: &mut Problems) -> Option<Kafka> {
+        let mark = problems.mark();
+        if let Some(brokers) = &self.brokers {
+            problems.require(
+                !brokers.trim().is_empty(),
+                "kafka.brokers",
+                "is empty; remove the key to use the embedded broker",
+            );
+        }
+        for reserved in ["bootstrap.servers", "metadata.broker.list"] {
+            problems.require(
+                !self.properties.contains_key(reserved),
+                format!("kafka.properties.\"{reserved}\""),
+                "set kafka.brokers instead",
+            );
+        }
+        problems.none_since(mark).then(|| Kafka {
+            brokers: self.brokers.clone(),
+            properties: self
+                .properties
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
+        })
+    }
+}
+
+impl Kafka {
+    /// The connection to `bootstrap` (the configured brokers, or the embedded broker's).
+    pub fn connect(&self, bootstrap: &str) -> Connection {
+        Connection {
+            bootstrap: bootstrap.to_string(),
+            properties: self.properties.clone(),
+        }
+    }
+}
+
+/// How long the producer may hold a message, and how long it batches.
+#[derive(Debug, Clone, Copy)]
+pub struct ProducerTuning {
+    /// `None`: retry forever (`message.timeout.ms=0`), for messages the spool already keeps.
+    pub message_timeout: Option<Duration>,
+    pub linger: Duration,
+}
+
+/// A cluster to talk to, and the client settings of each role.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    bootstrap: String,
+    properties: Vec<(String, String)>,
+}
+
+impl Connection {
+    /// A connection with no extra properties (tools, tests).
+    pub fn to(bootstrap: &str) -> Connection {
+        Connection {
+            bootstrap: bootstrap.to_string(),
+            properties: Vec::new(),
+        }
+    }
+
+    /// The same cluster with extra librdkafka properties (`tail -X key=value`).
+    pub fn with_properties(mut self, extra: impl IntoIterator<Item = (String, String)>) -> Self {
+        self.properties.extend(extra);
+        self
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// The producer's settings: idempotent, `acks=all`, then the operator's properties (a
+    /// property that weakens the guarantee is logged, not refused).
+    pub fn producer_config(&self, tuning: ProducerTuning) -> ClientConfig {
+        let timeout_ms = tuning
+            .message_timeout
+            .map_or(0, |t| t.as_millis().max(1) as u64);
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("client.id", "eduzz-kafka-bridge")
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", tuning.linger.as_millis().to_string())
+            .set("message.timeout.ms", timeout_ms.to_string())
+            .set("socket.keepalive.enable", "true");
+        for (k, v) in &self.properties {
+            if weakens_guarantee(k, v) {
+                tracing::warn!(property = %k, value = %v, "kafka.properties weakens the delivery guarantee (idempotence, acks=all)");
+            }
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A reader's settings: assigned partitions, no offsets committed, librdkafka's own log
+    /// quiet (the caller reports what matters).
+    pub fn reader_config(&self, group: &str) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
+            .set("log_level", "3");
+        c
+    }
+}
+
+fn weakens_guarantee(key: &str, value: &str) -> bool {
+    match key {
+        "enable.idempotence" => value != "true",
+        "acks" | "request.required.acks" => value != "all" && value != "-1",
+        _ => false,
+    }
+}

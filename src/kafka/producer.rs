@@ -1,0 +1,148 @@
+//! The producer: one idempotent producer (`enable.idempotence=true`, `acks=all`) for the
+//! whole process.
+//!
+//! [`Publisher::enqueue`] hands a [`Message`] to librdkafka's queue without blocking and
+//! returns the future of its delivery report; what to do with that report depends on the ack
+//! mode and lives with the caller (the delivery modes, or the spool's drain).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode;
+
+use super::health::{BridgeContext, KafkaHealth};
+use super::{headers, Connection, ProducerTuning};
+use crate::event::Message;
+
+/// Where a message landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Why a message could not be handed to the producer.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// librdkafka's queue is full: back off and try again.
+    #[error("the producer queue is full")]
+    QueueFull,
+    #[error("the producer refused the message")]
+    Refused(#[source] KafkaError),
+}
+
+/// Whether Kafka will refuse this message however often it is retried.
+///
+/// Anything else (timeouts, a broker going away, a purge at shutdown) is worth retrying.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            MessageSizeTooLarge
+                | InvalidMessageSize
+                | InvalidMessage
+                | InvalidRecord
+                | InvalidTopic
+                | UnknownTopic
+                | UnknownTopicOrPartition
+                | TopicAuthorizationFailed
+                | ClusterAuthorizationFailed
+                | PolicyViolation
+                | UnsupportedForMessageFormat
+        )
+    )
+}
+
+/// The process's Kafka producer; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer<BridgeContext>,
+    health: Arc<KafkaHealth>,
+}
+
+impl Publisher {
+    /// Creates the producer for `connection`.
+    pub fn new(connection: &Connection, tuning: ProducerTuning) -> Result<Publisher, KafkaError> {
+        let health = Arc::new(KafkaHealth::new());
+        let producer = connection
+            .producer_config(tuning)
+            .create_with_context(BridgeContext {
+                health: health.clone(),
+            })?;
+        Ok(Publisher { producer, health })
+    }
+
+    pub fn health(&self) -> &Arc<KafkaHealth> {
+        &self.health
+    }
+
+    /// Messages handed to librdkafka and not yet reported on.
+    pub fn queue_depth(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Hands `msg` to the producer queue for its own topic; never blocks.
+    pub fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
+        self.enqueue_to(&msg.topic, msg, headers::of(msg))
+    }
+
+    /// Hands `msg` to the producer queue for `topic` with `headers`; never blocks.
+    pub fn enqueue_to(
+        &self,
+        topic: &str,
+        msg: &Message,
+        headers: OwnedHeaders,
+    ) -> Result<DeliveryFuture, EnqueueError> {
+        let record = FutureRecord::to(topic)
+            .payload(msg.body.as_ref())
+            .key(msg.key.as_ref())
+            .headers(headers);
+        self.producer.send_result(record).map_err(|(e, _)| {
+            if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                EnqueueError::QueueFull
+            } else {
+                EnqueueError::Refused(e)
+            }
+        })
+    }
+
+    /// Waits for one delivery report.
+    pub async fn delivered(future: DeliveryFuture) -> Result<Delivered, KafkaError> {
+        match future.await {
+            Ok(Ok(d)) => Ok(Delivered {
+                partition: d.partition,
+                offset: d.offset,
+            }),
+            Ok(Err((e, _))) => Err(e),
+            Err(_) => Err(KafkaError::Canceled),
+        }
+    }
+
+    /// Waits up to `timeout` for every queued message to be reported on.
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.flush(timeout).is_ok())
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Asks the cluster for its metadata; updates [`KafkaHealth`] either way.
+    pub async fn probe(&self, timeout: Duration) -> bool {
+        let producer = self.producer.clone();
+        let ok = tokio::task::spawn_blocking(move || {
+            producer.client().fetch_metadata(None, timeout).is_ok()
+        })
+        .await
+        .unwrap_or(false);
+        if ok {
+            self.health.mark_up();
+        } else {
+            self.health.mark_down("metadata request failed");
+        }
+        ok
+    }
+}

@@ -1,0 +1,177 @@
+//! The domain path of one webhook, without HTTP: authenticate, parse, answer pings, route,
+//! and hand the message to the delivery mode — raw bytes and headers in, one [`Outcome`] out.
+//!
+//! The HTTP handler only finds the source, applies its limits, reads the body and maps the
+//! outcome to an answer; the fuzz target and the benchmarks call this same function, so what
+//! they exercise is what serves requests.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::HeaderMap;
+
+use crate::delivery::{Accepted, Delivery, Refusal};
+use crate::event::Message;
+use crate::kafka::Delivered;
+use crate::metrics::{AuthLabels, Metrics};
+use crate::route::{Decision, Router};
+use crate::source::{AuthError, EnvelopeError, Source, SourceError, Sources};
+
+/// A delivery as it arrived: what the source needs to authenticate and parse it.
+pub struct Inbound<'a> {
+    pub headers: &'a HeaderMap,
+    /// The token found in the path, for sources whose path ends in `/{token}`.
+    pub path_token: Option<&'a str>,
+    pub body: Bytes,
+    pub received_at: SystemTime,
+}
+
+/// The event an outcome is about, as answers name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRef {
+    pub id: String,
+    pub slug: String,
+}
+
+/// What became of one delivery.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The signature or token did not check out (the reason is for logs only).
+    Unauthorized(AuthError),
+    /// Not an envelope this source takes.
+    Invalid(EnvelopeError),
+    /// Eduzz's activation ping, answered and not published.
+    Ping,
+    /// A drop rule matched: answered, not published.
+    Dropped { event: EventRef, rule: String },
+    /// Taken: spooled or queued, as the ack mode promises.
+    Accepted { event: EventRef, topic: String },
+    /// Taken and confirmed by Kafka (`published` mode).
+    Published {
+        event: EventRef,
+        topic: String,
+        delivered: Delivered,
+    },
+    /// Kafka refused it for good; it is on the dead-letter topic (`published` mode).
+    DeadLettered { event: EventRef, topic: String },
+    /// Taken before, within the dedupe window.
+    Duplicate { event: EventRef },
+    /// Not taken now (full, or Kafka or storage unavailable): the sender should retry.
+    Refused(Refusal),
+}
+
+impl Outcome {
+    /// The outcome's name in logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Unauthorized(_) => "unauthorized",
+            Outcome::Invalid(_) => "invalid_envelope",
+            Outcome::Ping => "ping",
+            Outcome::Dropped { .. } => "dropped",
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Published { .. } => "published",
+            Outcome::DeadLettered { .. } => "dead_lettered",
+            Outcome::Duplicate { .. } => "duplicate",
+            Outcome::Refused(Refusal::Busy(_)) => "busy",
+            Outcome::Refused(Refusal::Unavailable(_)) => "unavailable",
+        }
+    }
+}
+
+/// Sources, routes and the delivery mode: everything between a body and Kafka.
+pub struct Pipeline {
+    sources: Sources,
+    router: Router,
+    delivery: Delivery,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    pub fn new(
+        sources: Sources,
+        router: Router,
+        delivery: Delivery,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Pipeline {
+            sources,
+            router,
+            delivery,
+            metrics,
+        }
+    }
+
+    pub fn sources(&self) -> &Sources {
+        &self.sources
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Takes one delivery for `source` as far as its ack mode goes.
+    pub async fn process(&self, source: &Source, inbound: Inbound<'_>) -> Outcome {
+        let event = match source.accept(
+            inbound.headers,
+            inbound.path_token,
+            inbound.body,
+            inbound.received_at,
+        ) {
+            Ok(e) => e,
+            Err(SourceError::Unauthorized(reason)) => {
+                self.metrics
+                    .signature_failures
+                    .get_or_create(&AuthLabels {
+                        source: source.name.to_string(),
+                        reason: reason.as_str(),
+                    })
+                    .inc();
+                tracing::info!(reason = reason.as_str(), "authentication failed");
+                return Outcome::Unauthorized(reason);
+            }
+            Err(SourceError::Envelope(e)) => return Outcome::Invalid(e),
+        };
+        let span = tracing::Span::current();
+        span.record("slug", event.slug.as_str());
+        span.record("event_id", event.id.as_str());
+
+        let outcome = if event.is_ping() && !source.publish_ping {
+            Outcome::Ping
+        } else {
+            let er = EventRef {
+                id: event.id.clone(),
+                slug: event.slug.clone(),
+            };
+            match self
+                .router
+                .route(&source.name, &event.slug, &event.id, &event.doc)
+            {
+                Decision::Drop { rule } => Outcome::Dropped { event: er, rule },
+                Decision::Publish { topic, key } => {
+                    let message = Message::new(&event, topic.clone(), key);
+                    taken(er, topic, self.delivery.accept(message).await)
+                }
+            }
+        };
+        if !matches!(outcome, Outcome::Refused(_)) {
+            self.metrics
+                .event(&source.name, &event.slug, outcome.label());
+        }
+        outcome
+    }
+}
+
+fn taken(event: EventRef, topic: String, result: Result<Accepted, Refusal>) -> Outcome {
+    match result {
+        Ok(Accepted::Spooled | Accepted::Queued) => Outcome::Accepted { event, topic },
+        Ok(Accepted::Published(delivered)) => Outcome::Published {
+            event,
+            topic,
+            delivered,
+        },
+        Ok(Accepted::DeadLettered) => Outcome::DeadLettered { event, topic },
+        Ok(Accepted::Duplicate) => Outcome::Duplicate { event },
+        Err(refusal) => Outcome::Refused(refusal),
+    }
+}
