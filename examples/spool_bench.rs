@@ -73,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         let spool_settings = |name: &str| SpoolSettings {
             dir: dir.path().join(name),
             max_bytes: 64 * 1024 * 1024 * 1024,
+            ..SpoolSettings::default()
         };
         let no_dedupe = DedupeSettings {
             enabled: false,

@@ -162,7 +162,12 @@ impl Router {
             label: "default_route".into(),
             source: None,
             action: match default.drop {
-                true => Some(Action::Drop),
+                true => {
+                    if let Some(p) = &default.key {
+                        check_pointer("default_route.key".into(), p, problems);
+                    }
+                    Some(Action::Drop)
+                }
                 false => Action::publish(
                     "default_route",
                     &default.topic,

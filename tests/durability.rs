@@ -448,3 +448,119 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     let records = broker.read_topic(TOPIC, 100, Duration::from_secs(30)).await;
     assert_exactly_once(&records, &result.acked_set());
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted on drop: a small disk that fills.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .expect("mount runs");
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (CI runs as root): {status:?}"
+        );
+        SmallDisk { dir }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_loses_nothing_and_the_spool_heals_without_a_restart() {
+    // No free-space reserve: the filesystem really fills and commits fail (ENOSPC).
+    small_disk_fills_then_heals(0, "unwritable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_space_reserve_refuses_events_before_the_disk_is_full() {
+    // A reserve of half the disk: events are refused before any write fails.
+    small_disk_fills_then_heals(1024 * 1024, "full").await;
+}
+
+/// Fills a spool on a 2 MiB filesystem while Kafka is down, then brings Kafka back: 503s
+/// while full (readiness says `spool_state`), nothing acknowledged lost, and the spool takes
+/// events again by itself.
+async fn small_disk_fills_then_heals(min_free: u64, spool_state: &str) {
+    let disk = SmallDisk::mount("2m");
+    let spool = disk.dir.path().join("spool");
+    // The spool's own limit is far away: the filesystem fills first.
+    let app = TestApp::spawn_with(|t| {
+        let t = t.replace(
+            "[spool]\ndir = ",
+            &format!(
+                "[spool]\ndir = \"{}\"\nmax_bytes = 1073741824\nmin_free_bytes = {min_free}\n# was: ",
+                spool.display()
+            ),
+        );
+        format!("{t}{ROUTE}")
+    })
+    .await;
+    app.broker().down();
+    let padding = "x".repeat(8 * 1024);
+    let event = |id: &str| {
+        let mut doc: serde_json::Value =
+            serde_json::from_slice(&eduzz_event(id, "nutror.lesson_saved")).unwrap();
+        doc["data"]["padding"] = serde_json::Value::String(padding.clone());
+        serde_json::to_vec(&doc).unwrap()
+    };
+    let mut acked = HashSet::new();
+    let mut refused = false;
+    for i in 0..2000 {
+        let id = format!("disk-{i}");
+        let resp = app.post_eduzz(&event(&id), SECRET).await;
+        match resp.status().as_u16() {
+            202 => {
+                acked.insert(id);
+            }
+            503 => {
+                assert!(resp.headers().contains_key("retry-after"));
+                refused = true;
+                break;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(refused, "the disk fills up and requests are refused");
+    assert!(
+        acked.len() > 20,
+        "events fit before it did: {}",
+        acked.len()
+    );
+    let (status, body) = app.ready().await;
+    assert_eq!((status, body["spool"].as_str()), (503, Some(spool_state)));
+
+    // Kafka comes back: the backlog drains, and the spool takes events again by itself.
+    app.broker().up();
+    let mut healed = false;
+    for i in 0..120 {
+        let id = format!("after-{i}");
+        if app.post_eduzz(&event(&id), SECRET).await.status() == 202 {
+            acked.insert(id);
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(healed, "the spool writes again without a restart");
+    app.wait_spool_empty(Duration::from_secs(60)).await;
+    assert_eq!(app.ready().await.0, 200, "ready again");
+    let records = app
+        .read_topic(TOPIC, acked.len(), Duration::from_secs(60))
+        .await;
+    assert_exactly_once(&records, &acked);
+    app.shutdown().await;
+    drop(disk);
+}

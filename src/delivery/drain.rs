@@ -31,7 +31,7 @@ use super::{record, DeadLetters};
 use crate::event::Message;
 use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::metrics::Metrics;
-use crate::spool::{Entry, Spool};
+use crate::spool::{Entry, Spool, SpoolError};
 
 /// How the drain paces itself.
 #[derive(Debug, Clone)]
@@ -404,13 +404,7 @@ impl Drain {
         }
         let seqs = std::mem::take(&mut self.to_delete);
         let spool = self.spool.clone();
-        self.deleting.spawn(async move {
-            let n = seqs.len();
-            if let Err(e) = spool.delete(seqs).await {
-                // The entries stay and are published again after a restart (at least once).
-                tracing::error!(error = %crate::problem::with_causes(&e), entries = n, "cannot delete published entries from the spool");
-            }
-        });
+        self.deleting.spawn(delete_until_done(spool, seqs));
         // Reap finished deletes so the set does not grow.
         while self.deleting.try_join_next().is_some() {}
     }
@@ -418,6 +412,28 @@ impl Drain {
     async fn finish(mut self) {
         self.flush_deletes();
         while self.deleting.join_next().await.is_some() {}
+    }
+}
+
+/// Deletes published entries, retrying while the spool cannot write (it heals by itself), so
+/// a published event never stays behind. Only a closed spool ends the retries: the entries
+/// then stay, and the next start's recovery check finds them on Kafka.
+async fn delete_until_done(spool: Spool, seqs: Vec<u64>) {
+    let mut backoff = Duration::from_millis(100);
+    let mut logged = false;
+    loop {
+        match spool.delete(seqs.clone()).await {
+            Ok(()) => return,
+            Err(SpoolError::Closed) => return,
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(error = %crate::problem::with_causes(&e), entries = seqs.len(), "cannot delete published entries from the spool yet; retrying");
+                    logged = true;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
     }
 }
 

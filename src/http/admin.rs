@@ -33,9 +33,10 @@ impl AdminState {
     pub(crate) fn readiness(&self) -> (bool, serde_json::Value) {
         let kafka = self.publisher.health().is_reachable();
         let spool_full = self.spool.as_ref().is_some_and(|s| s.is_full());
+        let spool_broken = self.spool.as_ref().is_some_and(|s| s.is_broken());
         // With a spool, an outage is absorbed until the spool fills; without one, a request
         // can only be taken while Kafka answers.
-        let ready = !spool_full && (kafka || self.spool.is_some());
+        let ready = !spool_full && !spool_broken && (kafka || self.spool.is_some());
         (
             ready,
             json!({
@@ -43,6 +44,7 @@ impl AdminState {
                 "kafka": if kafka { "reachable" } else { "unreachable" },
                 "spool": match &self.spool {
                     None => "disabled",
+                    Some(_) if spool_broken => "unwritable",
                     Some(_) if spool_full => "full",
                     Some(_) => "ok",
                 },

@@ -35,6 +35,9 @@ pub struct SpoolSettings {
     pub dir: PathBuf,
     /// Bytes of events the spool may hold; past that, new events get 503 + Retry-After.
     pub max_bytes: u64,
+    /// Free space kept on the spool's filesystem: below it new events get 503 + Retry-After
+    /// (deletes still go through), so a full disk is the exception, not the control.
+    pub min_free_bytes: u64,
 }
 
 impl Default for SpoolSettings {
@@ -42,6 +45,7 @@ impl Default for SpoolSettings {
         Self {
             dir: PathBuf::from("data/spool"),
             max_bytes: 1024 * 1024 * 1024,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -95,6 +99,8 @@ pub enum SpoolError {
     Closed,
     #[error("the spool writer answered no outcome for an append")]
     LostOutcome,
+    #[error("the spool cannot write now (disk full or an I/O error); it re-opens itself")]
+    Unwritable,
 }
 
 impl From<redb::Error> for SpoolError {
@@ -118,6 +124,8 @@ pub(crate) struct SpoolGauges {
     pub depth: AtomicU64,
     pub bytes: AtomicU64,
     pub full: AtomicBool,
+    /// Commits fail (disk full, I/O error) until the store is re-opened successfully.
+    pub broken: AtomicBool,
     pub dedupe_entries: AtomicU64,
 }
 
@@ -178,29 +186,29 @@ impl Spool {
         let last_committed = counters.next_seq.checked_sub(1);
         let (committed_tx, committed) = watch::channel(last_committed);
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
-        {
-            let db = db.clone();
-            let gauges = gauges.clone();
-            std::thread::Builder::new()
-                .name("spool-writer".into())
-                .spawn(move || {
-                    Writer {
-                        db,
-                        rx,
-                        counters,
-                        limits,
-                        gauges,
-                        committed: committed_tx,
-                    }
-                    .run()
-                })
-                .map_err(OpenError::Writer)?;
-        }
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(db.clone())),
+        });
+        let writer = Writer {
+            db: Some(db),
+            dir: settings.dir.clone(),
+            min_free_bytes: settings.min_free_bytes,
+            low_space: None,
+            shared: shared.clone(),
+            rx,
+            counters,
+            limits,
+            gauges: gauges.clone(),
+            committed: committed_tx,
+            broken: None,
+        };
+        std::thread::Builder::new()
+            .name("spool-writer".into())
+            .spawn(move || writer.run())
+            .map_err(OpenError::Writer)?;
         Ok(Spool {
             tx,
-            shared: Arc::new(Shared {
-                db: RwLock::new(Some(db)),
-            }),
+            shared,
             gauges,
             committed,
             max_bytes: settings.max_bytes,
@@ -296,9 +304,15 @@ impl Spool {
         }
     }
 
-    /// Whether the spool has no room left for a typical event (readiness reports this).
+    /// Whether the spool has no room left for a typical event, in its own limit or on its
+    /// filesystem (readiness reports this).
     pub fn is_full(&self) -> bool {
         self.gauges.full.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last commit failed (disk full, I/O error) and the spool has not healed yet.
+    pub fn is_broken(&self) -> bool {
+        self.gauges.broken.load(Ordering::Relaxed)
     }
 
     /// Age of the oldest entry, if any.
@@ -332,14 +346,40 @@ fn publish_gauges(g: &SpoolGauges, c: &store::Counters, max_bytes: u64) {
 }
 
 /// The writer thread: takes everything queued, commits it in one transaction, answers all.
+///
+/// When a commit fails (disk full, an I/O error), redb refuses every later commit until the
+/// database is closed and opened again. The writer does that by itself, with back-off, so the
+/// spool heals once the fault is gone (space freed, disk back) without a restart; until then
+/// every append is answered 503 and `/readyz` says not ready.
 struct Writer {
-    db: Arc<Database>,
+    /// `None` only while being re-opened.
+    db: Option<Arc<Database>>,
+    dir: PathBuf,
+    min_free_bytes: u64,
+    /// While the filesystem has less than `min_free_bytes` free: the spool's size when that
+    /// began. The spool may not grow past it (pages freed by deletes are reused inside the
+    /// file, so it can take events again once the drain has published some).
+    low_space: Option<u64>,
+    /// The readers' handle to the same database, swapped on a re-open.
+    shared: Arc<Shared>,
     rx: mpsc::Receiver<Command>,
     counters: store::Counters,
     limits: store::Limits,
     gauges: Arc<SpoolGauges>,
     committed: watch::Sender<Option<u64>>,
+    broken: Option<Broken>,
 }
+
+/// Since when commits fail, and when to try re-opening next.
+struct Broken {
+    since: std::time::Instant,
+    next_try: std::time::Instant,
+    backoff: Duration,
+}
+
+/// First wait before re-opening a broken store; doubles up to [`MAX_REOPEN_BACKOFF`].
+const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
     fn run(mut self) {
@@ -389,19 +429,123 @@ impl Writer {
                 Command::Close { .. } => {}
             }
         }
+        let db = self.healed_db().ok_or(SpoolError::Unwritable)?;
+        let limits = self.limits_now(!appends.is_empty());
         let now = unix_ms(SystemTime::now());
         let c = &mut self.counters;
-        match store::commit_batch(&self.db, c, &self.limits, now, &appends, &deletes) {
+        match store::commit_batch(&db, c, &limits, now, &appends, &deletes) {
             Ok(outcomes) => {
-                publish_gauges(&self.gauges, c, self.limits.max_bytes);
+                publish_gauges(&self.gauges, c, limits.max_bytes);
                 self.committed.send_replace(c.next_seq.checked_sub(1));
+                if let Some(b) = self.broken.take() {
+                    self.gauges.broken.store(false, Ordering::Relaxed);
+                    tracing::info!(
+                        failing_seconds = b.since.elapsed().as_secs_f64(),
+                        "spool writable again"
+                    );
+                }
                 Ok(outcomes)
             }
             Err(e) => {
                 // Nothing of this batch was written: every waiting request hears so and
                 // answers non-2xx, so the sender keeps the event and retries.
-                tracing::error!(error = %crate::problem::with_causes(&e), "spool commit failed; the requests of this batch are answered 503");
+                self.broke(&e);
                 Err(SpoolError::from(e))
+            }
+        }
+    }
+
+    /// The limits for this batch: the spool's own, capped at its current size while the
+    /// filesystem is short of space (checked once per batch with appends: one statvfs).
+    fn limits_now(&mut self, appending: bool) -> store::Limits {
+        if self.min_free_bytes == 0 {
+            return self.limits;
+        }
+        let free = appending
+            .then(|| rustix::fs::statvfs(&self.dir).ok())
+            .flatten()
+            .map(|s| s.f_bavail.saturating_mul(s.f_frsize));
+        match (free, self.low_space) {
+            (Some(free), None) if free < self.min_free_bytes => {
+                tracing::warn!(free_bytes = free, min_free_bytes = self.min_free_bytes, "spool filesystem low on space: new events are refused (503) until the spool shrinks");
+                self.low_space = Some(self.counters.bytes);
+            }
+            (Some(free), Some(_)) if free >= self.min_free_bytes => {
+                tracing::info!(free_bytes = free, "spool filesystem has room again");
+                self.low_space = None;
+            }
+            _ => {}
+        }
+        match self.low_space {
+            Some(cap) => store::Limits {
+                max_bytes: self.limits.max_bytes.min(cap),
+                ..self.limits
+            },
+            None => self.limits,
+        }
+    }
+
+    /// Records a failed commit; logged once when the failures start.
+    fn broke(&mut self, e: &redb::Error) {
+        let now = std::time::Instant::now();
+        match &mut self.broken {
+            Some(b) => {
+                b.backoff = (b.backoff * 2).min(MAX_REOPEN_BACKOFF);
+                b.next_try = now + b.backoff;
+                tracing::debug!(error = %crate::problem::with_causes(e), "spool commit failed again");
+            }
+            None => {
+                tracing::error!(error = %crate::problem::with_causes(e), "spool commit failed; requests are answered 503 until the spool can write again (it re-opens itself)");
+                self.gauges.broken.store(true, Ordering::Relaxed);
+                self.broken = Some(Broken {
+                    since: now,
+                    next_try: now + REOPEN_BACKOFF,
+                    backoff: REOPEN_BACKOFF,
+                });
+            }
+        }
+    }
+
+    /// The database to commit to: as it is, or re-opened after a failure once its back-off
+    /// is over. `None`: still broken, try later.
+    fn healed_db(&mut self) -> Option<Arc<Database>> {
+        let Some(b) = &mut self.broken else {
+            return self.db.clone();
+        };
+        let now = std::time::Instant::now();
+        if now < b.next_try {
+            return None;
+        }
+        b.backoff = (b.backoff * 2).min(MAX_REOPEN_BACKOFF);
+        b.next_try = now + b.backoff;
+        self.reopen()
+    }
+
+    /// Closes the database (waiting briefly for readers to let go) and opens it again.
+    fn reopen(&mut self) -> Option<Arc<Database>> {
+        let shared = self.shared.db.write().unwrap().take();
+        drop(shared);
+        if let Some(db) = self.db.take() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            drop(db);
+        }
+        let opened = store::open(&self.dir).and_then(|db| {
+            let counters = store::load_counters(&db).map_err(OpenError::Read)?;
+            Ok((Arc::new(db), counters))
+        });
+        match opened {
+            Ok((db, counters)) => {
+                self.counters = counters;
+                self.db = Some(db.clone());
+                *self.shared.db.write().unwrap() = Some(db.clone());
+                Some(db)
+            }
+            Err(e) => {
+                tracing::debug!(error = %crate::problem::with_causes(&e), "spool not re-opened yet");
+                None
             }
         }
     }
