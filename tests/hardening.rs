@@ -163,6 +163,27 @@ async fn limits_answer_clearly_and_the_rest_of_the_service_goes_on() {
     let answer = raw(app.addr, b"", Duration::from_secs(2)).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too many open connections"));
+    // A client that sends its whole request before reading (most SDKs) reads the whole 503
+    // too, with a length that matches its body, not a reset.
+    let body = eduzz_event("over-cap", "nutror.lesson_started");
+    let answer = raw(
+        app.addr,
+        &signed_request("/webhooks/eduzz", &body, ""),
+        Duration::from_secs(3),
+    )
+    .await;
+    let (head, sent) = answer.split_once("\r\n\r\n").expect("a whole answer");
+    assert!(head.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    let declared: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(declared, sent.len(), "{answer}");
+    let json: serde_json::Value = serde_json::from_str(sent).unwrap();
+    assert_eq!(json["error"], "busy");
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
 
@@ -248,12 +269,35 @@ async fn ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published(
         ),
         ("whitespace only", b"   \n ".to_vec(), "empty"),
         ("NUL bytes", b"\0\0\0".to_vec(), "not valid JSON"),
+        (
+            "number as id",
+            format!(r#"{{"id":12345,"event":"{topic}"}}"#).into_bytes(),
+            "'id' must be a string, not a number",
+        ),
+        (
+            "blank id",
+            format!(r#"{{"id":"   ","event":"{topic}"}}"#).into_bytes(),
+            "missing field 'id'",
+        ),
     ];
     for (what, body, says) in cases {
         let resp = app.post_eduzz(&body, SECRET).await;
         assert_eq!(resp.status(), 400, "{what}");
         let text = resp.text().await.unwrap();
         assert!(text.contains(says), "{what}: {text}");
+    }
+    // A body in an encoding the bridge does not decode is refused, whatever it holds.
+    let valid = eduzz_event("encoded", topic);
+    let signature = sign_hex(SECRET.as_bytes(), &valid);
+    for encoding in ["gzip", "br, identity"] {
+        let headers = [
+            ("x-signature", signature.as_str()),
+            ("content-encoding", encoding),
+        ];
+        let resp = app.post("/webhooks/eduzz", &headers, &valid).await;
+        assert_eq!(resp.status(), 415, "{encoding}");
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"], "unsupported_encoding");
     }
     let valid = eduzz_event("valid", topic);
     assert_eq!(app.post_eduzz(&valid, SECRET).await.status(), 202);

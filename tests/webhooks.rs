@@ -300,6 +300,21 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     assert_eq!(resp.status(), 413);
     assert!(resp.text().await.unwrap().contains("payload_too_large"));
 
+    // A client that writes its whole (too large) body before reading gets to read the 413.
+    let big = vec![b' '; 1024 * 1024 + 512 * 1024];
+    let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&big).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+
     // Chunked, no length: refused once the limit is crossed, without reading it all.
     let mut stream = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     stream

@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
     let answer = RUNTIME.block_on(WEBHOOK.clone().handle(req, peer));
     let status = answer.status().as_u16();
     assert!(
-        [200, 202, 400, 401, 403, 404, 405, 408, 413, 503].contains(&status),
+        [200, 202, 400, 401, 403, 404, 405, 408, 413, 415, 503].contains(&status),
         "undocumented status {status}"
     );
     let bytes = RUNTIME.block_on(async {

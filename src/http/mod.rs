@@ -16,7 +16,7 @@ pub mod webhook;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -25,7 +25,7 @@ use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -51,7 +51,34 @@ pub(crate) struct ListenerSettings {
 }
 
 /// What a connection over the cap is told before it is closed.
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 58\r\n\r\n{\"error\":\"busy\",\"message\":\"too many open connections\"}\n\n\n";
+static OVER_CAPACITY: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let body = "{\"error\":\"busy\",\"message\":\"too many open connections\"}\n";
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// How long a refused connection is read from (and discarded) after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a connection over the cap with a 503 it can read, then closes it gently: the write
+/// side first, then what the client still sends is read and dropped for at most [`LINGER`].
+/// Closing with unread input would make the kernel reset the connection, and most clients
+/// then report the reset instead of the 503 and its Retry-After.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    let answered = tokio::time::timeout(LINGER, stream.write_all(&OVER_CAPACITY)).await;
+    if !matches!(answered, Ok(Ok(()))) {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER, async {
+        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+    })
+    .await;
+}
 
 /// Serves `handler` on `listener` until `stop` is cancelled, then drains open connections for
 /// at most the grace period.
@@ -88,12 +115,7 @@ pub(crate) async fn serve<H, F>(
             _ = stop.cancelled() => break,
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(async move {
-                let mut stream = stream;
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(1), stream.write_all(OVER_CAPACITY))
-                        .await;
-            });
+            tokio::spawn(refuse_connection(stream));
             tracing::debug!(listener = settings.name, %peer, "connection refused: too many open connections");
             continue;
         };

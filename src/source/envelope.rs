@@ -156,15 +156,17 @@ fn required_string(
     }
 }
 
+/// The id at `pointer`, if any. Ids are strings: a number is refused, so `12345` and
+/// `"12345"` can never be taken for the same event (or `1e2` become `"100.0"`); a blank id
+/// counts as absent.
 fn optional_id(doc: &Value, pointer: &str, field: &str) -> Result<Option<String>, EnvelopeError> {
     match doc.pointer(pointer) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(other) => Err(EnvelopeError::WrongType {
             field: field.into(),
-            expected: "a string or a number",
+            expected: "a string",
             found: type_name(other),
         }),
     }
@@ -271,17 +273,34 @@ mod tests {
     }
 
     #[test]
-    fn ping_needs_no_id_and_numbers_are_ids() {
+    fn ping_needs_no_id_and_ids_are_strings() {
         let ping = eduzz()
             .parse(&Bytes::from_static(br#"{"event":"ping"}"#))
             .unwrap();
         assert_eq!(ping.slug, "ping");
-        let n = eduzz()
+        for body in [
+            r#"{"id":42,"event":"myeduzz.invoice_paid"}"#,
+            r#"{"id":1e2,"event":"myeduzz.invoice_paid"}"#,
+        ] {
+            let e = eduzz().parse(&Bytes::from(body)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                "field 'id' must be a string, not a number",
+                "{body}"
+            );
+        }
+        let blank = eduzz()
             .parse(&Bytes::from_static(
-                br#"{"id":42,"event":"myeduzz.invoice_paid"}"#,
+                br#"{"id":"   ","event":"myeduzz.invoice_paid"}"#,
+            ))
+            .unwrap_err();
+        assert!(matches!(blank, EnvelopeError::Missing { .. }), "{blank}");
+        let s = eduzz()
+            .parse(&Bytes::from_static(
+                br#"{"id":"42","event":"myeduzz.invoice_paid"}"#,
             ))
             .unwrap();
-        assert_eq!(n.id, "42");
+        assert_eq!(s.id, "42");
     }
 
     #[test]
