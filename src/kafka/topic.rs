@@ -56,12 +56,33 @@ pub fn check_topic_name(name: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
-/// Makes any string a legal topic name, the same way every time.
+/// Whether a rendered name can be used as it is: legal, not an internal topic (`__…`), and
+/// not shaped like a sanitised name, so that no slug can land on another slug's sanitised
+/// topic (`a/b` becomes `a_b-c14cddc0`; the slug `a_b-c14cddc0` is then sanitised too).
+fn usable_as_is(name: &str) -> bool {
+    check_topic_name(name).is_ok() && !name.starts_with("__") && !looks_sanitised(name)
+}
+
+/// Ends in `-` and [`HASH_CHARS`] lowercase hex characters, as every sanitised name does.
+fn looks_sanitised(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() > HASH_CHARS
+        && b[b.len() - HASH_CHARS - 1] == b'-'
+        && b[b.len() - HASH_CHARS..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+/// Makes any string a usable topic name, the same way every time, never the same for two
+/// different strings.
 ///
-/// Legal names come back unchanged; anything else has illegal characters replaced by `_`,
-/// is cut to fit, and ends in `-` plus 8 hex characters of the SHA-256 of the original.
+/// Usable names come back unchanged; anything else (illegal characters, too long, internal
+/// `__…` names, names shaped like a sanitised one) has illegal characters replaced by `_`,
+/// leading underscores dropped, is cut to fit, and ends in `-` plus 8 hex characters of the
+/// SHA-256 of the original. Sanitised names and names used as they are cannot meet, since
+/// only sanitised ones have that ending.
 pub fn sanitize_topic(name: &str) -> String {
-    if check_topic_name(name).is_ok() {
+    if usable_as_is(name) {
         return name.to_string();
     }
     let digest = Sha256::digest(name.as_bytes());
@@ -70,6 +91,7 @@ pub fn sanitize_topic(name: &str) -> String {
     let mut out: String = name
         .chars()
         .map(|c| if is_legal_char(c) { c } else { '_' })
+        .skip_while(|c| *c == '_')
         .take(budget)
         .collect();
     out.push('-');
@@ -224,6 +246,22 @@ mod tests {
             let s = sanitize_topic(weird);
             assert!(check_topic_name(&s).is_ok(), "{weird:?} -> {s:?}");
         }
+    }
+
+    #[test]
+    fn no_slug_reaches_another_slugs_topic_or_an_internal_one() {
+        let odd = sanitize_topic("a/b");
+        assert!(odd.starts_with("a_b-"), "{odd}");
+        // The legal slug that spells the sanitised name gets a topic of its own.
+        let twin = sanitize_topic(&odd);
+        assert_ne!(twin, odd);
+        assert!(check_topic_name(&twin).is_ok());
+        for internal in ["__consumer_offsets", "__transaction_state", "__x"] {
+            let t = sanitize_topic(internal);
+            assert!(!t.starts_with("__"), "{internal} -> {t}");
+            assert!(check_topic_name(&t).is_ok(), "{t}");
+        }
+        assert_eq!(sanitize_topic("_single"), "_single");
     }
 
     #[test]
