@@ -26,7 +26,7 @@ pub struct Event {
 
 impl Event {
     /// Eduzz's activation event: always answered 2xx.
-    pub fn is_ping(&self) -> bool {
+    pub(crate) fn is_ping(&self) -> bool {
         self.slug == "ping"
     }
 }
@@ -75,7 +75,7 @@ impl Message {
     }
 
     /// Age of the message now.
-    pub fn age(&self) -> Duration {
+    pub(crate) fn age(&self) -> Duration {
         SystemTime::now()
             .duration_since(UNIX_EPOCH + Duration::from_millis(self.received_at_ms))
             .unwrap_or_default()
@@ -93,7 +93,7 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 }
 
 /// `2026-11-24T06:16:15.123Z`
-pub fn rfc3339_ms(ms: u64) -> String {
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
     let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms as i64);
     let f = time::format_description::well_known::Rfc3339;
     t.format(&f).unwrap_or_else(|_| ms.to_string())

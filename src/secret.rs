@@ -34,7 +34,7 @@ impl Secret {
     }
 
     /// Where the value comes from, safe to print (`env:EDUZZ_SECRET`, `file:/run/…`, `literal`).
-    pub fn origin(&self) -> String {
+    pub(crate) fn origin(&self) -> String {
         if self.spec.starts_with("env:") || self.spec.starts_with("file:") {
             self.spec.clone()
         } else {
@@ -43,7 +43,7 @@ impl Secret {
     }
 
     /// Reads the value now; the error names the origin, never the value.
-    pub fn resolve(&self) -> Result<Vec<u8>, SecretError> {
+    pub(crate) fn resolve(&self) -> Result<Vec<u8>, SecretError> {
         let value = if let Some(name) = self.spec.strip_prefix("env:") {
             std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_string()))?
         } else if let Some(path) = self.spec.strip_prefix("file:") {

@@ -43,7 +43,7 @@ impl DeadLetters {
     }
 
     /// Hands `msg` to the producer for the dead-letter topic, with `error` as its reason.
-    pub fn enqueue(
+    pub(crate) fn enqueue(
         &self,
         msg: &Message,
         error: &KafkaError,
@@ -56,7 +56,7 @@ impl DeadLetters {
     }
 
     /// Counts a dead letter Kafka confirmed.
-    pub fn confirmed(&self) {
+    pub(crate) fn confirmed(&self) {
         self.metrics.dead_lettered.inc();
     }
 

@@ -72,7 +72,7 @@ impl DrainSettings {
 
     /// Spooled entries that can have been sent before a stop: the in-flight window, the
     /// confirmed ones whose delete was pending, and a read batch.
-    pub fn recovery_candidates(&self) -> usize {
+    pub(crate) fn recovery_candidates(&self) -> usize {
         self.max_in_flight + 2 * self.delete_batch + self.read_batch
     }
 }

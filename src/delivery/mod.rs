@@ -173,7 +173,7 @@ impl Delivery {
     }
 
     /// `received` or `published`, straight to the producer.
-    pub fn direct(
+    pub(crate) fn direct(
         ack: AckMode,
         publisher: Publisher,
         dead_letters: DeadLetters,

@@ -53,7 +53,11 @@ impl Recovery {
 }
 
 /// Deletes the spooled entries that an earlier run published but could not delete.
-pub async fn skip_already_published(spool: &Spool, r: &Recovery, shutdown: &CancellationToken) {
+pub(crate) async fn skip_already_published(
+    spool: &Spool,
+    r: &Recovery,
+    shutdown: &CancellationToken,
+) {
     let entries: Vec<Entry> = match spool.read_after(None, r.candidates).await {
         Ok(v) => v.into_iter().filter_map(Result::ok).collect(),
         Err(e) => {
@@ -111,7 +115,7 @@ pub enum Outcome {
 }
 
 /// Looks up `entries` in the last `lookback` messages of each partition of their topics.
-pub fn already_published(
+pub(crate) fn already_published(
     reader: &Connection,
     entries: &[Entry],
     lookback: i64,

@@ -27,7 +27,7 @@ impl ProxyPolicy {
     }
 
     /// The client's address for a request from `peer` with `headers`.
-    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub(crate) fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }

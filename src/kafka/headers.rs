@@ -23,7 +23,7 @@ pub fn of(msg: &Message) -> OwnedHeaders {
 }
 
 /// The event's headers plus why it was dead-lettered and where it was meant to go.
-pub fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
+pub(crate) fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
     named(msg, 7)
         .insert(header(DLQ_REASON, reason))
         .insert(header(DLQ_TOPIC, &msg.topic))

@@ -5,7 +5,7 @@
 //! length. [`KafkaHealth`] keeps that state; the producer's context and a metadata probe
 //! feed it, and readiness reads it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -21,7 +21,6 @@ use rdkafka::types::RDKafkaErrorCode;
 pub struct KafkaHealth {
     reachable: AtomicBool,
     outage_started: Mutex<Option<Instant>>,
-    outages: AtomicU64,
 }
 
 impl Default for KafkaHealth {
@@ -36,30 +35,23 @@ impl KafkaHealth {
             // Assume reachable until told otherwise: the first probe runs right away.
             reachable: AtomicBool::new(true),
             outage_started: Mutex::new(None),
-            outages: AtomicU64::new(0),
         }
     }
 
-    pub fn is_reachable(&self) -> bool {
+    pub(crate) fn is_reachable(&self) -> bool {
         self.reachable.load(Ordering::Relaxed)
     }
 
-    /// Outages seen since start.
-    pub fn outages(&self) -> u64 {
-        self.outages.load(Ordering::Relaxed)
-    }
-
     /// Records that Kafka could not be reached; logs only when this starts an outage.
-    pub fn mark_down(&self, why: &str) {
+    pub(crate) fn mark_down(&self, why: &str) {
         if self.reachable.swap(false, Ordering::Relaxed) {
             *self.outage_started.lock().unwrap() = Some(Instant::now());
-            self.outages.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(reason = why, "Kafka unreachable: outage started; events wait (spooled mode) or are refused with 503");
         }
     }
 
     /// Records that Kafka answered; logs only when this ends an outage.
-    pub fn mark_up(&self) {
+    pub(crate) fn mark_up(&self) {
         if !self.reachable.swap(true, Ordering::Relaxed) {
             let lasted = self
                 .outage_started

@@ -22,7 +22,8 @@ use serde::Deserialize;
 
 use crate::problem::Problems;
 pub use health::KafkaHealth;
-pub use producer::{is_permanent, Delivered, EnqueueError, Publisher};
+pub(crate) use producer::is_permanent;
+pub use producer::{Delivered, EnqueueError, Publisher};
 
 /// `[kafka]`: where and how to publish.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -127,7 +128,10 @@ impl Connection {
     }
 
     /// The same cluster with extra librdkafka properties (`tail -X key=value`).
-    pub fn with_properties(mut self, extra: impl IntoIterator<Item = (String, String)>) -> Self {
+    pub(crate) fn with_properties(
+        mut self,
+        extra: impl IntoIterator<Item = (String, String)>,
+    ) -> Self {
         self.properties.extend(extra);
         self
     }
@@ -138,7 +142,7 @@ impl Connection {
 
     /// The producer's settings: idempotent, `acks=all`, then the operator's properties (a
     /// property that weakens the guarantee is logged, not refused).
-    pub fn producer_config(&self, tuning: ProducerTuning) -> ClientConfig {
+    pub(crate) fn producer_config(&self, tuning: ProducerTuning) -> ClientConfig {
         let timeout_ms = tuning
             .message_timeout
             .map_or(0, |t| t.as_millis().max(1) as u64);

@@ -37,7 +37,7 @@ pub enum EnqueueError {
 /// Whether Kafka will refuse this message however often it is retried.
 ///
 /// Anything else (timeouts, a broker going away, a purge at shutdown) is worth retrying.
-pub fn is_permanent(error: &KafkaError) -> bool {
+pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     use RDKafkaErrorCode::*;
     matches!(
         error.rdkafka_error_code(),
@@ -81,17 +81,17 @@ impl Publisher {
     }
 
     /// Messages handed to librdkafka and not yet reported on.
-    pub fn queue_depth(&self) -> i32 {
+    pub(crate) fn queue_depth(&self) -> i32 {
         self.producer.in_flight_count()
     }
 
     /// Hands `msg` to the producer queue for its own topic; never blocks.
-    pub fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
+    pub(crate) fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
         self.enqueue_to(&msg.topic, msg, headers::of(msg))
     }
 
     /// Hands `msg` to the producer queue for `topic` with `headers`; never blocks.
-    pub fn enqueue_to(
+    pub(crate) fn enqueue_to(
         &self,
         topic: &str,
         msg: &Message,
@@ -111,7 +111,7 @@ impl Publisher {
     }
 
     /// Waits for one delivery report.
-    pub async fn delivered(future: DeliveryFuture) -> Result<Delivered, KafkaError> {
+    pub(crate) async fn delivered(future: DeliveryFuture) -> Result<Delivered, KafkaError> {
         match future.await {
             Ok(Ok(d)) => Ok(Delivered {
                 partition: d.partition,

@@ -189,7 +189,7 @@ impl Template {
 
 /// The application part of a slug: the text before the first dot (`nutror` of
 /// `nutror.lesson_started`), or the whole slug when it has no dot.
-pub fn app_of(slug: &str) -> &str {
+pub(crate) fn app_of(slug: &str) -> &str {
     slug.split('.').next().unwrap_or(slug)
 }
 

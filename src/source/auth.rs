@@ -173,7 +173,7 @@ fn token_place(
 
 impl Auth {
     /// A one-line description without any secret (for `check-config` and start-up logs).
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             Auth::HmacSha256 { header, keys } => format!(
                 "hmac-sha256 (header {header}, {} live secret{})",

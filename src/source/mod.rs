@@ -47,7 +47,7 @@ impl Format {
     }
 
     /// The documented slugs a source of this format may send.
-    pub fn documented_slugs(self) -> Vec<String> {
+    pub(crate) fn documented_slugs(self) -> Vec<String> {
         match self {
             Format::Eduzz => crate::slugs::eduzz(),
             Format::Toolzz => crate::slugs::toolzz(),
@@ -108,7 +108,7 @@ pub struct Source {
 
 impl Source {
     /// Whether a client at `ip` may post to this source.
-    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn allows(&self, ip: std::net::IpAddr) -> bool {
         self.allow_from.is_empty() || self.allow_from.iter().any(|n| n.contains(&ip))
     }
 

@@ -262,7 +262,7 @@ impl Spool {
     }
 
     /// Removes published entries; durable once the returned future resolves.
-    pub async fn delete(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
+    pub(crate) async fn delete(&self, seqs: Vec<u64>) -> Result<(), SpoolError> {
         if seqs.is_empty() {
             return Ok(());
         }
@@ -278,7 +278,7 @@ impl Spool {
     }
 
     /// Up to `limit` committed entries after `after`, oldest first.
-    pub async fn read_after(
+    pub(crate) async fn read_after(
         &self,
         after: Option<u64>,
         limit: usize,
@@ -306,17 +306,17 @@ impl Spool {
 
     /// Whether the spool has no room left for a typical event, in its own limit or on its
     /// filesystem (readiness reports this).
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.gauges.full.load(Ordering::Relaxed)
     }
 
     /// Whether the last commit failed (disk full, I/O error) and the spool has not healed yet.
-    pub fn is_broken(&self) -> bool {
+    pub(crate) fn is_broken(&self) -> bool {
         self.gauges.broken.load(Ordering::Relaxed)
     }
 
     /// Age of the oldest entry, if any.
-    pub async fn oldest_age(&self) -> Option<Duration> {
+    pub(crate) async fn oldest_age(&self) -> Option<Duration> {
         let db = self.db().ok()?;
         tokio::task::spawn_blocking(move || store::oldest(&db).ok().flatten())
             .await
