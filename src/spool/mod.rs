@@ -377,6 +377,14 @@ struct Broken {
     backoff: Duration,
 }
 
+impl Broken {
+    /// One more failed attempt: wait twice as long (up to the maximum) before the next.
+    fn defer(&mut self) {
+        self.backoff = (self.backoff * 2).min(MAX_REOPEN_BACKOFF);
+        self.next_try = std::time::Instant::now() + self.backoff;
+    }
+}
+
 /// First wait before re-opening a broken store; doubles up to [`MAX_REOPEN_BACKOFF`].
 const REOPEN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
@@ -490,8 +498,7 @@ impl Writer {
         let now = std::time::Instant::now();
         match &mut self.broken {
             Some(b) => {
-                b.backoff = (b.backoff * 2).min(MAX_REOPEN_BACKOFF);
-                b.next_try = now + b.backoff;
+                b.defer();
                 tracing::debug!(error = %crate::problem::with_causes(e), "spool commit failed again");
             }
             None => {
@@ -512,13 +519,16 @@ impl Writer {
         let Some(b) = &mut self.broken else {
             return self.db.clone();
         };
-        let now = std::time::Instant::now();
-        if now < b.next_try {
+        if std::time::Instant::now() < b.next_try {
             return None;
         }
-        b.backoff = (b.backoff * 2).min(MAX_REOPEN_BACKOFF);
-        b.next_try = now + b.backoff;
-        self.reopen()
+        let db = self.reopen();
+        if db.is_none() {
+            if let Some(b) = &mut self.broken {
+                b.defer();
+            }
+        }
+        db
     }
 
     /// Closes the database (waiting briefly for readers to let go) and opens it again.
