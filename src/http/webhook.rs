@@ -135,7 +135,7 @@ impl Webhook {
         .await
     }
 
-    /// Method, allowlist and in-flight limits, before a byte of the body is read.
+    /// Method, allowlist, encoding and in-flight limits, before a byte of the body is read.
     fn admit<B>(
         &self,
         source: &Source,
