@@ -327,10 +327,12 @@ async fn spawn_webhook(
     let settings = ListenerSettings {
         name: "webhook",
         max_connections: server.max_connections,
+        max_idle_per_client: server.max_idle_per_client,
         header_timeout: server.header_timeout,
         max_header_bytes: server.max_header_bytes,
         grace: server.shutdown_grace,
         tls: server.tls.as_ref().map(|t| t.acceptor.clone()),
+        metrics: pipeline.metrics().clone(),
     };
     let webhook = Arc::new(Webhook::new(pipeline, server));
     let tcp = bind(server.listen, "server.listen").await?;
@@ -353,6 +355,7 @@ async fn spawn_admin(
     let settings = ListenerSettings {
         name: "admin",
         max_connections: 64,
+        max_idle_per_client: 64,
         tls: None,
         ..public.clone()
     };

@@ -55,6 +55,21 @@ pub struct AuthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub source: String,
+    /// The outcome: unauthorized, invalid_envelope, busy, unavailable, payload_too_large, …
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    pub listener: &'static str,
+    /// over_capacity, evicted_at_capacity, evicted_client_limit, bad_request_head,
+    /// request_head_too_large, header_timeout, tls_handshake_failed
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -80,6 +95,9 @@ pub struct Metrics {
     pub(crate) dead_lettered: Counter,
     pub(crate) signature_failures: Family<AuthLabels, Counter>,
     pub(crate) dedupe_hits: Family<SourceLabels, Counter>,
+    refusals: Family<RefusalLabels, Counter>,
+    connections_closed: Family<ConnectionLabels, Counter>,
+    pub(crate) topic_overflow: Family<SourceLabels, Counter>,
     pub(crate) publish_latency: Histogram,
     pub(crate) request_duration: Histogram,
     spool_depth: Gauge,
@@ -109,6 +127,9 @@ impl Metrics {
             dead_lettered: Counter::default(),
             signature_failures: Family::default(),
             dedupe_hits: Family::default(),
+            refusals: Family::default(),
+            connections_closed: Family::default(),
+            topic_overflow: Family::default(),
             publish_latency: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0, 300.0,
@@ -166,6 +187,21 @@ impl Metrics {
             "dedupe_hits",
             "Deliveries recognised as already accepted",
             self.dedupe_hits.clone(),
+        );
+        r.register(
+            "refusals",
+            "Webhook requests answered without taking the event, by source and reason",
+            self.refusals.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections refused or closed by a listener before an answer, by reason",
+            self.connections_closed.clone(),
+        );
+        r.register(
+            "topic_overflow",
+            "Events sent to the overflow topic because the limit on topics named after slugs was reached",
+            self.topic_overflow.clone(),
         );
         r.register_with_unit(
             "publish_latency",
@@ -240,6 +276,23 @@ impl Metrics {
                 slug: slug.to_string(),
                 outcome,
             })
+            .inc();
+    }
+
+    /// Counts one webhook request refused for `reason` (an outcome label).
+    pub fn refusal(&self, source: &str, reason: &'static str) {
+        self.refusals
+            .get_or_create(&RefusalLabels {
+                source: source.to_string(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts one connection a listener refused or closed for `reason`.
+    pub fn connection_closed(&self, listener: &'static str, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ConnectionLabels { listener, reason })
             .inc();
     }
 

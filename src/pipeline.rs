@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 
 use crate::delivery::{Accepted, Delivery, Refusal};
-use crate::event::Message;
+use crate::event::{Event, Message};
 use crate::kafka::Delivered;
 use crate::metrics::{AuthLabels, Metrics};
 use crate::route::{Decision, Router};
@@ -110,8 +110,19 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Takes one delivery for `source` as far as its ack mode goes.
+    /// Takes one delivery for `source` as far as its ack mode goes: [`Pipeline::authenticate`]
+    /// then [`Pipeline::deliver`].
     pub async fn process(&self, source: &Source, inbound: Inbound<'_>) -> Outcome {
+        match self.authenticate(source, inbound) {
+            Ok(event) => self.deliver(source, event).await,
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Checks the signature or token and parses the envelope: the work a stranger can make
+    /// the bridge do, before it holds anything but the body. Records slug and id on the
+    /// request's span.
+    pub fn authenticate(&self, source: &Source, inbound: Inbound<'_>) -> Result<Event, Outcome> {
         let event = match source.accept(
             inbound.headers,
             inbound.path_token,
@@ -127,15 +138,19 @@ impl Pipeline {
                         reason: reason.as_str(),
                     })
                     .inc();
-                tracing::info!(reason = reason.as_str(), "authentication failed");
-                return Outcome::Unauthorized(reason);
+                tracing::debug!(reason = reason.as_str(), "authentication failed");
+                return Err(Outcome::Unauthorized(reason));
             }
-            Err(SourceError::Envelope(e)) => return Outcome::Invalid(e),
+            Err(SourceError::Envelope(e)) => return Err(Outcome::Invalid(e)),
         };
         let span = tracing::Span::current();
         span.record("slug", event.slug.as_str());
         span.record("event_id", event.id.as_str());
+        Ok(event)
+    }
 
+    /// Answers pings, routes an authenticated event and hands it to the delivery mode.
+    pub async fn deliver(&self, source: &Source, event: Event) -> Outcome {
         let outcome = if event.is_ping() && !source.publish_ping {
             Outcome::Ping
         } else {

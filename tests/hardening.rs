@@ -140,31 +140,66 @@ async fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_answer_clearly_and_the_rest_of_the_service_goes_on() {
-    let app = TestApp::spawn_with(|t| {
-        t.replace(
-            "[server]\n",
-            "[server]\nmax_connections = 8\nheader_timeout = \"2s\"\nbody_timeout = \"3s\"\n",
+/// Config edit: `[server]` keys and a `[delivery]` in `published` mode, so that a request
+/// stays busy (authenticated, waiting for Kafka) for as long as the broker is down.
+fn published_with(server: &'static str) -> impl FnOnce(String) -> String {
+    move |t| {
+        format!(
+            "{}\n[delivery]\nack = \"published\"\npublish_timeout = \"4s\"\n",
+            t.replace("[server]\n", &format!("[server]\n{server}\n"))
         )
-        .replace(
-            "format = \"eduzz\"\n",
-            "format = \"eduzz\"\nmax_in_flight = 1\n",
-        )
-    })
-    .await;
-
-    // Over the connection cap: an immediate 503, then the connection is closed.
-    let mut held = Vec::new();
-    for _ in 0..8 {
-        held.push(TcpStream::connect(app.addr).await.unwrap());
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let answer = raw(app.addr, b"", Duration::from_secs(2)).await;
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
-    assert!(answer.contains("too many open connections"));
-    // A client that sends its whole request before reading (most SDKs) reads the whole 503
-    // too, with a length that matches its body, not a reset.
+}
+
+/// Whether the server closed `s` (EOF, or a reset) within `wait`.
+async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    matches!(
+        tokio::time::timeout(wait, s.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_do_not() {
+    let app = TestApp::spawn_with(published_with("max_connections = 4")).await;
+
+    // Four idle connections fill the cap; a new client still gets in: the oldest idle one is
+    // closed to make room, the others stay open.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(TcpStream::connect(app.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = eduzz_event("room-1", "nutror.lesson_started");
+    let answer = raw(
+        app.addr,
+        &signed_request("/webhooks/eduzz", &body, ""),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed_within(&mut held[0], Duration::from_secs(2)).await);
+    assert!(!closed_within(&mut held[3], Duration::from_millis(300)).await);
+    let evicted = "eduzz_bridge_connections_closed_total{listener=\"webhook\",reason=\"evicted_at_capacity\"}";
+    assert!(app.metric(evicted).await.unwrap() >= 1.0);
+    drop(held);
+
+    // Four requests busy with Kafka (down): those are never closed to make room, so a new
+    // connection gets an immediate 503 it can read whole, with a length matching its body.
+    app.broker().down();
+    let busy: Vec<_> = (0..4)
+        .map(|i| {
+            let request = signed_request(
+                "/webhooks/eduzz",
+                &eduzz_event(&format!("busy-{i}"), "nutror.lesson_started"),
+                "",
+            );
+            let addr = app.addr;
+            tokio::spawn(async move { raw(addr, &request, Duration::from_secs(8)).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let body = eduzz_event("over-cap", "nutror.lesson_started");
     let answer = raw(
         app.addr,
@@ -184,53 +219,214 @@ async fn limits_answer_clearly_and_the_rest_of_the_service_goes_on() {
     assert_eq!(declared, sent.len(), "{answer}");
     let json: serde_json::Value = serde_json::from_str(sent).unwrap();
     assert_eq!(json["error"], "busy");
-    drop(held);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(json["message"]
+        .as_str()
+        .unwrap()
+        .contains("too many open connections"));
+    let refused =
+        "eduzz_bridge_connections_closed_total{listener=\"webhook\",reason=\"over_capacity\"}";
+    assert_eq!(app.metric(refused).await, Some(1.0));
+    app.broker().up();
+    for b in busy {
+        // Published once Kafka is back, or told to retry: never cut off.
+        let answer = b.await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 503"),
+            "{answer}"
+        );
+    }
+    app.shutdown().await;
+}
 
-    // A request head over max_header_bytes: 431.
-    let huge = format!("x-junk: {}\r\n", "a".repeat(40 * 1024));
-    let answer = raw(
-        app.addr,
-        &signed_request("/webhooks/eduzz", b"{}", &huge),
-        Duration::from_secs(3),
-    )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_counted() {
+    let app = TestApp::spawn_with(|t| {
+        published_with(
+            "max_header_bytes = 8192\nmax_body_bytes = 4096\nmax_body_memory_bytes = 6000",
+        )(t)
+        .replace(
+            "format = \"eduzz\"\n",
+            "format = \"eduzz\"\nmax_in_flight = 1\n",
+        )
+    })
     .await;
-    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    let topic = "nutror.lesson_started";
 
-    // Per-source in-flight limit: one slow upload holds the only slot; the next gets 503.
-    let body = eduzz_event("slot-1", "nutror.lesson_started");
+    // A slow upload, and headers announcing a body that never comes, hold no slot: the only
+    // slot of the source is still free for a signed request.
+    let body = eduzz_event("slot-1", topic);
     let full = signed_request("/webhooks/eduzz", &body, "");
     let (head_part, body_part) = full.split_at(full.len() - body.len());
     let mut slow = TcpStream::connect(app.addr).await.unwrap();
     slow.write_all(head_part).await.unwrap();
     slow.write_all(&body_part[..10]).await.unwrap();
+    let mut no_body = TcpStream::connect(app.addr).await.unwrap();
+    no_body
+        .write_all(b"POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n")
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = app
-        .post_eduzz(&eduzz_event("slot-2", "nutror.lesson_started"), SECRET)
-        .await;
-    assert_eq!(resp.status(), 503);
-    assert!(resp.headers().contains_key("retry-after"));
-    // The slow upload completes and is taken; then the slot is free again.
+    let resp = app.post_eduzz(&eduzz_event("slot-2", topic), SECRET).await;
+    assert_eq!(resp.status(), 200);
+    // Bad signatures never take it either.
+    for _ in 0..3 {
+        let resp = app.post_eduzz(&eduzz_event("forged", topic), "wrong").await;
+        assert_eq!(resp.status(), 401);
+    }
+    // The slow upload completes and is taken.
     slow.write_all(&body_part[10..]).await.unwrap();
     let mut out = Vec::new();
     slow.read_to_end(&mut out).await.unwrap();
-    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 202"));
-    let resp = app
-        .post_eduzz(&eduzz_event("slot-3", "nutror.lesson_started"), SECRET)
-        .await;
-    assert_eq!(resp.status(), 202);
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
 
-    let records = app
-        .read_topic("nutror.lesson_started", 2, Duration::from_secs(20))
-        .await;
+    // Bodies in memory are bounded all together: with 4000 bytes still arriving, another
+    // 4000 do not fit in 6000 and get 503 (the connection closes: its body was not read).
+    let big = |id: &str| {
+        let pad = "x".repeat(3900);
+        format!(r#"{{"id":"{id}","event":"{topic}","data":{{"pad":"{pad}"}}}}"#).into_bytes()
+    };
+    let first = big("mem-1");
+    let full = signed_request("/webhooks/eduzz", &first, "");
+    let mut holder = TcpStream::connect(app.addr).await.unwrap();
+    holder.write_all(&full[..full.len() - 10]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let resp = app.post_eduzz(&big("mem-2"), SECRET).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.text().await.unwrap().contains("request bodies"));
+    holder.write_all(&full[full.len() - 10..]).await.unwrap();
+    let mut out = Vec::new();
+    holder.read_to_end(&mut out).await.unwrap();
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+
+    // The slot bites once requests are authenticated: one waits for Kafka (down), the next
+    // gets 503 + Retry-After.
+    app.broker().down();
+    let waiting = {
+        let request = signed_request("/webhooks/eduzz", &eduzz_event("slot-3", topic), "");
+        let addr = app.addr;
+        tokio::spawn(async move { raw(addr, &request, Duration::from_secs(8)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let resp = app.post_eduzz(&eduzz_event("slot-4", topic), SECRET).await;
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("in flight for this source"));
+    app.broker().up();
+    let _ = waiting.await;
+
+    for (reason, at_least) in [("unauthorized", 3.0), ("busy", 2.0)] {
+        let series = format!("eduzz_bridge_refusals_total{{source=\"eduzz\",reason=\"{reason}\"}}");
+        let n = app.metric(&series).await.unwrap_or(0.0);
+        assert!(n >= at_least, "{series} = {n}");
+    }
+    let records = app.read_topic(topic, 3, Duration::from_secs(20)).await;
     let ids: std::collections::HashSet<String> = records
         .iter()
         .map(|r| r.header("event-id").unwrap())
         .collect();
-    assert_eq!(
-        ids,
-        ["slot-1", "slot-3"].into_iter().map(String::from).collect()
+    for id in ["slot-1", "slot-2", "mem-1"] {
+        assert!(ids.contains(id), "{id} missing from {ids:?}");
+    }
+    assert!(!ids.contains("slot-4") && !ids.contains("mem-2"));
+    drop(no_body);
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_unauthenticated_connections_never_turn_a_signed_request_away() {
+    let app = TestApp::spawn_with(|t| {
+        t.replace(
+            "[server]\n",
+            "[server]\nmax_connections = 64\nmax_in_flight_requests = 8\nmax_idle_per_client = 48\n",
+        )
+    })
+    .await;
+    let addr = app.addr;
+    // 300 attackers from three addresses other than the real client's (127.0.0.2-4; all of
+    // 127/8 is loopback): half send nothing, half announce a body they never send; each
+    // reconnects as soon as it is closed. Together they want far more than the cap.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut attackers = tokio::task::JoinSet::new();
+    for i in 0..300u32 {
+        let stop = stop.clone();
+        let from = std::net::SocketAddr::from(([127, 0, 0, 2 + (i % 3) as u8], 0));
+        attackers.spawn(async move {
+            let head: &[u8] = if i % 2 == 0 {
+                b""
+            } else {
+                b"POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
+            };
+            let mut reconnects = 0u32;
+            while !stop.is_cancelled() {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(from).unwrap();
+                let Ok(mut s) = socket.connect(addr).await else {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let _ = s.write_all(head).await;
+                let mut buf = [0u8; 512];
+                tokio::select! {
+                    _ = s.read(&mut buf) => reconnects += 1,
+                    _ = stop.cancelled() => {}
+                }
+            }
+            reconnects
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let body = eduzz_event(&format!("real-{i}"), "nutror.lesson_started");
+        let resp = client
+            .post(app.url("/webhooks/eduzz"))
+            .header("x-signature", sign_hex(SECRET.as_bytes(), &body))
+            .body(body)
+            .send()
+            .await;
+        statuses.push(resp.map(|r| r.status().as_u16()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    stop.cancel();
+    let mut reconnects = 0;
+    while let Some(n) = attackers.join_next().await {
+        reconnects += n.unwrap();
+    }
+    let closed: Vec<String> = app
+        .metrics()
+        .await
+        .lines()
+        .filter(|l| l.starts_with("eduzz_bridge_connections_closed_total{"))
+        .map(String::from)
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == 202),
+        "{statuses:?} {closed:#?}"
     );
+    assert!(
+        reconnects > 100,
+        "the attackers were closed and came back: {reconnects}"
+    );
+    let text = app.metrics().await;
+    assert!(
+        text.contains("reason=\"evicted_at_capacity\"")
+            || text.contains("reason=\"evicted_client_limit\""),
+        "{text}"
+    );
+    app.read_topic("nutror.lesson_started", 30, Duration::from_secs(20))
+        .await
+        .len()
+        .eq(&30)
+        .then_some(())
+        .expect("all 30 on Kafka");
     app.shutdown().await;
 }
 

@@ -179,7 +179,7 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     );
     let refused = logs
         .iter()
-        .find(|l| l.contains("authentication failed"))
+        .find(|l| l.contains("webhook refused") && l.contains("\"outcome\":\"unauthorized\""))
         .expect("the refusal is logged");
     let refused: serde_json::Value = serde_json::from_str(refused).unwrap();
     assert_eq!(

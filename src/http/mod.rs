@@ -1,14 +1,17 @@
 //! The HTTP side: listeners, connections, and the two request handlers.
 //!
-//! [`serve`] runs one listener with a connection cap, hyper's header-read timeout (which also
-//! closes idle keep-alive connections), a request-head size limit, optional TLS, and a graceful
-//! stop: when told to stop it accepts nothing more and gives open connections the grace period
-//! to finish the request they are on. A connection over the cap gets an immediate 503 and is
-//! closed, so a flood of idle sockets shows up as refusals instead of a silent backlog.
+//! [`serve`] runs one listener with a connection cap (see [`connections`] for which connection
+//! makes room when it is reached), hyper's header-read timeout (which also closes idle
+//! keep-alive connections), a request-head size limit, optional TLS, and a graceful stop: when
+//! told to stop it accepts nothing more and gives open connections the grace period to finish
+//! the request they are on. A connection refused at the cap gets an immediate 503; every
+//! refused or cut-off connection is counted by reason, and logged at most once per few seconds
+//! per reason with the count of those held back.
 
 pub(crate) mod admin;
 mod answer;
 pub mod client_ip;
+pub(crate) mod connections;
 mod settings;
 pub mod tls;
 pub mod webhook;
@@ -27,9 +30,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::telemetry::LogThrottle;
+use connections::{Connection, Connections, Evicted};
 
 pub use answer::Answer;
 pub use settings::{AdminSettings, Server, ServerSettings, TlsSettings};
@@ -44,11 +50,63 @@ pub(crate) fn is_admin_path(path: &str) -> bool {
 pub(crate) struct ListenerSettings {
     pub name: &'static str,
     pub max_connections: usize,
+    pub max_idle_per_client: usize,
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub grace: Duration,
     pub tls: Option<TlsAcceptor>,
+    pub metrics: Arc<Metrics>,
 }
+
+/// Counts and logs (throttled) what a listener did to connections on its own.
+#[derive(Clone)]
+struct Closures {
+    listener: &'static str,
+    metrics: Arc<Metrics>,
+    throttle: Arc<LogThrottle>,
+}
+
+impl Closures {
+    fn count(&self, reason: &'static str, peer: SocketAddr) {
+        self.metrics.connection_closed(self.listener, reason);
+        if let Some(held_back) = self.throttle.admit(reason) {
+            tracing::warn!(
+                listener = self.listener,
+                reason,
+                %peer,
+                similar_since_last_line = held_back,
+                "connection refused or closed"
+            );
+        }
+    }
+
+    fn evicted(&self, e: Evicted, peer: SocketAddr) {
+        if e.at_capacity {
+            self.count("evicted_at_capacity", peer);
+        }
+        if e.client_limit {
+            self.count("evicted_client_limit", peer);
+        }
+    }
+
+    /// What hyper ended a connection with, when it answered on its own (400, 431) or timed out.
+    fn ended(&self, e: &hyper::Error, peer: SocketAddr) {
+        let reason = if e.is_parse_too_large() {
+            "request_head_too_large"
+        } else if e.is_parse() {
+            "bad_request_head"
+        } else if e.is_timeout() {
+            "header_timeout"
+        } else {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+            return;
+        };
+        self.count(reason, peer);
+    }
+}
+
+/// How often each kind of refused connection is logged, at most.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What a connection over the cap is told before it is closed.
 static OVER_CAPACITY: LazyLock<Vec<u8>> = LazyLock::new(|| {
@@ -92,7 +150,12 @@ pub(crate) async fn serve<H, F>(
     F: Future<Output = Answer> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
-    let permits = Arc::new(Semaphore::new(settings.max_connections));
+    let connections = Connections::new(settings.max_connections, settings.max_idle_per_client);
+    let closures = Closures {
+        listener: settings.name,
+        metrics: settings.metrics.clone(),
+        throttle: Arc::new(LogThrottle::new(LOG_EVERY)),
+    };
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -102,6 +165,10 @@ pub(crate) async fn serve<H, F>(
     let builder = Arc::new(builder);
 
     loop {
+        tokio::select! {
+            _ = connections.wait_for_room() => {}
+            _ = stop.cancelled() => break,
+        }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -114,28 +181,30 @@ pub(crate) async fn serve<H, F>(
             },
             _ = stop.cancelled() => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_connection(stream));
-            tracing::debug!(listener = settings.name, %peer, "connection refused: too many open connections");
-            continue;
+        let conn = match connections.open(peer.ip()) {
+            Ok((conn, evicted)) => {
+                closures.evicted(evicted, peer);
+                conn
+            }
+            Err(connections::Full) => {
+                closures.count("over_capacity", peer);
+                tokio::spawn(refuse_connection(stream));
+                continue;
+            }
         };
         let _ = stream.set_nodelay(true);
-        // Watched from now on, so a stop waits for it (handshake included).
-        let watcher = graceful.watcher();
+        let opened = Opened {
+            conn,
+            peer,
+            // Watched from now on, so a stop waits for it (handshake included).
+            watcher: graceful.watcher(),
+            closures: closures.clone(),
+        };
         match settings.tls.clone() {
-            None => spawn_connection(stream, peer, permit, &builder, watcher, handler.clone()),
+            None => opened.serve(stream, &builder, handler.clone()),
             Some(acceptor) => {
-                let (builder, handler) = (builder.clone(), handler.clone());
                 let timeout = settings.header_timeout;
-                tokio::spawn(async move {
-                    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            spawn_connection(tls, peer, permit, &builder, watcher, handler)
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
+                opened.serve_tls(stream, acceptor, timeout, builder.clone(), handler.clone());
             }
         }
     }
@@ -151,27 +220,80 @@ pub(crate) async fn serve<H, F>(
     }
 }
 
-fn spawn_connection<I, H, F>(
-    io: I,
+/// A connection let in, about to be served.
+struct Opened {
+    conn: Connection,
     peer: SocketAddr,
-    permit: OwnedSemaphorePermit,
-    builder: &http1::Builder,
     watcher: Watcher,
-    handler: H,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Answer> + Send + 'static,
-{
-    let service = service_fn(move |req| {
-        let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(req, peer).await) }
-    });
-    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%peer, error = %e, "connection ended with an error");
-        }
-        drop(permit);
-    });
+    closures: Closures,
+}
+
+impl Opened {
+    /// Like [`Opened::serve`], after a TLS handshake that must end within `timeout` (and
+    /// ends at once if the connection is closed to make room).
+    fn serve_tls<H, F>(
+        self,
+        stream: tokio::net::TcpStream,
+        acceptor: TlsAcceptor,
+        timeout: Duration,
+        builder: Arc<http1::Builder>,
+        handler: H,
+    ) where
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
+            let shaken = tokio::select! {
+                shaken = handshake => shaken,
+                _ = self.conn.closed().cancelled() => return,
+            };
+            match shaken {
+                Ok(Ok(tls)) => self.serve(tls, &builder, handler),
+                Ok(Err(e)) => {
+                    tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                    self.closures.count("tls_handshake_failed", self.peer);
+                }
+                Err(_) => self.closures.count("tls_handshake_failed", self.peer),
+            }
+        });
+    }
+
+    /// Serves HTTP/1 on `io` in a task of its own, until the client leaves, the connection
+    /// ends, or it is closed to make room (see [`connections`]).
+    fn serve<I, H, F>(self, io: I, builder: &http1::Builder, handler: H)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = Answer> + Send + 'static,
+    {
+        let Opened {
+            conn,
+            peer,
+            watcher,
+            closures,
+        } = self;
+        let state = conn.state();
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            let (handler, state) = (handler.clone(), state.clone());
+            state.receiving();
+            req.extensions_mut().insert(state.clone());
+            async move {
+                let answer = handler(req, peer).await;
+                state.idle();
+                Ok::<_, Infallible>(answer)
+            }
+        });
+        let served = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
+        tokio::spawn(async move {
+            tokio::select! {
+                ended = served => if let Err(e) = ended {
+                    closures.ended(&e, peer);
+                },
+                // Idle, or an unauthenticated request: nothing is lost by dropping it.
+                _ = conn.closed().cancelled() => {}
+            }
+            drop(conn);
+        });
+    }
 }

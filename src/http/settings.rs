@@ -25,8 +25,16 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// Largest request head (request line + headers); larger ones get 431.
     pub max_header_bytes: usize,
-    /// Most webhook requests being processed at once (bodies buffered in memory); more get 503.
+    /// Most authenticated webhook requests being processed at once; more get 503. A request
+    /// takes its slot only once its body is in and its signature or token checked out.
     pub max_in_flight_requests: usize,
+    /// Most bytes of request bodies held in memory at once, all connections together (bodies
+    /// still arriving and those being processed); a body that would go over it gets 503.
+    pub max_body_memory_bytes: usize,
+    /// Most connections from one client address that are idle or still sending a request
+    /// that has not been authenticated yet; past it, that client's oldest such connection is
+    /// closed. Behind a load balancer every connection comes from its address: raise it.
+    pub max_idle_per_client: usize,
     /// Peers (CIDRs) whose `X-Forwarded-For` is believed, e.g. your load balancer.
     pub trusted_proxies: Vec<String>,
     /// Serve HTTPS with these PEM files (reloaded on SIGHUP); unset: plain HTTP.
@@ -34,7 +42,9 @@ pub struct ServerSettings {
     /// Time allowed to receive the whole body once the headers are in.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
-    /// Most connections open at once; further ones get an immediate 503 and are closed.
+    /// Most connections open at once. At the cap, the oldest idle connection (else the oldest
+    /// one still sending an unauthenticated request) is closed to make room; only when every
+    /// connection is busy with an authenticated request does a new one get 503.
     pub max_connections: usize,
     /// Time given to in-flight requests after SIGTERM/SIGINT before the process exits.
     #[serde(with = "humantime_serde")]
@@ -49,6 +59,8 @@ impl Default for ServerSettings {
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_in_flight_requests: 1024,
+            max_body_memory_bytes: 256 * 1024 * 1024,
+            max_idle_per_client: 256,
             trusted_proxies: Vec::new(),
             tls: None,
             body_timeout: Duration::from_secs(15),
@@ -90,6 +102,8 @@ pub struct Server {
     pub header_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_in_flight_requests: usize,
+    pub max_body_memory_bytes: usize,
+    pub max_idle_per_client: usize,
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub shutdown_grace: Duration,
@@ -124,6 +138,16 @@ impl ServerSettings {
                 "server.max_connections",
                 "must be greater than 0",
             ),
+            (
+                self.max_body_memory_bytes >= self.max_body_bytes,
+                "server.max_body_memory_bytes",
+                "must be at least server.max_body_bytes",
+            ),
+            (
+                self.max_idle_per_client > 0,
+                "server.max_idle_per_client",
+                "must be greater than 0",
+            ),
         ] {
             problems.require(ok, key, message);
         }
@@ -144,6 +168,8 @@ impl ServerSettings {
             header_timeout: self.header_timeout,
             max_header_bytes: self.max_header_bytes,
             max_in_flight_requests: self.max_in_flight_requests,
+            max_body_memory_bytes: self.max_body_memory_bytes,
+            max_idle_per_client: self.max_idle_per_client,
             body_timeout: self.body_timeout,
             max_connections: self.max_connections,
             shutdown_grace: self.shutdown_grace,

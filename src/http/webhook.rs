@@ -1,10 +1,12 @@
 //! One webhook request, from bytes on the wire to an answer.
 //!
 //! `path → source` (404), `method` (405), client allowlist (403), `Content-Encoding` (415),
-//! in-flight limits (503),
-//! `body` read with a size limit and a deadline (413, 408); then the [`Pipeline`] takes the
-//! body and says what became of it, and [`answer_for`] turns that outcome into an answer.
-//! The request's span records source, slug, event id and outcome, logged once at the end.
+//! `body` read with a size limit, a deadline and a memory budget shared by all connections
+//! (413, 408, 503); the [`Pipeline`] authenticates and parses it (401, 400); only then does
+//! the request take an in-flight slot (503), so a stranger who sends headers and no body, or
+//! a body with a bad signature, never takes a slot from a real sender. The pipeline then says
+//! what became of the event, and [`answer_for`] turns that outcome into an answer. The
+//! request's span records source, slug, event id and outcome, logged once at the end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,20 +22,26 @@ use tracing::Instrument;
 
 use super::answer::{self, Answer};
 use super::client_ip::ProxyPolicy;
+use super::connections::ConnectionState;
 use crate::delivery::Refusal;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pipeline::{Inbound, Outcome, Pipeline};
 use crate::source::Source;
+use crate::telemetry::LogThrottle;
 
 /// The webhook handler: the pipeline, and the limits put on strangers before it.
 pub struct Webhook {
     pipeline: Pipeline,
     /// Whose `X-Forwarded-For` to believe.
     proxies: ProxyPolicy,
-    /// Requests being processed (bodies in memory), all sources together.
+    /// Authenticated requests being processed, all sources together.
     in_flight: Arc<Semaphore>,
+    /// Bytes of request bodies held in memory, all connections together.
+    body_memory: Arc<Semaphore>,
     max_body_bytes: usize,
     body_timeout: Duration,
+    /// Refusals are logged at most once per interval per outcome.
+    throttle: LogThrottle,
 }
 
 /// A request refused before the pipeline saw it.
@@ -45,6 +53,8 @@ enum Early {
     /// bytes nobody checked (and a gzipped body would never be valid JSON anyway).
     UnsupportedEncoding,
     Busy(&'static str),
+    /// The bodies being received already fill the memory budget.
+    BodyMemoryFull,
     TooLarge(usize),
     BodyTimeout,
     BodyUnreadable,
@@ -66,6 +76,10 @@ impl Early {
                 "send the body without Content-Encoding (identity)",
             ),
             Early::Busy(why) => (answer::busy(why, 1), "busy"),
+            Early::BodyMemoryFull => (
+                answer::closing(answer::busy("too many request bodies being received", 1)),
+                "busy",
+            ),
             Early::TooLarge(max) => refuse_closing(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -91,8 +105,10 @@ impl Webhook {
             pipeline,
             proxies: server.proxies.clone(),
             in_flight: Arc::new(Semaphore::new(server.max_in_flight_requests)),
+            body_memory: Arc::new(Semaphore::new(server.max_body_memory_bytes)),
             max_body_bytes: server.max_body_bytes,
             body_timeout: server.body_timeout,
+            throttle: LogThrottle::new(Duration::from_secs(10)),
         }
     }
 
@@ -110,6 +126,7 @@ impl Webhook {
         let started = Instant::now();
         let Some((source, token)) = self.pipeline.sources().lookup(req.uri().path()) else {
             self.count("-", StatusCode::NOT_FOUND, started);
+            self.metrics().refusal("-", "not_found");
             return answer::not_found();
         };
         let source = source.clone();
@@ -123,59 +140,23 @@ impl Webhook {
             event_id = tracing::field::Empty,
         );
         async {
-            let (answer, outcome) = match self.admit(&source, client, &req) {
+            let (answer, outcome) = match screen(&source, client, &req) {
                 Err(early) => early.answer(),
-                Ok(_permits) => self.take(&source, token.as_deref(), req).await,
+                Ok(()) => self.take(&source, token.as_deref(), req).await,
             };
-            log(answer.status(), outcome);
+            self.log(answer.status(), outcome);
             self.count(&source.name, answer.status(), started);
+            if answer.status().is_client_error() || answer.status().is_server_error() {
+                self.metrics().refusal(&source.name, outcome);
+            }
             answer
         }
         .instrument(span)
         .await
     }
 
-    /// Method, allowlist, encoding and in-flight limits, before a byte of the body is read.
-    fn admit<B>(
-        &self,
-        source: &Source,
-        client: std::net::IpAddr,
-        req: &Request<B>,
-    ) -> Result<Permits, Early> {
-        if req.method() != Method::POST {
-            return Err(Early::MethodNotAllowed);
-        }
-        if !source.allows(client) {
-            return Err(Early::Forbidden);
-        }
-        let encoded = req
-            .headers()
-            .get_all(http::header::CONTENT_ENCODING)
-            .iter()
-            .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if encoded {
-            return Err(Early::UnsupportedEncoding);
-        }
-        // Bound the bodies held in memory at once, overall and per source.
-        let Ok(global) = self.in_flight.clone().try_acquire_owned() else {
-            return Err(Early::Busy("too many requests in flight"));
-        };
-        let local = match &source.in_flight {
-            None => None,
-            Some(limit) => Some(
-                limit
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| Early::Busy("too many requests in flight for this source"))?,
-            ),
-        };
-        Ok(Permits {
-            _global: global,
-            _source: local,
-        })
-    }
-
-    /// Reads the body and hands it to the pipeline.
+    /// Reads the body, has the pipeline authenticate it, takes an in-flight slot, and hands
+    /// the event on.
     async fn take<B>(
         &self,
         source: &Source,
@@ -188,8 +169,9 @@ impl Webhook {
     {
         let received_at = SystemTime::now();
         let (parts, body) = req.into_parts();
-        let body = match self.read_body(&parts.headers, body).await {
-            Ok(b) => b,
+        // The body's bytes stay counted against the memory budget until the answer.
+        let (body, _memory) = match self.read_body(&parts.headers, body).await {
+            Ok(read) => read,
             Err(early) => return early.answer(),
         };
         let inbound = Inbound {
@@ -198,8 +180,42 @@ impl Webhook {
             body,
             received_at,
         };
-        let outcome = self.pipeline.process(source, inbound).await;
+        let event = match self.pipeline.authenticate(source, inbound) {
+            Ok(event) => event,
+            Err(outcome) => return (answer_for(&outcome), outcome.label()),
+        };
+        // From here the connection is not closed to make room for others (unless it already
+        // is being closed: then the event is not taken, and the sender retries).
+        let connection = parts.extensions.get::<ConnectionState>();
+        if connection.is_some_and(|c| !c.busy()) {
+            return Early::Busy("the connection is being closed").answer();
+        }
+        let _slots = match self.slots(source) {
+            Ok(slots) => slots,
+            Err(early) => return early.answer(),
+        };
+        let outcome = self.pipeline.deliver(source, event).await;
         (answer_for(&outcome), outcome.label())
+    }
+
+    /// The in-flight slots of an authenticated request, overall and for its source.
+    fn slots(&self, source: &Source) -> Result<Slots, Early> {
+        let Ok(global) = self.in_flight.clone().try_acquire_owned() else {
+            return Err(Early::Busy("too many requests in flight"));
+        };
+        let local = match &source.in_flight {
+            None => None,
+            Some(limit) => Some(
+                limit
+                    .clone()
+                    .try_acquire_owned()
+                    .map_err(|_| Early::Busy("too many requests in flight for this source"))?,
+            ),
+        };
+        Ok(Slots {
+            _global: global,
+            _source: local,
+        })
     }
 
     /// The whole body, read with a size limit and a deadline.
@@ -208,7 +224,11 @@ impl Webhook {
     /// deadline before the 413 goes out: a client that sends its whole body before reading
     /// (most SDKs) then reads the 413, where closing on unread input would reset the
     /// connection under it. Larger ones, and chunked bodies past the limit, are cut off.
-    async fn read_body<B>(&self, headers: &http::HeaderMap, body: B) -> Result<Bytes, Early>
+    async fn read_body<B>(
+        &self,
+        headers: &http::HeaderMap,
+        body: B,
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Early>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -224,6 +244,7 @@ impl Webhook {
                 return Err(Early::TooLarge(max));
             }
             let mut buf = bytes::BytesMut::new();
+            let mut memory: Option<OwnedSemaphorePermit> = None;
             let mut seen = 0usize;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|_| Early::BodyUnreadable)?;
@@ -236,13 +257,14 @@ impl Webhook {
                     return Err(Early::TooLarge(max));
                 }
                 if seen <= max && declared.is_none_or(|n| n <= max as u64) {
+                    self.reserve_memory(&mut memory, data.len())?;
                     buf.extend_from_slice(&data);
                 }
             }
             if seen > max {
                 return Err(Early::TooLarge(max));
             }
-            Ok(buf.freeze())
+            Ok((buf.freeze(), memory))
         };
         let late = match declared {
             Some(n) if n > max as u64 => Early::TooLarge(max),
@@ -251,6 +273,53 @@ impl Webhook {
         tokio::time::timeout(self.body_timeout, read)
             .await
             .unwrap_or(Err(late))
+    }
+
+    /// Logs the request's end: refusals at most once per 10 s per outcome (with the number
+    /// held back since), so a flood cannot flood the log too.
+    fn log(&self, status: StatusCode, outcome: &'static str) {
+        let code = status.as_u16();
+        if !(status.is_client_error() || status.is_server_error()) {
+            tracing::debug!(status = code, outcome, "webhook taken");
+            return;
+        }
+        let Some(held_back) = self.throttle.admit(outcome) else {
+            return;
+        };
+        if status.is_server_error() {
+            tracing::warn!(
+                status = code,
+                outcome,
+                similar_since_last_line = held_back,
+                "webhook not taken"
+            );
+        } else {
+            tracing::info!(
+                status = code,
+                outcome,
+                similar_since_last_line = held_back,
+                "webhook refused"
+            );
+        }
+    }
+
+    /// Counts `len` more bytes of body against the shared memory budget.
+    fn reserve_memory(
+        &self,
+        held: &mut Option<OwnedSemaphorePermit>,
+        len: usize,
+    ) -> Result<(), Early> {
+        let n = u32::try_from(len).map_err(|_| Early::BodyMemoryFull)?;
+        let more = self
+            .body_memory
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| Early::BodyMemoryFull)?;
+        match held {
+            Some(p) => p.merge(more),
+            None => *held = Some(more),
+        }
+        Ok(())
     }
 
     fn count(&self, source: &str, status: StatusCode, started: Instant) {
@@ -268,8 +337,27 @@ impl Webhook {
     }
 }
 
+/// Method, allowlist and encoding, before a byte of the body is read.
+fn screen<B>(source: &Source, client: std::net::IpAddr, req: &Request<B>) -> Result<(), Early> {
+    if req.method() != Method::POST {
+        return Err(Early::MethodNotAllowed);
+    }
+    if !source.allows(client) {
+        return Err(Early::Forbidden);
+    }
+    let encoded = req
+        .headers()
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return Err(Early::UnsupportedEncoding);
+    }
+    Ok(())
+}
+
 /// The in-flight slots a request holds until it is answered.
-struct Permits {
+struct Slots {
     _global: OwnedSemaphorePermit,
     _source: Option<OwnedSemaphorePermit>,
 }
@@ -315,16 +403,6 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
                 .insert(http::header::RETRY_AFTER, http::HeaderValue::from(10u32));
             a
         }
-    }
-}
-
-fn log(status: StatusCode, outcome: &'static str) {
-    if status.is_server_error() {
-        tracing::warn!(status = status.as_u16(), outcome, "webhook not taken");
-    } else if status.is_client_error() {
-        tracing::info!(status = status.as_u16(), outcome, "webhook refused");
-    } else {
-        tracing::debug!(status = status.as_u16(), outcome, "webhook taken");
     }
 }
 
