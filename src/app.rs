@@ -7,11 +7,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -124,6 +125,7 @@ impl Application {
         }
         let stop_http = CancellationToken::new();
         let servers = TaskTracker::new();
+        let probe = spawn_probe(publisher.clone(), router.overflow_topic().to_string());
         let pipeline = Pipeline::new(sources, router, parts.delivery, metrics);
         let (webhook_addr, listener) =
             spawn_webhook(&server, pipeline, &servers, &stop_http).await?;
@@ -152,7 +154,7 @@ impl Application {
             stop_drain,
             servers,
             drain: parts.drain,
-            probe: spawn_probe(publisher.clone()),
+            probe,
             publisher: Some(publisher),
             spool: parts.spool,
             tls_cert: server.tls.map(|t| t.cert),
@@ -189,16 +191,22 @@ impl Application {
         Ok(())
     }
 
-    /// Stops now: listeners, then the drain, then the producer.
+    /// Stops now: listeners, then the drain, then the producer, all within one grace period
+    /// counted from now (the drain gets what the listeners leave; whatever is unconfirmed at
+    /// the end stays in the spool).
     pub async fn shutdown(&mut self) {
         let deadline = Instant::now() + self.grace;
         tracing::info!(grace = ?self.grace, "stopping: no new requests; finishing those in flight");
         self.stop_http.cancel();
-        self.servers.wait().await;
+        let _ = tokio::time::timeout_at(deadline, self.servers.wait()).await;
         self.stop_drain.cancel();
-        if let Some(d) = self.drain.take() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let _ = tokio::time::timeout(left + Duration::from_secs(1), d).await;
+        if let Some(mut drain) = self.drain.take() {
+            if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
+                // Entries are deleted only once Kafka confirmed them: stopping the drain here
+                // leaves the unconfirmed ones in the spool for the next start.
+                drain.abort();
+                let _ = drain.await;
+            }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         let Some(publisher) = self.publisher.take() else {
@@ -214,6 +222,9 @@ impl Application {
                     ""
                 }
             );
+            // Dropped now rather than waited for: the producer would otherwise go on trying
+            // to deliver them while it shuts down.
+            publisher.purge();
         }
         self.probe.abort();
         let _ = (&mut self.probe).await;
@@ -364,10 +375,12 @@ async fn spawn_admin(
     Ok(addr)
 }
 
-fn spawn_probe(publisher: Publisher) -> JoinHandle<()> {
+/// Probes Kafka by asking for the metadata of one topic (the overflow topic): the answer's
+/// size and cost do not grow with the number of topics on the cluster.
+fn spawn_probe(publisher: Publisher, topic: String) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            publisher.probe(Duration::from_secs(1)).await;
+            publisher.probe(&topic, Duration::from_secs(1)).await;
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     })

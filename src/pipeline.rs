@@ -14,7 +14,7 @@ use http::HeaderMap;
 use crate::delivery::{Accepted, Delivery, Refusal};
 use crate::event::{Event, Message};
 use crate::kafka::Delivered;
-use crate::metrics::{AuthLabels, Metrics};
+use crate::metrics::{AuthLabels, Metrics, SourceLabels};
 use crate::route::{Decision, Router};
 use crate::source::{AuthError, EnvelopeError, Source, SourceError, Sources};
 
@@ -158,12 +158,19 @@ impl Pipeline {
                 id: event.id.clone(),
                 slug: event.slug.clone(),
             };
-            match self
+            let decision = self
                 .router
-                .route(&source.name, &event.slug, &event.id, &event.doc)
-            {
+                .route(&source.name, &event.slug, &event.id, &event.doc);
+            if matches!(decision, Decision::Overflow { .. }) {
+                let source = source.name.to_string();
+                self.metrics
+                    .topic_overflow
+                    .get_or_create(&SourceLabels { source })
+                    .inc();
+            }
+            match decision {
                 Decision::Drop { rule } => Outcome::Dropped { event: er, rule },
-                Decision::Publish { topic, key } => {
+                Decision::Publish { topic, key } | Decision::Overflow { topic, key } => {
                     let message = Message::new(&event, topic.clone(), key);
                     taken(er, topic, self.delivery.accept(message).await)
                 }

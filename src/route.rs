@@ -4,6 +4,16 @@
 //! (and whose `source`, if given, matches) wins; the default rule catches everything else, so
 //! a slug the platforms add tomorrow still lands somewhere. All globs are compiled into one
 //! [`globset::GlobSet`], so a lookup costs one pass however many rules there are.
+//!
+//! A template with `{slug}` or `{app}` names a topic after what senders post, so a stream of
+//! made-up slugs (a buggy platform, a leaked secret, a `json` source) would make the bridge
+//! create topics without end, and every topic costs the producer, the broker and the health
+//! checks. So `[topics]` bounds it: slugs of the documented catalogue always get their topic,
+//! and at most `max_dynamic` other topics are named after slugs; past that, such events go to
+//! the `overflow_topic` (their slug is still in the `event` header) and are counted.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -50,11 +60,64 @@ impl Default for DefaultRouteSettings {
     }
 }
 
+/// `[topics]`: how many topics senders can make the bridge create.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicSettings {
+    /// Most topics named after slugs outside the documented catalogue (by templates with
+    /// `{slug}` or `{app}`), per process; past it, such events go to `overflow_topic`.
+    pub max_dynamic: usize,
+    /// Where events go once `max_dynamic` topics are taken.
+    pub overflow_topic: String,
+}
+
+impl Default for TopicSettings {
+    fn default() -> Self {
+        Self {
+            max_dynamic: 1000,
+            overflow_topic: "eduzz-bridge.overflow".into(),
+        }
+    }
+}
+
+/// The topics named after undocumented slugs so far, and where the rest go.
+#[derive(Debug)]
+struct TopicBudget {
+    max: usize,
+    overflow: String,
+    taken: Mutex<HashSet<String>>,
+}
+
+impl TopicBudget {
+    /// Whether `topic` may be used: it already is, or there is room for one more.
+    fn admit(&self, topic: &str) -> bool {
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.contains(topic) {
+            return true;
+        }
+        if taken.len() >= self.max {
+            return false;
+        }
+        taken.insert(topic.to_string());
+        if taken.len() == self.max {
+            tracing::warn!(
+                limit = self.max,
+                overflow_topic = %self.overflow,
+                "topics.max_dynamic reached: events with new undocumented slugs now go to the overflow topic"
+            );
+        }
+        true
+    }
+}
+
 /// What to do with one event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Publish to `topic` under `key`.
     Publish { topic: String, key: Vec<u8> },
+    /// Publish to the overflow topic: the rule would have named a new topic after an
+    /// undocumented slug, and `topics.max_dynamic` are taken.
+    Overflow { topic: String, key: Vec<u8> },
     /// Answer 2xx and publish nothing, because the rule says so.
     Drop { rule: String },
 }
@@ -101,6 +164,7 @@ pub struct Router {
     globs: GlobSet,
     rules: Vec<Rule>,
     default: Rule,
+    budget: Arc<TopicBudget>,
 }
 
 /// One row of the routing table as `check-config` prints it.
@@ -117,10 +181,20 @@ impl Router {
     pub(crate) fn build(
         routes: &[RouteSettings],
         default: &DefaultRouteSettings,
+        topics: &TopicSettings,
         is_source: impl Fn(&str) -> bool,
         problems: &mut Problems,
     ) -> Option<Router> {
         let mark = problems.mark();
+        problems.check(
+            "topics.overflow_topic",
+            crate::kafka::topic::check_topic_name(&topics.overflow_topic),
+        );
+        let budget = Arc::new(TopicBudget {
+            max: topics.max_dynamic,
+            overflow: topics.overflow_topic.clone(),
+            taken: Mutex::default(),
+        });
         let mut globs = GlobSetBuilder::new();
         let mut rules = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
@@ -181,6 +255,7 @@ impl Router {
             globs,
             rules,
             default,
+            budget,
         })
     }
 
@@ -203,14 +278,25 @@ impl Router {
             Action::Publish {
                 template,
                 key_pointer,
-            } => Decision::Publish {
-                topic: template.render(TopicVars { slug, source }),
-                key: key_pointer
+            } => {
+                let topic = template.render(TopicVars { slug, source });
+                let key = key_pointer
                     .as_deref()
                     .and_then(|p| key_from(doc, p))
-                    .unwrap_or_else(|| id.as_bytes().to_vec()),
-            },
+                    .unwrap_or_else(|| id.as_bytes().to_vec());
+                let bounded = template.follows_slug() && !crate::slugs::is_documented(slug);
+                if bounded && !self.budget.admit(&topic) {
+                    let topic = self.budget.overflow.clone();
+                    return Decision::Overflow { topic, key };
+                }
+                Decision::Publish { topic, key }
+            }
         }
+    }
+
+    /// The topic events go to once `topics.max_dynamic` is reached.
+    pub fn overflow_topic(&self) -> &str {
+        &self.budget.overflow
     }
 
     /// Where `slug` from `source` would go, for `check-config`.
@@ -262,6 +348,10 @@ mod tests {
         let router = Router::build(
             &rules.routes,
             &DefaultRouteSettings::default(),
+            &TopicSettings {
+                max_dynamic: 3,
+                ..Default::default()
+            },
             |s| s == "eduzz" || s == "toolzz",
             &mut problems,
         );
@@ -357,6 +447,40 @@ key = "/data/invoice/id"
         assert_eq!(
             r.route("eduzz", "nutror.x", "i", &json!({})),
             publish("nutror.x", "i")
+        );
+    }
+
+    #[test]
+    fn topics_named_after_made_up_slugs_are_bounded_and_the_rest_overflow() {
+        let r = router(
+            r#"
+[[routes]]
+match = "fixed.*"
+topic = "fixed"
+"#,
+        );
+        let doc = json!({});
+        for i in 0..3 {
+            let slug = format!("made.up_{i}");
+            assert_eq!(r.route("json", &slug, "i", &doc), publish(&slug, "i"));
+        }
+        let overflow = Decision::Overflow {
+            topic: "eduzz-bridge.overflow".into(),
+            key: b"i".to_vec(),
+        };
+        assert_eq!(r.route("json", "made.up_3", "i", &doc), overflow);
+        // Topics already taken stay; documented slugs and fixed topics never overflow.
+        assert_eq!(
+            r.route("json", "made.up_1", "i", &doc),
+            publish("made.up_1", "i")
+        );
+        assert_eq!(
+            r.route("eduzz", "myeduzz.invoice_negotiatied", "i", &doc),
+            publish("myeduzz.invoice_negotiatied", "i")
+        );
+        assert_eq!(
+            r.route("json", "fixed.x9", "i", &doc),
+            publish("fixed", "i")
         );
     }
 

@@ -428,10 +428,24 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     )
     .await;
     assert_eq!(result.acked.len(), 100);
+    // A client in the middle of a request holds the listener for the whole grace period.
+    let mut slow = tokio::net::TcpStream::connect(bridge.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut slow,
+        b"POST /webhooks/eduzz HTTP/1.1\r\ncontent-length: 10\r\n\r\n{",
+    )
+    .await
+    .unwrap();
+    let stopping = std::time::Instant::now();
     assert!(
         bridge.terminate().success(),
         "SIGTERM exits 0 even with events unpublished"
     );
+    // The grace period (1 s) bounds the whole stop, the stalled drain included.
+    // (Before one deadline covered every step, listeners and drain took a grace each: 2.3 s.)
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_millis(1800), "stop took {took:?}");
+    drop(slow);
 
     let (code, out, err) = tokio::task::block_in_place(|| cli(&["spool", "stats"]));
     assert_eq!(code, Some(0), "{err}");

@@ -27,7 +27,7 @@ use crate::delivery::DeliverySettings;
 use crate::http::{AdminSettings, Server, ServerSettings};
 use crate::kafka::{Kafka, KafkaSettings};
 use crate::problem::{Problem, Problems};
-use crate::route::{DefaultRouteSettings, RouteSettings, Router};
+use crate::route::{DefaultRouteSettings, RouteSettings, Router, TopicSettings};
 use crate::source::{SourceSettings, Sources};
 use crate::spool::{DedupeSettings, SpoolSettings};
 use crate::telemetry::LogSettings;
@@ -54,6 +54,8 @@ pub struct Settings {
     pub routes: Vec<RouteSettings>,
     /// What happens to a slug no rule matches.
     pub default_route: DefaultRouteSettings,
+    /// Bounds on the topics senders can make the bridge create.
+    pub topics: TopicSettings,
 }
 
 /// A configuration, built: every part parsed and checked once, ready to run.
@@ -161,7 +163,13 @@ impl Settings {
             );
         }
         let is_source = |name: &str| self.sources.contains_key(name);
-        let router = Router::build(&self.routes, &self.default_route, is_source, problems);
+        let router = Router::build(
+            &self.routes,
+            &self.default_route,
+            &self.topics,
+            is_source,
+            problems,
+        );
         Some(Config {
             server: server?,
             admin: admin?,

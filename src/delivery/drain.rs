@@ -6,12 +6,18 @@
 //! order and librdkafka's idempotent producer keeps that order per partition, so events with
 //! the same key stay in order, across outages too (messages never time out in this mode).
 //!
+//! One topic cannot take the whole window: each topic has at most `max_in_flight_per_topic`
+//! messages in flight, and entries of a topic at its share wait aside, in order, while the
+//! drain goes on with the others. A topic whose partitions have no leader (or whose broker
+//! is slow) then holds its share, not the whole drain. Entries waiting aside are bounded in
+//! bytes like the window; only when that bound is reached does reading the spool pause.
+//!
 //! When Kafka refuses a message for good (too large, topic invalid or not authorised), it goes
 //! to the dead-letter topic, in the same in-flight window as everything else (so other
 //! confirmations never wait behind it); if that fails too, it stays in the spool ("parked"),
 //! is retried now and then, and shows in logs and metrics. It is never dropped.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -37,6 +43,8 @@ use crate::spool::{Entry, Spool, SpoolError};
 #[derive(Debug, Clone)]
 pub struct DrainSettings {
     pub max_in_flight: usize,
+    /// Most messages of one topic in flight (so one stalled topic cannot fill the window).
+    pub max_in_flight_per_topic: usize,
     pub max_in_flight_bytes: usize,
     /// Entries read from the spool per read.
     pub read_batch: usize,
@@ -59,6 +67,7 @@ impl DrainSettings {
     pub fn new(max_in_flight: usize) -> DrainSettings {
         DrainSettings {
             max_in_flight,
+            max_in_flight_per_topic: (max_in_flight / 4).max(1),
             max_in_flight_bytes: 32 * 1024 * 1024,
             read_batch: 1024,
             delete_batch: 8192,
@@ -138,6 +147,8 @@ pub struct Drain {
     retries: VecDeque<Retry>,
     in_flight: FuturesUnordered<InFlight>,
     in_flight_bytes: usize,
+    /// Per topic: messages in flight, and spooled entries waiting for the topic's share.
+    topics: TopicShares,
     queue_full: bool,
     to_delete: Vec<u64>,
     oldest_pending_delete: Option<Instant>,
@@ -166,6 +177,7 @@ impl Drain {
             retries: VecDeque::new(),
             in_flight: FuturesUnordered::new(),
             in_flight_bytes: 0,
+            topics: TopicShares::default(),
             queue_full: false,
             to_delete: Vec::new(),
             oldest_pending_delete: None,
@@ -208,16 +220,26 @@ impl Drain {
         }
     }
 
-    /// Fills the window: due retries first, then the spool in order.
+    /// Fills the window: due retries first, then entries that waited for their topic's
+    /// share, then the spool in order.
     async fn fill(&mut self) {
         self.queue_full = self.queue_full && !self.in_flight.is_empty();
+        let per_topic = self.settings.max_in_flight_per_topic;
         while !self.queue_full
             && self.in_flight.len() < self.settings.max_in_flight
             && self.in_flight_bytes < self.settings.max_in_flight_bytes
         {
             let (seq, message, attempt) = if let Some(r) = self.due_retry() {
                 (r.seq, r.message, r.attempt)
+            } else if let Some(e) = self.topics.next_waiting(per_topic) {
+                (e.seq, e.message, 0)
+            } else if self.topics.waiting_bytes >= self.settings.max_in_flight_bytes {
+                break;
             } else if let Some(e) = self.buffer.pop_front() {
+                if !self.topics.has_room(&e.message.topic, per_topic) {
+                    self.topics.wait(e);
+                    continue;
+                }
                 (e.seq, e.message, 0)
             } else if *self.committed.borrow_and_update() > self.cursor {
                 self.read_more().await;
@@ -228,7 +250,12 @@ impl Drain {
             match self.publisher.enqueue(&message) {
                 Ok(future) => self.send(future, seq, message, attempt, Attempt::Publish),
                 Err(EnqueueError::QueueFull) => {
-                    self.buffer.push_front(Entry { seq, message });
+                    let entry = Entry { seq, message };
+                    if attempt == 0 && self.topics.is_waiting(&entry.message.topic) {
+                        self.topics.wait_first(entry);
+                    } else {
+                        self.buffer.push_front(entry);
+                    }
                     self.queue_full = true;
                 }
                 Err(EnqueueError::Refused(e)) => self.on_failure(seq, message, attempt, e),
@@ -286,6 +313,7 @@ impl Drain {
         kind: Attempt,
     ) {
         self.in_flight_bytes += message.body.len();
+        self.topics.sent(&message.topic);
         let sending = Sending {
             seq,
             message,
@@ -300,6 +328,7 @@ impl Drain {
     /// One delivery report came back.
     fn on_report(&mut self, (sent, result): Report) {
         self.in_flight_bytes -= sent.message.body.len();
+        self.topics.reported(&sent.message.topic);
         self.queue_full = false;
         match (sent.kind, result) {
             (Attempt::Publish, result) => {
@@ -377,6 +406,7 @@ impl Drain {
     fn caught_up(&self) -> bool {
         self.in_flight.is_empty()
             && self.buffer.is_empty()
+            && self.topics.waiting_bytes == 0
             && *self.committed.borrow() <= self.cursor
             && self.retries.iter().all(|r| r.parked)
     }
@@ -412,6 +442,83 @@ impl Drain {
     async fn finish(mut self) {
         self.flush_deletes();
         while self.deleting.join_next().await.is_some() {}
+    }
+}
+
+/// Messages in flight per topic, and the entries waiting for their topic's share.
+///
+/// Entries wait in spool order per topic, and a topic's waiting entries go before any newer
+/// entry of that topic, so per-key order holds as it does without waiting.
+#[derive(Default)]
+struct TopicShares {
+    in_flight: HashMap<String, usize>,
+    waiting: HashMap<String, VecDeque<Entry>>,
+    /// Topics with waiting entries, in the order they started waiting (checked round-robin).
+    order: VecDeque<String>,
+    waiting_bytes: usize,
+}
+
+impl TopicShares {
+    fn has_room(&self, topic: &str, per_topic: usize) -> bool {
+        !self.waiting.contains_key(topic)
+            && self.in_flight.get(topic).copied().unwrap_or(0) < per_topic
+    }
+
+    fn is_waiting(&self, topic: &str) -> bool {
+        self.waiting.contains_key(topic)
+    }
+
+    /// Puts `e` behind its topic's waiting entries.
+    fn wait(&mut self, e: Entry) {
+        self.waiting_bytes += e.message.body.len();
+        let topic = e.message.topic.clone();
+        let queue = self.waiting.entry(topic.clone()).or_default();
+        if queue.is_empty() {
+            self.order.push_back(topic);
+        }
+        queue.push_back(e);
+    }
+
+    /// Puts `e` back in front of its topic's waiting entries (it was taken, then not sent).
+    fn wait_first(&mut self, e: Entry) {
+        self.waiting_bytes += e.message.body.len();
+        self.waiting
+            .entry(e.message.topic.clone())
+            .or_default()
+            .push_front(e);
+    }
+
+    /// The first waiting entry of a topic that has room again.
+    fn next_waiting(&mut self, per_topic: usize) -> Option<Entry> {
+        for _ in 0..self.order.len() {
+            let topic = self.order.pop_front()?;
+            let room = self.in_flight.get(&topic).copied().unwrap_or(0) < per_topic;
+            let queue = self.waiting.get_mut(&topic)?;
+            let next = if room { queue.pop_front() } else { None };
+            if queue.is_empty() {
+                self.waiting.remove(&topic);
+            } else {
+                self.order.push_back(topic);
+            }
+            if let Some(e) = next {
+                self.waiting_bytes -= e.message.body.len();
+                return Some(e);
+            }
+        }
+        None
+    }
+
+    fn sent(&mut self, topic: &str) {
+        *self.in_flight.entry(topic.to_string()).or_default() += 1;
+    }
+
+    fn reported(&mut self, topic: &str) {
+        if let Some(n) = self.in_flight.get_mut(topic) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(topic);
+            }
+        }
     }
 }
 

@@ -8,11 +8,12 @@
 //! So before draining, the oldest entries of the spool (the only ones that can have been
 //! sent: the drain works in order with a bounded window) are looked up in the tails of their
 //! topics, by their `source` and `event-id` headers; those found are deleted instead of sent.
-//! This needs read access to the topics. If Kafka cannot be read, the check gives up after a
-//! bounded time and the entries are published again: the guarantee falls back to at least once,
-//! and the log says so.
+//! This needs read access to the topics. Each topic is checked on its own, within a time
+//! budget of its own, so one slow or unreadable topic leaves the others checked; the topics
+//! that could not be read are tried again a few times, and their entries are then published
+//! again: for those the guarantee falls back to at least once, and the log names them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -33,8 +34,10 @@ pub struct Recovery {
     pub candidates: usize,
     /// Messages read back from the end of each partition.
     pub lookback: i64,
-    /// Time allowed to one attempt.
+    /// Time allowed to one attempt, all topics together.
     pub timeout: Duration,
+    /// Time allowed to one topic within an attempt.
+    pub per_topic: Duration,
     /// Attempts before giving up (Kafka unreachable, or not readable).
     pub attempts: u32,
 }
@@ -47,6 +50,7 @@ impl Recovery {
             candidates,
             lookback: 4 * candidates as i64,
             timeout: Duration::from_secs(15),
+            per_topic: Duration::from_secs(3),
             attempts: 10,
         }
     }
@@ -58,111 +62,167 @@ pub(crate) async fn skip_already_published(
     r: &Recovery,
     shutdown: &CancellationToken,
 ) {
-    let entries: Vec<Entry> = match spool.read_after(None, r.candidates).await {
+    let mut pending: Vec<Entry> = match spool.read_after(None, r.candidates).await {
         Ok(v) => v.into_iter().filter_map(Result::ok).collect(),
         Err(e) => {
             tracing::warn!(error = %crate::problem::with_causes(&e), "cannot read the spool for the recovery check; skipping it");
             return;
         }
     };
-    if entries.is_empty() {
-        return;
-    }
     for attempt in 1..=r.attempts {
-        let (reader, lookback, timeout) = (r.reader.clone(), r.lookback, r.timeout);
-        let batch = entries.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
-            already_published(&reader, &batch, lookback, timeout)
+        if pending.is_empty() {
+            return;
+        }
+        let (reader, batch, budget) = (r.reader.clone(), pending.clone(), Budget::of(r));
+        let lookback = r.lookback;
+        let checked = tokio::task::spawn_blocking(move || {
+            already_published(&reader, &batch, lookback, &budget)
         })
         .await
-        .unwrap_or_else(|e| Outcome::Unknown(e.to_string()));
-        match outcome {
-            Outcome::Found(seqs) => return forget(spool, seqs).await,
-            Outcome::Unknown(why) if attempt == r.attempts => {
-                tracing::warn!(reason = %why, events = entries.len(), "could not check which spooled events are already on Kafka; publishing them all (some may be duplicates)");
-            }
-            Outcome::Unknown(why) => {
-                tracing::debug!(reason = %why, attempt, "recovery check failed; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
-                    _ = shutdown.cancelled() => return,
-                }
-            }
+        .unwrap_or_else(|e| Checked::nothing(&pending, e.to_string()));
+        forget(spool, checked.found).await;
+        pending.retain(|e| checked.unknown.contains_key(&e.message.topic));
+        if pending.is_empty() {
+            return;
+        }
+        let topics: Vec<&String> = checked.unknown.keys().take(10).collect();
+        let why = checked.unknown.values().next().cloned().unwrap_or_default();
+        if attempt == r.attempts {
+            tracing::warn!(?topics, reason = %why, events = pending.len(), "could not check which spooled events of these topics are already on Kafka; publishing them (some may be duplicates)");
+            return;
+        }
+        tracing::debug!(?topics, reason = %why, attempt, "recovery check incomplete; retrying those topics");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = shutdown.cancelled() => return,
         }
     }
 }
 
 /// Deletes entries found on Kafka instead of publishing them again.
 async fn forget(spool: &Spool, seqs: Vec<u64>) {
-    if !seqs.is_empty() {
-        tracing::info!(
-            events = seqs.len(),
-            "spooled events were already on Kafka (confirmed before the last stop, not yet deleted); not publishing them again"
-        );
+    if seqs.is_empty() {
+        return;
     }
+    tracing::info!(
+        events = seqs.len(),
+        "spooled events were already on Kafka (confirmed before the last stop, not yet deleted); not publishing them again"
+    );
     if let Err(e) = spool.delete(seqs).await {
         tracing::warn!(error = %crate::problem::with_causes(&e), "cannot delete already-published entries; they will be published again");
     }
 }
 
-/// How one recovery check went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Kafka was read: these sequence numbers are already published.
-    Found(Vec<u64>),
-    /// Kafka could not be read (down, or no read permission): nothing is known.
-    Unknown(String),
+/// Time allowed to one check: all topics together, and each topic.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    pub total: Duration,
+    pub per_topic: Duration,
 }
 
-/// Looks up `entries` in the last `lookback` messages of each partition of their topics.
+impl Budget {
+    fn of(r: &Recovery) -> Budget {
+        Budget {
+            total: r.timeout,
+            per_topic: r.per_topic,
+        }
+    }
+}
+
+/// What one check found out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Checked {
+    /// Sequence numbers of entries found on Kafka.
+    pub found: Vec<u64>,
+    /// Topics that could not be read in their budget, and why.
+    pub unknown: HashMap<String, String>,
+}
+
+impl Checked {
+    /// Nothing could be checked, for `why`.
+    fn nothing(entries: &[Entry], why: String) -> Checked {
+        let unknown = entries
+            .iter()
+            .map(|e| (e.message.topic.clone(), why.clone()))
+            .collect();
+        Checked {
+            found: Vec::new(),
+            unknown,
+        }
+    }
+}
+
+/// Looks up `entries` in the last `lookback` messages of each partition of their topics,
+/// one topic at a time, each within its own budget.
 pub(crate) fn already_published(
     reader: &Connection,
     entries: &[Entry],
     lookback: i64,
-    timeout: Duration,
-) -> Outcome {
-    if entries.is_empty() {
-        return Outcome::Found(Vec::new());
-    }
+    budget: &Budget,
+) -> Checked {
     let consumer: BaseConsumer = match reader.reader_config("eduzz-kafka-bridge-recovery").create()
     {
         Ok(c) => c,
-        Err(e) => return Outcome::Unknown(ReadError::Create(e).to_string()),
+        Err(e) => return Checked::nothing(entries, ReadError::Create(e).to_string()),
     };
-    let deadline = Instant::now() + timeout;
-
-    let mut wanted: HashMap<(String, String), Vec<u64>> = HashMap::new();
-    let mut topics: HashSet<&str> = HashSet::new();
+    let deadline = Instant::now() + budget.total;
+    let mut by_topic: HashMap<&str, Wanted> = HashMap::new();
     for e in entries {
-        wanted
+        by_topic
+            .entry(&e.message.topic)
+            .or_default()
             .entry((e.message.source.clone(), e.message.event_id.clone()))
             .or_default()
             .push(e.seq);
-        topics.insert(&e.message.topic);
     }
+    let mut checked = Checked::default();
+    for (topic, mut wanted) in by_topic {
+        let now = Instant::now();
+        let topic_deadline = deadline.min(now + budget.per_topic);
+        if now >= deadline {
+            let why = format!("the check ran out of its {:?}", budget.total);
+            checked.unknown.insert(topic.to_string(), why);
+            continue;
+        }
+        match tail_of(&consumer, topic, &mut wanted, lookback, topic_deadline) {
+            Ok(found) => checked.found.extend(found),
+            Err(why) => {
+                checked.unknown.insert(topic.to_string(), why);
+            }
+        }
+    }
+    checked.found.sort_unstable();
+    checked
+}
 
-    // Where to start and stop reading in every partition of those topics.
-    let (tpl, mut ends) = match tails(&consumer, topics, lookback, deadline) {
-        Ok(t) => t,
-        Err(e) => return Outcome::Unknown(crate::problem::with_causes(&e)),
-    };
-    if ends.is_empty() {
-        return Outcome::Found(Vec::new());
-    }
-    if let Err(e) = consumer.assign(&tpl) {
-        return Outcome::Unknown(format!("cannot read the topics: {e}"));
-    }
+/// Entries wanted in one topic: (source, event id) → their sequence numbers.
+type Wanted = HashMap<(String, String), Vec<u64>>;
 
+/// Reads the tail of `topic` until `deadline`; the sequence numbers of the wanted entries
+/// found there.
+fn tail_of(
+    consumer: &BaseConsumer,
+    topic: &str,
+    wanted: &mut Wanted,
+    lookback: i64,
+    deadline: Instant,
+) -> Result<Vec<u64>, String> {
+    let (tpl, mut ends) =
+        tails(consumer, topic, lookback, deadline).map_err(|e| crate::problem::with_causes(&e))?;
     let mut found = Vec::new();
+    if ends.is_empty() {
+        return Ok(found);
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(|e| format!("cannot read {topic}: {e}"))?;
     while !ends.is_empty() {
         if Instant::now() >= deadline {
-            return Outcome::Unknown(format!(
-                "reading the topics' tails took longer than {timeout:?}"
-            ));
+            return Err(format!("reading the tail of {topic} took too long"));
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => return Outcome::Unknown(format!("reading the topics: {e}")),
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
             Some(Ok(m)) => {
                 if let Some(seqs) = identity(&m).and_then(|k| wanted.remove(&k)) {
                     found.extend(seqs);
@@ -174,39 +234,36 @@ pub(crate) fn already_published(
             }
         }
     }
-    found.sort_unstable();
-    Outcome::Found(found)
+    Ok(found)
 }
 
 type Ends = HashMap<(String, i32), i64>;
 
-/// The last `lookback` messages of every partition of `topics`: where to start reading, and
+/// The last `lookback` messages of every partition of `topic`: where to start reading, and
 /// the offset where each partition's tail ends.
 fn tails(
     consumer: &BaseConsumer,
-    topics: HashSet<&str>,
+    topic: &str,
     lookback: i64,
     deadline: Instant,
 ) -> Result<(TopicPartitionList, Ends), ReadError> {
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut tpl = TopicPartitionList::new();
     let mut ends = Ends::new();
-    for topic in topics {
-        // A topic that does not exist holds nothing of ours.
-        let ids = reader::partitions(consumer, topic, left())?.unwrap_or_default();
-        for p in ids {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, p, left())
-                .map_err(|source| ReadError::Offsets {
-                    topic: topic.to_string(),
-                    partition: p,
-                    source,
-                })?;
-            if high > low {
-                tpl.add_partition_offset(topic, p, Offset::Offset(low.max(high - lookback)))
-                    .map_err(ReadError::Assign)?;
-                ends.insert((topic.to_string(), p), high);
-            }
+    // A topic that does not exist holds nothing of ours.
+    let ids = reader::partitions(consumer, topic, left())?.unwrap_or_default();
+    for p in ids {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, p, left())
+            .map_err(|source| ReadError::Offsets {
+                topic: topic.to_string(),
+                partition: p,
+                source,
+            })?;
+        if high > low {
+            tpl.add_partition_offset(topic, p, Offset::Offset(low.max(high - lookback)))
+                .map_err(ReadError::Assign)?;
+            ends.insert((topic.to_string(), p), high);
         }
     }
     Ok((tpl, ends))
@@ -228,4 +285,76 @@ fn identity<M: Message>(m: &M) -> Option<(String, String)> {
         String::from_utf8_lossy(source?).into_owned(),
         String::from_utf8_lossy(id?).into_owned(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Message as Spooled;
+    use crate::kafka::{ProducerTuning, Publisher};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::RDKafkaRespErr;
+
+    fn entry(seq: u64, topic: &str, id: &str) -> Entry {
+        Entry {
+            seq,
+            message: Spooled {
+                topic: topic.into(),
+                key: id.as_bytes().to_vec().into(),
+                source: "eduzz".into(),
+                slug: "nutror.lesson_started".into(),
+                event_id: id.into(),
+                received_at_ms: 0,
+                content_type: "application/json".into(),
+                body: b"{}".to_vec().into(),
+            },
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unreadable_topic_leaves_the_others_checked() {
+        let cluster = MockCluster::new(1).unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let connection = Connection::to(&brokers);
+        let publisher = Publisher::new(
+            &connection,
+            ProducerTuning {
+                message_timeout: Some(Duration::from_secs(10)),
+                linger: Duration::from_millis(1),
+            },
+        )
+        .unwrap();
+        let entries = [
+            entry(1, "ok.topic", "a"),
+            entry(2, "denied.topic", "d"),
+            entry(3, "ok.topic", "b"),
+            entry(4, "ok.topic", "c"),
+        ];
+        // a and b were published before the "crash"; c was not.
+        for e in [&entries[0], &entries[2]] {
+            let sent = publisher.enqueue(&e.message).unwrap();
+            Publisher::delivered(sent).await.unwrap();
+        }
+        cluster
+            .topic_error(
+                "denied.topic",
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+            )
+            .unwrap();
+        let budget = Budget {
+            total: Duration::from_secs(20),
+            per_topic: Duration::from_secs(5),
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            already_published(&connection, &entries, 100, &budget)
+        })
+        .await
+        .unwrap();
+        assert_eq!(checked.found, vec![1, 3]);
+        assert_eq!(
+            checked.unknown.keys().collect::<Vec<_>>(),
+            vec!["denied.topic"]
+        );
+        assert!(checked.unknown["denied.topic"].contains("TOPIC_AUTHORIZATION_FAILED"));
+    }
 }

@@ -130,11 +130,24 @@ impl Publisher {
             .unwrap_or(false)
     }
 
-    /// Asks the cluster for its metadata; updates [`KafkaHealth`] either way.
-    pub async fn probe(&self, timeout: Duration) -> bool {
+    /// Drops every message not yet confirmed (their delivery reports say so), so that closing
+    /// the producer does not wait for a broker that is not answering.
+    pub(crate) fn purge(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+
+    /// Asks the cluster for the metadata of `topic` (one topic, so the probe costs the same
+    /// however many topics the cluster holds; a missing topic is still an answer); updates
+    /// [`KafkaHealth`] either way.
+    pub async fn probe(&self, topic: &str, timeout: Duration) -> bool {
         let producer = self.producer.clone();
+        let topic = topic.to_string();
         let ok = tokio::task::spawn_blocking(move || {
-            producer.client().fetch_metadata(None, timeout).is_ok()
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), timeout)
+                .is_ok()
         })
         .await
         .unwrap_or(false);

@@ -32,27 +32,46 @@ pub enum ReadError {
     },
     #[error("topic {0} does not exist (yet)")]
     NoTopic(String),
+    #[error("the cluster refuses to describe {topic}: {code:?}")]
+    Refused {
+        topic: String,
+        code: rdkafka::types::RDKafkaRespErr,
+    },
     #[error("cannot assign the partitions")]
     Assign(#[source] KafkaError),
 }
 
-/// The partitions of `topic`, or `None` when the cluster does not have it.
+/// The partitions of `topic`, or `None` when the cluster does not have it (yet). Any other
+/// error the cluster gives for the topic (not authorised, …) is an error: "cannot tell" is
+/// not "holds nothing".
 pub fn partitions<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     timeout: Duration,
 ) -> Result<Option<Vec<i32>>, ReadError> {
+    use rdkafka::types::RDKafkaRespErr::{
+        RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE as LEADER_NOT_AVAILABLE,
+        RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART as UNKNOWN_TOPIC,
+    };
     let md = consumer
         .fetch_metadata(Some(topic), timeout)
         .map_err(|source| ReadError::Metadata {
             topic: topic.to_string(),
             source,
         })?;
-    Ok(md
-        .topics()
-        .iter()
-        .find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().iter().map(|p| p.id()).collect()))
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(None);
+    };
+    match t.error() {
+        None if !t.partitions().is_empty() => {
+            Ok(Some(t.partitions().iter().map(|p| p.id()).collect()))
+        }
+        None | Some(UNKNOWN_TOPIC | LEADER_NOT_AVAILABLE) => Ok(None),
+        Some(code) => Err(ReadError::Refused {
+            topic: topic.to_string(),
+            code,
+        }),
+    }
 }
 
 /// Waits for `topic` to exist (up to `wait`; `None`: as long as it takes, but a metadata error

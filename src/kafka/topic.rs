@@ -167,6 +167,14 @@ impl Template {
         })
     }
 
+    /// Whether rendered names depend on the delivery (`{slug}` or `{app}`): such a template
+    /// can name as many topics as senders make up slugs.
+    pub fn follows_slug(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Slug | Part::App))
+    }
+
     /// The template as written.
     pub fn as_str(&self) -> &str {
         &self.text
