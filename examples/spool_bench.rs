@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use eduzz_kafka_bridge::delivery::drain::{Drain, DrainGauges, DrainSettings, Until};
+use eduzz_kafka_bridge::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
 use eduzz_kafka_bridge::delivery::{DeadLetters, DeliverySettings};
 use eduzz_kafka_bridge::event::{unix_ms, Message};
 use eduzz_kafka_bridge::kafka::{Connection, Publisher};
 use eduzz_kafka_bridge::metrics::Metrics;
 use eduzz_kafka_bridge::spool::{Appended, DedupeSettings, Spool, SpoolSettings};
-use tokio_util::sync::CancellationToken;
 
 fn message(i: usize, body: &Bytes) -> Message {
     Message {
@@ -102,7 +101,7 @@ fn main() -> anyhow::Result<()> {
             DrainSettings::new(delivery.max_in_flight),
             gauges.clone(),
         )
-        .run(CancellationToken::new(), Until::Empty)
+        .run(DrainStop::default(), Until::Empty)
         .await;
         let drained = gauges.published.load(std::sync::atomic::Ordering::Relaxed);
         let drain_secs = started.elapsed().as_secs_f64();

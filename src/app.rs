@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::delivery::drain::{Drain, DrainGauges, DrainSettings, Until};
+use crate::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
 use crate::delivery::recover::Recovery;
 use crate::delivery::{AckMode, DeadLetters, Delivery};
 use crate::http::admin::{self, AdminState};
@@ -55,7 +55,7 @@ pub struct Application {
     /// Listeners: stop accepting, finish the requests in flight.
     stop_http: CancellationToken,
     /// Drain: stop reading the spool, wait for what is in flight.
-    stop_drain: CancellationToken,
+    stop_drain: DrainStop,
     servers: TaskTracker,
     drain: Option<JoinHandle<()>>,
     probe: JoinHandle<()>,
@@ -103,7 +103,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::new(&connection, config.delivery.producer_tuning())
             .context("cannot create the Kafka producer")?;
-        let stop_drain = CancellationToken::new();
+        let stop_drain = DrainStop::default();
         let parts = start_delivery(&config, &connection, &publisher, &metrics, &stop_drain)?;
         let admin_state = Arc::new(AdminState {
             metrics: metrics.clone(),
@@ -199,7 +199,11 @@ impl Application {
         tracing::info!(grace = ?self.grace, "stopping: no new requests; finishing those in flight");
         self.stop_http.cancel();
         let _ = tokio::time::timeout_at(deadline, self.servers.wait()).await;
-        self.stop_drain.cancel();
+        // The drain ends in order (deleting what Kafka confirmed) a little before the
+        // deadline; it is cut off only if even that does not happen in time.
+        let margin = (self.grace / 10).min(Duration::from_millis(500));
+        self.stop_drain
+            .stop_by(deadline.checked_sub(margin).unwrap_or(deadline));
         if let Some(mut drain) = self.drain.take() {
             if tokio::time::timeout_at(deadline, &mut drain).await.is_err() {
                 // Entries are deleted only once Kafka confirmed them: stopping the drain here
@@ -272,7 +276,7 @@ fn start_delivery(
     connection: &Connection,
     publisher: &Publisher,
     metrics: &Arc<Metrics>,
-    stop_drain: &CancellationToken,
+    stop_drain: &DrainStop,
 ) -> anyhow::Result<DeliveryParts> {
     let gauges = Arc::new(DrainGauges::default());
     let d = &config.delivery;

@@ -280,7 +280,7 @@ async fn only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_c
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
 
     // Bodies in memory are bounded all together: with 4000 bytes still arriving, another
-    // 4000 do not fit in 6000 and get 503 (the connection closes: its body was not read).
+    // 4000 do not fit in 6000 and get 503 (read whole and dropped, so the client reads it).
     let big = |id: &str| {
         let pad = "x".repeat(3900);
         format!(r#"{{"id":"{id}","event":"{topic}","data":{{"pad":"{pad}"}}}}"#).into_bytes()

@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Subcommand;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::delivery::drain::{Drain, DrainGauges, Until};
+use crate::delivery::drain::{Drain, DrainGauges, DrainStop, Until};
 use crate::delivery::DeadLetters;
 use crate::kafka::Publisher;
 use crate::metrics::Metrics;
@@ -78,7 +77,7 @@ async fn drain(config: &Config, spool: Spool) -> anyhow::Result<i32> {
         settings,
         gauges.clone(),
     )
-    .run(CancellationToken::new(), Until::Empty)
+    .run(DrainStop::default(), Until::Empty)
     .await;
     publisher.flush(Duration::from_secs(10)).await;
     let after = spool.stats().depth;

@@ -10,7 +10,9 @@
 //! messages in flight, and entries of a topic at its share wait aside, in order, while the
 //! drain goes on with the others. A topic whose partitions have no leader (or whose broker
 //! is slow) then holds its share, not the whole drain. Entries waiting aside are bounded in
-//! bytes like the window; only when that bound is reached does reading the spool pause.
+//! count (`max_waiting`) and in bytes like the window; once either bound is reached the drain
+//! pauses until the slow topic moves again, so memory stays flat, and the start-up recovery
+//! check knows how far past the oldest entry the drain can have gone.
 //!
 //! When Kafka refuses a message for good (too large, topic invalid or not authorised), it goes
 //! to the dead-letter topic, in the same in-flight window as everything else (so other
@@ -21,7 +23,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -45,6 +47,8 @@ pub struct DrainSettings {
     pub max_in_flight: usize,
     /// Most messages of one topic in flight (so one stalled topic cannot fill the window).
     pub max_in_flight_per_topic: usize,
+    /// Most entries waiting aside for their topic's share.
+    pub max_waiting: usize,
     pub max_in_flight_bytes: usize,
     /// Entries read from the spool per read.
     pub read_batch: usize,
@@ -68,6 +72,7 @@ impl DrainSettings {
         DrainSettings {
             max_in_flight,
             max_in_flight_per_topic: (max_in_flight / 4).max(1),
+            max_waiting: 8 * max_in_flight,
             max_in_flight_bytes: 32 * 1024 * 1024,
             read_batch: 1024,
             delete_batch: 8192,
@@ -79,10 +84,11 @@ impl DrainSettings {
         }
     }
 
-    /// Spooled entries that can have been sent before a stop: the in-flight window, the
-    /// confirmed ones whose delete was pending, and a read batch.
+    /// How far into the spool entries can have been sent before a stop: the in-flight
+    /// window, the confirmed ones whose delete was pending, a read batch, and the entries that
+    /// waited aside while newer ones of other topics went out.
     pub(crate) fn recovery_candidates(&self) -> usize {
-        self.max_in_flight + 2 * self.delete_batch + self.read_batch
+        self.max_in_flight + 2 * self.delete_batch + self.read_batch + self.max_waiting
     }
 }
 
@@ -102,6 +108,31 @@ pub enum Until {
     Shutdown,
     /// Stop as soon as the spool is empty (`spool drain`), or when shut down.
     Empty,
+}
+
+/// Tells a running drain to stop, and by when it must have returned: the stop of the whole
+/// process has one deadline, and the drain's orderly end (deleting what Kafka confirmed) must
+/// fit before it rather than be cut off by it.
+#[derive(Debug, Clone, Default)]
+pub struct DrainStop {
+    token: CancellationToken,
+    by: Arc<OnceLock<Instant>>,
+}
+
+impl DrainStop {
+    /// Stop, and return by `deadline` (instead of `stop_grace` from now).
+    pub fn stop_by(&self, deadline: Instant) {
+        let _ = self.by.set(deadline);
+        self.token.cancel();
+    }
+
+    /// When the drain has to be done once it stops.
+    fn deadline(&self, grace: Duration) -> Instant {
+        self.by
+            .get()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + grace)
+    }
 }
 
 /// What one in-flight send was.
@@ -185,8 +216,9 @@ impl Drain {
         }
     }
 
-    /// Publishes the spool until `shutdown` (or, with [`Until::Empty`], until it is empty).
-    pub async fn run(mut self, shutdown: CancellationToken, until: Until) {
+    /// Publishes the spool until `stop` (or, with [`Until::Empty`], until it is empty).
+    pub async fn run(mut self, stop: DrainStop, until: Until) {
+        let shutdown = stop.token.clone();
         if let Some(recovery) = &self.settings.recovery {
             recover::skip_already_published(&self.spool, recovery, &shutdown).await;
         }
@@ -199,7 +231,7 @@ impl Drain {
                 return self.finish().await;
             }
             if stopping && stop_deadline.is_none() {
-                stop_deadline = Some(Instant::now() + self.settings.stop_grace);
+                stop_deadline = Some(stop.deadline(self.settings.stop_grace));
             }
             let next_retry = self.retries.front().map(|r| r.due);
             let delete_due = self
@@ -233,7 +265,9 @@ impl Drain {
                 (r.seq, r.message, r.attempt)
             } else if let Some(e) = self.topics.next_waiting(per_topic) {
                 (e.seq, e.message, 0)
-            } else if self.topics.waiting_bytes >= self.settings.max_in_flight_bytes {
+            } else if self.topics.waiting_entries >= self.settings.max_waiting
+                || self.topics.waiting_bytes >= self.settings.max_in_flight_bytes
+            {
                 break;
             } else if let Some(e) = self.buffer.pop_front() {
                 if !self.topics.has_room(&e.message.topic, per_topic) {
@@ -406,7 +440,7 @@ impl Drain {
     fn caught_up(&self) -> bool {
         self.in_flight.is_empty()
             && self.buffer.is_empty()
-            && self.topics.waiting_bytes == 0
+            && self.topics.waiting_entries == 0
             && *self.committed.borrow() <= self.cursor
             && self.retries.iter().all(|r| r.parked)
     }
@@ -455,6 +489,7 @@ struct TopicShares {
     waiting: HashMap<String, VecDeque<Entry>>,
     /// Topics with waiting entries, in the order they started waiting (checked round-robin).
     order: VecDeque<String>,
+    waiting_entries: usize,
     waiting_bytes: usize,
 }
 
@@ -470,6 +505,7 @@ impl TopicShares {
 
     /// Puts `e` behind its topic's waiting entries.
     fn wait(&mut self, e: Entry) {
+        self.waiting_entries += 1;
         self.waiting_bytes += e.message.body.len();
         let topic = e.message.topic.clone();
         let queue = self.waiting.entry(topic.clone()).or_default();
@@ -481,6 +517,7 @@ impl TopicShares {
 
     /// Puts `e` back in front of its topic's waiting entries (it was taken, then not sent).
     fn wait_first(&mut self, e: Entry) {
+        self.waiting_entries += 1;
         self.waiting_bytes += e.message.body.len();
         self.waiting
             .entry(e.message.topic.clone())
@@ -501,6 +538,7 @@ impl TopicShares {
                 self.order.push_back(topic);
             }
             if let Some(e) = next {
+                self.waiting_entries -= 1;
                 self.waiting_bytes -= e.message.body.len();
                 return Some(e);
             }

@@ -81,6 +81,11 @@ pub(crate) async fn skip_already_published(
         .await
         .unwrap_or_else(|e| Checked::nothing(&pending, e.to_string()));
         forget(spool, checked.found).await;
+        if !checked.refused.is_empty() {
+            let topics: Vec<&String> = checked.refused.keys().take(10).collect();
+            let why = checked.refused.values().next().cloned().unwrap_or_default();
+            tracing::warn!(?topics, reason = %why, "the cluster refuses to let these topics be read; their spooled events are published again (some may be duplicates)");
+        }
         pending.retain(|e| checked.unknown.contains_key(&e.message.topic));
         if pending.is_empty() {
             return;
@@ -134,8 +139,10 @@ impl Budget {
 pub(crate) struct Checked {
     /// Sequence numbers of entries found on Kafka.
     pub found: Vec<u64>,
-    /// Topics that could not be read in their budget, and why.
+    /// Topics that could not be read in their budget, and why: worth another attempt.
     pub unknown: HashMap<String, String>,
+    /// Topics the cluster refuses to describe (not authorised, …): not worth retrying.
+    pub refused: HashMap<String, String>,
 }
 
 impl Checked {
@@ -146,8 +153,8 @@ impl Checked {
             .map(|e| (e.message.topic.clone(), why.clone()))
             .collect();
         Checked {
-            found: Vec::new(),
             unknown,
+            ..Checked::default()
         }
     }
 }
@@ -184,9 +191,16 @@ pub(crate) fn already_published(
             checked.unknown.insert(topic.to_string(), why);
             continue;
         }
+        // The bridge is the topic's writer: what it sent of this topic is within as many
+        // messages from the end as it has entries of it (four times that, for margin).
+        let entries: usize = wanted.values().map(Vec::len).sum();
+        let lookback = lookback.min((4 * entries as i64).max(1024));
         match tail_of(&consumer, topic, &mut wanted, lookback, topic_deadline) {
             Ok(found) => checked.found.extend(found),
-            Err(why) => {
+            Err(Unread::Lasting(why)) => {
+                checked.refused.insert(topic.to_string(), why);
+            }
+            Err(Unread::Passing(why)) => {
                 checked.unknown.insert(topic.to_string(), why);
             }
         }
@@ -198,6 +212,20 @@ pub(crate) fn already_published(
 /// Entries wanted in one topic: (source, event id) → their sequence numbers.
 type Wanted = HashMap<(String, String), Vec<u64>>;
 
+/// Why a topic's tail was not read.
+enum Unread {
+    /// The cluster refuses it (not authorised, …).
+    Lasting(String),
+    /// Kafka unreachable, slow, or out of time: may work next time.
+    Passing(String),
+}
+
+impl From<String> for Unread {
+    fn from(why: String) -> Unread {
+        Unread::Passing(why)
+    }
+}
+
 /// Reads the tail of `topic` until `deadline`; the sequence numbers of the wanted entries
 /// found there.
 fn tail_of(
@@ -206,23 +234,28 @@ fn tail_of(
     wanted: &mut Wanted,
     lookback: i64,
     deadline: Instant,
-) -> Result<Vec<u64>, String> {
-    let (tpl, mut ends) =
-        tails(consumer, topic, lookback, deadline).map_err(|e| crate::problem::with_causes(&e))?;
+) -> Result<Vec<u64>, Unread> {
+    let (tpl, mut ends) = tails(consumer, topic, lookback, deadline).map_err(|e| {
+        let why = crate::problem::with_causes(&e);
+        match e {
+            ReadError::Refused { .. } => Unread::Lasting(why),
+            _ => Unread::Passing(why),
+        }
+    })?;
     let mut found = Vec::new();
     if ends.is_empty() {
         return Ok(found);
     }
     consumer
         .assign(&tpl)
-        .map_err(|e| format!("cannot read {topic}: {e}"))?;
+        .map_err(|e| Unread::Passing(format!("cannot read {topic}: {e}")))?;
     while !ends.is_empty() {
         if Instant::now() >= deadline {
-            return Err(format!("reading the tail of {topic} took too long"));
+            return Err(format!("reading the tail of {topic} took too long").into());
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => return Err(format!("reading {topic}: {e}")),
+            Some(Err(e)) => return Err(format!("reading {topic}: {e}").into()),
             Some(Ok(m)) => {
                 if let Some(seqs) = identity(&m).and_then(|k| wanted.remove(&k)) {
                     found.extend(seqs);
@@ -351,10 +384,11 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(checked.found, vec![1, 3]);
+        assert!(checked.unknown.is_empty(), "{:?}", checked.unknown);
         assert_eq!(
-            checked.unknown.keys().collect::<Vec<_>>(),
+            checked.refused.keys().collect::<Vec<_>>(),
             vec!["denied.topic"]
         );
-        assert!(checked.unknown["denied.topic"].contains("TOPIC_AUTHORIZATION_FAILED"));
+        assert!(checked.refused["denied.topic"].contains("TOPIC_AUTHORIZATION_FAILED"));
     }
 }

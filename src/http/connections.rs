@@ -17,7 +17,11 @@
 //! A busy connection is never closed this way: the request it serves has passed
 //! authentication and may be writing to the spool. The switch to busy and the decision to
 //! close are taken under one lock, so a request is either closed before it is admitted (and
-//! refused) or admitted and left alone.
+//! refused) or admitted and left alone. A connection being closed first finishes an answer it
+//! is writing (hyper's graceful shutdown, at most a second).
+//!
+//! "Address" means an IPv4 address, or an IPv6 /64 (one host usually holds a whole /64, so
+//! counting /128s would let it open connections under endless addresses).
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -45,6 +49,8 @@ impl Phase {
 struct Open {
     client: IpAddr,
     phase: Phase,
+    /// The phase it was in when told to close.
+    closed_in: Option<Phase>,
     close: CancellationToken,
 }
 
@@ -80,6 +86,7 @@ impl Registry {
         }
         open.phase = phase;
         if phase == Phase::Closing {
+            open.closed_in = Some(was);
             open.close.cancel();
             self.closing += 1;
         }
@@ -107,6 +114,20 @@ impl Registry {
             if open.phase == Phase::Closing {
                 self.closing -= 1;
             }
+        }
+    }
+}
+
+/// The address connections are counted by: IPv4 as it is, IPv6 by its /64.
+fn address_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
         }
     }
 }
@@ -150,6 +171,7 @@ impl Connections {
 
     /// Lets a connection from `client` in, closing an expendable one when room is needed.
     pub(crate) fn open(self: &Arc<Self>, client: IpAddr) -> Result<(Connection, Evicted), Full> {
+        let client = address_of(client);
         let mut r = self.lock();
         let mut evicted = Evicted::default();
         // Connections told to close are gone within moments, so they do not count here;
@@ -177,6 +199,7 @@ impl Connections {
             Open {
                 client,
                 phase: Phase::Idle,
+                closed_in: None,
                 close: close.clone(),
             },
         );
@@ -216,6 +239,15 @@ impl Connection {
     /// Cancelled when the connection is to be closed to make room.
     pub(crate) fn closed(&self) -> &CancellationToken {
         &self.close
+    }
+
+    /// Whether it was told to close while a request on it was still unauthenticated: then
+    /// there is no answer to finish, and it can be dropped at once.
+    pub(crate) fn closed_mid_request(&self) -> bool {
+        let r = self.state.connections.lock();
+        r.open
+            .get(&self.state.id)
+            .is_some_and(|o| o.closed_in == Some(Phase::Receiving))
     }
 
     /// The handle requests on this connection carry (in their extensions).
@@ -285,12 +317,17 @@ mod tests {
         let (e, evicted) = c.open(ip(4)).unwrap();
         assert!(evicted.at_capacity);
         assert!(d.closed().is_cancelled() && !b.closed().is_cancelled());
+        assert!(
+            !d.closed_mid_request(),
+            "idle: an answer may be being written"
+        );
         drop(d);
         e.state().receiving();
         assert!(e.state().busy());
         // Then the oldest receiving one; a request on a closing connection is refused.
         let (_f, _) = c.open(ip(5)).unwrap();
         assert!(b.closed().is_cancelled() && !a.closed().is_cancelled());
+        assert!(b.closed_mid_request(), "nothing to finish: dropped at once");
         assert!(!b.state().busy());
     }
 
@@ -306,6 +343,16 @@ mod tests {
         assert!(heavy[0].closed().is_cancelled() && !light.closed().is_cancelled());
         let (_again, _) = c.open(ip(2)).unwrap();
         assert!(heavy[1].closed().is_cancelled() && !light.closed().is_cancelled());
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let c = Connections::new(100, 2);
+        let v6 = |last: u16| IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, last]);
+        let (a, _) = c.open(v6(1)).unwrap();
+        let (_b, _) = c.open(v6(2)).unwrap();
+        let (_c, evicted) = c.open(v6(3)).unwrap();
+        assert!(evicted.client_limit && a.closed().is_cancelled());
     }
 
     #[test]

@@ -27,11 +27,11 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::Request;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 use crate::telemetry::LogThrottle;
@@ -149,7 +149,7 @@ pub(crate) async fn serve<H, F>(
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Answer> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let tasks = TaskTracker::new();
     let connections = Connections::new(settings.max_connections, settings.max_idle_per_client);
     let closures = Closures {
         listener: settings.name,
@@ -196,8 +196,9 @@ pub(crate) async fn serve<H, F>(
         let opened = Opened {
             conn,
             peer,
-            // Watched from now on, so a stop waits for it (handshake included).
-            watcher: graceful.watcher(),
+            // Tracked from now on, so a stop waits for it (handshake included).
+            tasks: tasks.clone(),
+            stop: stop.clone(),
             closures: closures.clone(),
         };
         match settings.tls.clone() {
@@ -209,7 +210,8 @@ pub(crate) async fn serve<H, F>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(settings.grace, graceful.shutdown())
+    tasks.close();
+    if tokio::time::timeout(settings.grace, tasks.wait())
         .await
         .is_err()
     {
@@ -220,11 +222,17 @@ pub(crate) async fn serve<H, F>(
     }
 }
 
+/// How long a connection closed to make room may take to finish the answer it is writing.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// A connection let in, about to be served.
 struct Opened {
     conn: Connection,
     peer: SocketAddr,
-    watcher: Watcher,
+    /// The listener's connection tasks, which a stop waits for.
+    tasks: TaskTracker,
+    /// The listener is stopping.
+    stop: CancellationToken,
     closures: Closures,
 }
 
@@ -242,11 +250,13 @@ impl Opened {
         H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
         F: Future<Output = Answer> + Send + 'static,
     {
-        tokio::spawn(async move {
+        let tasks = self.tasks.clone();
+        tasks.spawn(async move {
             let handshake = tokio::time::timeout(timeout, acceptor.accept(stream));
             let shaken = tokio::select! {
                 shaken = handshake => shaken,
                 _ = self.conn.closed().cancelled() => return,
+                _ = self.stop.cancelled() => return,
             };
             match shaken {
                 Ok(Ok(tls)) => self.serve(tls, &builder, handler),
@@ -270,7 +280,8 @@ impl Opened {
         let Opened {
             conn,
             peer,
-            watcher,
+            tasks,
+            stop,
             closures,
         } = self;
         let state = conn.state();
@@ -284,14 +295,29 @@ impl Opened {
                 Ok::<_, Infallible>(answer)
             }
         });
-        let served = watcher.watch(builder.serve_connection(TokioIo::new(io), service));
-        tokio::spawn(async move {
-            tokio::select! {
-                ended = served => if let Err(e) = ended {
-                    closures.ended(&e, peer);
-                },
-                // Idle, or an unauthenticated request: nothing is lost by dropping it.
-                _ = conn.closed().cancelled() => {}
+        let served = builder.serve_connection(TokioIo::new(io), service);
+        tasks.spawn(async move {
+            let mut served = std::pin::pin!(served);
+            let ended = tokio::select! {
+                ended = served.as_mut() => ended,
+                _ = stop.cancelled() => {
+                    // The request in progress is finished, then the connection closes.
+                    served.as_mut().graceful_shutdown();
+                    served.await
+                }
+                _ = conn.closed().cancelled() => {
+                    if conn.closed_mid_request() {
+                        // Closed to make room mid-request: nothing was taken, nothing to finish.
+                        Ok(())
+                    } else {
+                        // Closed to make room while idle: an answer being written is finished.
+                        served.as_mut().graceful_shutdown();
+                        tokio::time::timeout(CLOSE_WAIT, served).await.unwrap_or(Ok(()))
+                    }
+                }
+            };
+            if let Err(e) = ended {
+                closures.ended(&e, peer);
             }
             drop(conn);
         });

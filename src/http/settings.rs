@@ -33,7 +33,9 @@ pub struct ServerSettings {
     pub max_body_memory_bytes: usize,
     /// Most connections from one client address that are idle or still sending a request
     /// that has not been authenticated yet; past it, that client's oldest such connection is
-    /// closed. Behind a load balancer every connection comes from its address: raise it.
+    /// closed. Keep `max_idle_per_client × max_body_bytes` well under `max_body_memory_bytes`,
+    /// so no single address can hold the body budget. Behind a load balancer every connection
+    /// comes from its address: raise it there, and let the balancer bound its own clients.
     pub max_idle_per_client: usize,
     /// Peers (CIDRs) whose `X-Forwarded-For` is believed, e.g. your load balancer.
     pub trusted_proxies: Vec<String>,
@@ -60,7 +62,7 @@ impl Default for ServerSettings {
             max_header_bytes: 16 * 1024,
             max_in_flight_requests: 1024,
             max_body_memory_bytes: 256 * 1024 * 1024,
-            max_idle_per_client: 256,
+            max_idle_per_client: 64,
             trusted_proxies: Vec::new(),
             tls: None,
             body_timeout: Duration::from_secs(15),

@@ -53,7 +53,8 @@ enum Early {
     /// bytes nobody checked (and a gzipped body would never be valid JSON anyway).
     UnsupportedEncoding,
     Busy(&'static str),
-    /// The bodies being received already fill the memory budget.
+    /// The bodies being received already fill the memory budget (this one was read and
+    /// dropped).
     BodyMemoryFull,
     TooLarge(usize),
     BodyTimeout,
@@ -77,7 +78,7 @@ impl Early {
             ),
             Early::Busy(why) => (answer::busy(why, 1), "busy"),
             Early::BodyMemoryFull => (
-                answer::closing(answer::busy("too many request bodies being received", 1)),
+                answer::busy("too many request bodies being received", 1),
                 "busy",
             ),
             Early::TooLarge(max) => refuse_closing(
@@ -245,6 +246,9 @@ impl Webhook {
             }
             let mut buf = bytes::BytesMut::new();
             let mut memory: Option<OwnedSemaphorePermit> = None;
+            // Over the memory budget, the rest is read and dropped before the 503, so that a
+            // client sending its whole body first reads the answer instead of a reset.
+            let mut refused = None;
             let mut seen = 0usize;
             while let Some(frame) = body.frame().await {
                 let frame = frame.map_err(|_| Early::BodyUnreadable)?;
@@ -256,15 +260,21 @@ impl Webhook {
                 if seen > 2 * max || (seen > max && declared.is_none()) {
                     return Err(Early::TooLarge(max));
                 }
-                if seen <= max && declared.is_none_or(|n| n <= max as u64) {
-                    self.reserve_memory(&mut memory, data.len())?;
-                    buf.extend_from_slice(&data);
+                let kept = seen <= max && declared.is_none_or(|n| n <= max as u64);
+                if kept && refused.is_none() {
+                    match self.reserve_memory(&mut memory, data.len()) {
+                        Ok(()) => buf.extend_from_slice(&data),
+                        Err(e) => (refused, memory, buf) = (Some(e), None, Default::default()),
+                    }
                 }
             }
             if seen > max {
                 return Err(Early::TooLarge(max));
             }
-            Ok((buf.freeze(), memory))
+            match refused {
+                Some(e) => Err(e),
+                None => Ok((buf.freeze(), memory)),
+            }
         };
         let late = match declared {
             Some(n) if n > max as u64 => Early::TooLarge(max),
