@@ -29,6 +29,19 @@ fn message(i: usize, body: &Bytes) -> Message {
     }
 }
 
+/// The drain's settings; `DRAIN_TOPIC_SHARE` overrides the per-topic share of the window
+/// (every event here goes to one topic, so the share is what limits the drain).
+fn drain_settings(max_in_flight: usize) -> DrainSettings {
+    let mut s = DrainSettings::new(max_in_flight);
+    if let Some(share) = std::env::var("DRAIN_TOPIC_SHARE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        s.max_in_flight_per_topic = share;
+    }
+    s
+}
+
 /// Appends `events` messages from `concurrency` tasks; returns appends per second.
 async fn fill(spool: &Spool, events: usize, concurrency: usize, body: &Bytes) -> f64 {
     let started = Instant::now();
@@ -98,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             publisher.clone(),
             dead_letters,
             metrics,
-            DrainSettings::new(delivery.max_in_flight),
+            drain_settings(delivery.max_in_flight),
             gauges.clone(),
         )
         .run(DrainStop::default(), Until::Empty)

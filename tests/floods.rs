@@ -85,7 +85,7 @@ async fn made_up_slugs_create_a_bounded_number_of_topics_and_the_rest_overflow()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_without_a_leader_does_not_hold_up_the_others() {
-    let app = TestApp::spawn("[delivery]\nmax_in_flight = 32\n").await;
+    let app = TestApp::spawn("[delivery]\nmax_in_flight = 128\n").await;
     let stalled = "stalled.topic";
     app.broker()
         .cluster()

@@ -72,7 +72,7 @@ impl DrainSettings {
         DrainSettings {
             max_in_flight,
             max_in_flight_per_topic: (max_in_flight / 4).max(1),
-            max_waiting: 8 * max_in_flight,
+            max_waiting: 2 * max_in_flight,
             max_in_flight_bytes: 32 * 1024 * 1024,
             read_batch: 1024,
             delete_batch: 8192,

@@ -61,7 +61,9 @@ pub struct DeliverySettings {
     pub publish_timeout: Duration,
     /// Topic for events Kafka refuses for good (too large, not authorised, invalid topic).
     pub dead_letter_topic: Option<String>,
-    /// In `spooled` mode: most events handed to the producer and not yet confirmed.
+    /// In `spooled` mode: most events handed to the producer and not yet confirmed, all
+    /// topics together; one topic has at most a quarter of it (so one stalled topic cannot
+    /// hold up the others). The drain's rate on one topic follows that share.
     pub max_in_flight: usize,
     /// In `spooled` mode, at start-up: look up the oldest spooled events on Kafka and skip
     /// those an earlier run published but could not delete (needs read access to the topics).
@@ -74,7 +76,7 @@ impl Default for DeliverySettings {
             ack: AckMode::Spooled,
             publish_timeout: Duration::from_secs(10),
             dead_letter_topic: None,
-            max_in_flight: 1024,
+            max_in_flight: 4096,
             recovery_check: true,
         }
     }
