@@ -61,7 +61,7 @@ fuzz_target!(|data: &[u8]| {
         for source in ["eduzz", "toolzz"] {
             match ROUTER.route(source, &env.slug, &env.id, &env.doc) {
                 Decision::Drop { .. } => {}
-                Decision::Publish { topic, key } => {
+                Decision::Publish { topic, key } | Decision::Overflow { topic, key } => {
                     assert!(check_topic_name(&topic).is_ok(), "illegal topic {topic:?}");
                     let event = Event {
                         source: Arc::from(source),
