@@ -151,6 +151,17 @@ fn published_with(server: &'static str) -> impl FnOnce(String) -> String {
     }
 }
 
+/// Posts a signed Eduzz event from a task of its own; the task returns the raw answer (8 s at
+/// most), so the test can go on while the request waits.
+fn post_in_background(
+    addr: std::net::SocketAddr,
+    id: &str,
+    slug: &str,
+) -> tokio::task::JoinHandle<String> {
+    let request = signed_request("/webhooks/eduzz", &eduzz_event(id, slug), "");
+    tokio::spawn(async move { raw(addr, &request, Duration::from_secs(8)).await })
+}
+
 /// Whether the server closed `s` (EOF, or a reset) within `wait`.
 async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     let mut buf = [0u8; 256];
@@ -189,15 +200,7 @@ async fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_do_not()
     // connection gets an immediate 503 it can read whole, with a length matching its body.
     app.broker().down();
     let busy: Vec<_> = (0..4)
-        .map(|i| {
-            let request = signed_request(
-                "/webhooks/eduzz",
-                &eduzz_event(&format!("busy-{i}"), "nutror.lesson_started"),
-                "",
-            );
-            let addr = app.addr;
-            tokio::spawn(async move { raw(addr, &request, Duration::from_secs(8)).await })
-        })
+        .map(|i| post_in_background(app.addr, &format!("busy-{i}"), "nutror.lesson_started"))
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let body = eduzz_event("over-cap", "nutror.lesson_started");
@@ -301,11 +304,7 @@ async fn only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_c
     // The slot bites once requests are authenticated: one waits for Kafka (down), the next
     // gets 503 + Retry-After.
     app.broker().down();
-    let waiting = {
-        let request = signed_request("/webhooks/eduzz", &eduzz_event("slot-3", topic), "");
-        let addr = app.addr;
-        tokio::spawn(async move { raw(addr, &request, Duration::from_secs(8)).await })
-    };
+    let waiting = post_in_background(app.addr, "slot-3", topic);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let resp = app.post_eduzz(&eduzz_event("slot-4", topic), SECRET).await;
     assert_eq!(resp.status(), 503);

@@ -494,9 +494,14 @@ struct TopicShares {
 }
 
 impl TopicShares {
+    /// Whether a new entry of `topic` can be sent now: nothing of it waits, and it is below
+    /// its share.
     fn has_room(&self, topic: &str, per_topic: usize) -> bool {
-        !self.waiting.contains_key(topic)
-            && self.in_flight.get(topic).copied().unwrap_or(0) < per_topic
+        !self.is_waiting(topic) && self.below_share(topic, per_topic)
+    }
+
+    fn below_share(&self, topic: &str, per_topic: usize) -> bool {
+        self.in_flight.get(topic).copied().unwrap_or(0) < per_topic
     }
 
     fn is_waiting(&self, topic: &str) -> bool {
@@ -529,7 +534,7 @@ impl TopicShares {
     fn next_waiting(&mut self, per_topic: usize) -> Option<Entry> {
         for _ in 0..self.order.len() {
             let topic = self.order.pop_front()?;
-            let room = self.in_flight.get(&topic).copied().unwrap_or(0) < per_topic;
+            let room = self.below_share(&topic, per_topic);
             let queue = self.waiting.get_mut(&topic)?;
             let next = if room { queue.pop_front() } else { None };
             if queue.is_empty() {

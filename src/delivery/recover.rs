@@ -82,16 +82,14 @@ pub(crate) async fn skip_already_published(
         .unwrap_or_else(|e| Checked::nothing(&pending, e.to_string()));
         forget(spool, checked.found).await;
         if !checked.refused.is_empty() {
-            let topics: Vec<&String> = checked.refused.keys().take(10).collect();
-            let why = checked.refused.values().next().cloned().unwrap_or_default();
+            let (topics, why) = summary(&checked.refused);
             tracing::warn!(?topics, reason = %why, "the cluster refuses to let these topics be read; their spooled events are published again (some may be duplicates)");
         }
         pending.retain(|e| checked.unknown.contains_key(&e.message.topic));
         if pending.is_empty() {
             return;
         }
-        let topics: Vec<&String> = checked.unknown.keys().take(10).collect();
-        let why = checked.unknown.values().next().cloned().unwrap_or_default();
+        let (topics, why) = summary(&checked.unknown);
         if attempt == r.attempts {
             tracing::warn!(?topics, reason = %why, events = pending.len(), "could not check which spooled events of these topics are already on Kafka; publishing them (some may be duplicates)");
             return;
@@ -102,6 +100,13 @@ pub(crate) async fn skip_already_published(
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// For a log line: the first ten topics of `by_topic`, and one of the reasons.
+fn summary(by_topic: &HashMap<String, String>) -> (Vec<&String>, &str) {
+    let topics = by_topic.keys().take(10).collect();
+    let why = by_topic.values().next().map_or("", String::as_str);
+    (topics, why)
 }
 
 /// Deletes entries found on Kafka instead of publishing them again.
@@ -220,12 +225,6 @@ enum Unread {
     Passing(String),
 }
 
-impl From<String> for Unread {
-    fn from(why: String) -> Unread {
-        Unread::Passing(why)
-    }
-}
-
 /// Reads the tail of `topic` until `deadline`; the sequence numbers of the wanted entries
 /// found there.
 fn tail_of(
@@ -251,11 +250,12 @@ fn tail_of(
         .map_err(|e| Unread::Passing(format!("cannot read {topic}: {e}")))?;
     while !ends.is_empty() {
         if Instant::now() >= deadline {
-            return Err(format!("reading the tail of {topic} took too long").into());
+            let why = format!("reading the tail of {topic} took too long");
+            return Err(Unread::Passing(why));
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => return Err(format!("reading {topic}: {e}").into()),
+            Some(Err(e)) => return Err(Unread::Passing(format!("reading {topic}: {e}"))),
             Some(Ok(m)) => {
                 if let Some(seqs) = identity(&m).and_then(|k| wanted.remove(&k)) {
                     found.extend(seqs);

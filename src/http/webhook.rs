@@ -53,9 +53,6 @@ enum Early {
     /// bytes nobody checked (and a gzipped body would never be valid JSON anyway).
     UnsupportedEncoding,
     Busy(&'static str),
-    /// The bodies being received already fill the memory budget (this one was read and
-    /// dropped).
-    BodyMemoryFull,
     TooLarge(usize),
     BodyTimeout,
     BodyUnreadable,
@@ -77,10 +74,6 @@ impl Early {
                 "send the body without Content-Encoding (identity)",
             ),
             Early::Busy(why) => (answer::busy(why, 1), "busy"),
-            Early::BodyMemoryFull => (
-                answer::busy("too many request bodies being received", 1),
-                "busy",
-            ),
             Early::TooLarge(max) => refuse_closing(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -313,18 +306,20 @@ impl Webhook {
         }
     }
 
-    /// Counts `len` more bytes of body against the shared memory budget.
+    /// Counts `len` more bytes of body against the shared memory budget; `Busy` when the
+    /// bodies being received already fill it.
     fn reserve_memory(
         &self,
         held: &mut Option<OwnedSemaphorePermit>,
         len: usize,
     ) -> Result<(), Early> {
-        let n = u32::try_from(len).map_err(|_| Early::BodyMemoryFull)?;
+        let full = Early::Busy("too many request bodies being received");
+        let n = u32::try_from(len).map_err(|_| full)?;
         let more = self
             .body_memory
             .clone()
             .try_acquire_many_owned(n)
-            .map_err(|_| Early::BodyMemoryFull)?;
+            .map_err(|_| full)?;
         match held {
             Some(p) => p.merge(more),
             None => *held = Some(more),
