@@ -91,6 +91,7 @@ fn hot_path(c: &mut Criterion) {
         body: body.clone(),
         content_type: "application/json".into(),
         received_at: SystemTime::now(),
+        cloudevent: None,
     };
     let msg = Message::new(&event, "t".into(), b"k".to_vec());
     let encoded = msg.encode();

@@ -26,6 +26,7 @@ fn message(i: usize, body: &Bytes) -> Message {
         received_at_ms: unix_ms(SystemTime::now()),
         content_type: "application/json".into(),
         body: body.clone(),
+        cloudevent: None,
     }
 }
 

@@ -22,6 +22,29 @@ pub struct Event {
     pub body: Bytes,
     pub content_type: String,
     pub received_at: SystemTime,
+    /// The CloudEvents attributes, when the source publishes them (see [`CloudEvent`]).
+    pub cloudevent: Option<CloudEvent>,
+}
+
+/// What a source that speaks CloudEvents adds to its messages (the Kafka protocol binding,
+/// binary content mode: `ce_*` headers, the body as the value).
+///
+/// The attributes are worked out when the event is taken and travel with it through the
+/// spool, like its topic: what Kafka gets is what was decided when the sender got its 2xx,
+/// whatever the config says by the time the spool drains.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloudEvent {
+    /// `ce_source`: the URI the operator gave the source.
+    pub source: String,
+    /// `ce_type`: the configured prefix and the slug.
+    pub kind: String,
+    /// `ce_time`: the sender's time of the event, RFC 3339, when the body has one.
+    pub time: Option<String>,
+    /// `ce_subject`, from the configured JSON pointer, when present.
+    pub subject: Option<String>,
+    /// Whether the bridge's own headers (`event`, `event-id`, `source`, `received-at`) are
+    /// written too.
+    pub bridge_headers: bool,
 }
 
 impl Event {
@@ -48,6 +71,22 @@ pub struct Message {
     pub content_type: String,
     /// The request body, byte for byte.
     pub body: Bytes,
+    /// CloudEvents attributes, for sources that publish them. Last, so that entries spooled
+    /// before the field existed still decode (see [`Message::decode`]).
+    pub cloudevent: Option<CloudEvent>,
+}
+
+/// A `Message` as spooled before CloudEvents: the same fields without the last one.
+#[derive(Deserialize)]
+struct MessageV1 {
+    topic: String,
+    key: Bytes,
+    source: String,
+    slug: String,
+    event_id: String,
+    received_at_ms: u64,
+    content_type: String,
+    body: Bytes,
 }
 
 impl Message {
@@ -62,6 +101,7 @@ impl Message {
             received_at_ms: unix_ms(event.received_at),
             content_type: event.content_type.clone(),
             body: event.body.clone(),
+            cloudevent: event.cloudevent.clone(),
         }
     }
 
@@ -70,8 +110,37 @@ impl Message {
         postcard::to_stdvec(self).expect("a Message always serialises")
     }
 
+    /// Reads a spooled message. Postcard is not self-describing, so an entry written by an
+    /// earlier version (without `cloudevent`) ends where the new layout expects one more
+    /// field: such an entry is read with the old layout, so an upgrade never strands a spool.
     pub fn decode(bytes: &[u8]) -> Result<Message, postcard::Error> {
-        postcard::from_bytes(bytes)
+        match postcard::from_bytes(bytes) {
+            Err(postcard::Error::DeserializeUnexpectedEnd) => {
+                let v1: MessageV1 = postcard::from_bytes(bytes)?;
+                Ok(Message {
+                    topic: v1.topic,
+                    key: v1.key,
+                    source: v1.source,
+                    slug: v1.slug,
+                    event_id: v1.event_id,
+                    received_at_ms: v1.received_at_ms,
+                    content_type: v1.content_type,
+                    body: v1.body,
+                    cloudevent: None,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// What identifies the event on Kafka, for the start-up recovery check: its source and
+    /// id in the bridge's headers, or `ce:` + `ce_source` and `ce_id` when only CloudEvents
+    /// headers are written (source names cannot hold `:`, so the two never meet).
+    pub fn identity(&self) -> (String, String) {
+        match &self.cloudevent {
+            Some(ce) if !ce.bridge_headers => (format!("ce:{}", ce.source), self.event_id.clone()),
+            _ => (self.source.clone(), self.event_id.clone()),
+        }
     }
 
     /// Age of the message now.
@@ -113,6 +182,20 @@ pub(crate) mod tests {
             received_at_ms: 1_700_000_000_123,
             content_type: "application/json".into(),
             body: Bytes::from_static(b"{\"x\":\"\xc3\xa9\"}"),
+            cloudevent: None,
+        }
+    }
+
+    pub(crate) fn with_cloudevent(bridge_headers: bool) -> Message {
+        Message {
+            cloudevent: Some(CloudEvent {
+                source: "https://eduzz.com/webhooks".into(),
+                kind: "com.eduzz.nutror.lesson_started".into(),
+                time: Some("2024-02-29T14:33:02.020Z".into()),
+                subject: Some("learner-7".into()),
+                bridge_headers,
+            }),
+            ..sample()
         }
     }
 
@@ -120,6 +203,55 @@ pub(crate) mod tests {
     fn encoding_round_trips_byte_exact() {
         let m = sample();
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn cloudevent_attributes_round_trip() {
+        let m = with_cloudevent(false);
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn entries_spooled_before_cloudevents_still_decode() {
+        #[derive(Serialize)]
+        struct Old<'a> {
+            topic: &'a str,
+            key: &'a [u8],
+            source: &'a str,
+            slug: &'a str,
+            event_id: &'a str,
+            received_at_ms: u64,
+            content_type: &'a str,
+            #[serde(with = "serde_bytes")]
+            body: &'a [u8],
+        }
+        let m = sample();
+        let old = postcard::to_stdvec(&Old {
+            topic: &m.topic,
+            key: &m.key,
+            source: &m.source,
+            slug: &m.slug,
+            event_id: &m.event_id,
+            received_at_ms: m.received_at_ms,
+            content_type: &m.content_type,
+            body: &m.body,
+        })
+        .unwrap();
+        assert_eq!(Message::decode(&old).unwrap(), m);
+        assert!(Message::decode(&old[..old.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn identity_follows_the_headers_written() {
+        assert_eq!(sample().identity(), ("eduzz".into(), "abc".into()));
+        assert_eq!(
+            with_cloudevent(true).identity(),
+            ("eduzz".into(), "abc".into())
+        );
+        assert_eq!(
+            with_cloudevent(false).identity(),
+            ("ce:https://eduzz.com/webhooks".into(), "abc".into())
+        );
     }
 
     #[test]

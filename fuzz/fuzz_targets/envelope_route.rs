@@ -71,6 +71,7 @@ fuzz_target!(|data: &[u8]| {
                         body: body.clone(),
                         content_type: "application/json".into(),
                         received_at: SystemTime::now(),
+                        cloudevent: None,
                     };
                     let msg = Message::new(&event, topic, key);
                     assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);

@@ -183,7 +183,7 @@ pub(crate) fn already_published(
         by_topic
             .entry(&e.message.topic)
             .or_default()
-            .entry((e.message.source.clone(), e.message.event_id.clone()))
+            .entry(e.message.identity())
             .or_default()
             .push(e.seq);
     }
@@ -302,22 +302,26 @@ fn tails(
     Ok((tpl, ends))
 }
 
-/// The (source, event id) a published message carries in its headers.
+/// The (source, event id) a published message carries in its headers: the bridge's own, or
+/// `ce:` + `ce_source` and `ce_id` when only CloudEvents headers were written (as
+/// [`Message::identity`](crate::event::Message::identity) names it).
 fn identity<M: Message>(m: &M) -> Option<(String, String)> {
     let h = m.headers()?;
-    let mut source = None;
-    let mut id = None;
+    let (mut source, mut id, mut ce_source, mut ce_id) = (None, None, None, None);
     for header in h.iter() {
+        let value = header.value.map(String::from_utf8_lossy);
         match header.key {
-            headers::SOURCE => source = header.value,
-            headers::EVENT_ID => id = header.value,
+            headers::SOURCE => source = value,
+            headers::EVENT_ID => id = value,
+            headers::CE_SOURCE => ce_source = value,
+            headers::CE_ID => ce_id = value,
             _ => {}
         }
     }
-    Some((
-        String::from_utf8_lossy(source?).into_owned(),
-        String::from_utf8_lossy(id?).into_owned(),
-    ))
+    match (source, id) {
+        (Some(source), Some(id)) => Some((source.into_owned(), id.into_owned())),
+        _ => Some((format!("ce:{}", ce_source?), ce_id?.into_owned())),
+    }
 }
 
 #[cfg(test)]
@@ -340,6 +344,7 @@ mod tests {
                 received_at_ms: 0,
                 content_type: "application/json".into(),
                 body: b"{}".to_vec().into(),
+                cloudevent: None,
             },
         }
     }
@@ -390,5 +395,41 @@ mod tests {
             vec!["denied.topic"]
         );
         assert!(checked.refused["denied.topic"].contains("TOPIC_AUTHORIZATION_FAILED"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_with_only_cloudevents_headers_are_found() {
+        let cluster = MockCluster::new(1).unwrap();
+        let connection = Connection::to(&cluster.bootstrap_servers());
+        let tuning = ProducerTuning {
+            message_timeout: Some(Duration::from_secs(10)),
+            linger: Duration::from_millis(1),
+        };
+        let publisher = Publisher::new(&connection, tuning).unwrap();
+        let ce_only = |seq, id: &str, bridge_headers| {
+            let mut e = entry(seq, "ce.topic", id);
+            e.message.cloudevent = crate::event::tests::with_cloudevent(bridge_headers).cloudevent;
+            e
+        };
+        let entries = [
+            ce_only(1, "a", false),
+            ce_only(2, "b", true),
+            ce_only(3, "c", false),
+        ];
+        for e in &entries[..2] {
+            Publisher::delivered(publisher.enqueue(&e.message).unwrap())
+                .await
+                .unwrap();
+        }
+        let budget = Budget {
+            total: Duration::from_secs(20),
+            per_topic: Duration::from_secs(5),
+        };
+        let checked = tokio::task::spawn_blocking(move || {
+            already_published(&connection, &entries, 100, &budget)
+        })
+        .await
+        .unwrap();
+        assert_eq!(checked.found, vec![1, 2]);
     }
 }

@@ -2,6 +2,11 @@
 //!
 //! Consumers find the event's identity in headers without parsing the value (which stays the
 //! sender's bytes, untouched); the recovery check finds already-published events by them.
+//!
+//! Sources that publish CloudEvents add the attributes of the Kafka protocol binding, binary
+//! content mode (`ce_specversion`, `ce_id`, `ce_source`, `ce_type`, `ce_time`, `ce_subject`,
+//! with `content-type` as the data's content type), so any CloudEvents SDK reads the message
+//! as an event whose data is the body.
 
 use rdkafka::message::{Header, OwnedHeaders};
 
@@ -16,10 +21,36 @@ pub const CONTENT_TYPE: &str = "content-type";
 pub const DLQ_REASON: &str = "dlq-reason";
 /// On dead-lettered messages: the topic it was meant for.
 pub const DLQ_TOPIC: &str = "dlq-original-topic";
+pub const CE_SPECVERSION: &str = "ce_specversion";
+pub const CE_ID: &str = "ce_id";
+pub const CE_SOURCE: &str = "ce_source";
+pub const CE_TYPE: &str = "ce_type";
+pub const CE_TIME: &str = "ce_time";
+pub const CE_SUBJECT: &str = "ce_subject";
 
-/// The headers that name the event (slug, id, source, receive time, content type).
+/// The headers of a published message: the bridge's own (slug, id, source, receive time,
+/// content type), and the CloudEvents attributes for sources that publish them.
 pub fn of(msg: &Message) -> OwnedHeaders {
-    named(msg, 5)
+    let Some(ce) = &msg.cloudevent else {
+        return named(msg, 5);
+    };
+    let headers = match ce.bridge_headers {
+        true => named(msg, 11),
+        false => OwnedHeaders::new_with_capacity(7).insert(header(CONTENT_TYPE, &msg.content_type)),
+    };
+    let headers = headers
+        .insert(header(CE_SPECVERSION, "1.0"))
+        .insert(header(CE_ID, &msg.event_id))
+        .insert(header(CE_SOURCE, &ce.source))
+        .insert(header(CE_TYPE, &ce.kind));
+    let headers = match &ce.time {
+        Some(t) => headers.insert(header(CE_TIME, t)),
+        None => headers,
+    };
+    match &ce.subject {
+        Some(s) => headers.insert(header(CE_SUBJECT, s)),
+        None => headers,
+    }
 }
 
 /// The event's headers plus why it was dead-lettered and where it was meant to go.
@@ -72,6 +103,49 @@ mod tests {
             ("received-at".into(), "2023-11-14T22:13:20.123Z".into())
         );
         assert_eq!(pairs[4], ("content-type".into(), "application/json".into()));
+    }
+
+    #[test]
+    fn cloudevents_attributes_follow_the_bridge_headers() {
+        let pairs = pairs(&of(&crate::event::tests::with_cloudevent(true)));
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "event",
+                "event-id",
+                "source",
+                "received-at",
+                "content-type",
+                "ce_specversion",
+                "ce_id",
+                "ce_source",
+                "ce_type",
+                "ce_time",
+                "ce_subject"
+            ]
+        );
+        assert_eq!(pairs[5].1, "1.0");
+        assert_eq!(pairs[6].1, "abc");
+        assert_eq!(pairs[8].1, "com.eduzz.nutror.lesson_started");
+    }
+
+    #[test]
+    fn cloudevents_alone_keep_the_content_type() {
+        let pairs = pairs(&of(&crate::event::tests::with_cloudevent(false)));
+        let keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "content-type",
+                "ce_specversion",
+                "ce_id",
+                "ce_source",
+                "ce_type",
+                "ce_time",
+                "ce_subject"
+            ]
+        );
     }
 
     #[test]

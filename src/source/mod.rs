@@ -8,6 +8,7 @@
 //! names, networks and pointers parsed, every problem reported with its key.
 
 pub mod auth;
+pub mod cloudevents;
 pub mod envelope;
 mod strict_json;
 
@@ -23,6 +24,7 @@ use crate::cidr::Cidr;
 use crate::event::Event;
 use crate::problem::Problems;
 pub use auth::{Auth, AuthError, AuthSettings};
+pub use cloudevents::{CloudEvents, CloudEventsSettings};
 pub use envelope::{EnvelopeError, EnvelopeFormat};
 
 /// The envelope a source's deliveries come in.
@@ -81,6 +83,8 @@ pub struct SourceSettings {
     pub allow_from: Vec<String>,
     /// Most requests of this source processed at once; unset: only the global limit.
     pub max_in_flight: Option<usize>,
+    /// Publish this source's events as CloudEvents (`ce_*` headers); unset: not.
+    pub cloudevents: Option<CloudEventsSettings>,
 }
 
 /// Why a delivery was not taken.
@@ -104,6 +108,8 @@ pub struct Source {
     allow_from: Vec<Cidr>,
     /// This source's share of requests in flight, when limited.
     pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
+    /// The CloudEvents attributes its events get, when it publishes them.
+    pub cloudevents: Option<CloudEvents>,
 }
 
 impl Source {
@@ -124,6 +130,10 @@ impl Source {
             .verify(headers, path_token, &body)
             .map_err(SourceError::Unauthorized)?;
         let envelope = self.envelope.parse(&body)?;
+        let cloudevent = self
+            .cloudevents
+            .as_ref()
+            .map(|ce| ce.attributes(&envelope.slug, &envelope.doc));
         let content_type = headers
             .get(http::header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -138,6 +148,7 @@ impl Source {
             body,
             content_type,
             received_at,
+            cloudevent,
         })
     }
 
@@ -241,6 +252,10 @@ impl SourceSettings {
             format!("{key}.max_in_flight"),
             "must be greater than 0 (remove it for no per-source limit)",
         );
+        let cloudevents = self
+            .cloudevents
+            .as_ref()
+            .map(|ce| ce.build(&format!("{key}.cloudevents"), self.format, problems));
         let (envelope, auth) = (envelope?, auth?);
         problems.none_since(mark).then(|| Source {
             name: Arc::from(name),
@@ -252,6 +267,7 @@ impl SourceSettings {
             in_flight: self
                 .max_in_flight
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
+            cloudevents: cloudevents.flatten(),
         })
     }
 
