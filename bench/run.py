@@ -111,6 +111,10 @@ max_bytes = 17179869184
 enabled = false
 [log]
 filter = "warn"
+[topics]
+# dev-broker is librdkafka's mock cluster: it answers no admin requests, so topics are left
+# to its auto-creation.
+provision = false
 [sources.eduzz]
 path = "/webhooks/eduzz"
 format = "eduzz"

@@ -24,7 +24,9 @@ use crate::http::admin::{self, AdminState};
 use crate::http::tls::ReloadingCert;
 use crate::http::webhook::Webhook;
 use crate::http::{serve, ListenerSettings, Server};
+use crate::kafka::admin::Admin;
 use crate::kafka::broker::EmbeddedBroker;
+use crate::kafka::provision::Provisioner;
 use crate::kafka::{Connection, Publisher};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -103,6 +105,7 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::new(&connection, config.delivery.producer_tuning())
             .context("cannot create the Kafka producer")?;
+        let publisher = provision_topics(&config, &connection, embedded.as_ref(), publisher)?;
         let stop_drain = DrainStop::default();
         let parts = start_delivery(&config, &connection, &publisher, &metrics, &stop_drain)?;
         let admin_state = Arc::new(AdminState {
@@ -216,6 +219,7 @@ impl Application {
         let Some(publisher) = self.publisher.take() else {
             return;
         };
+        publisher.stop_provisioning();
         if !publisher.flush(left.max(Duration::from_millis(100))).await {
             tracing::warn!(
                 unconfirmed = publisher.queue_depth(),
@@ -268,6 +272,23 @@ fn start_embedded(config: &mut Config) -> anyhow::Result<Option<Embedded>> {
         broker,
         _scratch: scratch,
     }))
+}
+
+/// With `topics.provision` on, the producer writes a topic only once it is created with the
+/// partitions its route asks for (on the embedded broker, through the broker itself).
+fn provision_topics(
+    config: &Config,
+    connection: &Connection,
+    embedded: Option<&Embedded>,
+    publisher: Publisher,
+) -> anyhow::Result<Publisher> {
+    if !config.router.provisions() {
+        return Ok(publisher);
+    }
+    let admin = Admin::new(connection, embedded.map(|e| e.broker.topics()))
+        .context("cannot create the Kafka admin client")?;
+    let specs = Arc::new(config.router.clone());
+    Ok(publisher.with_provisioner(Provisioner::new(admin, specs)))
 }
 
 /// The ack mode's delivery; in `spooled` mode the spool is opened and its drain started.

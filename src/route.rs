@@ -12,14 +12,16 @@
 //! and at most `max_dynamic` other topics are named after slugs; past that, such events go to
 //! the `overflow_topic` (their slug is still in the `event` header) and are counted.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::kafka::admin::{TopicSpec, TopicSpecs};
 use crate::kafka::topic::{Template, TopicVars};
+use crate::kafka::PropertyValue;
 use crate::problem::Problems;
 use crate::source::check_pointer;
 
@@ -39,6 +41,13 @@ pub struct RouteSettings {
     /// Accept and answer 2xx, but publish nothing.
     #[serde(default)]
     pub drop: bool,
+    /// Partitions of the topics this rule writes (unset: `topics.partitions`).
+    pub partitions: Option<i32>,
+    /// Replication factor of the topics this rule writes (unset: `topics.replication_factor`).
+    pub replication_factor: Option<i32>,
+    /// Topic configs of the topics this rule writes, over `topics.config`.
+    #[serde(default)]
+    pub topic_config: BTreeMap<String, PropertyValue>,
 }
 
 /// `[default_route]`: the rule for slugs no other rule matches.
@@ -48,6 +57,9 @@ pub struct DefaultRouteSettings {
     pub topic: String,
     pub key: Option<String>,
     pub drop: bool,
+    pub partitions: Option<i32>,
+    pub replication_factor: Option<i32>,
+    pub topic_config: BTreeMap<String, PropertyValue>,
 }
 
 impl Default for DefaultRouteSettings {
@@ -56,11 +68,15 @@ impl Default for DefaultRouteSettings {
             topic: "{slug}".into(),
             key: None,
             drop: false,
+            partitions: None,
+            replication_factor: None,
+            topic_config: BTreeMap::new(),
         }
     }
 }
 
-/// `[topics]`: how many topics senders can make the bridge create.
+/// `[topics]`: how the topics the bridge writes are made, and how many of them senders can
+/// make it create.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TopicSettings {
@@ -69,6 +85,15 @@ pub struct TopicSettings {
     pub max_dynamic: usize,
     /// Where events go once `max_dynamic` topics are taken.
     pub overflow_topic: String,
+    /// `serve` creates each topic before its first write (else: the broker's auto-creation).
+    pub provision: bool,
+    /// Partitions of a topic the bridge creates: the most consumers of one group that can
+    /// share its events.
+    pub partitions: i32,
+    /// Replication factor of a topic the bridge creates; unset: the broker's default.
+    pub replication_factor: Option<i32>,
+    /// Topic configs of a topic the bridge creates (`retention.ms`, `cleanup.policy`…).
+    pub config: BTreeMap<String, PropertyValue>,
 }
 
 impl Default for TopicSettings {
@@ -76,7 +101,57 @@ impl Default for TopicSettings {
         Self {
             max_dynamic: 1000,
             overflow_topic: "eduzz-bridge.overflow".into(),
+            provision: true,
+            partitions: 6,
+            replication_factor: None,
+            config: BTreeMap::new(),
         }
+    }
+}
+
+/// Most partitions the bridge asks for (a typo like 60000 should not reach the cluster).
+const MAX_PARTITIONS: i32 = 10_000;
+
+impl TopicSettings {
+    /// The spec of topics no rule says more about; problems under `topics.…`.
+    fn defaults(&self, problems: &mut Problems) -> TopicSpec {
+        spec_of(
+            "topics",
+            None,
+            Some(self.partitions),
+            self.replication_factor,
+            &self.config,
+            problems,
+        )
+    }
+}
+
+/// `base` with a rule's overrides, checked; problems under `key`.
+fn spec_of(
+    key: &str,
+    base: Option<&TopicSpec>,
+    partitions: Option<i32>,
+    replication_factor: Option<i32>,
+    config: &BTreeMap<String, PropertyValue>,
+    problems: &mut Problems,
+) -> TopicSpec {
+    // Only what this level sets is checked here: an inherited value was checked where it is set.
+    problems.require(
+        partitions.is_none_or(|p| (1..=MAX_PARTITIONS).contains(&p)),
+        format!("{key}.partitions"),
+        format!("must be between 1 and {MAX_PARTITIONS}"),
+    );
+    problems.require(
+        replication_factor.is_none_or(|r| (1..=32).contains(&r)),
+        format!("{key}.replication_factor"),
+        "must be between 1 and 32 (remove it for the broker's default)",
+    );
+    let mut merged = base.map(|b| b.config.clone()).unwrap_or_default();
+    merged.extend(config.iter().map(|(k, v)| (k.clone(), v.to_string())));
+    TopicSpec {
+        partitions: partitions.or(base.map(|b| b.partitions)).unwrap_or(1),
+        replication_factor: replication_factor.or(base.and_then(|b| b.replication_factor)),
+        config: merged,
     }
 }
 
@@ -135,26 +210,66 @@ enum Action {
     Publish {
         template: Template,
         key_pointer: Option<String>,
+        spec: Arc<TopicSpec>,
     },
     Drop,
 }
 
+/// What a publishing rule says: topic template, key pointer and how its topics are made.
+struct PublishSettings<'a> {
+    topic: &'a str,
+    key_pointer: Option<&'a str>,
+    partitions: Option<i32>,
+    replication_factor: Option<i32>,
+    topic_config: &'a BTreeMap<String, PropertyValue>,
+}
+
 impl Action {
-    /// Publishing to the template `topic`, keyed at `key_pointer`; problems under `key`.
+    /// Publishing as `rule` says, over the topic `defaults`; problems under `key`.
     fn publish(
         key: &str,
-        topic: &str,
-        key_pointer: Option<&str>,
+        rule: PublishSettings<'_>,
+        defaults: &TopicSpec,
         problems: &mut Problems,
     ) -> Option<Action> {
-        if let Some(p) = key_pointer {
+        if let Some(p) = rule.key_pointer {
             check_pointer(format!("{key}.key"), p, problems);
         }
-        let template = problems.check(format!("{key}.topic"), Template::parse(topic))?;
+        let spec = spec_of(
+            key,
+            Some(defaults),
+            rule.partitions,
+            rule.replication_factor,
+            rule.topic_config,
+            problems,
+        );
+        let template = problems.check(format!("{key}.topic"), Template::parse(rule.topic))?;
         Some(Action::Publish {
             template,
-            key_pointer: key_pointer.map(str::to_string),
+            key_pointer: rule.key_pointer.map(str::to_string),
+            spec: Arc::new(spec),
         })
+    }
+}
+
+/// Problems for topic settings on a rule that publishes nothing.
+fn no_topic_settings(
+    key: &str,
+    partitions: Option<i32>,
+    replication_factor: Option<i32>,
+    topic_config: &BTreeMap<String, PropertyValue>,
+    problems: &mut Problems,
+) {
+    for (field, set) in [
+        ("partitions", partitions.is_some()),
+        ("replication_factor", replication_factor.is_some()),
+        ("topic_config", !topic_config.is_empty()),
+    ] {
+        problems.require(
+            !set,
+            format!("{key}.{field}"),
+            "a rule with drop = true writes no topic",
+        );
     }
 }
 
@@ -165,6 +280,9 @@ pub struct Router {
     rules: Vec<Rule>,
     default: Rule,
     budget: Arc<TopicBudget>,
+    /// The spec of topics no rule says more about (the overflow topic, the dead letters).
+    defaults: Arc<TopicSpec>,
+    provision: bool,
 }
 
 /// One row of the routing table as `check-config` prints it.
@@ -195,6 +313,7 @@ impl Router {
             overflow: topics.overflow_topic.clone(),
             taken: Mutex::default(),
         });
+        let defaults = topics.defaults(problems);
         let mut globs = GlobSetBuilder::new();
         let mut rules = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
@@ -208,54 +327,22 @@ impl Router {
                     format!("no source is named '{source}'"),
                 );
             }
-            let action = match (&r.topic, r.drop) {
-                (None, false) => {
-                    problems.push(
-                        format!("{key}.topic"),
-                        "a rule needs a topic template, or drop = true",
-                    );
-                    None
-                }
-                (Some(_), true) => {
-                    problems.push(
-                        format!("{key}.topic"),
-                        "a rule with drop = true publishes nothing; remove the topic",
-                    );
-                    None
-                }
-                (None, true) => Some(Action::Drop),
-                (Some(t), false) => Action::publish(&key, t, r.key.as_deref(), problems),
-            };
+            let action = r.action(&key, &defaults, problems);
             rules.extend(action.map(|action| Rule {
                 label: format!("{key} {}", r.pattern),
                 source: r.source.clone(),
                 action,
             }));
         }
-        let default = Rule {
-            label: "default_route".into(),
-            source: None,
-            action: match default.drop {
-                true => {
-                    if let Some(p) = &default.key {
-                        check_pointer("default_route.key".into(), p, problems);
-                    }
-                    Some(Action::Drop)
-                }
-                false => Action::publish(
-                    "default_route",
-                    &default.topic,
-                    default.key.as_deref(),
-                    problems,
-                ),
-            }?,
-        };
+        let default = default.rule(&defaults, problems)?;
         let globs = problems.check("routes", globs.build())?;
         problems.none_since(mark).then_some(Router {
             globs,
             rules,
             default,
             budget,
+            defaults: Arc::new(defaults),
+            provision: topics.provision,
         })
     }
 
@@ -278,6 +365,7 @@ impl Router {
             Action::Publish {
                 template,
                 key_pointer,
+                ..
             } => {
                 let topic = template.render(TopicVars { slug, source });
                 let key = key_pointer
@@ -311,11 +399,190 @@ impl Router {
             Action::Publish {
                 template,
                 key_pointer,
+                ..
             } => RouteRow {
                 rule: rule.label.clone(),
                 topic: Some(template.render(TopicVars { slug, source })),
                 key: key_pointer.clone().unwrap_or_else(|| "event id".into()),
             },
+        }
+    }
+}
+
+impl RouteSettings {
+    /// What this rule does; problems under `key`.
+    fn action(&self, key: &str, defaults: &TopicSpec, problems: &mut Problems) -> Option<Action> {
+        if self.drop {
+            no_topic_settings(
+                key,
+                self.partitions,
+                self.replication_factor,
+                &self.topic_config,
+                problems,
+            );
+        }
+        match (&self.topic, self.drop) {
+            (None, false) => {
+                problems.push(
+                    format!("{key}.topic"),
+                    "a rule needs a topic template, or drop = true",
+                );
+                None
+            }
+            (Some(_), true) => {
+                problems.push(
+                    format!("{key}.topic"),
+                    "a rule with drop = true publishes nothing; remove the topic",
+                );
+                None
+            }
+            (None, true) => Some(Action::Drop),
+            (Some(topic), false) => {
+                let rule = PublishSettings {
+                    topic,
+                    key_pointer: self.key.as_deref(),
+                    partitions: self.partitions,
+                    replication_factor: self.replication_factor,
+                    topic_config: &self.topic_config,
+                };
+                Action::publish(key, rule, defaults, problems)
+            }
+        }
+    }
+}
+
+impl DefaultRouteSettings {
+    /// The rule for slugs no other rule matches; problems under `default_route.…`.
+    fn rule(&self, defaults: &TopicSpec, problems: &mut Problems) -> Option<Rule> {
+        let action = match self.drop {
+            true => {
+                if let Some(p) = &self.key {
+                    check_pointer("default_route.key".into(), p, problems);
+                }
+                no_topic_settings(
+                    "default_route",
+                    self.partitions,
+                    self.replication_factor,
+                    &self.topic_config,
+                    problems,
+                );
+                Some(Action::Drop)
+            }
+            false => {
+                let rule = PublishSettings {
+                    topic: &self.topic,
+                    key_pointer: self.key.as_deref(),
+                    partitions: self.partitions,
+                    replication_factor: self.replication_factor,
+                    topic_config: &self.topic_config,
+                };
+                Action::publish("default_route", rule, defaults, problems)
+            }
+        };
+        Some(Rule {
+            label: "default_route".into(),
+            source: None,
+            action: action?,
+        })
+    }
+}
+
+/// A topic the routes write, as `topics plan` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedTopic {
+    pub topic: String,
+    pub spec: Arc<TopicSpec>,
+    /// The rule that names it (`routes[1] nutror.*`).
+    pub rule: String,
+    /// What its messages are keyed by (`/data/learner/email`, `event id`).
+    pub key: String,
+}
+
+/// A rule whose template names topics after slugs, so it also makes topics for slugs first
+/// seen at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DynamicRule {
+    pub rule: String,
+    pub template: String,
+    pub spec: Arc<TopicSpec>,
+}
+
+impl Router {
+    /// Whether `serve` creates topics before their first write.
+    pub fn provisions(&self) -> bool {
+        self.provision
+    }
+
+    /// The spec of topics no rule says more about.
+    pub fn default_spec(&self) -> &Arc<TopicSpec> {
+        &self.defaults
+    }
+
+    /// Every topic the rules make of the `slugs` each source may send (the documented
+    /// catalogue), the overflow topic when a rule names topics after slugs, and those rules.
+    pub fn wanted_topics(
+        &self,
+        slugs: &[(&str, Vec<String>)],
+    ) -> (Vec<WantedTopic>, Vec<DynamicRule>) {
+        let mut topics: Vec<WantedTopic> = Vec::new();
+        let mut seen = HashSet::new();
+        for (source, slugs) in slugs {
+            for slug in slugs {
+                let rule = self.rule_for(source, slug);
+                let Action::Publish {
+                    template,
+                    key_pointer,
+                    spec,
+                } = &rule.action
+                else {
+                    continue;
+                };
+                let topic = template.render(TopicVars { slug, source });
+                if seen.insert(topic.clone()) {
+                    topics.push(WantedTopic {
+                        topic,
+                        spec: spec.clone(),
+                        rule: rule.label.clone(),
+                        key: key_pointer.clone().unwrap_or_else(|| "event id".into()),
+                    });
+                }
+            }
+        }
+        let dynamic: Vec<DynamicRule> = self
+            .rules
+            .iter()
+            .chain([&self.default])
+            .filter_map(|r| match &r.action {
+                Action::Publish { template, spec, .. } if template.follows_slug() => {
+                    Some(DynamicRule {
+                        rule: r.label.clone(),
+                        template: template.as_str().to_string(),
+                        spec: spec.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        if !dynamic.is_empty() && seen.insert(self.budget.overflow.clone()) {
+            topics.push(WantedTopic {
+                topic: self.budget.overflow.clone(),
+                spec: self.defaults.clone(),
+                rule: "topics.overflow_topic".into(),
+                key: "as the rule it overflows from".into(),
+            });
+        }
+        (topics, dynamic)
+    }
+}
+
+impl TopicSpecs for Router {
+    fn spec(&self, source: &str, slug: &str, topic: &str) -> Arc<TopicSpec> {
+        if topic == self.budget.overflow {
+            return self.defaults.clone();
+        }
+        match &self.rule_for(source, slug).action {
+            Action::Publish { spec, .. } => spec.clone(),
+            Action::Drop => self.defaults.clone(),
         }
     }
 }
@@ -335,6 +602,13 @@ fn key_from(doc: &Value, pointer: &str) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    const SOURCES: &str = r#"
+[sources.eduzz]
+path = "/e"
+format = "eduzz"
+auth = { type = "hmac-sha256", secrets = ["k"] }
+"#;
 
     #[derive(serde::Deserialize)]
     struct Rules {
@@ -494,5 +768,73 @@ topic = "fixed"
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn topic_specs_take_the_defaults_and_each_rule_overrides() {
+        let toml = r#"
+[topics]
+partitions = 4
+replication_factor = 3
+config = { "retention.ms" = 86400000, "cleanup.policy" = "delete" }
+
+[[routes]]
+match = "myeduzz.invoice_*"
+topic = "eduzz.invoices"
+key = "/data/learner/email"
+partitions = 12
+topic_config = { "retention.ms" = "604800000" }
+
+[default_route]
+topic = "{slug}"
+"#;
+        let cfg = crate::config::Config::from_toml(&format!("{toml}{SOURCES}")).unwrap();
+        let r = &cfg.router;
+        let invoices = r.spec("eduzz", "myeduzz.invoice_paid", "eduzz.invoices");
+        assert_eq!(invoices.partitions, 12);
+        assert_eq!(invoices.replication_factor, Some(3));
+        assert_eq!(invoices.config["retention.ms"], "604800000");
+        assert_eq!(invoices.config["cleanup.policy"], "delete");
+        let other = r.spec("eduzz", "nutror.lesson_started", "nutror.lesson_started");
+        assert_eq!(other.partitions, 4);
+        assert_eq!(other.config["retention.ms"], "86400000");
+        let (wanted, dynamic) = r.wanted_topics(&[(
+            "eduzz",
+            vec![
+                "myeduzz.invoice_paid".into(),
+                "nutror.lesson_started".into(),
+            ],
+        )]);
+        let names: Vec<&str> = wanted.iter().map(|w| w.topic.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "eduzz.invoices",
+                "nutror.lesson_started",
+                "eduzz-bridge.overflow"
+            ]
+        );
+        assert_eq!(wanted[0].key, "/data/learner/email");
+        assert_eq!(
+            dynamic.len(),
+            1,
+            "the default route names topics after slugs"
+        );
+    }
+
+    #[test]
+    fn topic_settings_are_checked() {
+        let toml = r#"
+[topics]
+partitions = 0
+
+[[routes]]
+match = "x.*"
+drop = true
+partitions = 3
+"#;
+        let err = crate::config::Config::from_toml(&format!("{toml}{SOURCES}")).unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["topics.partitions", "routes[0].partitions"]);
     }
 }

@@ -66,7 +66,7 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,
-        config_text(brokers, &dir.path().join("spool"), ROUTE),
+        without_provisioning(config_text(brokers, &dir.path().join("spool"), ROUTE)),
     )
     .unwrap();
 
@@ -391,7 +391,7 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     let config = dir.path().join("bridge.toml");
     std::fs::write(
         &config,
-        config_text(brokers, &spool, ROUTE)
+        without_provisioning(config_text(brokers, &spool, ROUTE))
             .replace("shutdown_grace = \"5s\"", "shutdown_grace = \"1s\""),
     )
     .unwrap();

@@ -14,7 +14,8 @@ const ROUTE: &str = "[default_route]\ntopic = \"life.events\"\n";
 
 fn write_config(dir: &std::path::Path, brokers: &str, extra: &str) -> std::path::PathBuf {
     let path = dir.join("bridge.toml");
-    std::fs::write(&path, config_text(brokers, &dir.join("spool"), extra)).unwrap();
+    let text = without_provisioning(config_text(brokers, &dir.join("spool"), extra));
+    std::fs::write(&path, text).unwrap();
     path
 }
 

@@ -14,6 +14,9 @@
 //! pauses until the slow topic moves again, so memory stays flat, and the start-up recovery
 //! check knows how far past the oldest entry the drain can have gone.
 //!
+//! A topic not yet created (see [`crate::kafka::provision`]) is treated the same way: its
+//! entries wait aside, in order, until it is ready, and the drain wakes when it is.
+//!
 //! When Kafka refuses a message for good (too large, topic invalid or not authorised), it goes
 //! to the dead-letter topic, in the same in-flight window as everything else (so other
 //! confirmations never wait behind it); if that fails too, it stays in the spool ("parked"),
@@ -172,6 +175,8 @@ pub struct Drain {
     settings: DrainSettings,
     gauges: Arc<DrainGauges>,
     committed: watch::Receiver<Option<u64>>,
+    /// Changes when a topic becomes ready (`None`: topics are not provisioned).
+    topics_ready: Option<watch::Receiver<u64>>,
     /// The newest spool entry read so far.
     cursor: Option<u64>,
     buffer: VecDeque<Entry>,
@@ -197,6 +202,7 @@ impl Drain {
     ) -> Drain {
         Drain {
             committed: spool.subscribe(),
+            topics_ready: publisher.topics_ready(),
             spool,
             publisher,
             dead_letters,
@@ -240,6 +246,7 @@ impl Drain {
             tokio::select! {
                 Some(report) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_report(report),
                 changed = self.committed.changed(), if !stopping => stopping = changed.is_err(),
+                _ = topic_ready(&mut self.topics_ready), if self.topics.waiting_entries > 0 => {}
                 _ = sleep_until(next_retry), if next_retry.is_some() => {}
                 _ = sleep_until(delete_due), if delete_due.is_some() => {}
                 _ = tokio::time::sleep(Duration::from_millis(5)), if self.queue_full => {}
@@ -263,14 +270,19 @@ impl Drain {
         {
             let (seq, message, attempt) = if let Some(r) = self.due_retry() {
                 (r.seq, r.message, r.attempt)
-            } else if let Some(e) = self.topics.next_waiting(per_topic) {
+            } else if let Some(e) = self
+                .topics
+                .next_waiting(per_topic, |t| self.publisher.topic_is_ready(t))
+            {
                 (e.seq, e.message, 0)
             } else if self.topics.waiting_entries >= self.settings.max_waiting
                 || self.topics.waiting_bytes >= self.settings.max_in_flight_bytes
             {
                 break;
             } else if let Some(e) = self.buffer.pop_front() {
-                if !self.topics.has_room(&e.message.topic, per_topic) {
+                if !self.topics.has_room(&e.message.topic, per_topic)
+                    || !self.publisher.topic_ready(&e.message)
+                {
                     self.topics.wait(e);
                     continue;
                 }
@@ -530,11 +542,11 @@ impl TopicShares {
             .push_front(e);
     }
 
-    /// The first waiting entry of a topic that has room again.
-    fn next_waiting(&mut self, per_topic: usize) -> Option<Entry> {
+    /// The first waiting entry of a topic that has room again and is `ready`.
+    fn next_waiting(&mut self, per_topic: usize, ready: impl Fn(&str) -> bool) -> Option<Entry> {
         for _ in 0..self.order.len() {
             let topic = self.order.pop_front()?;
-            let room = self.below_share(&topic, per_topic);
+            let room = self.below_share(&topic, per_topic) && ready(&topic);
             let queue = self.waiting.get_mut(&topic)?;
             let next = if room { queue.pop_front() } else { None };
             if queue.is_empty() {
@@ -584,6 +596,17 @@ async fn delete_until_done(spool: Spool, seqs: Vec<u64>) {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Returns when a topic became ready; never without provisioning.
+async fn topic_ready(ready: &mut Option<watch::Receiver<u64>>) {
+    let closed = match ready {
+        Some(r) => r.changed().await.is_err(),
+        None => true,
+    };
+    if closed {
+        std::future::pending::<()>().await;
     }
 }
 

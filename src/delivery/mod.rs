@@ -202,7 +202,7 @@ impl Delivery {
             Mode::Received {
                 publisher,
                 dead_letters,
-            } => self.queue(publisher, dead_letters, msg),
+            } => self.queue(publisher, dead_letters, msg).await,
             Mode::Published {
                 publisher,
                 dead_letters,
@@ -228,12 +228,13 @@ impl Delivery {
         }
     }
 
-    fn queue(
+    async fn queue(
         &self,
         publisher: &Publisher,
         dead_letters: &DeadLetters,
         msg: Message,
     ) -> Result<Accepted, Refusal> {
+        topic_ready(publisher, &msg, Duration::from_secs(10)).await?;
         let future = enqueue(publisher, &msg)?;
         let (metrics, dead_letters) = (self.metrics.clone(), dead_letters.clone());
         // The sender already has its answer; the report only feeds metrics and logs.
@@ -262,6 +263,7 @@ impl Delivery {
         timeout: Duration,
         msg: Message,
     ) -> Result<Accepted, Refusal> {
+        topic_ready(publisher, &msg, timeout).await?;
         let future = enqueue(publisher, &msg)?;
         let Ok(result) = tokio::time::timeout(timeout, Publisher::delivered(future)).await else {
             return Err(Refusal::Unavailable(
@@ -284,6 +286,21 @@ impl Delivery {
                 "Kafka did not confirm the event: {e}"
             ))),
         }
+    }
+}
+
+/// Waits for the message's topic to exist (created on its first write), up to `timeout`.
+async fn topic_ready(
+    publisher: &Publisher,
+    msg: &Message,
+    timeout: Duration,
+) -> Result<(), Refusal> {
+    match publisher.wait_topic(msg, timeout).await {
+        true => Ok(()),
+        false => Err(Refusal::Unavailable(format!(
+            "topic '{}' is not ready yet (being created, or the cluster refuses to create it)",
+            msg.topic
+        ))),
     }
 }
 

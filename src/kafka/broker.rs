@@ -25,25 +25,80 @@ pub enum BrokerError {
     Gone,
 }
 
+/// What the broker's thread is asked to do.
+enum Command {
+    /// End the broker (the handle is dropped; topic handles may outlive it).
+    Stop,
+    CreateTopic {
+        topic: String,
+        partitions: i32,
+        replication_factor: i32,
+        done: mpsc::Sender<Result<(), KafkaError>>,
+    },
+}
+
 /// A running in-process Kafka-protocol broker.
 pub struct EmbeddedBroker {
     bootstrap: String,
-    stop: Option<mpsc::Sender<()>>,
+    commands: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Creates topics on the embedded broker (the mock cluster has no CreateTopics API, so the
+/// admin side asks its thread instead). Cheap to clone; fails once the broker is gone.
+#[derive(Debug, Clone)]
+pub struct EmbeddedTopics(mpsc::Sender<Command>);
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
+
+impl EmbeddedTopics {
+    /// Creates `topic` with `partitions`; blocks until the broker's thread has done it.
+    pub fn create(
+        &self,
+        topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> Result<(), KafkaError> {
+        let (done, result) = mpsc::channel();
+        let command = Command::CreateTopic {
+            topic: topic.to_string(),
+            partitions,
+            replication_factor,
+            done,
+        };
+        self.0.send(command).map_err(|_| KafkaError::Canceled)?;
+        result.recv().map_err(|_| KafkaError::Canceled)?
+    }
 }
 
 impl EmbeddedBroker {
     /// Starts a mock cluster of `brokers` brokers on loopback ports.
     pub fn start(brokers: i32) -> Result<EmbeddedBroker, BrokerError> {
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let (commands, received) = mpsc::channel::<Command>();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || match MockCluster::new(brokers) {
                 Ok(cluster) => {
                     let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
-                    // Wait until told to stop (or until the handle is gone).
-                    let _ = stop_rx.recv();
+                    // Serve commands until the handle is gone.
+                    for command in received {
+                        let Command::CreateTopic {
+                            topic,
+                            partitions,
+                            replication_factor,
+                            done,
+                        } = command
+                        else {
+                            break;
+                        };
+                        let created = cluster.create_topic(&topic, partitions, replication_factor);
+                        let _ = done.send(created);
+                    }
                     drop(cluster);
                 }
                 Err(e) => {
@@ -54,9 +109,18 @@ impl EmbeddedBroker {
         let bootstrap = ready_rx.recv().map_err(|_| BrokerError::Gone)??;
         Ok(EmbeddedBroker {
             bootstrap,
-            stop: Some(stop_tx),
+            commands: Some(commands),
             thread: Some(thread),
         })
+    }
+
+    /// Creates topics on this broker.
+    pub fn topics(&self) -> EmbeddedTopics {
+        EmbeddedTopics(
+            self.commands
+                .clone()
+                .expect("the broker runs until dropped"),
+        )
     }
 
     /// `host:port` list to give clients as `bootstrap.servers`.
@@ -67,7 +131,9 @@ impl EmbeddedBroker {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        if let Some(commands) = self.commands.take() {
+            let _ = commands.send(Command::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -6,10 +6,12 @@
 //! The rest of the bridge hands this module [`Message`](crate::event::Message)s and gets back
 //! delivery reports; it never builds an rdkafka config of its own.
 
+pub mod admin;
 pub mod broker;
 pub mod headers;
 mod health;
 mod producer;
+pub mod provision;
 pub mod reader;
 pub mod topic;
 
@@ -174,6 +176,21 @@ impl Connection {
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            .set("log_level", "3");
+        c
+    }
+}
+
+impl Connection {
+    /// An admin client's settings: the operator's properties (SASL, TLS…), no topic ever
+    /// created by asking for its metadata, librdkafka's own log quiet.
+    pub(crate) fn admin_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.properties {
+            c.set(k, v);
+        }
+        c.set("bootstrap.servers", &self.bootstrap)
+            .set("allow.auto.create.topics", "false")
             .set("log_level", "3");
         c
     }

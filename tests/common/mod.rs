@@ -147,6 +147,14 @@ pub struct TestApp {
     _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
+/// `text` with `topics.provision = false` (see [`TestApp::spawn_with`]).
+pub fn without_provisioning(text: String) -> String {
+    match text.contains("[topics]") {
+        true => text.replacen("[topics]", "[topics]\nprovision = false", 1),
+        false => format!("{text}\n[topics]\nprovision = false\n"),
+    }
+}
+
 /// The config text for a bridge on random ports with `brokers`, a spool in `spool_dir`,
 /// and `extra` TOML appended (routes, [delivery], …).
 pub fn config_text(brokers: &str, spool_dir: &std::path::Path, extra: &str) -> String {
@@ -179,15 +187,29 @@ impl TestApp {
 
     /// Starts the bridge on a broker of its own, with the config text edited by `edit` (e.g.
     /// to add [server] keys).
+    ///
+    /// The test broker is librdkafka's mock cluster in this process, reached by address: it
+    /// has no CreateTopics API (nor a controller to send one to), so these bridges leave topics
+    /// to its auto-creation (`topics.provision = false`). Provisioning is tested on the
+    /// embedded broker ([`TestApp::embedded`]) and on tansu.
     pub async fn spawn_with(edit: impl FnOnce(String) -> String) -> TestApp {
         let broker = TestBroker::start();
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
-        let text = edit(config_text(
+        let text = without_provisioning(edit(config_text(
             broker.bootstrap(),
             &dir.path().join("spool"),
             "",
-        ));
+        )));
         Self::start(text, Some(broker), dir).await
+    }
+
+    /// Starts the bridge on the embedded broker (no `kafka.brokers`), as `serve` does with
+    /// nothing else installed; `brokers` is the embedded broker's address.
+    pub async fn embedded(extra: &str) -> TestApp {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let text = config_text("", &dir.path().join("spool"), extra)
+            .replace("[kafka]\nbrokers = \"\"\n", "");
+        Self::start(text, None, dir).await
     }
 
     /// Starts the bridge against a broker in another process (tansu), with `extra` config.
@@ -209,6 +231,7 @@ impl TestApp {
         let broker = broker.expect("respawn needs the app's own broker");
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let text = config_text(broker.bootstrap(), &dir.path().join("spool"), extra);
+        let text = without_provisioning(text);
         Self::start(text, Some(broker), dir).await
     }
 
@@ -230,11 +253,6 @@ impl TestApp {
         dir: std::sync::Arc<tempfile::TempDir>,
     ) -> TestApp {
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
-        let brokers = config
-            .kafka
-            .brokers
-            .clone()
-            .expect("tests name their broker");
         let spool_dir = config.spool.dir.clone();
         // EKB_TEST_LOG=debug shows the bridge's logs while debugging a test.
         if let Ok(filter) = std::env::var("EKB_TEST_LOG") {
@@ -244,6 +262,7 @@ impl TestApp {
             });
         }
         let app = Application::build(config).await.expect("the bridge starts");
+        let brokers = app.brokers().to_string();
         let addr = app.webhook_addr();
         let admin = app.admin_addr().unwrap();
         let stop = app.stop_handle();

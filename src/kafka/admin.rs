@@ -1,0 +1,235 @@
+//! Topic administration: what a topic should look like ([`TopicSpec`]), what the cluster has
+//! ([`Existing`]), and the calls that create topics and add partitions ([`Admin`]).
+//!
+//! A topic's partition count caps how many members of a consumer group can share its work,
+//! and a stock broker auto-creates topics with one. So the bridge creates the topics it
+//! writes itself, with the partitions, replication and configs the operator asked for.
+//!
+//! Two kinds of cluster are served. A real one (or tansu) takes the admin API. The embedded
+//! development broker (librdkafka's mock cluster) does not implement CreateTopics at all, but
+//! the bridge owns it, so topics are created through the mock's own call; a mock cluster in
+//! another process (`dev-broker`) can only be left to its auto-creation, which
+//! [`AdminError::Unsupported`] says.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{
+    AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
+};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::BaseConsumer;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+
+use super::broker::EmbeddedTopics;
+use super::reader::{self, ReadError};
+use super::Connection;
+
+/// How long one admin request may take.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a topic the bridge writes should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub partitions: i32,
+    /// `None`: the broker's `default.replication.factor`.
+    pub replication_factor: Option<i32>,
+    /// Topic configs (`retention.ms`, `cleanup.policy`, `min.insync.replicas`…).
+    pub config: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    /// `6 partitions, replication 3, retention.ms=604800000`
+    pub fn describe(&self) -> String {
+        let mut out = format!("{} partitions", self.partitions);
+        match self.replication_factor {
+            Some(r) => out.push_str(&format!(", replication {r}")),
+            None => out.push_str(", broker's default replication"),
+        }
+        for (k, v) in &self.config {
+            out.push_str(&format!(", {k}={v}"));
+        }
+        out
+    }
+}
+
+/// Says what [`TopicSpec`] a topic about to be written should get.
+///
+/// Implemented by the router (which knows the rules); the Kafka side only asks.
+pub trait TopicSpecs: Send + Sync {
+    fn spec(&self, source: &str, slug: &str, topic: &str) -> Arc<TopicSpec>;
+}
+
+/// A topic as the cluster has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Existing {
+    pub partitions: i32,
+    /// Its configs, or why they could not be read (the embedded broker keeps none).
+    pub config: Result<BTreeMap<String, String>, String>,
+}
+
+/// Why an admin call did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("this cluster does not implement {0} (librdkafka's mock cluster does not)")]
+    Unsupported(&'static str),
+    #[error("the cluster refused: {0:?}")]
+    Refused(RDKafkaErrorCode),
+    #[error("cannot reach the cluster")]
+    Kafka(#[source] KafkaError),
+    #[error("cannot read the topic's metadata")]
+    Metadata(#[source] ReadError),
+}
+
+impl AdminError {
+    /// Whether the cluster said no for a reason that retrying will not change by itself
+    /// (not authorised, a policy): worth one clear log line.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, AdminError::Refused(_))
+    }
+
+    fn of(error: KafkaError, api: &'static str) -> AdminError {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion) => {
+                AdminError::Unsupported(api)
+            }
+            _ => AdminError::Kafka(error),
+        }
+    }
+
+    fn refused(code: RDKafkaErrorCode, api: &'static str) -> AdminError {
+        match code {
+            RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion => {
+                AdminError::Unsupported(api)
+            }
+            code => AdminError::Refused(code),
+        }
+    }
+}
+
+/// What creating a topic came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    Created,
+    /// Someone (another replica, an operator, auto-creation) was first.
+    AlreadyThere,
+}
+
+/// Talks topics with one cluster.
+pub struct Admin {
+    client: AdminClient<DefaultClientContext>,
+    metadata: BaseConsumer,
+    embedded: Option<EmbeddedTopics>,
+}
+
+impl Admin {
+    /// An admin for `connection`; `embedded` when it is the process's own embedded broker.
+    pub fn new(
+        connection: &Connection,
+        embedded: Option<EmbeddedTopics>,
+    ) -> Result<Admin, KafkaError> {
+        // A metadata request must never create the topic it asks about.
+        let client = connection.admin_config().create()?;
+        let metadata = connection
+            .reader_config("eduzz-kafka-bridge-admin")
+            .set("allow.auto.create.topics", "false")
+            .create()?;
+        Ok(Admin {
+            client,
+            metadata,
+            embedded,
+        })
+    }
+
+    fn options() -> AdminOptions {
+        AdminOptions::new()
+            .request_timeout(Some(ADMIN_TIMEOUT))
+            .operation_timeout(Some(ADMIN_TIMEOUT))
+    }
+
+    /// The topic as the cluster has it, or `None` when it does not exist. Blocking.
+    pub fn partitions(&self, topic: &str) -> Result<Option<i32>, AdminError> {
+        reader::partitions(&self.metadata, topic, ADMIN_TIMEOUT)
+            .map(|ids| ids.map(|ids| ids.len() as i32))
+            .map_err(AdminError::Metadata)
+    }
+
+    /// The topic's partitions and configs, or `None` when it does not exist.
+    pub async fn describe(&self, topic: &str) -> Result<Option<Existing>, AdminError> {
+        let Some(partitions) = self.partitions(topic)? else {
+            return Ok(None);
+        };
+        let config = match self.embedded {
+            Some(_) => Err("the embedded broker keeps no topic configs".to_string()),
+            None => self.configs(topic).await.map_err(|e| e.to_string()),
+        };
+        Ok(Some(Existing { partitions, config }))
+    }
+
+    /// The topic's configs that are not the broker's defaults.
+    async fn configs(&self, topic: &str) -> Result<BTreeMap<String, String>, AdminError> {
+        let results = self
+            .client
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &Self::options())
+            .await
+            .map_err(|e| AdminError::of(e, "DescribeConfigs"))?;
+        let resource = results
+            .into_iter()
+            .next()
+            .ok_or(AdminError::Refused(
+                RDKafkaErrorCode::UnknownTopicOrPartition,
+            ))?
+            .map_err(|code| AdminError::refused(code, "DescribeConfigs"))?;
+        Ok(resource
+            .entries
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect())
+    }
+
+    /// Creates `topic` as `spec` says.
+    pub async fn create(&self, topic: &str, spec: &TopicSpec) -> Result<Created, AdminError> {
+        if let Some(embedded) = &self.embedded {
+            return match self.partitions(topic)? {
+                Some(_) => Ok(Created::AlreadyThere),
+                None => embedded
+                    .create(topic, spec.partitions, spec.replication_factor.unwrap_or(1))
+                    .map(|()| Created::Created)
+                    .map_err(AdminError::Kafka),
+            };
+        }
+        let replication = TopicReplication::Fixed(spec.replication_factor.unwrap_or(-1));
+        let new = spec.config.iter().fold(
+            NewTopic::new(topic, spec.partitions, replication),
+            |t, (k, v)| t.set(k, v),
+        );
+        let results = self
+            .client
+            .create_topics([&new], &Self::options())
+            .await
+            .map_err(|e| AdminError::of(e, "CreateTopics"))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) | None => Ok(Created::Created),
+            Some(Err((_, RDKafkaErrorCode::TopicAlreadyExists))) => Ok(Created::AlreadyThere),
+            Some(Err((_, code))) => Err(AdminError::refused(code, "CreateTopics")),
+        }
+    }
+
+    /// Raises `topic` to `total` partitions.
+    pub async fn add_partitions(&self, topic: &str, total: i32) -> Result<(), AdminError> {
+        if self.embedded.is_some() {
+            return Err(AdminError::Unsupported("CreatePartitions"));
+        }
+        let new = NewPartitions::new(topic, total.max(1) as usize);
+        let results = self
+            .client
+            .create_partitions([&new], &Self::options())
+            .await
+            .map_err(|e| AdminError::of(e, "CreatePartitions"))?;
+        match results.into_iter().next() {
+            Some(Ok(_)) | None => Ok(()),
+            Some(Err((_, code))) => Err(AdminError::refused(code, "CreatePartitions")),
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! Creating each topic before its first write, in `serve`.
+//!
+//! The first message for a topic starts its provisioning in the background: ask the cluster
+//! whether it exists, create it with its [`TopicSpec`] if not. Until the topic is ready its
+//! messages wait (in the spool, in order, like those of a topic whose partitions have no
+//! leader); other topics go on. A refusal (ACLs, a policy) gets one clear log line and is
+//! retried with backoff, so the events flow once an operator creates the topic or grants the
+//! right, and nothing is dead-lettered for a topic that is merely missing.
+//!
+//! A cluster without the CreateTopics API (librdkafka's mock cluster in another process) is
+//! left to its own auto-creation, said once in the log.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::admin::{Admin, AdminError, Created, TopicSpec, TopicSpecs};
+use crate::event::Message;
+
+/// Longest wait between two attempts at a topic that could not be made ready.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The topics known ready, and the background work on the others.
+pub struct Provisioner {
+    admin: Arc<Admin>,
+    specs: Arc<dyn TopicSpecs>,
+    /// Topics ready (`true`) or being provisioned (`false`).
+    topics: Mutex<HashMap<String, bool>>,
+    /// Bumped each time a topic becomes ready, to wake whoever waits for one.
+    ready: watch::Sender<u64>,
+    /// The cluster has no CreateTopics: everything is left to auto-creation.
+    unsupported: AtomicBool,
+    stop: CancellationToken,
+    first_try: Duration,
+}
+
+impl Provisioner {
+    pub fn new(admin: Admin, specs: Arc<dyn TopicSpecs>) -> Arc<Provisioner> {
+        Arc::new(Provisioner {
+            admin: Arc::new(admin),
+            specs,
+            topics: Mutex::default(),
+            ready: watch::Sender::new(0),
+            unsupported: AtomicBool::new(false),
+            stop: CancellationToken::new(),
+            first_try: Duration::from_millis(500),
+        })
+    }
+
+    /// Whether `msg`'s topic can be written now; if it is not known yet, starts making it
+    /// ready in the background.
+    pub fn ready_for(self: &Arc<Self>, msg: &Message) -> bool {
+        if self.unsupported.load(Ordering::Relaxed) {
+            return true;
+        }
+        let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ready) = topics.get(&msg.topic) {
+            return *ready;
+        }
+        topics.insert(msg.topic.clone(), false);
+        let spec = self.specs.spec(&msg.source, &msg.slug, &msg.topic);
+        tokio::spawn(self.clone().provision(msg.topic.clone(), spec));
+        false
+    }
+
+    /// Whether `topic` is known ready (never starts anything).
+    pub fn is_ready(&self, topic: &str) -> bool {
+        self.unsupported.load(Ordering::Relaxed)
+            || self
+                .topics
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(topic)
+                .copied()
+                .unwrap_or(false)
+    }
+
+    /// Changes each time a topic becomes ready.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.ready.subscribe()
+    }
+
+    /// Waits up to `timeout` for `msg`'s topic to be ready (for the ack modes without a
+    /// spool, where the request itself waits).
+    pub async fn wait_ready(self: &Arc<Self>, msg: &Message, timeout: Duration) -> bool {
+        let mut changed = self.subscribe();
+        let wait = async {
+            while !self.ready_for(msg) {
+                if changed.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        };
+        tokio::time::timeout(timeout, wait).await.unwrap_or(false)
+    }
+
+    /// Ends the background work (at shutdown).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    /// Makes `topic` ready, retrying with backoff until it is (or the bridge stops).
+    async fn provision(self: Arc<Self>, topic: String, spec: Arc<TopicSpec>) {
+        let mut backoff = self.first_try;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            match self.ensure(&topic, &spec).await {
+                Ok(()) => return self.mark_ready(&topic),
+                Err(AdminError::Unsupported(api)) => {
+                    if !self.unsupported.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(api, "this cluster cannot create topics through the admin API; topics are left to its auto-creation, with its default partition count");
+                    }
+                    return self.mark_ready(&topic);
+                }
+                Err(e) => log_failure(&topic, &spec, &e, attempt, backoff),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    /// Creates `topic` unless it exists.
+    async fn ensure(&self, topic: &str, spec: &TopicSpec) -> Result<(), AdminError> {
+        let admin = self.admin.clone();
+        let name = topic.to_string();
+        let exists = tokio::task::spawn_blocking(move || admin.partitions(&name))
+            .await
+            .unwrap_or(Ok(None))?;
+        if let Some(partitions) = exists {
+            if partitions < spec.partitions {
+                tracing::info!(topic, partitions, wanted = spec.partitions, "topic has fewer partitions than its route asks for; `topics plan` shows it, `topics apply` raises it");
+            }
+            return Ok(());
+        }
+        let admin = self.admin.clone();
+        let (name, wanted) = (topic.to_string(), spec.clone());
+        // The embedded broker's creation call blocks on its thread; the admin API's does not.
+        let created = tokio::task::spawn_blocking(move || {
+            tokio::runtime::Handle::current().block_on(admin.create(&name, &wanted))
+        })
+        .await
+        .unwrap_or(Err(AdminError::Unsupported("CreateTopics")))?;
+        if created == Created::Created {
+            tracing::info!(topic, spec = %spec.describe(), "topic created");
+        }
+        Ok(())
+    }
+
+    fn mark_ready(&self, topic: &str) {
+        self.topics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string(), true);
+        self.ready.send_modify(|n| *n += 1);
+    }
+}
+
+/// One line when a topic first cannot be made ready, then one every ten attempts.
+fn log_failure(topic: &str, spec: &TopicSpec, error: &AdminError, attempt: u32, next: Duration) {
+    if attempt != 1 && attempt % 10 != 0 {
+        return;
+    }
+    let refused = error.is_refusal();
+    let error = crate::problem::with_causes(error);
+    if refused {
+        tracing::error!(topic, spec = %spec.describe(), %error, attempt, retry_in = ?next, "cannot create the topic: the cluster refuses (create it, or grant CREATE on it); its events wait in the spool until it exists");
+    } else {
+        tracing::warn!(topic, %error, attempt, retry_in = ?next, "cannot check or create the topic yet; its events wait in the spool");
+    }
+}
