@@ -1,9 +1,10 @@
-//! The command line: `serve`, `check-config`, `tail`, `sign`, `spool`.
+//! The command line: `serve`, `check-config`, `topics`, `tail`, `sign`, `spool`.
 
 mod check;
 mod sign;
 mod spool;
 mod tail;
+mod topics;
 
 use std::path::PathBuf;
 
@@ -36,6 +37,10 @@ pub enum Command {
         /// File to check (default: --config).
         file: Option<PathBuf>,
     },
+    /// Compare the topics the routes write with the cluster (`plan`), or create and grow
+    /// them (`apply`).
+    #[command(subcommand)]
+    Topics(topics::TopicsCommand),
     /// Print the events of a topic: one JSON line each, with key, headers and value.
     Tail(tail::TailArgs),
     /// Print the x-signature header value for a body (to try the bridge with curl).
@@ -57,6 +62,7 @@ pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve => serve(&cli.config),
         Command::CheckConfig { file } => check::run(file.as_deref().unwrap_or(&cli.config)),
+        Command::Topics(cmd) => topics::run(&cli.config, cmd),
         Command::Tail(args) => tail::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Spool(cmd) => spool::run(&cli.config, cmd),

@@ -72,7 +72,7 @@ pub struct Existing {
 /// Why an admin call did not do what was asked.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("this cluster does not implement {0} (librdkafka's mock cluster does not)")]
+    #[error("this cluster does not implement {0}")]
     Unsupported(&'static str),
     #[error("the cluster refused: {0:?}")]
     Refused(RDKafkaErrorCode),
@@ -90,7 +90,11 @@ impl AdminError {
     }
 
     fn of(error: KafkaError, api: &'static str) -> AdminError {
-        match error.rdkafka_error_code() {
+        let code = match &error {
+            KafkaError::AdminOp(code) => Some(*code),
+            other => other.rdkafka_error_code(),
+        };
+        match code {
             Some(RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion) => {
                 AdminError::Unsupported(api)
             }
@@ -155,14 +159,20 @@ impl Admin {
             .map_err(AdminError::Metadata)
     }
 
-    /// The topic's partitions and configs, or `None` when it does not exist.
-    pub async fn describe(&self, topic: &str) -> Result<Option<Existing>, AdminError> {
+    /// The topic's partitions and (when `configs`) its configs, or `None` when it does not
+    /// exist.
+    pub async fn describe(
+        &self,
+        topic: &str,
+        configs: bool,
+    ) -> Result<Option<Existing>, AdminError> {
         let Some(partitions) = self.partitions(topic)? else {
             return Ok(None);
         };
-        let config = match self.embedded {
-            Some(_) => Err("the embedded broker keeps no topic configs".to_string()),
-            None => self.configs(topic).await.map_err(|e| e.to_string()),
+        let config = match (configs, &self.embedded) {
+            (false, _) => Ok(BTreeMap::new()),
+            (true, Some(_)) => Err("the embedded broker keeps no topic configs".to_string()),
+            (true, None) => self.configs(topic).await.map_err(|e| e.to_string()),
         };
         Ok(Some(Existing { partitions, config }))
     }
@@ -191,12 +201,13 @@ impl Admin {
     /// Creates `topic` as `spec` says.
     pub async fn create(&self, topic: &str, spec: &TopicSpec) -> Result<Created, AdminError> {
         if let Some(embedded) = &self.embedded {
-            return match self.partitions(topic)? {
-                Some(_) => Ok(Created::AlreadyThere),
-                None => embedded
-                    .create(topic, spec.partitions, spec.replication_factor.unwrap_or(1))
-                    .map(|()| Created::Created)
-                    .map_err(AdminError::Kafka),
+            let rf = spec.replication_factor.unwrap_or(1);
+            return match embedded.create(topic, spec.partitions, rf) {
+                Ok(()) => Ok(Created::Created),
+                Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
+                    Ok(Created::AlreadyThere)
+                }
+                Err(e) => Err(AdminError::Kafka(e)),
             };
         }
         let replication = TopicReplication::Fixed(spec.replication_factor.unwrap_or(-1));
@@ -231,5 +242,46 @@ impl Admin {
             Some(Ok(_)) | None => Ok(()),
             Some(Err((_, code))) => Err(AdminError::refused(code, "CreatePartitions")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::broker::EmbeddedBroker;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn asking_about_a_topic_never_creates_it_and_create_gives_its_partitions() {
+        let broker = EmbeddedBroker::start(1).unwrap();
+        let connection = Connection::to(broker.bootstrap_servers());
+        let admin = Arc::new(Admin::new(&connection, Some(broker.topics())).unwrap());
+        let asks: Vec<_> = ["t.a", "t.b", "t.c"]
+            .into_iter()
+            .map(|t| {
+                let admin = admin.clone();
+                tokio::task::spawn_blocking(move || admin.partitions(t).unwrap())
+            })
+            .collect();
+        for ask in asks {
+            assert_eq!(ask.await.unwrap(), None);
+        }
+        for t in ["t.a", "t.b", "t.c", "t.fresh"] {
+            assert_eq!(admin.partitions(t).unwrap(), None, "{t}");
+        }
+        assert_eq!(admin.partitions("t.fresh").unwrap(), None);
+        let spec = TopicSpec {
+            partitions: 6,
+            replication_factor: None,
+            config: BTreeMap::new(),
+        };
+        assert_eq!(
+            admin.create("t.fresh", &spec).await.unwrap(),
+            Created::Created
+        );
+        assert_eq!(admin.partitions("t.fresh").unwrap(), Some(6));
+        assert_eq!(
+            admin.create("t.fresh", &spec).await.unwrap(),
+            Created::AlreadyThere
+        );
     }
 }

@@ -128,19 +128,12 @@ impl Provisioner {
         }
     }
 
-    /// Creates `topic` unless it exists.
+    /// Creates `topic`, or finds it there already.
+    ///
+    /// Creation is asked first: "already exists" is an answer too, and asking for the
+    /// metadata of a missing topic first could race the broker's auto-creation. Only when
+    /// creation is refused is the topic looked up: one an operator made is good enough.
     async fn ensure(&self, topic: &str, spec: &TopicSpec) -> Result<(), AdminError> {
-        let admin = self.admin.clone();
-        let name = topic.to_string();
-        let exists = tokio::task::spawn_blocking(move || admin.partitions(&name))
-            .await
-            .unwrap_or(Ok(None))?;
-        if let Some(partitions) = exists {
-            if partitions < spec.partitions {
-                tracing::info!(topic, partitions, wanted = spec.partitions, "topic has fewer partitions than its route asks for; `topics plan` shows it, `topics apply` raises it");
-            }
-            return Ok(());
-        }
         let admin = self.admin.clone();
         let (name, wanted) = (topic.to_string(), spec.clone());
         // The embedded broker's creation call blocks on its thread; the admin API's does not.
@@ -148,11 +141,32 @@ impl Provisioner {
             tokio::runtime::Handle::current().block_on(admin.create(&name, &wanted))
         })
         .await
-        .unwrap_or(Err(AdminError::Unsupported("CreateTopics")))?;
-        if created == Created::Created {
-            tracing::info!(topic, spec = %spec.describe(), "topic created");
+        .unwrap_or(Err(AdminError::Unsupported("CreateTopics")));
+        let refusal = match created {
+            Ok(Created::Created) => {
+                tracing::info!(topic, spec = %spec.describe(), "topic created");
+                return Ok(());
+            }
+            Ok(Created::AlreadyThere) => None,
+            Err(AdminError::Unsupported(api)) => return Err(AdminError::Unsupported(api)),
+            Err(e) => Some(e),
+        };
+        let admin = self.admin.clone();
+        let name = topic.to_string();
+        let exists = tokio::task::spawn_blocking(move || admin.partitions(&name))
+            .await
+            .unwrap_or(Ok(None));
+        match (exists, refusal) {
+            (Ok(Some(partitions)), _) => {
+                if partitions < spec.partitions {
+                    tracing::info!(topic, partitions, wanted = spec.partitions, "topic has fewer partitions than its route asks for; `topics plan` shows it, `topics apply` raises it");
+                }
+                Ok(())
+            }
+            (_, Some(refusal)) => Err(refusal),
+            (Ok(None), None) => Ok(()),
+            (Err(e), None) => Err(e),
         }
-        Ok(())
     }
 
     fn mark_ready(&self, topic: &str) {

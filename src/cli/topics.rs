@@ -1,0 +1,353 @@
+//! `topics plan` and `topics apply`: the topics the routes write, against what the cluster has.
+//!
+//! Every topic the rules make of the documented slug catalogue is listed with what would
+//! change: missing topics are created, partition counts below the wanted one are raised.
+//! Nothing is ever deleted and no partition count is lowered (Kafka cannot lower one, and a
+//! delete loses data); config drift is reported, not changed, because an operator may have
+//! tuned a topic on purpose. Raising the partitions of a topic moves keys to other
+//! partitions, so per-key order holds only within the old layout and within the new one:
+//! `plan` says so for every raise.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use clap::{Args, Subcommand};
+
+use crate::kafka::admin::{Admin, AdminError, Created, Existing, TopicSpec};
+use crate::route::WantedTopic;
+
+#[derive(Debug, Subcommand)]
+pub enum TopicsCommand {
+    /// Show what exists on the cluster and what `apply` would change.
+    Plan(TopicsArgs),
+    /// Create missing topics and raise partition counts (never deletes, never lowers).
+    Apply(TopicsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// Brokers to ask (default: kafka.brokers of the config).
+    #[arg(long)]
+    brokers: Option<String>,
+}
+
+/// What a topic needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Change {
+    Create,
+    Raise {
+        from: i32,
+        to: i32,
+    },
+    /// More partitions than wanted: left as they are.
+    MoreThanWanted {
+        has: i32,
+        wants: i32,
+    },
+    Drift {
+        key: String,
+        has: Option<String>,
+        wants: String,
+    },
+    ConfigsUnread(String),
+}
+
+/// The changes that take `existing` to `spec`.
+fn changes(spec: &TopicSpec, existing: Option<&Existing>) -> Vec<Change> {
+    let Some(existing) = existing else {
+        return vec![Change::Create];
+    };
+    let mut out = Vec::new();
+    if existing.partitions < spec.partitions {
+        out.push(Change::Raise {
+            from: existing.partitions,
+            to: spec.partitions,
+        });
+    } else if existing.partitions > spec.partitions {
+        out.push(Change::MoreThanWanted {
+            has: existing.partitions,
+            wants: spec.partitions,
+        });
+    }
+    match &existing.config {
+        Ok(config) => out.extend(spec.config.iter().filter_map(|(key, wants)| {
+            let has = config.get(key);
+            (has != Some(wants)).then(|| Change::Drift {
+                key: key.clone(),
+                has: has.cloned(),
+                wants: wants.clone(),
+            })
+        })),
+        Err(why) if !spec.config.is_empty() => out.push(Change::ConfigsUnread(why.clone())),
+        Err(_) => {}
+    }
+    out
+}
+
+fn describe(change: &Change, key: &str) -> String {
+    match change {
+        Change::Create => "missing: create".into(),
+        Change::Raise { from, to } => format!(
+            "raise partitions {from} -> {to}; WARNING: messages are keyed by {key}, and keys move to other partitions (per-key order holds only within the old and within the new layout)"
+        ),
+        Change::MoreThanWanted { has, wants } => {
+            format!("has {has} partitions, routes want {wants}: kept (a partition count is never lowered)")
+        }
+        Change::Drift { key, has, wants } => format!(
+            "config drift: {key} is {}, routes want {wants} (reported; apply does not change configs)",
+            has.as_deref().unwrap_or("unset")
+        ),
+        Change::ConfigsUnread(why) => format!("configs not checked: {why}"),
+    }
+}
+
+pub(super) fn run(config: &Path, command: TopicsCommand) -> anyhow::Result<i32> {
+    let (args, apply) = match command {
+        TopicsCommand::Plan(a) => (a, false),
+        TopicsCommand::Apply(a) => (a, true),
+    };
+    let config = super::load(config)?;
+    let Some(brokers) = args.brokers.or(config.kafka.brokers.clone()) else {
+        anyhow::bail!("kafka.brokers is not set: the embedded broker lives inside `serve` (which creates each topic on its first write); pass --brokers to plan against another cluster");
+    };
+    let admin = Admin::new(&config.kafka.connect(&brokers), None)?;
+    let mut wanted = wanted(&config);
+    wanted.sort_by(|a, b| a.topic.cmp(&b.topic));
+    super::runtime()?.block_on(async {
+        println!(
+            "topics of {} on {brokers}",
+            if apply { "apply" } else { "plan" }
+        );
+        let width = wanted
+            .iter()
+            .map(|w| w.topic.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut tally = Tally::default();
+        for w in &wanted {
+            let existing = match admin.describe(&w.topic, !w.spec.config.is_empty()).await {
+                Ok(e) => e,
+                Err(e) => {
+                    println!(
+                        "  {:width$}  cannot read: {}",
+                        w.topic,
+                        crate::problem::with_causes(&e)
+                    );
+                    tally.failed += 1;
+                    continue;
+                }
+            };
+            let changes = changes(&w.spec, existing.as_ref());
+            report(w, existing.as_ref(), &changes, width, &mut tally);
+            if apply {
+                for change in &changes {
+                    tally.applied(&w.topic, width, act(&admin, w, change).await);
+                }
+            }
+        }
+        dynamic_rules(&config);
+        tally.summary(apply);
+        Ok(if tally.failed > 0 { 1 } else { 0 })
+    })
+}
+
+/// Every topic the routes write for the documented slugs, the overflow topic, the dead letters.
+fn wanted(config: &crate::config::Config) -> Vec<WantedTopic> {
+    let slugs: Vec<(&str, Vec<String>)> = config
+        .sources
+        .iter()
+        .map(|s| {
+            let mut slugs = s.format().documented_slugs();
+            slugs.retain(|slug| slug != "ping" || s.publish_ping);
+            (&*s.name, slugs)
+        })
+        .collect();
+    let (mut wanted, _) = config.router.wanted_topics(&slugs);
+    if let Some(dlq) = &config.delivery.dead_letter_topic {
+        wanted.push(WantedTopic {
+            topic: dlq.clone(),
+            spec: Arc::clone(config.router.default_spec()),
+            rule: "delivery.dead_letter_topic".into(),
+            key: "the original key".into(),
+        });
+    }
+    wanted
+}
+
+fn report(
+    w: &WantedTopic,
+    existing: Option<&Existing>,
+    changes: &[Change],
+    width: usize,
+    tally: &mut Tally,
+) {
+    let has = existing.map_or("-".to_string(), |e| format!("{} partitions", e.partitions));
+    if changes.is_empty() {
+        println!("  {:width$}  ok ({has}; {})", w.topic, w.rule);
+        tally.ok += 1;
+        return;
+    }
+    println!(
+        "  {:width$}  wanted: {} ({}); has: {has}",
+        w.topic,
+        w.spec.describe(),
+        w.rule
+    );
+    for change in changes {
+        println!("  {:width$}    {}", "", describe(change, &w.key));
+        tally.count(change);
+    }
+}
+
+/// Carries out one change; `None` for those `apply` only reports.
+async fn act(
+    admin: &Admin,
+    w: &WantedTopic,
+    change: &Change,
+) -> Option<Result<String, AdminError>> {
+    match change {
+        Change::Create => Some(admin.create(&w.topic, &w.spec).await.map(|c| match c {
+            Created::Created => format!("created with {}", w.spec.describe()),
+            Created::AlreadyThere => "already there (created meanwhile)".into(),
+        })),
+        Change::Raise { to, .. } => Some(
+            admin
+                .add_partitions(&w.topic, *to)
+                .await
+                .map(|()| format!("raised to {to} partitions")),
+        ),
+        _ => None,
+    }
+}
+
+/// Rules whose topics are named after slugs, so `serve` also creates topics for slugs first
+/// seen at run time.
+fn dynamic_rules(config: &crate::config::Config) {
+    let (_, dynamic) = config.router.wanted_topics(&[]);
+    if dynamic.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "topics named after slugs first seen at run time (serve creates each on its first write):"
+    );
+    for d in dynamic {
+        println!("  {} \"{}\": {}", d.rule, d.template, d.spec.describe());
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    counts: BTreeMap<&'static str, usize>,
+    done: usize,
+    failed: usize,
+}
+
+impl Tally {
+    fn count(&mut self, change: &Change) {
+        let what = match change {
+            Change::Create => "to create",
+            Change::Raise { .. } => "to raise",
+            Change::MoreThanWanted { .. } => "with more partitions than wanted",
+            Change::Drift { .. } => "config drifts",
+            Change::ConfigsUnread(_) => "with configs not checked",
+        };
+        *self.counts.entry(what).or_default() += 1;
+    }
+
+    fn applied(&mut self, topic: &str, width: usize, result: Option<Result<String, AdminError>>) {
+        match result {
+            None => {}
+            Some(Ok(what)) => {
+                self.done += 1;
+                println!("  {topic:width$}    -> {what}");
+            }
+            Some(Err(e)) => {
+                self.failed += 1;
+                println!(
+                    "  {topic:width$}    -> FAILED: {}",
+                    crate::problem::with_causes(&e)
+                );
+            }
+        }
+    }
+
+    fn summary(&self, apply: bool) {
+        let mut parts = vec![format!("{} ok", self.ok)];
+        parts.extend(self.counts.iter().map(|(what, n)| format!("{n} {what}")));
+        if apply {
+            parts.push(format!("{} changed", self.done));
+        }
+        if self.failed > 0 {
+            parts.push(format!("{} failed", self.failed));
+        }
+        println!();
+        println!("{}", parts.join(", "));
+        println!(
+            "never done: deleting a topic, lowering a partition count, changing a topic's configs"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(partitions: i32, config: &[(&str, &str)]) -> TopicSpec {
+        TopicSpec {
+            partitions,
+            replication_factor: None,
+            config: config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn existing(partitions: i32, config: &[(&str, &str)]) -> Existing {
+        Existing {
+            partitions,
+            config: Ok(config
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()),
+        }
+    }
+
+    #[test]
+    fn plans_create_raise_keep_and_drift() {
+        let want = spec(6, &[("retention.ms", "1000")]);
+        assert_eq!(changes(&want, None), [Change::Create]);
+        assert_eq!(
+            changes(&want, Some(&existing(6, &[("retention.ms", "1000")]))),
+            []
+        );
+        assert_eq!(
+            changes(&want, Some(&existing(2, &[("retention.ms", "5")]))),
+            [
+                Change::Raise { from: 2, to: 6 },
+                Change::Drift {
+                    key: "retention.ms".into(),
+                    has: Some("5".into()),
+                    wants: "1000".into()
+                }
+            ]
+        );
+        assert_eq!(
+            changes(&want, Some(&existing(8, &[("retention.ms", "1000")]))),
+            [Change::MoreThanWanted { has: 8, wants: 6 }]
+        );
+        let unread = Existing {
+            partitions: 6,
+            config: Err("no configs".into()),
+        };
+        assert_eq!(
+            changes(&want, Some(&unread)),
+            [Change::ConfigsUnread("no configs".into())]
+        );
+        assert_eq!(changes(&spec(6, &[]), Some(&unread)), []);
+    }
+}
