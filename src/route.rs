@@ -357,11 +357,39 @@ impl Router {
 
     /// Decides where one event goes. `doc` is the parsed body, for key pointers.
     pub fn route(&self, source: &str, slug: &str, id: &str, doc: &Value) -> Decision {
+        let (decision, bounded) = self.decide(source, slug, id, doc);
+        match decision {
+            Decision::Publish { topic, key } if bounded && !self.budget.admit(&topic) => {
+                let topic = self.budget.overflow.clone();
+                Decision::Overflow { topic, key }
+            }
+            other => other,
+        }
+    }
+
+    /// Where one event would go, without counting its topic against `topics.max_dynamic`
+    /// (for `check-config --explain`), and the rule that says so.
+    pub(crate) fn preview(
+        &self,
+        source: &str,
+        slug: &str,
+        id: &str,
+        doc: &Value,
+    ) -> (Decision, String) {
+        let rule = self.rule_for(source, slug).label.clone();
+        (self.decide(source, slug, id, doc).0, rule)
+    }
+
+    /// The rule's decision, and whether its topic is named after an undocumented slug.
+    fn decide(&self, source: &str, slug: &str, id: &str, doc: &Value) -> (Decision, bool) {
         let rule = self.rule_for(source, slug);
         match &rule.action {
-            Action::Drop => Decision::Drop {
-                rule: rule.label.clone(),
-            },
+            Action::Drop => (
+                Decision::Drop {
+                    rule: rule.label.clone(),
+                },
+                false,
+            ),
             Action::Publish {
                 template,
                 key_pointer,
@@ -373,11 +401,7 @@ impl Router {
                     .and_then(|p| key_from(doc, p))
                     .unwrap_or_else(|| id.as_bytes().to_vec());
                 let bounded = template.follows_slug() && !crate::slugs::is_documented(slug);
-                if bounded && !self.budget.admit(&topic) {
-                    let topic = self.budget.overflow.clone();
-                    return Decision::Overflow { topic, key };
-                }
-                Decision::Publish { topic, key }
+                (Decision::Publish { topic, key }, bounded)
             }
         }
     }

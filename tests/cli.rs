@@ -3,6 +3,7 @@
 mod common;
 
 use std::process::Command;
+use std::time::Duration;
 
 use common::*;
 
@@ -152,4 +153,70 @@ async fn tail_prints_what_the_bridge_published() {
     assert_eq!(line["headers"]["event"], "nutror.file_downloaded");
     assert_eq!(line["headers"]["source"], "eduzz");
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_dry_runs_every_fixture_and_publishes_nothing() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n{SOURCES}\n[sources.toolzz.cloudevents]\nsource = \"/toolzz\"\n\n[topics]\npartitions = 12\n",
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    for (name, body) in fixtures() {
+        let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let toolzz = doc["event"].is_object();
+        let id = match toolzz {
+            true => eduzz_kafka_bridge::source::envelope::body_id(&body),
+            false => doc["id"].as_str().unwrap().to_string(),
+        };
+        let slug = name.trim_end_matches(".json");
+        let out = bridge()
+            .args(["check-config"])
+            .arg(&config)
+            .arg("--explain")
+            .arg(common::fixtures_dir().join(&name))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: {text}");
+        let source = if toolzz { "toolzz" } else { "eduzz" };
+        for line in [
+            format!("source {source}: POST"),
+            format!("  slug:       {slug}"),
+            format!("  id:         {id}"),
+            format!("  topic:      {slug}"),
+            format!("  key:        {id}"),
+            "  partitions: 12 (created on first write)".to_string(),
+            format!("    event-id: {id}"),
+            format!("    source: {source}"),
+            format!(
+                "  value:      the payload, byte for byte ({} bytes)",
+                body.len()
+            ),
+            "nothing was published (dry run)".to_string(),
+        ] {
+            assert!(text.contains(&line), "{name}: no line '{line}' in\n{text}");
+        }
+        assert_eq!(
+            text.contains(&format!("    ce_type: com.toolzz.{slug}")),
+            toolzz,
+            "{name}: CloudEvents headers only where configured\n{text}"
+        );
+        assert_topic_empty(broker.bootstrap(), slug, Duration::from_millis(300)).await;
+    }
+    let out = bridge()
+        .args(["check-config"])
+        .arg(&config)
+        .arg("--explain")
+        .arg(dir.path().join("bridge.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a TOML file is no payload");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no source takes this payload"));
 }

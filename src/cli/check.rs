@@ -1,8 +1,17 @@
-//! `check-config`: every problem of a config at once, or the routing table it implies.
+//! `check-config`: every problem of a config at once, or the routing table it implies; with
+//! `--explain PAYLOAD`, what the bridge would do with one delivery, published nowhere.
 
 use std::path::Path;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use rdkafka::message::Headers;
 
 use crate::config::Config;
+use crate::event::Message;
+use crate::kafka::admin::TopicSpecs;
+use crate::route::Decision;
+use crate::source::Source;
 
 /// Loads and builds `path` the way `serve` does; prints every problem, or the routing table.
 pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
@@ -59,4 +68,96 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Dry run: which source takes `payload`, and the record it would become. Authentication is
+/// not checked (a file has no request headers); everything after it runs as `serve` runs it.
+pub(super) fn explain(path: &Path, payload: &Path, only: Option<&str>) -> anyhow::Result<i32> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(2);
+        }
+    };
+    let body = Bytes::from(std::fs::read(payload)?);
+    let candidates: Vec<&std::sync::Arc<Source>> = config
+        .sources
+        .iter()
+        .filter(|s| only.is_none_or(|name| *s.name == *name))
+        .collect();
+    if candidates.is_empty() {
+        eprintln!("no source is named '{}'", only.unwrap_or_default());
+        return Ok(2);
+    }
+    println!("payload: {} ({} bytes)", payload.display(), body.len());
+    let headers = http::HeaderMap::new();
+    for source in candidates {
+        match source.read(&headers, body.clone(), SystemTime::now()) {
+            Ok(event) => {
+                print_record(&config, source, &event);
+                return Ok(0);
+            }
+            Err(e) => println!("source {}: not taken: {e}", source.name),
+        }
+    }
+    println!("no source takes this payload: the bridge would answer 400");
+    Ok(2)
+}
+
+fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
+    println!(
+        "source {}: POST {} (format {})",
+        source.name,
+        source.path,
+        source.format().as_str()
+    );
+    let hint = match source.auth.describe().starts_with("hmac") {
+        true => "; `sign --secret S FILE` prints the signature to post it with",
+        false => "",
+    };
+    println!(
+        "  auth:       {} (not checked in a dry run{hint})",
+        source.auth.describe()
+    );
+    println!("  slug:       {}", event.slug);
+    println!("  id:         {}", event.id);
+    if event.is_ping() && !source.publish_ping {
+        println!("  answer:     200, not published (Eduzz's activation ping)");
+        return;
+    }
+    let (decision, rule) = config
+        .router
+        .preview(&source.name, &event.slug, &event.id, &event.doc);
+    println!("  rule:       {rule}");
+    let (topic, key) = match decision {
+        Decision::Drop { .. } => {
+            println!("  answer:     202, not published (the rule drops it)");
+            return;
+        }
+        Decision::Publish { topic, key } | Decision::Overflow { topic, key } => (topic, key),
+    };
+    let spec = config.router.spec(&source.name, &event.slug, &topic);
+    println!("  topic:      {topic}");
+    println!("  key:        {}", String::from_utf8_lossy(&key));
+    println!(
+        "  partitions: {} ({}created on first write)",
+        spec.partitions,
+        if config.router.provisions() {
+            ""
+        } else {
+            "not "
+        }
+    );
+    let message = Message::new(event, topic, key);
+    println!("  headers:");
+    for h in crate::kafka::headers::of(&message).iter() {
+        let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
+        println!("    {}: {value}", h.key);
+    }
+    println!(
+        "  value:      the payload, byte for byte ({} bytes)",
+        message.body.len()
+    );
+    println!("nothing was published (dry run)");
 }

@@ -36,6 +36,13 @@ pub enum Command {
     CheckConfig {
         /// File to check (default: --config).
         file: Option<PathBuf>,
+        /// Dry run: which source takes this payload file, its slug, id, topic, key, partitions
+        /// and headers. Nothing is published.
+        #[arg(long, value_name = "PAYLOAD")]
+        explain: Option<PathBuf>,
+        /// With --explain: the source to try (default: every source, in order).
+        #[arg(long, requires = "explain")]
+        source: Option<String>,
     },
     /// Compare the topics the routes write with the cluster (`plan`), or create and grow
     /// them (`apply`).
@@ -61,7 +68,17 @@ pub enum Command {
 pub fn run(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Serve => serve(&cli.config),
-        Command::CheckConfig { file } => check::run(file.as_deref().unwrap_or(&cli.config)),
+        Command::CheckConfig {
+            file,
+            explain,
+            source,
+        } => {
+            let file = file.as_deref().unwrap_or(&cli.config);
+            match explain {
+                Some(payload) => check::explain(file, &payload, source.as_deref()),
+                None => check::run(file),
+            }
+        }
         Command::Topics(cmd) => topics::run(&cli.config, cmd),
         Command::Tail(args) => tail::run(args),
         Command::Sign(args) => sign::run(args),

@@ -129,6 +129,17 @@ impl Source {
         self.auth
             .verify(headers, path_token, &body)
             .map_err(SourceError::Unauthorized)?;
+        Ok(self.read(headers, body, received_at)?)
+    }
+
+    /// Parses one delivery without authenticating it: only for a body that was authenticated,
+    /// or for a dry run that publishes nothing (`check-config --explain`).
+    pub fn read(
+        &self,
+        headers: &HeaderMap,
+        body: Bytes,
+        received_at: SystemTime,
+    ) -> Result<Event, EnvelopeError> {
         let envelope = self.envelope.parse(&body)?;
         let cloudevent = self
             .cloudevents
