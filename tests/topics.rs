@@ -356,3 +356,43 @@ async fn plan_on_the_mock_cluster_reports_missing_and_too_few_partitions() {
         "{plan}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_topic_the_cluster_does_not_create_wait_until_it_exists() {
+    // The mock cluster reached by address answers no CreateTopics (it has no controller): to
+    // the bridge, a cluster that will not create the topic. Its events must wait in the spool,
+    // never be dead-lettered or dropped, and flow once an operator creates the topic.
+    let broker = TestBroker::start();
+    let app = TestApp::on(
+        broker.bootstrap(),
+        "[delivery]\ndead_letter_topic = \"dlq\"\n",
+    )
+    .await;
+    let topic = "nutror.lesson_started";
+    let body = eduzz_event("waits-1", topic);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        partitions(&app.brokers, topic),
+        None,
+        "not auto-created behind our back"
+    );
+    assert_eq!(app.metric("eduzz_bridge_spool_depth").await, Some(1.0));
+    assert_eq!(
+        partitions(&app.brokers, "dlq"),
+        None,
+        "nothing dead-lettered"
+    );
+
+    broker.cluster().create_topic(topic, 2, 1).unwrap();
+    app.wait_spool_empty(Duration::from_secs(60)).await;
+    let read = app.read_topic(topic, 1, WAIT).await;
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].value, body);
+    assert_eq!(
+        partitions(&app.brokers, topic),
+        Some(2),
+        "the operator's topic, as it is"
+    );
+    app.shutdown().await;
+}
