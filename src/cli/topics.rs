@@ -15,7 +15,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use crate::kafka::admin::{Admin, AdminError, Created, Existing, TopicSpec};
-use crate::route::WantedTopic;
+use crate::route::{DynamicRule, WantedTopic};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -112,7 +112,7 @@ pub(super) fn run(config: &Path, command: TopicsCommand) -> anyhow::Result<i32> 
         anyhow::bail!("kafka.brokers is not set: the embedded broker lives inside `serve` (which creates each topic on its first write); pass --brokers to plan against another cluster");
     };
     let admin = Admin::new(&config.kafka.connect(&brokers), None)?;
-    let mut wanted = wanted(&config);
+    let (mut wanted, dynamic) = wanted(&config);
     wanted.sort_by(|a, b| a.topic.cmp(&b.topic));
     super::runtime()?.block_on(async {
         println!(
@@ -147,14 +147,15 @@ pub(super) fn run(config: &Path, command: TopicsCommand) -> anyhow::Result<i32> 
                 }
             }
         }
-        dynamic_rules(&config);
+        dynamic_rules(&dynamic);
         tally.summary(apply);
         Ok(if tally.failed > 0 { 1 } else { 0 })
     })
 }
 
-/// Every topic the routes write for the documented slugs, the overflow topic, the dead letters.
-fn wanted(config: &crate::config::Config) -> Vec<WantedTopic> {
+/// Every topic the routes write for the documented slugs, the overflow topic, the dead
+/// letters; and the rules that name topics after slugs.
+fn wanted(config: &crate::config::Config) -> (Vec<WantedTopic>, Vec<DynamicRule>) {
     let slugs: Vec<(&str, Vec<String>)> = config
         .sources
         .iter()
@@ -164,7 +165,7 @@ fn wanted(config: &crate::config::Config) -> Vec<WantedTopic> {
             (&*s.name, slugs)
         })
         .collect();
-    let (mut wanted, _) = config.router.wanted_topics(&slugs);
+    let (mut wanted, dynamic) = config.router.wanted_topics(&slugs);
     if let Some(dlq) = &config.delivery.dead_letter_topic {
         wanted.push(WantedTopic {
             topic: dlq.clone(),
@@ -173,7 +174,7 @@ fn wanted(config: &crate::config::Config) -> Vec<WantedTopic> {
             key: "the original key".into(),
         });
     }
-    wanted
+    (wanted, dynamic)
 }
 
 fn report(
@@ -224,8 +225,7 @@ async fn act(
 
 /// Rules whose topics are named after slugs, so `serve` also creates topics for slugs first
 /// seen at run time.
-fn dynamic_rules(config: &crate::config::Config) {
-    let (_, dynamic) = config.router.wanted_topics(&[]);
+fn dynamic_rules(dynamic: &[DynamicRule]) {
     if dynamic.is_empty() {
         return;
     }

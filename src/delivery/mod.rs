@@ -56,7 +56,8 @@ impl AckMode {
 #[serde(default, deny_unknown_fields)]
 pub struct DeliverySettings {
     pub ack: AckMode,
-    /// In `published` mode: how long a request waits for the broker before 503.
+    /// In `published` mode: how long a request waits for the broker before 503. In `received`
+    /// and `published` modes, also how long a request waits for its topic to be created.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// Topic for events Kafka refuses for good (too large, not authorised, invalid topic).
@@ -154,6 +155,8 @@ enum Mode {
     Received {
         publisher: Publisher,
         dead_letters: DeadLetters,
+        /// How long a request waits for its topic to be created.
+        timeout: Duration,
     },
     Published {
         publisher: Publisher,
@@ -191,6 +194,7 @@ impl Delivery {
             _ => Mode::Received {
                 publisher,
                 dead_letters,
+                timeout,
             },
         };
         Delivery { mode, metrics }
@@ -202,7 +206,8 @@ impl Delivery {
             Mode::Received {
                 publisher,
                 dead_letters,
-            } => self.queue(publisher, dead_letters, msg).await,
+                timeout,
+            } => self.queue(publisher, dead_letters, *timeout, msg).await,
             Mode::Published {
                 publisher,
                 dead_letters,
@@ -232,9 +237,10 @@ impl Delivery {
         &self,
         publisher: &Publisher,
         dead_letters: &DeadLetters,
+        timeout: Duration,
         msg: Message,
     ) -> Result<Accepted, Refusal> {
-        topic_ready(publisher, &msg, Duration::from_secs(10)).await?;
+        topic_ready(publisher, &msg, timeout).await?;
         let future = enqueue(publisher, &msg)?;
         let (metrics, dead_letters) = (self.metrics.clone(), dead_letters.clone());
         // The sender already has its answer; the report only feeds metrics and logs.

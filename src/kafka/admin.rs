@@ -120,11 +120,21 @@ pub enum Created {
     AlreadyThere,
 }
 
-/// Talks topics with one cluster.
+/// Talks topics with one cluster. Every call is async: the blocking ones (metadata, the
+/// embedded broker's own creation call) run on tokio's blocking threads.
 pub struct Admin {
     client: AdminClient<DefaultClientContext>,
-    metadata: BaseConsumer,
+    metadata: Arc<BaseConsumer>,
     embedded: Option<EmbeddedTopics>,
+}
+
+/// Runs a blocking admin call off the async threads.
+async fn off_thread<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, AdminError> + Send + 'static,
+) -> Result<T, AdminError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .unwrap_or(Err(AdminError::Kafka(KafkaError::Canceled)))
 }
 
 impl Admin {
@@ -141,7 +151,7 @@ impl Admin {
             .create()?;
         Ok(Admin {
             client,
-            metadata,
+            metadata: Arc::new(metadata),
             embedded,
         })
     }
@@ -152,11 +162,15 @@ impl Admin {
             .operation_timeout(Some(ADMIN_TIMEOUT))
     }
 
-    /// The topic as the cluster has it, or `None` when it does not exist. Blocking.
-    pub fn partitions(&self, topic: &str) -> Result<Option<i32>, AdminError> {
-        reader::partitions(&self.metadata, topic, ADMIN_TIMEOUT)
-            .map(|ids| ids.map(|ids| ids.len() as i32))
-            .map_err(AdminError::Metadata)
+    /// The topic's partition count, or `None` when it does not exist.
+    pub async fn partitions(&self, topic: &str) -> Result<Option<i32>, AdminError> {
+        let (metadata, topic) = (self.metadata.clone(), topic.to_string());
+        off_thread(move || {
+            reader::partitions(&metadata, &topic, ADMIN_TIMEOUT)
+                .map(|ids| ids.map(|ids| ids.len() as i32))
+                .map_err(AdminError::Metadata)
+        })
+        .await
     }
 
     /// The topic's partitions and (when `configs`) its configs, or `None` when it does not
@@ -166,7 +180,7 @@ impl Admin {
         topic: &str,
         configs: bool,
     ) -> Result<Option<Existing>, AdminError> {
-        let Some(partitions) = self.partitions(topic)? else {
+        let Some(partitions) = self.partitions(topic).await? else {
             return Ok(None);
         };
         let config = match (configs, &self.embedded) {
@@ -201,14 +215,16 @@ impl Admin {
     /// Creates `topic` as `spec` says.
     pub async fn create(&self, topic: &str, spec: &TopicSpec) -> Result<Created, AdminError> {
         if let Some(embedded) = &self.embedded {
-            let rf = spec.replication_factor.unwrap_or(1);
-            return match embedded.create(topic, spec.partitions, rf) {
+            let (embedded, topic) = (embedded.clone(), topic.to_string());
+            let (partitions, rf) = (spec.partitions, spec.replication_factor.unwrap_or(1));
+            return off_thread(move || match embedded.create(&topic, partitions, rf) {
                 Ok(()) => Ok(Created::Created),
                 Err(e) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::TopicAlreadyExists) => {
                     Ok(Created::AlreadyThere)
                 }
                 Err(e) => Err(AdminError::Kafka(e)),
-            };
+            })
+            .await;
         }
         let replication = TopicReplication::Fixed(spec.replication_factor.unwrap_or(-1));
         let new = spec.config.iter().fold(
@@ -259,16 +275,16 @@ mod tests {
             .into_iter()
             .map(|t| {
                 let admin = admin.clone();
-                tokio::task::spawn_blocking(move || admin.partitions(t).unwrap())
+                tokio::spawn(async move { admin.partitions(t).await.unwrap() })
             })
             .collect();
         for ask in asks {
             assert_eq!(ask.await.unwrap(), None);
         }
         for t in ["t.a", "t.b", "t.c", "t.fresh"] {
-            assert_eq!(admin.partitions(t).unwrap(), None, "{t}");
+            assert_eq!(admin.partitions(t).await.unwrap(), None, "{t}");
         }
-        assert_eq!(admin.partitions("t.fresh").unwrap(), None);
+        assert_eq!(admin.partitions("t.fresh").await.unwrap(), None);
         let spec = TopicSpec {
             partitions: 6,
             replication_factor: None,
@@ -278,7 +294,7 @@ mod tests {
             admin.create("t.fresh", &spec).await.unwrap(),
             Created::Created
         );
-        assert_eq!(admin.partitions("t.fresh").unwrap(), Some(6));
+        assert_eq!(admin.partitions("t.fresh").await.unwrap(), Some(6));
         assert_eq!(
             admin.create("t.fresh", &spec).await.unwrap(),
             Created::AlreadyThere

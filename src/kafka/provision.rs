@@ -21,12 +21,14 @@ use tokio_util::sync::CancellationToken;
 use super::admin::{Admin, AdminError, Created, TopicSpec, TopicSpecs};
 use crate::event::Message;
 
+/// First wait before another attempt at a topic that could not be made ready (doubles).
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest wait between two attempts at a topic that could not be made ready.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The topics known ready, and the background work on the others.
 pub struct Provisioner {
-    admin: Arc<Admin>,
+    admin: Admin,
     specs: Arc<dyn TopicSpecs>,
     /// Topics ready (`true`) or being provisioned (`false`).
     topics: Mutex<HashMap<String, bool>>,
@@ -35,19 +37,17 @@ pub struct Provisioner {
     /// The cluster has no CreateTopics: everything is left to auto-creation.
     unsupported: AtomicBool,
     stop: CancellationToken,
-    first_try: Duration,
 }
 
 impl Provisioner {
     pub fn new(admin: Admin, specs: Arc<dyn TopicSpecs>) -> Arc<Provisioner> {
         Arc::new(Provisioner {
-            admin: Arc::new(admin),
+            admin,
             specs,
             topics: Mutex::default(),
             ready: watch::Sender::new(0),
             unsupported: AtomicBool::new(false),
             stop: CancellationToken::new(),
-            first_try: Duration::from_millis(500),
         })
     }
 
@@ -106,7 +106,7 @@ impl Provisioner {
 
     /// Makes `topic` ready, retrying with backoff until it is (or the bridge stops).
     async fn provision(self: Arc<Self>, topic: String, spec: Arc<TopicSpec>) {
-        let mut backoff = self.first_try;
+        let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -134,15 +134,7 @@ impl Provisioner {
     /// metadata of a missing topic first could race the broker's auto-creation. Only when
     /// creation is refused is the topic looked up: one an operator made is good enough.
     async fn ensure(&self, topic: &str, spec: &TopicSpec) -> Result<(), AdminError> {
-        let admin = self.admin.clone();
-        let (name, wanted) = (topic.to_string(), spec.clone());
-        // The embedded broker's creation call blocks on its thread; the admin API's does not.
-        let created = tokio::task::spawn_blocking(move || {
-            tokio::runtime::Handle::current().block_on(admin.create(&name, &wanted))
-        })
-        .await
-        .unwrap_or(Err(AdminError::Unsupported("CreateTopics")));
-        let refusal = match created {
+        let refusal = match self.admin.create(topic, spec).await {
             Ok(Created::Created) => {
                 tracing::info!(topic, spec = %spec.describe(), "topic created");
                 return Ok(());
@@ -151,12 +143,7 @@ impl Provisioner {
             Err(AdminError::Unsupported(api)) => return Err(AdminError::Unsupported(api)),
             Err(e) => Some(e),
         };
-        let admin = self.admin.clone();
-        let name = topic.to_string();
-        let exists = tokio::task::spawn_blocking(move || admin.partitions(&name))
-            .await
-            .unwrap_or(Ok(None));
-        match (exists, refusal) {
+        match (self.admin.partitions(topic).await, refusal) {
             (Ok(Some(partitions)), _) => {
                 if partitions < spec.partitions {
                     tracing::info!(topic, partitions, wanted = spec.partitions, "topic has fewer partitions than its route asks for; `topics plan` shows it, `topics apply` raises it");
