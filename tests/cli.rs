@@ -2,17 +2,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
-
-fn bridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"));
-    c.current_dir(env!("CARGO_MANIFEST_DIR"));
-    c.env_remove("EKB_CONFIG");
-    c
-}
 
 #[test]
 fn check_config_accepts_the_shipped_configs_and_prints_the_routing_table() {

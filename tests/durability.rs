@@ -396,7 +396,7 @@ async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     )
     .unwrap();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"))
+        let out = bridge()
             .arg("--config")
             .arg(&config)
             .args(args)

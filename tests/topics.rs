@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::tansu::Tansu;
@@ -16,12 +15,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-fn bridge() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"));
-    c.env_remove("EKB_CONFIG");
-    c
-}
 
 /// Partitions of `topic` on `brokers` (`None`: it does not exist).
 fn partitions(brokers: &str, topic: &str) -> Option<usize> {
@@ -206,33 +199,32 @@ fn plan_and_apply_on_tansu_create_once_and_report_drift() {
     let Some(tansu) = Tansu::start() else { return };
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bridge.toml");
-    let write = |extra: &str| {
-        std::fs::write(
-            &config,
-            format!(
-                "[kafka]\nbrokers = \"{}\"\n{SOURCES}\n{extra}",
-                tansu.brokers()
-            ),
-        )
-        .unwrap()
-    };
-    write(
-        r#"
+    // Invoices get their own partitions (and settings); the rest the defaults.
+    let write = |invoices: &str| {
+        let routes = format!(
+            r#"
 [topics]
 partitions = 3
-config = { "retention.ms" = 86400000 }
+config = {{ "retention.ms" = 86400000 }}
 
 [[routes]]
 match = "myeduzz.invoice_*"
 topic = "eduzz.invoices"
 key = "/data/learner/email"
-partitions = 4
+{invoices}
 
 [[routes]]
 match = "*"
-topic = "{source}.{app}"
-"#,
-    );
+topic = "{{source}}.{{app}}"
+"#
+        );
+        let text = format!(
+            "[kafka]\nbrokers = \"{}\"\n{SOURCES}\n{routes}",
+            tansu.brokers()
+        );
+        std::fs::write(&config, text).unwrap()
+    };
+    write("partitions = 4");
     let (code, plan) = topics(&config, "plan");
     assert_eq!(code, 0, "{plan}");
     assert!(
@@ -264,24 +256,7 @@ topic = "{source}.{app}"
     assert!(again.contains(&format!("{created} ok")), "{again}");
 
     // The routes now want more partitions and another retention for the invoices.
-    write(
-        r#"
-[topics]
-partitions = 3
-config = { "retention.ms" = 86400000 }
-
-[[routes]]
-match = "myeduzz.invoice_*"
-topic = "eduzz.invoices"
-key = "/data/learner/email"
-partitions = 6
-topic_config = { "retention.ms" = 1000 }
-
-[[routes]]
-match = "*"
-topic = "{source}.{app}"
-"#,
-    );
+    write("partitions = 6\ntopic_config = { \"retention.ms\" = 1000 }");
     let (code, drift) = topics(&config, "plan");
     assert_eq!(code, 0, "{drift}");
     let invoices = section(&drift, "eduzz.invoices").join("\n");

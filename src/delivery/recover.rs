@@ -349,19 +349,31 @@ mod tests {
         }
     }
 
+    fn publisher(connection: &Connection) -> Publisher {
+        let tuning = ProducerTuning {
+            message_timeout: Some(Duration::from_secs(10)),
+            linger: Duration::from_millis(1),
+        };
+        Publisher::new(connection, tuning).unwrap()
+    }
+
+    /// The recovery check of `entries`, with a budget no test reaches.
+    async fn check<const N: usize>(connection: Connection, entries: [Entry; N]) -> Checked {
+        let budget = Budget {
+            total: Duration::from_secs(20),
+            per_topic: Duration::from_secs(5),
+        };
+        tokio::task::spawn_blocking(move || already_published(&connection, &entries, 100, &budget))
+            .await
+            .unwrap()
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_unreadable_topic_leaves_the_others_checked() {
         let cluster = MockCluster::new(1).unwrap();
         let brokers = cluster.bootstrap_servers();
         let connection = Connection::to(&brokers);
-        let publisher = Publisher::new(
-            &connection,
-            ProducerTuning {
-                message_timeout: Some(Duration::from_secs(10)),
-                linger: Duration::from_millis(1),
-            },
-        )
-        .unwrap();
+        let publisher = publisher(&connection);
         let entries = [
             entry(1, "ok.topic", "a"),
             entry(2, "denied.topic", "d"),
@@ -379,15 +391,7 @@ mod tests {
                 RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
             )
             .unwrap();
-        let budget = Budget {
-            total: Duration::from_secs(20),
-            per_topic: Duration::from_secs(5),
-        };
-        let checked = tokio::task::spawn_blocking(move || {
-            already_published(&connection, &entries, 100, &budget)
-        })
-        .await
-        .unwrap();
+        let checked = check(connection, entries).await;
         assert_eq!(checked.found, vec![1, 3]);
         assert!(checked.unknown.is_empty(), "{:?}", checked.unknown);
         assert_eq!(
@@ -401,11 +405,7 @@ mod tests {
     async fn events_with_only_cloudevents_headers_are_found() {
         let cluster = MockCluster::new(1).unwrap();
         let connection = Connection::to(&cluster.bootstrap_servers());
-        let tuning = ProducerTuning {
-            message_timeout: Some(Duration::from_secs(10)),
-            linger: Duration::from_millis(1),
-        };
-        let publisher = Publisher::new(&connection, tuning).unwrap();
+        let publisher = publisher(&connection);
         let ce_only = |seq, id: &str, bridge_headers| {
             let mut e = entry(seq, "ce.topic", id);
             e.message.cloudevent = crate::event::tests::with_cloudevent(bridge_headers).cloudevent;
@@ -421,15 +421,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let budget = Budget {
-            total: Duration::from_secs(20),
-            per_topic: Duration::from_secs(5),
-        };
-        let checked = tokio::task::spawn_blocking(move || {
-            already_published(&connection, &entries, 100, &budget)
-        })
-        .await
-        .unwrap();
+        let checked = check(connection, entries).await;
         assert_eq!(checked.found, vec![1, 2]);
     }
 }

@@ -72,6 +72,14 @@ pub fn fixtures() -> Vec<(String, Vec<u8>)> {
     out
 }
 
+/// The bridge's binary, run from the repository root with no config from the environment.
+pub fn bridge() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"));
+    c.env_remove("EKB_CONFIG");
+    c
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixtures_dir().join(name)).unwrap()
 }

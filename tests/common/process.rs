@@ -18,7 +18,7 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts the binary with `config` (JSON logs) and waits until it serves.
     pub fn start(config: &Path) -> BridgeProcess {
-        let child = Command::new(env!("CARGO_BIN_EXE_eduzz-kafka-bridge"))
+        let child = super::bridge()
             .args(["--config"])
             .arg(config)
             .arg("serve")
