@@ -9,12 +9,13 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
+use eduzz_kafka_bridge::dedupe::DedupeSettings;
 use eduzz_kafka_bridge::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
 use eduzz_kafka_bridge::delivery::{DeadLetters, DeliverySettings};
 use eduzz_kafka_bridge::event::{unix_ms, Message};
 use eduzz_kafka_bridge::kafka::{Connection, Publisher};
 use eduzz_kafka_bridge::metrics::Metrics;
-use eduzz_kafka_bridge::spool::{Appended, DedupeSettings, Spool, SpoolSettings};
+use eduzz_kafka_bridge::spool::{Appended, Spool, SpoolSettings};
 
 fn message(i: usize, body: &Bytes) -> Message {
     Message {

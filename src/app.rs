@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::dedupe::SharedIndex;
 use crate::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
 use crate::delivery::recover::Recovery;
 use crate::delivery::{AckMode, DeadLetters, Delivery};
@@ -63,6 +64,7 @@ pub struct Application {
     probe: JoinHandle<()>,
     publisher: Option<Publisher>,
     spool: Option<Spool>,
+    shared_dedupe: Option<SharedIndex>,
     tls_cert: Option<Arc<ReloadingCert>>,
     // Dropped last: the producer must be flushed before the embedded broker goes.
     embedded: Option<Embedded>,
@@ -84,10 +86,12 @@ impl StopHandle {
     }
 }
 
-/// What the delivery side started: the mode, its spool and drain when spooled.
+/// What the delivery side started: the mode, its spool and drain when spooled, the shared
+/// dedupe index when configured.
 struct DeliveryParts {
     delivery: Delivery,
     spool: Option<Spool>,
+    shared_dedupe: Option<SharedIndex>,
     drain: Option<JoinHandle<()>>,
     gauges: Arc<DrainGauges>,
 }
@@ -126,6 +130,7 @@ impl Application {
         for s in sources.iter() {
             tracing::info!(source = %s.name, path = %s.path, format = s.format().as_str(), auth = %s.auth.describe(), "source ready");
         }
+        let shared_dedupe = parts.shared_dedupe;
         let stop_http = CancellationToken::new();
         let servers = TaskTracker::new();
         let probe = spawn_probe(publisher.clone(), router.overflow_topic().to_string());
@@ -160,6 +165,7 @@ impl Application {
             probe,
             publisher: Some(publisher),
             spool: parts.spool,
+            shared_dedupe,
             tls_cert: server.tls.map(|t| t.cert),
             embedded,
         })
@@ -202,6 +208,11 @@ impl Application {
         tracing::info!(grace = ?self.grace, "stopping: no new requests; finishing those in flight");
         self.stop_http.cancel();
         let _ = tokio::time::timeout_at(deadline, self.servers.wait()).await;
+        if let Some(index) = self.shared_dedupe.take() {
+            // The last requests' claims are marked (or kept, and logged) before the exit.
+            let left = deadline.saturating_duration_since(Instant::now());
+            index.flush(left).await;
+        }
         // The drain ends in order (deleting what Kafka confirmed) a little before the
         // deadline; it is cut off only if even that does not happen in time.
         let margin = (self.grace / 10).min(Duration::from_millis(500));
@@ -291,8 +302,25 @@ fn provision_topics(
     Ok(publisher.with_provisioner(Provisioner::new(admin, specs)))
 }
 
-/// The ack mode's delivery; in `spooled` mode the spool is opened and its drain started.
+/// The ack mode's delivery, claiming events in the shared dedupe index when one is set.
 fn start_delivery(
+    config: &Config,
+    connection: &Connection,
+    publisher: &Publisher,
+    metrics: &Arc<Metrics>,
+    stop_drain: &DrainStop,
+) -> anyhow::Result<DeliveryParts> {
+    let mut parts = start_mode(config, connection, publisher, metrics, stop_drain)?;
+    if let Some(settings) = &config.shared_dedupe {
+        let index = SharedIndex::start(settings.clone(), metrics.clone());
+        parts.delivery = parts.delivery.with_shared_index(index.clone());
+        parts.shared_dedupe = Some(index);
+    }
+    Ok(parts)
+}
+
+/// The ack mode's delivery; in `spooled` mode the spool is opened and its drain started.
+fn start_mode(
     config: &Config,
     connection: &Connection,
     publisher: &Publisher,
@@ -317,6 +345,7 @@ fn start_delivery(
         return Ok(DeliveryParts {
             delivery,
             spool: None,
+            shared_dedupe: None,
             drain: None,
             gauges,
         });
@@ -342,6 +371,7 @@ fn start_delivery(
     Ok(DeliveryParts {
         delivery: Delivery::spooled(spool.clone(), metrics.clone()),
         spool: Some(spool),
+        shared_dedupe: None,
         drain: Some(task),
         gauges,
     })

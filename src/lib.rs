@@ -4,9 +4,9 @@
 //!
 //! [`http`] (listeners, limits, answers) → [`pipeline`] (one delivery in, one outcome out) →
 //! [`source`] (authentication + envelope) / [`route`] (topic and key, or drop) /
-//! [`delivery`] (what the ack mode promises; the spool's drain) → [`spool`] (durable,
-//! deduplicated) / [`kafka`] (producer, readers, topic names, the embedded broker) →
-//! [`event`] (the data that travels).
+//! [`delivery`] (what the ack mode promises; the spool's drain) → [`dedupe`] (the fleet's
+//! shared index) / [`spool`] (durable, deduplicated) / [`kafka`] (producer, readers, topic
+//! names, the embedded broker) → [`event`] (the data that travels).
 //!
 //! Beside them: [`config`] (composes every component's settings and builds them once),
 //! [`metrics`], [`telemetry`], [`app`] (wiring and shutdown order) and [`cli`]; and the small
@@ -19,6 +19,7 @@ pub mod app;
 pub mod cidr;
 pub mod cli;
 pub mod config;
+pub mod dedupe;
 pub mod delivery;
 pub mod event;
 pub mod http;

@@ -70,6 +70,12 @@ pub struct ConnectionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClaimLabels {
+    /// claimed, taken, leased, bypassed, lease_lost, mark_dropped
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -98,6 +104,8 @@ pub struct Metrics {
     refusals: Family<RefusalLabels, Counter>,
     connections_closed: Family<ConnectionLabels, Counter>,
     pub(crate) topic_overflow: Family<SourceLabels, Counter>,
+    shared_dedupe: Family<ClaimLabels, Counter>,
+    pub(crate) shared_dedupe_reachable: Gauge,
     pub(crate) publish_latency: Histogram,
     pub(crate) request_duration: Histogram,
     spool_depth: Gauge,
@@ -130,6 +138,8 @@ impl Metrics {
             refusals: Family::default(),
             connections_closed: Family::default(),
             topic_overflow: Family::default(),
+            shared_dedupe: Family::default(),
+            shared_dedupe_reachable: Gauge::default(),
             publish_latency: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0, 300.0,
@@ -203,6 +213,11 @@ impl Metrics {
             "Events sent to the overflow topic because the limit on topics named after slugs was reached",
             self.topic_overflow.clone(),
         );
+        r.register(
+            "shared_dedupe",
+            "Claims and marks in the shared dedupe index, by result (bypassed: Redis did not answer)",
+            self.shared_dedupe.clone(),
+        );
         r.register_with_unit(
             "publish_latency",
             "Time from receiving an event to Kafka confirming it",
@@ -245,6 +260,11 @@ impl Metrics {
             "1 when Kafka answers, 0 during an outage",
             self.kafka_reachable.clone(),
         );
+        r.register(
+            "shared_dedupe_reachable",
+            "1 while the shared dedupe index (Redis) answers; 0 while it is bypassed, or not configured",
+            self.shared_dedupe_reachable.clone(),
+        );
         r.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", self.parked.clone());
     }
 
@@ -286,6 +306,13 @@ impl Metrics {
                 source: source.to_string(),
                 reason,
             })
+            .inc();
+    }
+
+    /// Counts one claim or mark in the shared dedupe index, by `result`.
+    pub(crate) fn shared_dedupe_claim(&self, result: &'static str) {
+        self.shared_dedupe
+            .get_or_create(&ClaimLabels { result })
             .inc();
     }
 

@@ -75,6 +75,7 @@ impl Outcome {
             Outcome::Duplicate { .. } => "duplicate",
             Outcome::Refused(Refusal::Busy(_)) => "busy",
             Outcome::Refused(Refusal::Unavailable(_)) => "unavailable",
+            Outcome::Refused(Refusal::InProgress { .. }) => "in_progress",
         }
     }
 }

@@ -256,3 +256,51 @@ fn the_systemd_unit_stops_gracefully() {
         .dir
         .starts_with("/var/lib/eduzz-kafka-bridge"));
 }
+
+#[test]
+fn the_replicas_share_a_persistent_redis_for_dedupe() {
+    // Kubernetes: the ConfigMap points dedupe.shared at the Service redis.yaml defines.
+    let cm = &yaml("deploy/k8s/configmap.yaml")[0];
+    let settings = load_config_text(cm["data"]["config.toml"].as_str().unwrap());
+    let shared = settings
+        .shared_dedupe
+        .expect("dedupe.shared is set")
+        .describe();
+    let docs = yaml("deploy/k8s/redis.yaml");
+    let service = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Service"))
+        .unwrap();
+    let name = service["metadata"]["name"].as_str().unwrap();
+    let port = service["spec"]["ports"][0]["port"].as_i64().unwrap();
+    assert!(shared.contains(&format!("{name}:{port}")), "{shared}");
+    let redis = docs
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("StatefulSet"))
+        .unwrap();
+    let args: Vec<&str> = redis["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2).any(|w| w == ["--appendonly", "yes"]),
+        "{args:?}"
+    );
+    // Its pods are never selected by the bridge's Services.
+    let component = |d: &Yaml| d["spec"]["selector"]["app.kubernetes.io/component"].clone();
+    for s in yaml("deploy/k8s/service.yaml") {
+        assert_eq!(component(&s).as_str(), Some("bridge"));
+    }
+    assert_eq!(component(service).as_str(), Some("redis"));
+
+    // Compose: a Redis beside Kafka, and the bridge told where it is.
+    let c = &yaml("deploy/compose.yaml")[0];
+    let services = &c["services"];
+    assert!(!services["redis"].is_badvalue());
+    let url = services["bridge"]["environment"]["EKB__DEDUPE__SHARED"]
+        .as_str()
+        .unwrap();
+    assert!(url.starts_with("redis://redis:"), "{url}");
+}

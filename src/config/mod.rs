@@ -23,13 +23,14 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::dedupe::{DedupeSettings, SharedSettings};
 use crate::delivery::DeliverySettings;
 use crate::http::{AdminSettings, Server, ServerSettings};
 use crate::kafka::{Kafka, KafkaSettings};
 use crate::problem::{Problem, Problems};
 use crate::route::{DefaultRouteSettings, RouteSettings, Router, TopicSettings};
 use crate::source::{SourceSettings, Sources};
-use crate::spool::{DedupeSettings, SpoolSettings};
+use crate::spool::SpoolSettings;
 use crate::telemetry::LogSettings;
 
 /// Prefix of environment variables that override the file (`EKB__SECTION__KEY`).
@@ -68,6 +69,8 @@ pub struct Config {
     pub delivery: DeliverySettings,
     pub spool: SpoolSettings,
     pub dedupe: DedupeSettings,
+    /// The fleet's shared dedupe index, when `dedupe.shared` is set.
+    pub shared_dedupe: Option<SharedSettings>,
     pub log: LogSettings,
     pub sources: Sources,
     pub router: Router,
@@ -153,7 +156,14 @@ impl Settings {
         let admin = self.admin.build(problems);
         let kafka = self.kafka.build(problems);
         self.delivery.check(problems);
-        self.dedupe.check(problems);
+        let shared_dedupe = self.dedupe.build(problems);
+        problems.require(
+            shared_dedupe.is_none()
+                || self.delivery.ack == crate::delivery::AckMode::Spooled
+                || self.dedupe.lease > self.delivery.publish_timeout,
+            "dedupe.lease",
+            "must be longer than delivery.publish_timeout (a claim must outlast publishing)",
+        );
         let sources = Sources::build(&self.sources, problems);
         for (name, s) in &self.sources {
             problems.require(
@@ -177,6 +187,7 @@ impl Settings {
             delivery: self.delivery.clone(),
             spool: self.spool.clone(),
             dedupe: self.dedupe.clone(),
+            shared_dedupe,
             log: self.log.clone(),
             sources: sources?,
             router: router?,

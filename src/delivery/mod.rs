@@ -20,6 +20,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 
+use crate::dedupe::{Claim, SharedIndex};
 use crate::event::Message;
 use crate::kafka::topic::check_topic_name;
 use crate::kafka::{is_permanent, Delivered, EnqueueError, ProducerTuning, Publisher};
@@ -141,6 +142,10 @@ pub enum Refusal {
     /// Kafka or storage not working right now (503).
     #[error("{0}")]
     Unavailable(String),
+    /// Another replica is taking this very event right now (503 with Retry-After): it may
+    /// still fail, so this delivery is neither taken nor called a duplicate.
+    #[error("another delivery of this event is being taken; retry in {retry_after:?}")]
+    InProgress { retry_after: Duration },
 }
 
 /// The ack mode in force and what it needs.
@@ -148,6 +153,8 @@ pub enum Refusal {
 pub struct Delivery {
     mode: Mode,
     metrics: Arc<Metrics>,
+    /// The fleet's dedupe index (`dedupe.shared`), asked before the mode takes an event.
+    shared: Option<SharedIndex>,
 }
 
 #[derive(Clone)]
@@ -174,6 +181,7 @@ impl Delivery {
         Delivery {
             mode: Mode::Spooled { spool },
             metrics,
+            shared: None,
         }
     }
 
@@ -197,10 +205,52 @@ impl Delivery {
                 timeout,
             },
         };
-        Delivery { mode, metrics }
+        Delivery {
+            mode,
+            metrics,
+            shared: None,
+        }
     }
 
+    /// The same delivery, with every event claimed in the fleet's `index` before it is taken.
+    pub fn with_shared_index(self, index: SharedIndex) -> Delivery {
+        Delivery {
+            shared: Some(index),
+            ..self
+        }
+    }
+
+    /// Takes `msg` as the mode promises; with a shared index, only once this replica holds
+    /// the event's claim (a retry another replica took is a duplicate, one it is taking now
+    /// is refused for a while), and the claim is marked taken or released by the outcome.
     pub async fn accept(&self, msg: Message) -> Result<Accepted, Refusal> {
+        let Some(index) = &self.shared else {
+            return self.take(msg).await;
+        };
+        let ticket = match index.claim(&msg.source, &msg.event_id).await {
+            Claim::Mine(ticket) => ticket,
+            Claim::Taken => {
+                self.duplicate(&msg.source);
+                return Ok(Accepted::Duplicate);
+            }
+            Claim::Leased { retry_after } => return Err(Refusal::InProgress { retry_after }),
+        };
+        pause_after_claim().await;
+        let result = self.take(msg).await;
+        index.settle(ticket, result.is_ok()).await;
+        result
+    }
+
+    fn duplicate(&self, source: &str) {
+        self.metrics
+            .dedupe_hits
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            })
+            .inc();
+    }
+
+    async fn take(&self, msg: Message) -> Result<Accepted, Refusal> {
         match &self.mode {
             Mode::Spooled { spool } => self.spool(spool, msg).await,
             Mode::Received {
@@ -220,12 +270,7 @@ impl Delivery {
         match spool.append(&msg).await {
             Ok(Appended::Stored(_)) => Ok(Accepted::Spooled),
             Ok(Appended::Duplicate) => {
-                self.metrics
-                    .dedupe_hits
-                    .get_or_create(&SourceLabels {
-                        source: msg.source.clone(),
-                    })
-                    .inc();
+                self.duplicate(&msg.source);
                 Ok(Accepted::Duplicate)
             }
             Err(SpoolError::Full) => Err(Refusal::Busy("the spool is full".into())),
@@ -294,6 +339,23 @@ impl Delivery {
         }
     }
 }
+
+/// Test hook, in debug builds only: `EKB_TEST_PAUSE_AFTER_CLAIM_MS` holds every claimed event
+/// that long before it is taken, so a test can kill a replica between its claim and its answer
+/// (tests/fleet.rs). Release builds have no such variable.
+#[cfg(debug_assertions)]
+async fn pause_after_claim() {
+    static PAUSE: std::sync::LazyLock<Option<Duration>> = std::sync::LazyLock::new(|| {
+        let ms = std::env::var("EKB_TEST_PAUSE_AFTER_CLAIM_MS").ok()?;
+        ms.parse().ok().map(Duration::from_millis)
+    });
+    if let Some(pause) = *PAUSE {
+        tokio::time::sleep(pause).await;
+    }
+}
+
+#[cfg(not(debug_assertions))]
+async fn pause_after_claim() {}
 
 /// Waits for the message's topic to exist (created on its first write), up to `timeout`.
 async fn topic_ready(

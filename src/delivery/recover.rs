@@ -8,6 +8,10 @@
 //! So before draining, the oldest entries of the spool (the only ones that can have been
 //! sent: the drain works in order with a bounded window) are looked up in the tails of their
 //! topics, by their `source` and `event-id` headers; those found are deleted instead of sent.
+//! A tail reaches back to the first message written since the oldest entry was received
+//! (found by timestamp), so the check holds when other replicas write the same topics and
+//! this replica's messages are far from the end; and at least `lookback` messages (a
+//! broker that cannot look up offsets by time, like librdkafka's mock cluster, gets those).
 //! This needs read access to the topics. Each topic is checked on its own, within a time
 //! budget of its own, so one slow or unreadable topic leaves the others checked; the topics
 //! that could not be read are tried again a few times, and their entries are then published
@@ -179,7 +183,10 @@ pub(crate) fn already_published(
     };
     let deadline = Instant::now() + budget.total;
     let mut by_topic: HashMap<&str, Wanted> = HashMap::new();
+    let mut oldest: HashMap<&str, u64> = HashMap::new();
     for e in entries {
+        let t = oldest.entry(&e.message.topic).or_insert(u64::MAX);
+        *t = (*t).min(e.message.received_at_ms);
         by_topic
             .entry(&e.message.topic)
             .or_default()
@@ -196,11 +203,17 @@ pub(crate) fn already_published(
             checked.unknown.insert(topic.to_string(), why);
             continue;
         }
-        // The bridge is the topic's writer: what it sent of this topic is within as many
-        // messages from the end as it has entries of it (four times that, for margin).
+        // What this replica sent of the topic is within as many messages from the end as it
+        // has entries of it (four times that, for margin) when it is the only writer, and
+        // after the oldest entry's receipt whoever else writes there.
         let entries: usize = wanted.values().map(Vec::len).sum();
-        let lookback = lookback.min((4 * entries as i64).max(1024));
-        match tail_of(&consumer, topic, &mut wanted, lookback, topic_deadline) {
+        let tail = Tail {
+            lookback: lookback.min((4 * entries as i64).max(1024)),
+            since_ms: oldest
+                .get(topic)
+                .map(|ms| ms.saturating_sub(CLOCK_MARGIN_MS)),
+        };
+        match tail_of(&consumer, topic, &mut wanted, tail, topic_deadline) {
             Ok(found) => checked.found.extend(found),
             Err(Unread::Lasting(why)) => {
                 checked.refused.insert(topic.to_string(), why);
@@ -212,6 +225,20 @@ pub(crate) fn already_published(
     }
     checked.found.sort_unstable();
     checked
+}
+
+/// How far before an entry's receipt its message's timestamp may lie: the message is stamped
+/// after the entry was received, by this host's clock (or, with `LogAppendTime`, the broker's,
+/// which NTP keeps within this of ours).
+const CLOCK_MARGIN_MS: u64 = 60_000;
+
+/// How much of a partition's end to read.
+#[derive(Debug, Clone, Copy)]
+struct Tail {
+    /// At least this many messages from the end.
+    lookback: i64,
+    /// And everything stamped since (ms since the epoch), where the broker can tell.
+    since_ms: Option<u64>,
 }
 
 /// Entries wanted in one topic: (source, event id) → their sequence numbers.
@@ -231,10 +258,10 @@ fn tail_of(
     consumer: &BaseConsumer,
     topic: &str,
     wanted: &mut Wanted,
-    lookback: i64,
+    tail: Tail,
     deadline: Instant,
 ) -> Result<Vec<u64>, Unread> {
-    let (tpl, mut ends) = tails(consumer, topic, lookback, deadline).map_err(|e| {
+    let (tpl, mut ends) = tails(consumer, topic, tail, deadline).map_err(|e| {
         let why = crate::problem::with_causes(&e);
         match e {
             ReadError::Refused { .. } => Unread::Lasting(why),
@@ -277,7 +304,7 @@ type Ends = HashMap<(String, i32), i64>;
 fn tails(
     consumer: &BaseConsumer,
     topic: &str,
-    lookback: i64,
+    tail: Tail,
     deadline: Instant,
 ) -> Result<(TopicPartitionList, Ends), ReadError> {
     let left = || deadline.saturating_duration_since(Instant::now());
@@ -285,6 +312,10 @@ fn tails(
     let mut ends = Ends::new();
     // A topic that does not exist holds nothing of ours.
     let ids = reader::partitions(consumer, topic, left())?.unwrap_or_default();
+    let stamped = tail
+        .since_ms
+        .map(|ms| offsets_since(consumer, topic, &ids, ms, left()))
+        .unwrap_or_default();
     for p in ids {
         let (low, high) = consumer
             .fetch_watermarks(topic, p, left())
@@ -293,13 +324,44 @@ fn tails(
                 partition: p,
                 source,
             })?;
+        let from_end = high - tail.lookback;
+        let start = stamped.get(&p).map_or(from_end, |&o| o.min(from_end));
         if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low.max(high - lookback)))
+            tpl.add_partition_offset(topic, p, Offset::Offset(low.max(start)))
                 .map_err(ReadError::Assign)?;
             ends.insert((topic.to_string(), p), high);
         }
     }
     Ok((tpl, ends))
+}
+
+/// The first offset of each partition stamped at or after `since_ms`, where the broker can
+/// tell (a broker that cannot, or a partition with nothing that new, has none here).
+fn offsets_since(
+    consumer: &BaseConsumer,
+    topic: &str,
+    partitions: &[i32],
+    since_ms: u64,
+    timeout: Duration,
+) -> HashMap<i32, i64> {
+    let mut tpl = TopicPartitionList::new();
+    for &p in partitions {
+        let _ = tpl.add_partition_offset(topic, p, Offset::Offset(since_ms as i64));
+    }
+    match consumer.offsets_for_times(tpl, timeout) {
+        Ok(found) => found
+            .elements_for_topic(topic)
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) if o >= 0 => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "offsets by time not available; reading the tail by count");
+            HashMap::new()
+        }
+    }
 }
 
 /// The (source, event id) a published message carries in its headers: the bridge's own, or

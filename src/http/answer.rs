@@ -37,6 +37,15 @@ pub(super) fn busy(message: &str, retry_after_secs: u32) -> Answer {
     r
 }
 
+/// 503 with `Retry-After` in whole seconds (at least one), for a refusal coded `code`.
+pub(super) fn unavailable(code: &str, message: &str, retry_after: std::time::Duration) -> Answer {
+    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    let secs = retry_after.as_millis().div_ceil(1000).max(1) as u64;
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    r
+}
+
 /// Marks an answer as the last on its connection (the request body was not read whole).
 pub(super) fn closing(mut r: Answer) -> Answer {
     r.headers_mut()

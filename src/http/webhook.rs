@@ -403,10 +403,10 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
         }
         Outcome::Refused(Refusal::Busy(why)) => answer::busy(why, 5),
         Outcome::Refused(Refusal::Unavailable(why)) => {
-            let mut a = answer::error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why);
-            a.headers_mut()
-                .insert(http::header::RETRY_AFTER, http::HeaderValue::from(10u32));
-            a
+            answer::unavailable("unavailable", why, Duration::from_secs(10))
+        }
+        Outcome::Refused(r @ Refusal::InProgress { retry_after }) => {
+            answer::unavailable("in_progress", &r.to_string(), *retry_after)
         }
     }
 }

@@ -23,8 +23,8 @@ use redb::Database;
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::dedupe::DedupeSettings;
 use crate::event::{unix_ms, Message};
-use crate::problem::Problems;
 pub use store::{AppendOutcome, Entry, OpenError, ReadEntry, Undecodable};
 
 /// `[spool]`: the durable spool used by `ack = "spooled"`.
@@ -47,39 +47,6 @@ impl Default for SpoolSettings {
             max_bytes: 1024 * 1024 * 1024,
             min_free_bytes: 64 * 1024 * 1024,
         }
-    }
-}
-
-/// `[dedupe]`: remembering which (source, event id) pairs were already accepted.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DedupeSettings {
-    pub enabled: bool,
-    /// How long an accepted id is remembered.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// Most ids remembered; the oldest are forgotten first.
-    pub max_entries: u64,
-}
-
-impl Default for DedupeSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            window: Duration::from_secs(24 * 3600),
-            max_entries: 1_000_000,
-        }
-    }
-}
-
-impl DedupeSettings {
-    /// Checks the settings; problems go to `problems` under `dedupe.…`.
-    pub(crate) fn check(&self, problems: &mut Problems) {
-        problems.require(
-            !self.enabled || self.max_entries > 0,
-            "dedupe.max_entries",
-            "must be greater than 0 (or set dedupe.enabled = false)",
-        );
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod load;
 pub mod process;
+pub mod redis_server;
 pub mod tansu;
 
 use std::path::PathBuf;

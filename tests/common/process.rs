@@ -18,12 +18,18 @@ pub struct BridgeProcess {
 impl BridgeProcess {
     /// Starts the binary with `config` (JSON logs) and waits until it serves.
     pub fn start(config: &Path) -> BridgeProcess {
+        Self::start_with_env(config, &[])
+    }
+
+    /// Like [`BridgeProcess::start`], with more environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> BridgeProcess {
         let child = super::bridge()
             .args(["--config"])
             .arg(config)
             .arg("serve")
             .env("EKB__LOG__FORMAT", "json")
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
