@@ -33,6 +33,14 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
             .as_deref()
             .unwrap_or("embedded development broker")
     );
+    println!(
+        "dedupe: {}",
+        match (&config.shared_dedupe, config.dedupe.enabled) {
+            (Some(shared), _) => format!("shared by every replica, {}", shared.describe()),
+            (None, true) => "per replica (its spool); no dedupe.shared".into(),
+            (None, false) => "off".into(),
+        }
+    );
     for source in sources.iter() {
         println!();
         println!(

@@ -83,3 +83,59 @@ impl DedupeSettings {
         problems.check("dedupe.shared", SharedSettings::new(&url, self))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    const SOURCE: &str = r#"
+[sources.eduzz]
+path = "/webhooks/eduzz"
+format = "eduzz"
+auth = { type = "hmac-sha256", secrets = ["s"] }
+"#;
+
+    fn problems(extra: &str) -> Vec<String> {
+        match Config::from_toml(&format!("{SOURCE}\n{extra}")) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_shared_index_is_built_from_its_url_without_showing_the_password() {
+        let c = Config::from_toml(&format!(
+            "{SOURCE}\n[dedupe]\nshared = \"redis://:hunter2@redis.internal:6380/1\"\n"
+        ))
+        .unwrap();
+        let described = c.shared_dedupe.unwrap().describe();
+        assert!(described.contains("redis.internal:6380"), "{described}");
+        assert!(!described.contains("hunter2"), "{described}");
+        assert!(Config::from_toml(SOURCE).unwrap().shared_dedupe.is_none());
+    }
+
+    #[test]
+    fn shared_settings_that_cannot_work_are_refused_with_their_keys() {
+        let bad_url = problems("[dedupe]\nshared = \"http://nope\"\n");
+        assert!(bad_url[0].starts_with("dedupe.shared:"), "{bad_url:?}");
+        let unset = problems("[dedupe]\nshared = \"env:EKB_TEST_NO_SUCH_VARIABLE\"\n");
+        assert!(unset[0].contains("EKB_TEST_NO_SUCH_VARIABLE"), "{unset:?}");
+        let short = problems("[dedupe]\nshared = \"redis://r\"\nlease = \"500ms\"\n");
+        assert!(
+            short.iter().any(|p| p.starts_with("dedupe.lease:")),
+            "{short:?}"
+        );
+        let slow = problems("[dedupe]\nshared = \"redis://r\"\nshared_timeout = \"40s\"\n");
+        assert!(slow[0].starts_with("dedupe.shared_timeout:"), "{slow:?}");
+        let off = problems("[dedupe]\nenabled = false\nshared = \"redis://r\"\n");
+        assert!(off[0].starts_with("dedupe.shared:"), "{off:?}");
+        // In `published` mode a claim must outlast waiting for Kafka.
+        let published = "[delivery]\nack = \"published\"\npublish_timeout = \"45s\"\n";
+        let p = problems(&format!("{published}[dedupe]\nshared = \"redis://r\"\n"));
+        assert!(p[0].starts_with("dedupe.lease:"), "{p:?}");
+        assert!(problems(&format!(
+            "{published}[dedupe]\nshared = \"redis://r\"\nlease = \"60s\"\n"
+        ))
+        .is_empty());
+    }
+}

@@ -522,3 +522,47 @@ fn claimed(set: Option<Value>, ttl: Option<Value>) -> Answer {
     };
     Answer::Leased(Duration::from_millis(ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(s: &str) -> Option<Value> {
+        Some(Value::BulkString(s.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn a_claim_reads_what_the_key_held() {
+        // Nothing there: the key is ours now.
+        assert!(matches!(
+            claimed(Some(Value::Nil), Some(Value::Int(30_000))),
+            Answer::Claimed
+        ));
+        // Another delivery was taken (by any replica): a duplicate.
+        let taken = claimed(text("taken:host/1/a"), Some(Value::Int(86_000_000)));
+        assert!(matches!(taken, Answer::Taken));
+        // Another replica's live claim: come back when it expires.
+        let leased = claimed(text("lease:host/2/b:7"), Some(Value::Int(1_500)));
+        assert!(matches!(leased, Answer::Leased(d) if d == Duration::from_millis(1_500)));
+        // An answer that is not what SET gives: bypass rather than guess.
+        assert!(matches!(
+            claimed(Some(Value::Okay), None),
+            Answer::Unavailable
+        ));
+    }
+
+    #[test]
+    fn keys_keep_source_and_id_apart() {
+        let (tx, _rx) = mpsc::channel(1);
+        let index = SharedIndex {
+            tx,
+            prefix: "p:".into(),
+            owner: "me".into(),
+            serial: Arc::new(AtomicU64::new(0)),
+            timeout: Duration::from_secs(1),
+            metrics: Arc::new(Metrics::new()),
+        };
+        assert_eq!(index.key("eduzz", "a:b"), b"p:eduzz\x1fa:b");
+        assert_ne!(index.key("a", "b:c"), index.key("a:b", "c"));
+    }
+}

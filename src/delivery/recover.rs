@@ -324,15 +324,22 @@ fn tails(
                 partition: p,
                 source,
             })?;
-        let from_end = high - tail.lookback;
-        let start = stamped.get(&p).map_or(from_end, |&o| o.min(from_end));
         if high > low {
-            tpl.add_partition_offset(topic, p, Offset::Offset(low.max(start)))
+            let start = first_offset(low, high, tail.lookback, stamped.get(&p).copied());
+            tpl.add_partition_offset(topic, p, Offset::Offset(start))
                 .map_err(ReadError::Assign)?;
             ends.insert((topic.to_string(), p), high);
         }
     }
     Ok((tpl, ends))
+}
+
+/// Where to start reading a partition holding `low..high`: `lookback` messages from the end,
+/// or earlier from `stamped` (the first message since the oldest entry's receipt) when the
+/// broker told it: never later than the count alone would start.
+fn first_offset(low: i64, high: i64, lookback: i64, stamped: Option<i64>) -> i64 {
+    let from_end = high - lookback;
+    low.max(stamped.map_or(from_end, |o| o.min(from_end)))
 }
 
 /// The first offset of each partition stamped at or after `since_ms`, where the broker can
@@ -428,6 +435,17 @@ mod tests {
         tokio::task::spawn_blocking(move || already_published(&connection, &entries, 100, &budget))
             .await
             .unwrap()
+    }
+
+    #[test]
+    fn the_tail_reaches_back_to_the_oldest_receipt_when_others_wrote_since() {
+        // Other replicas wrote 5000 messages after ours (at 100): the timestamp finds them.
+        assert_eq!(first_offset(0, 5100, 1024, Some(100)), 100);
+        // A broker that cannot look up offsets by time (the mock cluster): by count.
+        assert_eq!(first_offset(0, 5100, 1024, None), 4076);
+        // Never less than the count reads, nor before the partition's start.
+        assert_eq!(first_offset(0, 5100, 1024, Some(5000)), 4076);
+        assert_eq!(first_offset(300, 900, 1024, None), 300);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

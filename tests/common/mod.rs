@@ -223,7 +223,20 @@ impl TestApp {
 
     /// Starts the bridge against a broker in another process (tansu), with `extra` config.
     pub async fn on(brokers: &str, extra: &str) -> TestApp {
-        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        Self::on_dir(
+            brokers,
+            std::sync::Arc::new(tempfile::tempdir().unwrap()),
+            extra,
+        )
+        .await
+    }
+
+    /// Like [`TestApp::on`], with its spool in `dir/spool` (a test may fill it first).
+    pub async fn on_dir(
+        brokers: &str,
+        dir: std::sync::Arc<tempfile::TempDir>,
+        extra: &str,
+    ) -> TestApp {
         let text = config_text(brokers, &dir.path().join("spool"), extra);
         Self::start(text, None, dir).await
     }
