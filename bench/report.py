@@ -94,6 +94,25 @@ if rss:
               f"`spooled`, 1 KiB, oha at 3000 req/s with 32 connections for 20 s; the broker process stops after "
               f"{outage['broker_down_from_second']} s. RSS each second (MiB): {', '.join(str(x) for x in rss)}. "
               f"Answers: {outage['status_codes']}."]
+shared = r.get("shared_index", {})
+if shared.get("runs"):
+    runs = shared["runs"]
+    lines += ["", "## Shared dedupe index (issue 15)", "",
+              "`spooled` in the default configuration (dedupe on, every request a distinct, correctly signed "
+              "1 KiB event from `examples/signed_load`), with and without `dedupe.shared` on a local redis-server, "
+              f"{runs[0]['concurrency']} connections, alternating runs:", "",
+              "| contender | req/s | p50 ms | p99 ms | p99.9 ms | non-2xx | peak RSS MiB | CPU cores |",
+              "|---|---|---|---|---|---|---|---|"]
+    for x in runs:
+        lines.append(f"| {x['contender']} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['p999_ms']:.2f} | "
+                     f"{x['not_ok']} | {x['peak_rss_mb']:.1f} | {x['cpu_cores']:.2f} |")
+    mean = lambda name: sum(x["rps"] for x in runs if x["contender"] == name) / max(1, sum(1 for x in runs if x["contender"] == name))
+    local, with_redis = mean(runs[0]["contender"]), mean(runs[1]["contender"])
+    if local:
+        lines += ["", f"With the shared index `spooled` keeps **{with_redis / local * 100:.0f} %** of its rate "
+                  "(mean of the runs above): each request adds a claim and a mark, each a batched round trip to Redis."]
+elif shared.get("skipped"):
+    lines += ["", "## Shared dedupe index (issue 15)", "", f"Not measured: {shared['skipped']}."]
 findings = os.path.join(ROOT, "bench", "findings.md")
 if os.path.exists(findings):
     lines += ["", open(findings).read().rstrip()]

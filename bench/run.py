@@ -20,11 +20,12 @@ BIN = os.path.join(ROOT, "target", "release", "eduzz-kafka-bridge")
 BARE = os.path.join(ROOT, "target", "release", "examples", "bare_hyper")
 SPOOL_BENCH = os.path.join(ROOT, "target", "release", "examples", "spool_bench")
 PLOT = os.path.join(ROOT, "target", "release", "examples", "bench_plot")
+SIGNED_LOAD = os.path.join(ROOT, "target", "release", "examples", "signed_load")
 OHA = os.environ.get("OHA", "oha")
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,64,256").split(",")]
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "1024,16384,262144").split(",")]
-CONTENDERS = os.environ.get("BENCH_CONTENDERS", "bare,received,spooled,published").split(",")
+CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", "bare,received,spooled,published").split(",") if c]
 SECRET = b"bench-secret"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -82,8 +83,19 @@ def proc_stats(pid):
 
 
 class Server:
-    def __init__(self, contender, brokers, port):
+    """`dedupe`: None (off: oha repeats one body), "local" (each replica's spool), or a Redis
+    URL (local + the shared index)."""
+
+    def __init__(self, contender, brokers, port, dedupe=None):
         self.port = port
+        if dedupe is None:
+            dedupe_toml = """# oha posts one body over and over: with dedupe on, every request after the first would be
+# a cheap duplicate. Off, each request is a real spool write. (Dedupe's cost: spool_bench.)
+enabled = false"""
+        elif dedupe == "local":
+            dedupe_toml = "enabled = true"
+        else:
+            dedupe_toml = f'enabled = true\nshared = "{dedupe}"'
         if contender == "bare":
             cmd = [BARE, f"127.0.0.1:{port}"]
         else:
@@ -106,9 +118,7 @@ ack = "{contender}"
 dir = "{spool}"
 max_bytes = 17179869184
 [dedupe]
-# oha posts one body over and over: with dedupe on, every request after the first would be
-# a cheap duplicate. Off, each request is a real spool write. (Dedupe's cost: spool_bench.)
-enabled = false
+{dedupe_toml}
 [log]
 filter = "warn"
 [topics]
@@ -174,6 +184,45 @@ def measure(contender, brokers, size, conc, body_file, signature, seconds=SECOND
     return point
 
 
+def signed_load(port, conc, seconds):
+    cmd = [SIGNED_LOAD, f"http://127.0.0.1:{port}/webhooks/eduzz", SECRET.decode(), str(conc), str(seconds)]
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def shared_index_cost(brokers, conc=64, rounds=2):
+    """`spooled` in the default configuration (dedupe on, every request a distinct signed
+    event) with and without the shared dedupe index on a local redis-server, alternating."""
+    if shutil.which("redis-server") is None:
+        return {"skipped": "redis-server is not installed"}
+    rport = free_port()
+    redis = subprocess.Popen(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(rport)
+    runs = []
+    try:
+        for _ in range(rounds):
+            for name, dedupe in (("spooled, dedupe local", "local"),
+                                 ("spooled, dedupe shared (Redis)", f"redis://127.0.0.1:{rport}/")):
+                port = free_port()
+                server = Server("spooled", brokers, port, dedupe=dedupe)
+                try:
+                    signed_load(port, conc, 1)  # warm up
+                    cpu0, _, _ = proc_stats(server.proc.pid)
+                    t0 = time.time()
+                    r = signed_load(port, conc, SECONDS)
+                    cpu1, _, hwm = proc_stats(server.proc.pid)
+                    r.update({"contender": name, "concurrency": conc, "peak_rss_mb": hwm,
+                              "cpu_cores": (cpu1 - cpu0) / (time.time() - t0)})
+                finally:
+                    server.stop()
+                print(json.dumps(r), flush=True)
+                runs.append(r)
+    finally:
+        redis.terminate()
+        redis.wait()
+    return {"runs": runs}
+
+
 def outage_rss(size, body_file, signature):
     """RSS of `spooled` while the broker is gone for most of the run."""
     broker = subprocess.Popen([BIN, "dev-broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -235,6 +284,7 @@ def main():
             peak = max(p["rps"] for p in spooled)
             results["half_peak"] = measure("spooled", brokers, small, 64, *bodies[small], rate=int(peak / 2))
         results["outage"] = outage_rss(small, *bodies[small])
+        results["shared_index"] = shared_index_cost(brokers)
         out = subprocess.run([SPOOL_BENCH, brokers, "200000", "1024", "256"], capture_output=True, text=True, check=True)
         results["spool"] = json.loads(out.stdout)
         print(json.dumps(results["spool"]), flush=True)
