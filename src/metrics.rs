@@ -71,7 +71,7 @@ pub struct ConnectionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClaimLabels {
-    /// claimed, taken, leased, bypassed, lease_lost, mark_dropped
+    /// claimed, taken, leased, bypassed, refused, lease_lost, mark_dropped
     pub result: &'static str,
 }
 

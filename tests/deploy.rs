@@ -288,7 +288,18 @@ fn the_replicas_share_a_persistent_redis_for_dedupe() {
         args.windows(2).any(|w| w == ["--appendonly", "yes"]),
         "{args:?}"
     );
-    // Its pods are never selected by the bridge's Services.
+    // Its pods are never selected by the bridge's StatefulSet or Services: they carry neither
+    // the bridge's name (kustomize puts it on metadata only) nor its component.
+    let pod_labels = &redis["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        pod_labels["app.kubernetes.io/name"].is_badvalue(),
+        "{pod_labels:?}"
+    );
+    let kustomize = &yaml("deploy/k8s/kustomization.yaml")[0];
+    for l in kustomize["labels"].as_vec().unwrap() {
+        assert_ne!(l["includeSelectors"].as_bool(), Some(true));
+        assert_ne!(l["includeTemplates"].as_bool(), Some(true));
+    }
     let component = |d: &Yaml| d["spec"]["selector"]["app.kubernetes.io/component"].clone();
     for s in yaml("deploy/k8s/service.yaml") {
         assert_eq!(component(&s).as_str(), Some("bridge"));

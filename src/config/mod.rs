@@ -157,12 +157,15 @@ impl Settings {
         let kafka = self.kafka.build(problems);
         self.delivery.check(problems);
         let shared_dedupe = self.dedupe.build(problems);
+        // In the direct modes taking an event can wait for its topic, then for Kafka, each up
+        // to publish_timeout; the claim and the mark wait up to twice shared_timeout each.
         problems.require(
             shared_dedupe.is_none()
                 || self.delivery.ack == crate::delivery::AckMode::Spooled
-                || self.dedupe.lease > self.delivery.publish_timeout,
+                || self.dedupe.lease
+                    > self.delivery.publish_timeout * 2 + self.dedupe.shared_timeout * 4,
             "dedupe.lease",
-            "must be longer than delivery.publish_timeout (a claim must outlast publishing)",
+            "must be longer than 2 × delivery.publish_timeout + 4 × dedupe.shared_timeout (a claim must outlast publishing)",
         );
         let sources = Sources::build(&self.sources, problems);
         for (name, s) in &self.sources {
@@ -196,10 +199,11 @@ impl Settings {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const MINIMAL: &str = r#"
+    /// The smallest valid config: one source, everything else defaulted.
+    pub(crate) const MINIMAL: &str = r#"
 [sources.eduzz]
 path = "/webhooks/eduzz"
 format = "eduzz"

@@ -36,7 +36,8 @@ pub struct DedupeSettings {
     /// replica that died meanwhile expires after this, and a retry is then taken.
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
-    /// Longest a request waits for the shared index before going on without it.
+    /// Longest one round trip to the shared index may take before it is bypassed (a request
+    /// waits up to about twice this for its claim, and as long for its mark).
     #[serde(with = "humantime_serde")]
     pub shared_timeout: Duration,
     /// Prefix of the shared index's keys (one Redis can serve several deployments).
@@ -74,9 +75,9 @@ impl DedupeSettings {
             "must be at least 1s (it must outlast storing an event)",
         );
         problems.require(
-            !self.shared_timeout.is_zero() && self.shared_timeout < self.lease,
+            !self.shared_timeout.is_zero() && self.shared_timeout * 4 <= self.lease,
             "dedupe.shared_timeout",
-            "must be greater than 0 and shorter than dedupe.lease",
+            "must be greater than 0 and at most a quarter of dedupe.lease (a claim waits up to twice it, and so does its mark)",
         );
         let url = problems.check("dedupe.shared", secret.resolve())?;
         let url = String::from_utf8_lossy(&url);
@@ -86,14 +87,8 @@ impl DedupeSettings {
 
 #[cfg(test)]
 mod tests {
+    use crate::config::tests::MINIMAL as SOURCE;
     use crate::config::Config;
-
-    const SOURCE: &str = r#"
-[sources.eduzz]
-path = "/webhooks/eduzz"
-format = "eduzz"
-auth = { type = "hmac-sha256", secrets = ["s"] }
-"#;
 
     fn problems(extra: &str) -> Vec<String> {
         match Config::from_toml(&format!("{SOURCE}\n{extra}")) {
@@ -134,7 +129,7 @@ auth = { type = "hmac-sha256", secrets = ["s"] }
         let p = problems(&format!("{published}[dedupe]\nshared = \"redis://r\"\n"));
         assert!(p[0].starts_with("dedupe.lease:"), "{p:?}");
         assert!(problems(&format!(
-            "{published}[dedupe]\nshared = \"redis://r\"\nlease = \"60s\"\n"
+            "{published}[dedupe]\nshared = \"redis://r\"\nlease = \"95s\"\n"
         ))
         .is_empty());
     }

@@ -19,8 +19,9 @@
 //! costs one round trip per batch, not per event. A 2xx waits for the claim and the mark
 //! (a retry after the answer then finds the mark); releases are not waited for.
 //!
-//! When Redis does not answer within `shared_timeout` (down, slow, unreachable), the index
-//! is *bypassed*, not waited for: claims answer [`Claim::Unavailable`] at once and each
+//! A claim (and a mark) waits at most about twice `shared_timeout`: the round trip under way
+//! when it was queued, then its own. When Redis does not answer within `shared_timeout`
+//! (down, slow, unreachable), the index is *bypassed*, not waited for: claims answer [`Claim::Unavailable`] at once and each
 //! replica dedupes with its own spool, for a pause that doubles up to 5 s between attempts.
 //! Marks of events taken meanwhile are kept (up to 100 000) and written once Redis answers
 //! again, so only retries that arrive during the gap itself can be published twice.
@@ -179,6 +180,7 @@ impl SharedIndex {
             taken: format!("{TAKEN}{owner}"),
             backfill: VecDeque::new(),
             down: None,
+            refusal_logged: false,
             metrics: metrics.clone(),
         };
         tokio::spawn(batcher.run());
@@ -204,8 +206,7 @@ impl SharedIndex {
             reply,
         };
         let answer = match self.tx.try_send(op) {
-            // The batcher answers within its own timeout; the margin only guards a bug.
-            Ok(()) => tokio::time::timeout(self.timeout * 4, answer)
+            Ok(()) => tokio::time::timeout(self.longest_wait(), answer)
                 .await
                 .ok()
                 .and_then(Result::ok)
@@ -243,13 +244,14 @@ impl SharedIndex {
             // Nothing was claimed in Redis: nothing to release.
             (false, None) => return,
         };
-        if self.tx.try_send(op).is_err() {
+        let queued = tokio::time::timeout(self.timeout, self.tx.send(op)).await;
+        if !matches!(queued, Ok(Ok(()))) {
             self.metrics.shared_dedupe_claim("mark_dropped");
             tracing::warn!("shared dedupe queue full: a claim could not be settled (it expires after dedupe.lease)");
             return;
         }
         if taken {
-            let _ = tokio::time::timeout(self.timeout * 4, marked).await;
+            let _ = tokio::time::timeout(self.longest_wait(), marked).await;
         }
     }
 
@@ -259,6 +261,12 @@ impl SharedIndex {
         if self.tx.send(Op::Flush { reply }).await.is_ok() {
             let _ = tokio::time::timeout(wait, done).await;
         }
+    }
+
+    /// How long an operation can take: the round trip under way when it was queued, then its
+    /// own (one batch is sent at a time), each bounded by `shared_timeout`.
+    fn longest_wait(&self) -> Duration {
+        self.timeout * 2 + Duration::from_millis(50)
     }
 
     fn key(&self, source: &str, id: &str) -> Vec<u8> {
@@ -302,6 +310,8 @@ struct Batcher {
     /// Keys of events taken while Redis was away, to mark once it is back.
     backfill: VecDeque<Vec<u8>>,
     down: Option<Down>,
+    /// Whether a command Redis refused was logged at error level already.
+    refusal_logged: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -360,6 +370,10 @@ impl Batcher {
                 for key in backfill.into_iter().rev() {
                     self.backfill.push_front(key);
                 }
+                while self.backfill.len() > MAX_BACKFILL {
+                    self.backfill.pop_front();
+                    self.metrics.shared_dedupe_claim("mark_dropped");
+                }
                 self.bypass(ops);
             }
         }
@@ -370,6 +384,9 @@ impl Batcher {
         let lease = self.settings.lease.as_millis() as u64;
         let window = self.settings.window.as_millis() as u64;
         let mut pipe = redis::pipe();
+        // A command Redis refuses (an old server without `SET … NX GET`, a cluster's MOVED, an
+        // ACL) fails its own operation, not the whole batch.
+        pipe.ignore_errors();
         for op in ops {
             match op {
                 Op::Claim { key, token, .. } => {
@@ -414,16 +431,20 @@ impl Batcher {
             match op {
                 Op::Claim { reply, .. } => {
                     let (set, ttl) = (values.next(), values.next());
+                    self.refused(set.as_ref());
                     let _ = reply.send(claimed(set, ttl));
                 }
-                Op::Mark { token, done, .. } => {
+                Op::Mark {
+                    key, token, done, ..
+                } => {
                     let _ = done.send(());
-                    let previous = values.next();
-                    if let (Some(token), Some(Value::BulkString(old))) = (token, previous) {
-                        if old != token.as_bytes() && !old.starts_with(TAKEN.as_bytes()) {
-                            self.metrics.shared_dedupe_claim("lease_lost");
-                            tracing::warn!("a claim expired before its event was stored (dedupe.lease shorter than storing took): a retry on another replica may have been taken too");
+                    match values.next() {
+                        Some(Value::BulkString(old)) => self.check_lease(token, &old),
+                        refused @ Some(Value::ServerError(_)) => {
+                            self.refused(refused.as_ref());
+                            self.keep(key);
                         }
+                        _ => {}
                     }
                 }
                 Op::Release { .. } => {
@@ -436,6 +457,39 @@ impl Batcher {
         }
     }
 
+    /// A mark replaced `old`: anything but this claim (or this replica's own earlier mark)
+    /// means the claim had expired and another replica may have taken the event too.
+    fn check_lease(&self, token: Option<String>, old: &[u8]) {
+        let Some(token) = token else { return };
+        if old != token.as_bytes() && old != self.taken.as_bytes() {
+            self.metrics.shared_dedupe_claim("lease_lost");
+            tracing::warn!("a claim expired before its event was stored (dedupe.lease shorter than storing took): another replica may have taken it too");
+        }
+    }
+
+    /// Logs a command Redis refused: once at error level (it will not heal by itself: a Redis
+    /// older than 7.0, a cluster endpoint, an ACL), then at debug.
+    fn refused(&mut self, reply: Option<&Value>) {
+        let Some(Value::ServerError(e)) = reply else {
+            return;
+        };
+        self.metrics.shared_dedupe_claim("refused");
+        if std::mem::replace(&mut self.refusal_logged, true) {
+            tracing::debug!(error = ?e, "Redis refused a shared dedupe command");
+        } else {
+            tracing::error!(error = ?e, "Redis refused a shared dedupe command (it needs Redis 7.0 or newer, not in cluster mode, and SET, PTTL and EVAL allowed): those events are deduped by their replica alone");
+        }
+    }
+
+    /// Keeps `key` to mark once Redis takes marks again; the oldest go past [`MAX_BACKFILL`].
+    fn keep(&mut self, key: Vec<u8>) {
+        if self.backfill.len() >= MAX_BACKFILL {
+            self.backfill.pop_front();
+            self.metrics.shared_dedupe_claim("mark_dropped");
+        }
+        self.backfill.push_back(key);
+    }
+
     /// Answers without Redis: claims are bypassed, marks kept for later.
     fn bypass(&mut self, ops: &mut Vec<Op>) {
         for op in ops.drain(..) {
@@ -445,11 +499,7 @@ impl Batcher {
                 }
                 Op::Mark { key, done, .. } => {
                     let _ = done.send(());
-                    if self.backfill.len() >= MAX_BACKFILL {
-                        self.backfill.pop_front();
-                        self.metrics.shared_dedupe_claim("mark_dropped");
-                    }
-                    self.backfill.push_back(key);
+                    self.keep(key);
                 }
                 // The claim expires by itself after the lease.
                 Op::Release { .. } => {}

@@ -235,10 +235,22 @@ impl Delivery {
             }
             Claim::Leased { retry_after } => return Err(Refusal::InProgress { retry_after }),
         };
-        pause_after_claim().await;
-        let result = self.take(msg).await;
-        index.settle(ticket, result.is_ok()).await;
-        result
+        // Taking and settling run to the end even if the request goes away meanwhile (the
+        // sender hung up, the server is stopping): a claim left unsettled would refuse the
+        // event's retries for a whole lease, and an event spooled but never marked could be
+        // taken again by another replica once the lease expired.
+        let (delivery, index) = (self.clone(), index.clone());
+        let settled = tokio::spawn(async move {
+            pause_after_claim().await;
+            let result = delivery.take(msg).await;
+            index.settle(ticket, result.is_ok()).await;
+            result
+        });
+        settled.await.unwrap_or_else(|e| {
+            Err(Refusal::Unavailable(format!(
+                "taking the event failed: {e}"
+            )))
+        })
     }
 
     fn duplicate(&self, source: &str) {

@@ -7,8 +7,10 @@
 //! retried with backoff, so the events flow once an operator creates the topic or grants the
 //! right, and nothing is dead-lettered for a topic that is merely missing.
 //!
-//! A cluster without the CreateTopics API (librdkafka's mock cluster in another process) is
-//! left to its own auto-creation, said once in the log.
+//! A cluster that answers no CreateTopics at all (librdkafka's mock cluster reached by
+//! address: it has no controller) is, to the bridge, one that will not create the topic: its
+//! events wait like a refusal's. Bridges on such a cluster turn `topics.provision` off and
+//! leave topics to its auto-creation.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};

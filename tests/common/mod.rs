@@ -40,6 +40,25 @@ format = "toolzz"
 auth = { type = "token", tokens = ["test-token"] }
 "#;
 
+/// A free loopback port (bound and let go: a test's server takes it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Says that `tool`, which a test needs, is missing: a failure in CI (`.ci/run` installs it),
+/// a skip with `how` to install it elsewhere.
+pub fn skip_without(tool: &str, how: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{tool} is not installed: .ci/run must install it ({how})"
+    );
+    eprintln!("SKIPPED: {tool} is not installed ({how})");
+}
+
 /// The payload fixtures: `../shared/fixtures` beside the repository (the originals), or the
 /// copies in `examples/payloads` on a clone made elsewhere.
 pub fn fixtures_dir() -> PathBuf {

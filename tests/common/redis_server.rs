@@ -1,6 +1,5 @@
 //! A `redis-server` of a test's own, on a free loopback port, for the fleet tests.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,18 +21,10 @@ impl TestRedis {
             .output()
             .is_err()
         {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "redis-server is not installed: .ci/run must install it"
-            );
-            eprintln!("SKIPPED: redis-server is not installed (apt-get install redis-server)");
+            super::skip_without("redis-server", "apt-get install redis-server");
             return None;
         }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let mut redis = TestRedis {
             child: None,
             port,

@@ -1,6 +1,5 @@
 //! A tansu broker in its own process, for end-to-end tests against a separate broker.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -34,18 +33,10 @@ impl Tansu {
     /// (CI installs it, so there a missing binary is a failure, not a skip).
     pub fn start() -> Option<Tansu> {
         let Some(binary) = tansu_binary() else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "tansu is not installed: .ci/run must install it (.ci/install-tansu)"
-            );
-            eprintln!("SKIPPED: tansu is not installed (run .ci/install-tansu)");
+            super::skip_without("tansu", "run .ci/install-tansu");
             return None;
         };
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = super::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&binary)
             .args([
