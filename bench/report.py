@@ -106,11 +106,14 @@ if shared.get("runs"):
     for x in runs:
         lines.append(f"| {x['contender']} | {x['rps']:.0f} | {x['p50_ms']:.2f} | {x['p99_ms']:.2f} | {x['p999_ms']:.2f} | "
                      f"{x['not_ok']} | {x['peak_rss_mb']:.1f} | {x['cpu_cores']:.2f} |")
-    mean = lambda name: sum(x["rps"] for x in runs if x["contender"] == name) / max(1, sum(1 for x in runs if x["contender"] == name))
-    local, with_redis = mean(runs[0]["contender"]), mean(runs[1]["contender"])
-    if local:
-        lines += ["", f"With the shared index `spooled` keeps **{with_redis / local * 100:.0f} %** of its rate "
-                  "(mean of the runs above): each request adds a claim and a mark, each a batched round trip to Redis."]
+    rates = lambda name: [x["rps"] for x in runs if x["contender"] == name]
+    local, with_redis = rates(runs[0]["contender"]), rates(runs[1]["contender"])
+    if local and with_redis:
+        ratio = sum(with_redis) / len(with_redis) / (sum(local) / len(local))
+        lines += ["", f"With the shared index `spooled` did **{ratio * 100:.0f} %** of its rate without it "
+                  f"(means of the runs above). The same contender ranged {min(local):.0f}–{max(local):.0f} req/s "
+                  f"without and {min(with_redis):.0f}–{max(with_redis):.0f} with the index in this run: read the "
+                  "ratio against that spread."]
 elif shared.get("skipped"):
     lines += ["", "## Shared dedupe index (issue 15)", "", f"Not measured: {shared['skipped']}."]
 findings = os.path.join(ROOT, "bench", "findings.md")
