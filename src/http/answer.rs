@@ -31,10 +31,8 @@ pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Answer {
 
 /// 503 with `Retry-After`, for a full spool or queue.
 pub(super) fn busy(message: &str, retry_after_secs: u32) -> Answer {
-    let mut r = error(StatusCode::SERVICE_UNAVAILABLE, "busy", message);
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-    r
+    let retry_after = std::time::Duration::from_secs(retry_after_secs.into());
+    unavailable("busy", message, retry_after)
 }
 
 /// 503 with `Retry-After` in whole seconds (at least one), for a refusal coded `code`.
