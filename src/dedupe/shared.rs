@@ -370,10 +370,7 @@ impl Batcher {
                 for key in backfill.into_iter().rev() {
                     self.backfill.push_front(key);
                 }
-                while self.backfill.len() > MAX_BACKFILL {
-                    self.backfill.pop_front();
-                    self.metrics.shared_dedupe_claim("mark_dropped");
-                }
+                self.trim_backfill();
                 self.bypass(ops);
             }
         }
@@ -481,13 +478,18 @@ impl Batcher {
         }
     }
 
-    /// Keeps `key` to mark once Redis takes marks again; the oldest go past [`MAX_BACKFILL`].
+    /// Keeps `key` to mark once Redis takes marks again.
     fn keep(&mut self, key: Vec<u8>) {
-        if self.backfill.len() >= MAX_BACKFILL {
+        self.backfill.push_back(key);
+        self.trim_backfill();
+    }
+
+    /// Forgets the oldest kept marks past [`MAX_BACKFILL`], counting each.
+    fn trim_backfill(&mut self) {
+        while self.backfill.len() > MAX_BACKFILL {
             self.backfill.pop_front();
             self.metrics.shared_dedupe_claim("mark_dropped");
         }
-        self.backfill.push_back(key);
     }
 
     /// Answers without Redis: claims are bypassed, marks kept for later.
