@@ -12,11 +12,13 @@
 //! Readers (the [`drain`](crate::delivery::drain) that publishes, and the `spool` CLI) read
 //! committed entries concurrently; they learn of new ones through [`Spool::subscribe`].
 
+mod record;
 mod store;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use redb::Database;
@@ -107,6 +109,8 @@ pub struct SpoolStats {
 
 enum Command {
     Append {
+        /// Kept to hand to the drain in memory once committed (see [`Recent`]).
+        message: Box<Message>,
         encoded: Vec<u8>,
         dedupe_key: Option<String>,
         received_at_ms: u64,
@@ -123,6 +127,8 @@ enum Command {
 /// The open database, shared by the handles until [`Spool::close`] takes it away.
 struct Shared {
     db: RwLock<Option<Arc<Database>>>,
+    /// What the writer committed lately, for the drain to take without reading it back.
+    recent: Mutex<Recent>,
 }
 
 /// Handle to the spool; cheap to clone. The writer thread ends when the last handle goes.
@@ -155,6 +161,7 @@ impl Spool {
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db.clone())),
+            recent: Mutex::new(Recent::default()),
         });
         let writer = Writer {
             db: Some(db),
@@ -219,6 +226,7 @@ impl Spool {
     pub async fn append(&self, msg: &Message) -> Result<Appended, SpoolError> {
         let (reply, rx) = oneshot::channel();
         let cmd = Command::Append {
+            message: Box::new(msg.clone()),
             encoded: msg.encode(),
             dedupe_key: Some(dedupe_key(&msg.source, &msg.event_id)),
             received_at_ms: msg.received_at_ms,
@@ -244,12 +252,17 @@ impl Spool {
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
-    /// Up to `limit` committed entries after `after`, oldest first.
+    /// Up to `limit` committed entries after `after`, oldest first: from memory when the
+    /// writer still holds the next one there (the drain keeping up), else from disk.
     pub(crate) async fn read_after(
         &self,
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ReadEntry>, SpoolError> {
+        let in_memory = self.shared.recent.lock().unwrap().take_after(after, limit);
+        if let Some(entries) = in_memory {
+            return Ok(entries.into_iter().map(Ok).collect());
+        }
         let db = self.db()?;
         tokio::task::spawn_blocking(move || store::read_after(&db, after, limit))
             .await
@@ -364,7 +377,14 @@ impl Writer {
             batch.push(first);
             self.gather(&mut batch);
             let result = self.commit(&batch);
-            settle(&mut batch, result, &mut closing);
+            let committed = result.is_ok();
+            let stored = settle(&mut batch, result, &mut closing);
+            if committed {
+                // Handed over before readers hear of the commit, so the drain finds them here.
+                self.shared.recent.lock().unwrap().extend(stored);
+                self.committed
+                    .send_replace(self.counters.next_seq.checked_sub(1));
+            }
             if let Some(reply) = closing.take() {
                 self.close(batch, reply);
                 return;
@@ -411,7 +431,6 @@ impl Writer {
         match store::commit_batch(&db, c, &limits, now, &appends, &deletes) {
             Ok(outcomes) => {
                 publish_gauges(&self.gauges, c, limits.max_bytes);
-                self.committed.send_replace(c.next_seq.checked_sub(1));
                 if let Some(b) = self.broken.take() {
                     self.gauges.broken.store(false, Ordering::Relaxed);
                     tracing::info!(
@@ -545,22 +564,29 @@ impl Writer {
 
 /// Tells every command of a batch how it went: each append its outcome (in order) when the
 /// commit succeeded, everyone the error when it did not. A close request is handed back
-/// through `closing`, to be answered once the database is let go.
+/// through `closing`, to be answered once the database is let go. Returns the entries stored.
 fn settle(
     batch: &mut Vec<Command>,
     result: Result<Vec<AppendOutcome>, SpoolError>,
     closing: &mut Option<oneshot::Sender<()>>,
-) {
+) -> Vec<Entry> {
     let (mut outcomes, failure) = match result {
         Ok(outcomes) => (outcomes.into_iter(), None),
         Err(e) => (Vec::new().into_iter(), Some(e)),
     };
+    let mut stored = Vec::new();
     for cmd in batch.drain(..) {
         match cmd {
-            Command::Append { reply, .. } => {
+            Command::Append { reply, message, .. } => {
                 let answer = match (&failure, outcomes.next()) {
                     (Some(e), _) => Err(e.clone()),
-                    (None, Some(AppendOutcome::Stored { seq })) => Ok(Appended::Stored(seq)),
+                    (None, Some(AppendOutcome::Stored { seq })) => {
+                        stored.push(Entry {
+                            seq,
+                            message: *message,
+                        });
+                        Ok(Appended::Stored(seq))
+                    }
                     (None, Some(AppendOutcome::Duplicate)) => Ok(Appended::Duplicate),
                     (None, Some(AppendOutcome::Full)) => Err(SpoolError::Full),
                     (None, None) => Err(SpoolError::LostOutcome),
@@ -574,5 +600,115 @@ fn settle(
             }
             Command::Close { reply } => *closing = Some(reply),
         }
+    }
+    stored
+}
+
+/// Most entries, and most bytes of bodies, kept in memory for the drain. Small: while the
+/// drain keeps up it takes them within a commit or two, and while it cannot (Kafka away) the
+/// oldest are let go (the drain reads them back from disk), so memory stays flat.
+const RECENT_MAX_ENTRIES: usize = 4096;
+const RECENT_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// Entries committed lately, in sequence order and without gaps (every stored entry is added,
+/// and only the oldest are let go). Whatever is here is on disk too: this only spares the
+/// drain reading back and decoding what the writer just wrote.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn extend(&mut self, stored: Vec<Entry>) {
+        for e in stored {
+            self.bytes += e.message.body.len();
+            self.entries.push_back(e);
+        }
+        while self.entries.len() > RECENT_MAX_ENTRIES || self.bytes > RECENT_MAX_BYTES {
+            self.pop();
+        }
+    }
+
+    fn pop(&mut self) -> Option<Entry> {
+        let e = self.entries.pop_front()?;
+        self.bytes -= e.message.body.len();
+        Some(e)
+    }
+
+    /// Takes up to `limit` entries after `after`, if the next one is here; `None` when the
+    /// reader has to go to disk. Entries before it are let go (the drain reads forward).
+    fn take_after(&mut self, after: Option<u64>, limit: usize) -> Option<Vec<Entry>> {
+        let start = after.map_or(0, |s| s + 1);
+        while self.entries.front().is_some_and(|e| e.seq < start) {
+            self.pop();
+        }
+        if self.entries.front()?.seq != start {
+            return None;
+        }
+        let n = limit.min(self.entries.len());
+        Some((0..n).filter_map(|_| self.pop()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(seq: u64, body_len: usize) -> Entry {
+        Entry {
+            seq,
+            message: Message {
+                topic: "t".into(),
+                key: Bytes::new(),
+                source: "s".into(),
+                slug: "e".into(),
+                event_id: seq.to_string(),
+                received_at_ms: 0,
+                content_type: "application/json".into(),
+                body: Bytes::from(vec![b'x'; body_len]),
+                cloudevent: None,
+            },
+        }
+    }
+
+    fn seqs(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
+        entries.map(|v| v.iter().map(|e| e.seq).collect())
+    }
+
+    #[test]
+    fn recent_entries_are_taken_in_order_or_read_from_disk() {
+        let mut r = Recent::default();
+        assert_eq!(seqs(r.take_after(None, 10)), None, "empty: read the disk");
+        r.extend((5..10).map(|s| entry(s, 1)).collect());
+        assert_eq!(
+            seqs(r.take_after(Some(2), 10)),
+            None,
+            "3 and 4 are on disk only"
+        );
+        assert_eq!(seqs(r.take_after(Some(4), 2)), Some(vec![5, 6]));
+        assert_eq!(
+            seqs(r.take_after(Some(7), 10)),
+            Some(vec![8, 9]),
+            "7 let go"
+        );
+        assert_eq!(r.bytes, 0);
+    }
+
+    #[test]
+    fn recent_entries_stay_within_their_bounds() {
+        let mut r = Recent::default();
+        r.extend(
+            (0..RECENT_MAX_ENTRIES as u64 + 10)
+                .map(|s| entry(s, 1))
+                .collect(),
+        );
+        assert_eq!(r.entries.len(), RECENT_MAX_ENTRIES);
+        assert_eq!(r.entries.front().map(|e| e.seq), Some(10));
+        let big = RECENT_MAX_BYTES / 2 + 1;
+        r.extend(vec![entry(10_000, big), entry(10_001, big)]);
+        assert_eq!(r.entries.len(), 1);
+        assert_eq!(r.bytes, big);
     }
 }
