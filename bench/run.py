@@ -18,14 +18,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "bench", "out")
 BIN = os.path.join(ROOT, "target", "release", "eduzz-kafka-bridge")
 BARE = os.path.join(ROOT, "target", "release", "examples", "bare_hyper")
+KAFKA_LIMIT = os.path.join(ROOT, "target", "release", "examples", "kafka_limit")
 SPOOL_BENCH = os.path.join(ROOT, "target", "release", "examples", "spool_bench")
 PLOT = os.path.join(ROOT, "target", "release", "examples", "bench_plot")
 SIGNED_LOAD = os.path.join(ROOT, "target", "release", "examples", "signed_load")
 OHA = os.environ.get("OHA", "oha")
 SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
-CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,64,256").split(",")]
+CONCURRENCY = [int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,8,32,64,256").split(",")]
 SIZES = [int(s) for s in os.environ.get("BENCH_SIZES", "1024,16384,262144").split(",")]
-CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", "bare,received,spooled,published").split(",") if c]
+CONTENDERS = [c for c in os.environ.get("BENCH_CONTENDERS", "bare,kafka,received,spooled,published").split(",") if c]
 SECRET = b"bench-secret"
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -86,8 +87,9 @@ class Server:
     """`dedupe`: None (off: oha repeats one body), "local" (each replica's spool), or a Redis
     URL (local + the shared index)."""
 
-    def __init__(self, contender, brokers, port, dedupe=None):
+    def __init__(self, contender, brokers, port, dedupe=None, admin_port=None):
         self.port = port
+        admin = f"127.0.0.1:{admin_port}" if admin_port else ""
         if dedupe is None:
             dedupe_toml = """# oha posts one body over and over: with dedupe on, every request after the first would be
 # a cheap duplicate. Off, each request is a real spool write. (Dedupe's cost: spool_bench.)
@@ -98,9 +100,12 @@ enabled = false"""
             dedupe_toml = f'enabled = true\nshared = "{dedupe}"'
         if contender == "bare":
             cmd = [BARE, f"127.0.0.1:{port}"]
+        elif contender == "kafka":
+            cmd = [KAFKA_LIMIT, f"127.0.0.1:{port}", brokers]
         else:
             spool = os.path.join(OUT, f"spool-{contender}-{port}")
             shutil.rmtree(spool, ignore_errors=True)
+            self.spool = spool
             config = os.path.join(OUT, f"bridge-{contender}-{port}.toml")
             with open(config, "w") as f:
                 f.write(f"""
@@ -112,7 +117,7 @@ max_in_flight_requests = 8192
 # per-address limit on idle connections (64) would close most of them at 256 connections.
 max_idle_per_client = 8192
 [admin]
-listen = ""
+listen = "{admin}"
 [kafka]
 brokers = "{brokers}"
 [delivery]
@@ -144,6 +149,9 @@ auth = {{ type = "hmac-sha256", secrets = ["bench-secret"] }}
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        if getattr(self, "spool", None):
+            shutil.rmtree(self.spool, ignore_errors=True)
+            os.remove(self.spool.replace("spool-", "bridge-", 1) + ".toml")
 
 
 def oha(port, conc, body_file, signature, seconds, rate=None):
@@ -187,9 +195,99 @@ def measure(contender, brokers, size, conc, body_file, signature, seconds=SECOND
     return point
 
 
-def signed_load(port, conc, seconds):
+def signed_load_cmd(port, conc, seconds, total=None, rate=None, first_id=0):
     cmd = [SIGNED_LOAD, f"http://127.0.0.1:{port}/webhooks/eduzz", SECRET.decode(), str(conc), str(seconds)]
-    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+    env = dict(os.environ, LOAD_FIRST_ID=str(first_id))
+    if total:
+        env["LOAD_TOTAL"] = str(total)
+    if rate:
+        env["LOAD_RATE"] = str(rate)
+    return cmd, env
+
+
+def signed_load(port, conc, seconds, **kw):
+    cmd, env = signed_load_cmd(port, conc, seconds, **kw)
+    return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)
+
+
+def default_config(brokers, sizes=(1024,), concurrency=(32, 64)):
+    """Every contender in the default configuration: dedupe on, every request a distinct,
+    correctly signed event (examples/signed_load), the same generator for the limit too."""
+    points = []
+    for size in sizes:
+        for conc in concurrency:
+            for contender in CONTENDERS:
+                port = free_port()
+                dedupe = None if contender in ("bare", "kafka") else "local"
+                server = Server(contender, brokers, port, dedupe=dedupe)
+                try:
+                    signed_load(port, conc, 1, first_id=10**9)  # warm up
+                    cpu0, _, _ = proc_stats(server.proc.pid)
+                    t0 = time.time()
+                    r = signed_load(port, conc, SECONDS)
+                    cpu1, _, hwm = proc_stats(server.proc.pid)
+                    r.update({"contender": contender, "size": size, "concurrency": conc, "peak_rss_mb": hwm,
+                              "cpu_cores": (cpu1 - cpu0) / (time.time() - t0)})
+                finally:
+                    server.stop()
+                print(json.dumps(r), flush=True)
+                points.append(r)
+    return points
+
+
+def spool_depth(admin_port):
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            if line.startswith("eduzz_bridge_spool_depth "):
+                return int(float(line.split()[1]))
+    return None
+
+
+def burst(events=500_000, live_rate=1000, live_seconds=10):
+    """A burst of `events` distinct signed events into `spooled` while the broker is down,
+    then the broker returns: how long the backlog takes to drain, and the answer latency of
+    new events posted at `live_rate` while it drains."""
+    broker = subprocess.Popen([BIN, "dev-broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    brokers = broker.stdout.readline().strip()
+    port, admin_port = free_port(), free_port()
+    server = Server("spooled", brokers, port, dedupe="local", admin_port=admin_port)
+    wait_port(admin_port)
+    out = {"events": events, "live_rate": live_rate}
+    try:
+        signed_load(port, 8, 1, first_id=10**9)  # the topic exists before the outage
+        broker.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        t0 = time.time()
+        out["fill"] = signed_load(port, 64, 900, total=events, first_id=0)
+        out["fill_seconds"] = time.time() - t0
+        out["depth_before"] = spool_depth(admin_port)
+        out["rss_mb_after_fill"] = proc_stats(server.proc.pid)[1]
+        cmd, env = signed_load_cmd(port, 8, live_seconds, rate=live_rate, first_id=2 * 10**9)
+        broker.send_signal(signal.SIGUSR2)
+        up = time.time()
+        live = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True)
+        samples, first_drop = [], None
+        while time.time() - up < 300:
+            depth = spool_depth(admin_port)
+            t = round(time.time() - up, 2)
+            samples.append((t, depth))
+            if first_drop is None and depth is not None and depth < out["depth_before"]:
+                first_drop = t
+            if depth == 0:
+                break
+            time.sleep(0.2)
+        out["drain_seconds"] = samples[-1][0]
+        out["first_published_after_seconds"] = first_drop
+        out["depth_samples"] = samples
+        out["live"] = json.loads(live.communicate()[0])
+        out["peak_rss_mb"] = proc_stats(server.proc.pid)[2]
+    finally:
+        server.stop()
+        broker.send_signal(signal.SIGTERM)
+        broker.wait()
+    print(json.dumps({k: v for k, v in out.items() if k != "depth_samples"}), flush=True)
+    return out
 
 
 def shared_index_cost(brokers, conc=64, rounds=3):
@@ -287,6 +385,8 @@ def main():
             peak = max(p["rps"] for p in spooled)
             results["half_peak"] = measure("spooled", brokers, small, 64, *bodies[small], rate=int(peak / 2))
         results["outage"] = outage_rss(small, *bodies[small])
+        results["default_config"] = default_config(brokers)
+        results["burst"] = burst()
         results["shared_index"] = shared_index_cost(brokers)
         out = subprocess.run([SPOOL_BENCH, brokers, "200000", "1024", "256"], capture_output=True, text=True, check=True)
         results["spool"] = json.loads(out.stdout)

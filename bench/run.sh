@@ -13,7 +13,7 @@ if [ ! -x "$oha_root/bin/oha" ]; then
   cargo install oha --version 1.16.0 --locked --root "$oha_root"
 fi
 export OHA="$oha_root/bin/oha"
-cargo build --release --locked --bin eduzz-kafka-bridge --example bare_hyper --example spool_bench --example bench_plot --example signed_load
+cargo build --release --locked --bin eduzz-kafka-bridge --example bare_hyper --example kafka_limit --example spool_bench --example bench_plot --example signed_load
 python3 bench/run.py
 ./target/release/examples/bench_plot bench/out/results.json bench
 python3 bench/report.py

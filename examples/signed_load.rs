@@ -5,6 +5,9 @@
 //! Bodies are signed before the clock starts, so the generator spends its time on HTTP only.
 //! `cargo run --release --example signed_load -- URL SECRET CONNECTIONS SECONDS [SIZE]`
 //! prints one JSON object: requests answered 2xx per second, latency percentiles, non-2xx.
+//! Environment: `LOAD_TOTAL` posts exactly that many events (SECONDS is then a cap),
+//! `LOAD_RATE` paces all connections together to that many requests per second, and
+//! `LOAD_FIRST_ID` numbers the events from there (so two runs post distinct events).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,9 +43,20 @@ async fn main() {
     let conns: usize = conns.parse().expect("CONNECTIONS is a number");
     let seconds: f64 = seconds.parse().expect("SECONDS is a number");
     let size: usize = rest.first().map_or(1024, |s| s.parse().expect("SIZE"));
+    let env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse::<f64>().expect(name))
+    };
+    let (total, rate) = (env("LOAD_TOTAL"), env("LOAD_RATE"));
+    let first_id = env("LOAD_FIRST_ID").unwrap_or(0.0) as usize;
     // Enough distinct bodies for the run at 60 000 requests/s (more than the bridge does here
-    // with dedupe on); a worker that runs out stops, and the output says so.
-    let per_worker = (60_000.0 * seconds / conns as f64).ceil() as usize + 1;
+    // with dedupe on) or the given rate; a worker that runs out stops, and the output says so.
+    let per_worker = match total {
+        Some(total) => (total / conns as f64).ceil() as usize,
+        None => (rate.unwrap_or(60_000.0) * seconds / conns as f64).ceil() as usize + 1,
+    };
+    let pace = rate.map(|r| Duration::from_secs_f64(conns as f64 / r));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(conns)
         .build()
@@ -51,7 +65,7 @@ async fn main() {
     let bodies: Vec<Vec<(bytes::Bytes, String)>> = (0..conns)
         .map(|w| {
             (0..per_worker)
-                .map(|n| signed(&secret, w * per_worker + n, size))
+                .map(|n| signed(&secret, first_id + w * per_worker + n, size))
                 .collect()
         })
         .collect();
@@ -63,7 +77,15 @@ async fn main() {
             let (client, url) = (client.clone(), url.clone());
             tokio::spawn(async move {
                 let (mut ok, mut not_ok, mut latencies) = (0u64, 0u64, Vec::new());
+                let mut ticks = pace.map(|p| {
+                    let mut i = tokio::time::interval(p);
+                    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    i
+                });
                 for (body, signature) in bodies {
+                    if let Some(t) = &mut ticks {
+                        t.tick().await;
+                    }
                     if Instant::now() >= until {
                         return (ok, not_ok, latencies, false);
                     }
@@ -81,7 +103,7 @@ async fn main() {
                     }
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
-                (ok, not_ok, latencies, true)
+                (ok, not_ok, latencies, total.is_none())
             })
         })
         .collect();

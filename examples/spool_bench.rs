@@ -17,6 +17,10 @@ use eduzz_kafka_bridge::kafka::{Connection, Publisher};
 use eduzz_kafka_bridge::metrics::Metrics;
 use eduzz_kafka_bridge::spool::{Appended, Spool, SpoolSettings};
 
+/// The bridge's allocator, so the figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn message(i: usize, body: &Bytes) -> Message {
     Message {
         topic: "bench.drain".into(),

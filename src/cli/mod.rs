@@ -56,7 +56,8 @@ pub enum Command {
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
     /// Run the embedded development broker on its own and print its address, so bridges
-    /// (and benchmarks) can restart against a broker that keeps its topics.
+    /// (and benchmarks) can restart against a broker that keeps its topics. SIGUSR1 takes it
+    /// down (connections refused) and SIGUSR2 brings it back, for trying out an outage.
     DevBroker {
         /// Number of brokers in the mock cluster.
         #[arg(long, default_value_t = 1)]
@@ -145,7 +146,20 @@ fn dev_broker(brokers: i32) -> anyhow::Result<i32> {
         "development broker (in memory) at {}; Ctrl-C to stop",
         broker.bootstrap_servers()
     );
-    runtime()?.block_on(wait_for_signal());
+    runtime()?.block_on(async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut down = signal(SignalKind::user_defined1())?;
+        let mut up = signal(SignalKind::user_defined2())?;
+        let stop = wait_for_signal();
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return anyhow::Ok(()),
+                _ = down.recv() => { eprintln!("development broker down"); broker.set_up(false) }
+                _ = up.recv() => { eprintln!("development broker up"); broker.set_up(true) }
+            }
+        }
+    })?;
     drop(broker);
     Ok(0)
 }

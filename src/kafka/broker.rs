@@ -35,6 +35,9 @@ enum Command {
         replication_factor: i32,
         done: mpsc::Sender<Result<(), KafkaError>>,
     },
+    /// Takes every broker of the cluster down (connections closed, new ones refused) or up:
+    /// an outage that ends, with the same address and topics after it.
+    SetUp { up: bool },
 }
 
 /// A running in-process Kafka-protocol broker.
@@ -87,17 +90,31 @@ impl EmbeddedBroker {
                     let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                     // Serve commands until the handle is gone.
                     for command in received {
-                        let Command::CreateTopic {
-                            topic,
-                            partitions,
-                            replication_factor,
-                            done,
-                        } = command
-                        else {
-                            break;
-                        };
-                        let created = cluster.create_topic(&topic, partitions, replication_factor);
-                        let _ = done.send(created);
+                        match command {
+                            Command::Stop => break,
+                            Command::CreateTopic {
+                                topic,
+                                partitions,
+                                replication_factor,
+                                done,
+                            } => {
+                                let created =
+                                    cluster.create_topic(&topic, partitions, replication_factor);
+                                let _ = done.send(created);
+                            }
+                            Command::SetUp { up } => {
+                                for id in 1..=brokers {
+                                    let r = if up {
+                                        cluster.broker_up(id)
+                                    } else {
+                                        cluster.broker_down(id)
+                                    };
+                                    if let Err(e) = r {
+                                        tracing::warn!(broker = id, error = %e, "cannot change the mock broker's state");
+                                    }
+                                }
+                            }
+                        }
                     }
                     drop(cluster);
                 }
@@ -121,6 +138,14 @@ impl EmbeddedBroker {
                 .clone()
                 .expect("the broker runs until dropped"),
         )
+    }
+
+    /// Takes the brokers down (`false`) or brings them back (`true`), keeping their address
+    /// and topics: a broker outage for benchmarks and manual tests.
+    pub fn set_up(&self, up: bool) {
+        if let Some(commands) = &self.commands {
+            let _ = commands.send(Command::SetUp { up });
+        }
     }
 
     /// `host:port` list to give clients as `bootstrap.servers`.

@@ -144,7 +144,7 @@ impl Connection {
 
     /// The producer's settings: idempotent, `acks=all`, then the operator's properties (a
     /// property that weakens the guarantee is logged, not refused).
-    pub(crate) fn producer_config(&self, tuning: ProducerTuning) -> ClientConfig {
+    pub fn producer_config(&self, tuning: ProducerTuning) -> ClientConfig {
         let timeout_ms = tuning
             .message_timeout
             .map_or(0, |t| t.as_millis().max(1) as u64);
