@@ -44,6 +44,10 @@ use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, Spool, SpoolError};
 
+/// Topic names are the drain's keys, looked up several times per event; they come from the
+/// operator's routes, not from strangers, so a fast hash is safe here.
+type TopicHasher = foldhash::fast::RandomState;
+
 /// How the drain paces itself.
 #[derive(Debug, Clone)]
 pub struct DrainSettings {
@@ -230,6 +234,12 @@ impl Drain {
         }
         let mut stopping = shutdown.is_cancelled();
         let mut stop_deadline: Option<Instant> = None;
+        // One timer for every deadline (retries, pending deletes, a full producer queue, the
+        // stop), re-armed only when the earliest one changes: the loop turns once per
+        // delivery report, and a new timer each turn cost more than the rest of the turn.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
+        let mut armed: Option<Instant> = None;
         loop {
             self.fill().await;
             self.delete_when_due(stopping);
@@ -239,24 +249,46 @@ impl Drain {
             if stopping && stop_deadline.is_none() {
                 stop_deadline = Some(stop.deadline(self.settings.stop_grace));
             }
-            let next_retry = self.retries.front().map(|r| r.due);
-            let delete_due = self
-                .oldest_pending_delete
-                .map(|t| t + self.settings.delete_interval);
+            if stop_deadline.is_some_and(|d| Instant::now() >= d) {
+                tracing::warn!(
+                    in_flight = self.in_flight.len(),
+                    "stop grace over with deliveries unconfirmed; they stay in the spool"
+                );
+                return self.finish().await;
+            }
+            let wake = self.next_wake(stop_deadline);
+            if wake != armed {
+                if let Some(at) = wake {
+                    timer.as_mut().reset(at);
+                }
+                armed = wake;
+            }
             tokio::select! {
                 Some(report) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_report(report),
                 changed = self.committed.changed(), if !stopping => stopping = changed.is_err(),
                 _ = topic_ready(&mut self.topics_ready), if self.topics.waiting_entries > 0 => {}
-                _ = sleep_until(next_retry), if next_retry.is_some() => {}
-                _ = sleep_until(delete_due), if delete_due.is_some() => {}
-                _ = tokio::time::sleep(Duration::from_millis(5)), if self.queue_full => {}
+                _ = &mut timer, if armed.is_some() => armed = None,
                 _ = shutdown.cancelled(), if !stopping => stopping = true,
-                _ = sleep_until(stop_deadline), if stop_deadline.is_some() => {
-                    tracing::warn!(in_flight = self.in_flight.len(), "stop grace over with deliveries unconfirmed; they stay in the spool");
-                    return self.finish().await;
-                }
             }
         }
+    }
+
+    /// The earliest of: the next retry, the oldest pending delete, a producer queue that was
+    /// full (checked again every 5 ms), and the end of the stop grace.
+    fn next_wake(&self, stop_deadline: Option<Instant>) -> Option<Instant> {
+        let queue = self
+            .queue_full
+            .then(|| Instant::now() + Duration::from_millis(5));
+        [
+            self.retries.front().map(|r| r.due),
+            self.oldest_pending_delete
+                .map(|t| t + self.settings.delete_interval),
+            queue,
+            stop_deadline,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Fills the window: due retries first, then entries that waited for their topic's
@@ -497,8 +529,8 @@ impl Drain {
 /// entry of that topic, so per-key order holds as it does without waiting.
 #[derive(Default)]
 struct TopicShares {
-    in_flight: HashMap<String, usize>,
-    waiting: HashMap<String, VecDeque<Entry>>,
+    in_flight: HashMap<String, usize, TopicHasher>,
+    waiting: HashMap<String, VecDeque<Entry>, TopicHasher>,
     /// Topics with waiting entries, in the order they started waiting (checked round-robin).
     order: VecDeque<String>,
     waiting_entries: usize,
@@ -607,12 +639,5 @@ async fn topic_ready(ready: &mut Option<watch::Receiver<u64>>) {
     };
     if closed {
         std::future::pending::<()>().await;
-    }
-}
-
-async fn sleep_until(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }

@@ -7,13 +7,15 @@
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::json;
 
 pub type Answer = Response<Full<Bytes>>;
 
 /// A JSON answer with `status` and `body`.
-pub(super) fn json(status: StatusCode, body: Value) -> Answer {
-    let mut bytes = serde_json::to_vec(&body).unwrap_or_default();
+pub(super) fn json(status: StatusCode, body: impl Serialize) -> Answer {
+    let mut bytes = Vec::with_capacity(128);
+    serde_json::to_writer(&mut bytes, &body).unwrap_or_default();
     bytes.push(b'\n');
     let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;

@@ -25,7 +25,7 @@ use super::client_ip::ProxyPolicy;
 use super::connections::ConnectionState;
 use crate::delivery::Refusal;
 use crate::metrics::{Metrics, RequestLabels};
-use crate::pipeline::{Inbound, Outcome, Pipeline};
+use crate::pipeline::{EventRef, Inbound, Outcome, Pipeline};
 use crate::source::Source;
 use crate::telemetry::LogThrottle;
 
@@ -385,7 +385,7 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
         }
         Outcome::Accepted { event, topic } => answer::json(
             StatusCode::ACCEPTED,
-            json!({"status": "accepted", "id": event.id, "event": event.slug, "topic": topic}),
+            Taken::new("accepted", event, Some(topic)),
         ),
         Outcome::Published {
             event,
@@ -399,7 +399,7 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
             json!({"status": "dead_lettered", "id": event.id, "event": event.slug, "topic": topic}),
         ),
         Outcome::Duplicate { event } => {
-            ok(json!({"status": "duplicate", "id": event.id, "event": event.slug}))
+            answer::json(StatusCode::OK, Taken::new("duplicate", event, None))
         }
         Outcome::Refused(Refusal::Busy(why)) => answer::busy(why, 5),
         Outcome::Refused(Refusal::Unavailable(why)) => {
@@ -407,6 +407,28 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
         }
         Outcome::Refused(r @ Refusal::InProgress { retry_after }) => {
             answer::unavailable("in_progress", &r.to_string(), *retry_after)
+        }
+    }
+}
+
+/// The answer to the common cases, written without building a JSON tree first (the fields in
+/// the order the other answers have them: alphabetical).
+#[derive(serde::Serialize)]
+struct Taken<'a> {
+    event: &'a str,
+    id: &'a str,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    topic: Option<&'a str>,
+}
+
+impl<'a> Taken<'a> {
+    fn new(status: &'static str, event: &'a EventRef, topic: Option<&'a str>) -> Taken<'a> {
+        Taken {
+            event: &event.slug,
+            id: &event.id,
+            status,
+            topic,
         }
     }
 }

@@ -607,7 +607,7 @@ fn settle(
 /// Most entries, and most bytes of bodies, kept in memory for the drain. Small: while the
 /// drain keeps up it takes them within a commit or two, and while it cannot (Kafka away) the
 /// oldest are let go (the drain reads them back from disk), so memory stays flat.
-const RECENT_MAX_ENTRIES: usize = 4096;
+const RECENT_MAX_ENTRIES: usize = 1024;
 const RECENT_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Entries committed lately, in sequence order and without gaps (every stored entry is added,

@@ -71,8 +71,10 @@ const DEDUPE_SEQ: &str = "dedupe_seq";
 const DEPTH: &str = "depth";
 const DEDUPE_ENTRIES: &str = "dedupe_entries";
 
-/// Most dedupe batches forgotten per transaction (keeps each commit short).
-const EXPIRE_PER_COMMIT: usize = 64;
+/// Dedupe keys a transaction forgets before it stops looking (a batch of keys goes as a whole,
+/// so up to one batch more): keeps each commit short, yet every commit can forget at least the
+/// one batch of keys it may add.
+const EXPIRE_PER_COMMIT: usize = 2048;
 
 /// File name of the database inside `spool.dir`.
 pub(super) const FILE_NAME: &str = "spool.redb";
@@ -458,7 +460,8 @@ impl<'txn> Tables<'txn> {
         d: &DedupeLimits,
         cutoff: u64,
     ) -> Result<(), redb::Error> {
-        for _ in 0..EXPIRE_PER_COMMIT {
+        let mut forgotten = 0;
+        while forgotten < EXPIRE_PER_COMMIT {
             let oldest = self.dedupe_batches.first()?.map(|(k, _)| k.value());
             let Some((newest_ms, first_dseq)) = oldest else {
                 break;
@@ -469,6 +472,7 @@ impl<'txn> Tables<'txn> {
             let Some(record) = self.dedupe_batches.remove((newest_ms, first_dseq))? else {
                 break;
             };
+            forgotten += record::count(record.value()).max(1) as usize;
             for (i, key) in record::parts(record.value()).enumerate() {
                 let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
                     break;
