@@ -7,7 +7,11 @@ a sweep of concurrency and body size. A fresh server process serves each point, 
 (VmHWM) and CPU time belong to that point alone. The broker is the development broker
 (librdkafka's mock cluster) in its own process.
 
-Extra runs: p99 of `spooled` at half of its own peak rate, RSS during a broker outage, and the
+The contenders: `bare` (examples/bare_hyper.rs), `kafka` (examples/kafka_limit.rs: hyper and the
+idempotent producer, nothing else) and the bridge in each ack mode. Extra runs: p99 of `spooled`
+at half of its own peak rate, RSS during a broker outage, every contender in the default
+configuration (dedupe on, distinct signed events from examples/signed_load.rs), a burst of
+500 000 events into a broker that is down and then returns, the shared dedupe index, and the
 spool benchmark (append and drain rates). Results go to bench/out/results.json; BENCHMARKS.md
 and the plots are written from them.
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark, end to end: builds release binaries, installs oha once, runs every point
-# (bench/run.py), draws the plots and writes BENCHMARKS.md. About 9 minutes on 2 cores.
+# (bench/run.py), draws the plots and writes BENCHMARKS.md. About 25 minutes on 2 cores.
 # The shared-dedupe comparison needs redis-server (apt-get install redis-server).
 #   BENCH_SECONDS=5 BENCH_CONCURRENCY=1,8,64,256 BENCH_SIZES=1024,16384,262144 bench/run.sh
 set -euo pipefail

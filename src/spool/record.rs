@@ -19,10 +19,14 @@ pub(super) struct RecordBuilder {
 
 impl RecordBuilder {
     pub(super) fn new() -> RecordBuilder {
-        RecordBuilder {
-            buf: vec![0; 4],
-            count: 0,
-        }
+        RecordBuilder::with_capacity(0)
+    }
+
+    /// A builder with room for `parts_bytes` (the sum of [`RecordBuilder::cost`] of its parts).
+    pub(super) fn with_capacity(parts_bytes: u64) -> RecordBuilder {
+        let mut buf = Vec::with_capacity(Self::HEADER as usize + parts_bytes as usize);
+        buf.extend_from_slice(&[0; 4]);
+        RecordBuilder { buf, count: 0 }
     }
 
     /// Bytes a part of `len` bytes adds to the record.
