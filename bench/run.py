@@ -214,6 +214,25 @@ def signed_load(port, conc, seconds, **kw):
     return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)
 
 
+def measure_signed(contender, brokers, conc, dedupe, name=None):
+    """One point under examples/signed_load: a fresh server, a warm-up with ids of its own (so
+    the measured events are all new), then SECONDS of load, with the server's CPU and peak RSS."""
+    port = free_port()
+    server = Server(contender, brokers, port, dedupe=dedupe)
+    try:
+        signed_load(port, conc, 1, first_id=10**9)  # warm up
+        cpu0, _, _ = proc_stats(server.proc.pid)
+        t0 = time.time()
+        r = signed_load(port, conc, SECONDS)
+        cpu1, _, hwm = proc_stats(server.proc.pid)
+        r.update({"contender": name or contender, "concurrency": conc, "peak_rss_mb": hwm,
+                  "cpu_cores": (cpu1 - cpu0) / (time.time() - t0)})
+    finally:
+        server.stop()
+    print(json.dumps(r), flush=True)
+    return r
+
+
 def default_config(brokers, sizes=(1024,), concurrency=(32, 64)):
     """Every contender in the default configuration: dedupe on, every request a distinct,
     correctly signed event (examples/signed_load), the same generator for the limit too."""
@@ -221,20 +240,9 @@ def default_config(brokers, sizes=(1024,), concurrency=(32, 64)):
     for size in sizes:
         for conc in concurrency:
             for contender in CONTENDERS:
-                port = free_port()
                 dedupe = None if contender in ("bare", "kafka") else "local"
-                server = Server(contender, brokers, port, dedupe=dedupe)
-                try:
-                    signed_load(port, conc, 1, first_id=10**9)  # warm up
-                    cpu0, _, _ = proc_stats(server.proc.pid)
-                    t0 = time.time()
-                    r = signed_load(port, conc, SECONDS)
-                    cpu1, _, hwm = proc_stats(server.proc.pid)
-                    r.update({"contender": contender, "size": size, "concurrency": conc, "peak_rss_mb": hwm,
-                              "cpu_cores": (cpu1 - cpu0) / (time.time() - t0)})
-                finally:
-                    server.stop()
-                print(json.dumps(r), flush=True)
+                r = measure_signed(contender, brokers, conc, dedupe)
+                r["size"] = size
                 points.append(r)
     return points
 
@@ -252,8 +260,7 @@ def burst(events=500_000, live_rate=1000, live_seconds=10):
     """A burst of `events` distinct signed events into `spooled` while the broker is down,
     then the broker returns: how long the backlog takes to drain, and the answer latency of
     new events posted at `live_rate` while it drains."""
-    broker = subprocess.Popen([BIN, "dev-broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    brokers = broker.stdout.readline().strip()
+    broker, brokers = start_broker()
     port, admin_port = free_port(), free_port()
     server = Server("spooled", brokers, port, dedupe="local", admin_port=admin_port)
     wait_port(admin_port)
@@ -308,20 +315,7 @@ def shared_index_cost(brokers, conc=64, rounds=3):
         for _ in range(rounds):
             for name, dedupe in (("spooled, dedupe local", "local"),
                                  ("spooled, dedupe shared (Redis)", f"redis://127.0.0.1:{rport}/")):
-                port = free_port()
-                server = Server("spooled", brokers, port, dedupe=dedupe)
-                try:
-                    signed_load(port, conc, 1)  # warm up
-                    cpu0, _, _ = proc_stats(server.proc.pid)
-                    t0 = time.time()
-                    r = signed_load(port, conc, SECONDS)
-                    cpu1, _, hwm = proc_stats(server.proc.pid)
-                    r.update({"contender": name, "concurrency": conc, "peak_rss_mb": hwm,
-                              "cpu_cores": (cpu1 - cpu0) / (time.time() - t0)})
-                finally:
-                    server.stop()
-                print(json.dumps(r), flush=True)
-                runs.append(r)
+                runs.append(measure_signed("spooled", brokers, conc, dedupe, name=name))
     finally:
         redis.terminate()
         redis.wait()
@@ -330,8 +324,7 @@ def shared_index_cost(brokers, conc=64, rounds=3):
 
 def outage_rss(size, body_file, signature):
     """RSS of `spooled` while the broker is gone for most of the run."""
-    broker = subprocess.Popen([BIN, "dev-broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    brokers = broker.stdout.readline().strip()
+    broker, brokers = start_broker()
     port = free_port()
     server = Server("spooled", brokers, port)
     samples = []
@@ -353,6 +346,12 @@ def outage_rss(size, body_file, signature):
             "status_codes": codes}
 
 
+def start_broker():
+    """A `dev-broker` process and its address."""
+    broker = subprocess.Popen([BIN, "dev-broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    return broker, broker.stdout.readline().strip()
+
+
 def machine():
     model = ""
     with open("/proc/cpuinfo") as f:
@@ -367,8 +366,7 @@ def machine():
 
 def main():
     os.makedirs(OUT, exist_ok=True)
-    broker = subprocess.Popen([BIN, "dev-broker"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    brokers = broker.stdout.readline().strip()
+    broker, brokers = start_broker()
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
                "seconds_per_point": SECONDS, "points": []}
     try:

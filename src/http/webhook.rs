@@ -395,8 +395,9 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
             json!({"status": "published", "id": event.id, "event": event.slug,
             "topic": topic, "partition": delivered.partition, "offset": delivered.offset}),
         ),
-        Outcome::DeadLettered { event, topic } => ok(
-            json!({"status": "dead_lettered", "id": event.id, "event": event.slug, "topic": topic}),
+        Outcome::DeadLettered { event, topic } => answer::json(
+            StatusCode::OK,
+            Taken::new("dead_lettered", event, Some(topic)),
         ),
         Outcome::Duplicate { event } => {
             answer::json(StatusCode::OK, Taken::new("duplicate", event, None))
@@ -411,8 +412,8 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
     }
 }
 
-/// The answer to the common cases, written without building a JSON tree first (the fields in
-/// the order the other answers have them: alphabetical).
+/// The answer to an event taken, dead-lettered or found a duplicate, written without building
+/// a JSON tree first (the fields in the order the other answers have them: alphabetical).
 #[derive(serde::Serialize)]
 struct Taken<'a> {
     event: &'a str,
@@ -441,4 +442,52 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> (Answer, &'s
 /// Like [`refuse`], and the connection closes (the body was not read whole).
 fn refuse_closing(status: StatusCode, code: &'static str, message: &str) -> (Answer, &'static str) {
     (answer::closing(answer::error(status, code, message)), code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn body(answer: Answer) -> String {
+        let bytes = answer.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn taken_answers_keep_their_fields_in_alphabetical_order() {
+        let event = EventRef {
+            id: "e1".into(),
+            slug: "nutror.lesson_started".into(),
+        };
+        let topic = "lms.lessons".to_string();
+        let cases = [
+            (
+                Outcome::Accepted {
+                    event: event.clone(),
+                    topic: topic.clone(),
+                },
+                StatusCode::ACCEPTED,
+                r#"{"event":"nutror.lesson_started","id":"e1","status":"accepted","topic":"lms.lessons"}"#,
+            ),
+            (
+                Outcome::DeadLettered {
+                    event: event.clone(),
+                    topic,
+                },
+                StatusCode::OK,
+                r#"{"event":"nutror.lesson_started","id":"e1","status":"dead_lettered","topic":"lms.lessons"}"#,
+            ),
+            (
+                Outcome::Duplicate { event },
+                StatusCode::OK,
+                r#"{"event":"nutror.lesson_started","id":"e1","status":"duplicate"}"#,
+            ),
+        ];
+        for (outcome, status, expected) in cases {
+            let answer = answer_for(&outcome);
+            assert_eq!(answer.status(), status);
+            assert_eq!(body(answer).await, format!("{expected}\n"));
+        }
+    }
 }

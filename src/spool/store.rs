@@ -339,7 +339,7 @@ impl<'txn> Tables<'txn> {
         seqs.dedup();
         let mut rest = seqs.as_slice();
         while let Some(&seq) = rest.first() {
-            let Some((first, count, len)) = self.batch_holding(seq)? else {
+            let Some((first, count, len)) = batch_holding(&self.index, seq)? else {
                 rest = &rest[1..];
                 continue;
             };
@@ -349,18 +349,6 @@ impl<'txn> Tables<'txn> {
             rest = after;
         }
         Ok(())
-    }
-
-    /// The batch that holds `seq`: its first sequence number, entries and record bytes.
-    fn batch_holding(&self, seq: u64) -> Result<Option<(u64, u64, u64)>, redb::Error> {
-        let Some(item) = self.index.range(..=seq)?.next_back() else {
-            return Ok(None);
-        };
-        let (first, (count, len)) = {
-            let (k, v) = item?;
-            (k.value(), v.value())
-        };
-        Ok((seq < first + count).then_some((first, count, len)))
     }
 
     fn delete_in(
@@ -494,6 +482,22 @@ impl<'txn> Tables<'txn> {
     }
 }
 
+/// The batch that holds `seq`: its first sequence number, entries and record bytes. Looked up
+/// in `batch_index`, so neither deletes nor reads load a record to find where it starts.
+fn batch_holding(
+    index: &impl ReadableTable<u64, (u64, u64)>,
+    seq: u64,
+) -> Result<Option<(u64, u64, u64)>, redb::Error> {
+    let Some(item) = index.range(..=seq)?.next_back() else {
+        return Ok(None);
+    };
+    let (first, (count, len)) = {
+        let (k, v) = item?;
+        (k.value(), v.value())
+    };
+    Ok((seq < first + count).then_some((first, count, len)))
+}
+
 /// The published entries listed for a batch, in order.
 fn published_in(
     gone: &impl ReadableTable<u64, ()>,
@@ -537,11 +541,9 @@ pub(super) fn read_after(
     let batches = txn.open_table(BATCHES)?;
     let gone = txn.open_table(GONE)?;
     let start = after.map(|s| s + 1).unwrap_or(0);
-    // The batch holding `start` begins at or before it.
-    let from = match batches.range(..=start)?.next_back() {
-        Some(item) => item?.0.value(),
-        None => start,
-    };
+    // Reading starts in the batch that holds `start`, if any is still there.
+    let from =
+        batch_holding(&txn.open_table(BATCH_INDEX)?, start)?.map_or(start, |(first, ..)| first);
     let mut out = Vec::new();
     for item in batches.range(from..)? {
         let (k, v) = item?;
