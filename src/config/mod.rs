@@ -227,6 +227,21 @@ auth = { type = "hmac-sha256", secrets = ["s3cret"] }
     }
 
     #[test]
+    fn a_body_limit_the_spool_cannot_frame_is_refused() {
+        let text = format!("[server]\nmax_body_bytes = {}\n{MINIMAL}", 2u64 << 30);
+        let e = Config::from_toml(&text).expect_err("a 2 GiB body limit is refused");
+        assert!(
+            e.problems.iter().any(|p| p.key == "server.max_body_bytes"),
+            "{e}"
+        );
+        let text = format!(
+            "[server]\nmax_body_bytes = {0}\nmax_body_memory_bytes = {0}\n{MINIMAL}",
+            1u64 << 30
+        );
+        assert!(Config::from_toml(&text).is_ok(), "1 GiB is taken");
+    }
+
+    #[test]
     fn every_problem_is_reported_with_its_key() {
         let text = r#"
 [server]

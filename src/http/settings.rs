@@ -113,6 +113,10 @@ pub struct Server {
     pub tls: Option<Tls>,
 }
 
+/// The largest body the bridge can be told to take: a spooled event is framed with a 32-bit
+/// length (see `spool::record`), with room to spare for the message around the body.
+const MAX_BODY_BYTES: usize = 1 << 30;
+
 impl ServerSettings {
     /// Checks and builds the listener's settings (reading the TLS files once); problems go to
     /// `problems` under `server.…`.
@@ -124,6 +128,11 @@ impl ServerSettings {
                 self.max_body_bytes > 0,
                 "server.max_body_bytes",
                 "must be greater than 0",
+            ),
+            (
+                self.max_body_bytes <= MAX_BODY_BYTES,
+                "server.max_body_bytes",
+                "must be at most 1073741824 (1 GiB): a spooled event is one length-prefixed part of a spool record, and Kafka refuses far smaller messages",
             ),
             (
                 self.max_header_bytes >= 8192,
