@@ -112,12 +112,6 @@ impl Application {
         let publisher = provision_topics(&config, &connection, embedded.as_ref(), publisher)?;
         let stop_drain = DrainStop::default();
         let parts = start_delivery(&config, &connection, &publisher, &metrics, &stop_drain)?;
-        let admin_state = Arc::new(AdminState {
-            metrics: metrics.clone(),
-            publisher: publisher.clone(),
-            spool: parts.spool.clone(),
-            drain: parts.gauges.clone(),
-        });
 
         let Config {
             server,
@@ -134,9 +128,17 @@ impl Application {
         let stop_http = CancellationToken::new();
         let servers = TaskTracker::new();
         let probe = spawn_probe(publisher.clone(), router.overflow_topic().to_string());
-        let pipeline = Pipeline::new(sources, router, parts.delivery, metrics);
+        let pipeline = Pipeline::new(sources, router, parts.delivery, metrics.clone());
+        let webhook = Arc::new(Webhook::new(pipeline, &server));
+        let admin_state = Arc::new(AdminState {
+            metrics,
+            publisher: publisher.clone(),
+            spool: parts.spool.clone(),
+            drain: parts.gauges.clone(),
+            failing: webhook.failing(),
+        });
         let (webhook_addr, listener) =
-            spawn_webhook(&server, pipeline, &servers, &stop_http).await?;
+            spawn_webhook(&server, webhook, &servers, &stop_http).await?;
         let admin_addr = match admin_listen {
             None => None,
             Some(addr) => {
@@ -386,7 +388,7 @@ async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
 /// The public listener, serving the pipeline through the webhook handler.
 async fn spawn_webhook(
     server: &Server,
-    pipeline: Pipeline,
+    webhook: Arc<Webhook>,
     servers: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<(SocketAddr, ListenerSettings)> {
@@ -398,9 +400,8 @@ async fn spawn_webhook(
         max_header_bytes: server.max_header_bytes,
         grace: server.shutdown_grace,
         tls: server.tls.as_ref().map(|t| t.acceptor.clone()),
-        metrics: pipeline.metrics().clone(),
+        metrics: webhook.metrics().clone(),
     };
-    let webhook = Arc::new(Webhook::new(pipeline, server));
     let tcp = bind(server.listen, "server.listen").await?;
     let addr = tcp.local_addr()?;
     let handler = move |req, peer| webhook.clone().handle(req, peer);

@@ -114,6 +114,8 @@ pub struct Metrics {
     producer_queue: Gauge,
     kafka_reachable: Gauge,
     parked: Gauge,
+    /// Seconds each source has been answered nothing but failures (see `http::failing`).
+    pub(crate) source_failing: Family<SourceLabels, Gauge<f64, AtomicU64>>,
     /// Topics that have a `published_total` series of their own.
     topic_labels: Mutex<HashSet<String>>,
 }
@@ -154,6 +156,7 @@ impl Metrics {
             producer_queue: Gauge::default(),
             kafka_reachable: Gauge::default(),
             parked: Gauge::default(),
+            source_failing: Family::default(),
             topic_labels: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
@@ -266,9 +269,20 @@ impl Metrics {
             self.shared_dedupe_reachable.clone(),
         );
         r.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", self.parked.clone());
+        r.register_with_unit(
+            "source_failing",
+            "How long each source has been answered nothing but failures (0: its last answer was a 2xx); Eduzz gives up on a URL after 180",
+            prometheus_client::registry::Unit::Seconds,
+            self.source_failing.clone(),
+        );
     }
 
-    /// Renders every metric in the Prometheus text format, sampling `values` first.
+    /// The content type of [`Metrics::render`]'s text: prometheus-client writes OpenMetrics
+    /// (with its `# EOF`), and a scraper that is told 0.0.4 may parse it as the older format.
+    pub const CONTENT_TYPE: &'static str =
+        "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+    /// Renders every metric in the OpenMetrics text format, sampling `values` first.
     pub fn render(&self, values: GaugeValues) -> String {
         self.spool_depth.set(values.spool_depth.unwrap_or(0) as i64);
         self.spool_bytes.set(values.spool_bytes.unwrap_or(0) as i64);

@@ -12,6 +12,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::answer::{self, Answer};
+use super::failing::FailingSources;
 use crate::delivery::drain::DrainGauges;
 use crate::kafka::Publisher;
 use crate::metrics::{GaugeValues, Metrics};
@@ -23,6 +24,8 @@ pub(crate) struct AdminState {
     pub publisher: Publisher,
     pub spool: Option<Spool>,
     pub drain: Arc<DrainGauges>,
+    /// How long each source has gone without a 2xx.
+    pub failing: Arc<FailingSources>,
 }
 
 /// Paths served by the admin listener.
@@ -101,11 +104,12 @@ pub(crate) async fn handle(
             answer::json(status, body)
         }
         _ => {
+            state.failing.sample();
             let text = state.metrics.render(state.gauges().await);
             let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                HeaderValue::from_static(Metrics::CONTENT_TYPE),
             );
             r
         }

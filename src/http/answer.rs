@@ -2,7 +2,8 @@
 //!
 //! A 2xx always means the event was taken (or deliberately ignored: ping, drop rule,
 //! duplicate), never "we failed but said OK". Errors carry a stable `error` code for
-//! machines and a `message` for people; a 401 says nothing that helps a forger.
+//! machines and a `message` for people; a 401 says nothing that helps a forger. Every answer
+//! has a body (`parse_errors` tells hyper's own bodiless answers apart by that).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};

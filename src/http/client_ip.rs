@@ -3,7 +3,8 @@
 //! `X-Forwarded-For` is a header anyone can send, so it is believed only when the TCP peer is
 //! one of `server.trusted_proxies`. Then the chain is read from the right (the entry the
 //! nearest proxy appended) past further trusted proxies; the first untrusted address is the
-//! client. A forged entry a client put at the left end of the chain is never reached.
+//! client. A forged entry a client put at the left end of the chain is never reached. Every
+//! address is taken in its canonical form (`::ffff:a.b.c.d` is `a.b.c.d`), like the peer's.
 
 use std::net::IpAddr;
 
@@ -37,7 +38,7 @@ impl ProxyPolicy {
                 return client;
             };
             for entry in text.rsplit(',') {
-                match entry.trim().parse::<IpAddr>() {
+                match entry.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                     Ok(ip) => {
                         client = ip;
                         if !self.is_trusted(ip) {
@@ -89,6 +90,8 @@ mod tests {
         assert_eq!(policy.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.9"));
         let split = headers(&["1.2.3.4", "203.0.113.9"]);
         assert_eq!(policy.client_ip(ip("10.0.0.1"), &split), ip("203.0.113.9"));
+        let mapped = headers(&["::ffff:203.0.113.9, ::ffff:10.0.0.2"]);
+        assert_eq!(policy.client_ip(ip("10.0.0.1"), &mapped), ip("203.0.113.9"));
         let garbage = headers(&["nonsense, 10.0.0.3"]);
         assert_eq!(policy.client_ip(ip("10.0.0.1"), &garbage), ip("10.0.0.3"));
     }

@@ -12,6 +12,8 @@ pub(crate) mod admin;
 mod answer;
 pub mod client_ip;
 pub(crate) mod connections;
+pub(crate) mod failing;
+mod parse_errors;
 mod settings;
 pub mod tls;
 pub mod webhook;
@@ -171,7 +173,7 @@ pub(crate) async fn serve<H, F>(
         }
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(a) => a,
+                Ok((stream, peer)) => (stream, canonical(peer)),
                 Err(e) => {
                     // Out of file descriptors and the like: pause instead of spinning.
                     tracing::warn!(listener = settings.name, error = %e, "accept failed");
@@ -220,6 +222,13 @@ pub(crate) async fn serve<H, F>(
             "grace period over; closing the remaining connections"
         );
     }
+}
+
+/// The peer as every later check sees it: an IPv4 client of a dual-stack `[::]` listener
+/// arrives as `::ffff:a.b.c.d`, which no IPv4 network in `allow_from` or `trusted_proxies`
+/// would contain, and which would count apart from the same client on an IPv4 listener.
+fn canonical(peer: SocketAddr) -> SocketAddr {
+    SocketAddr::new(peer.ip().to_canonical(), peer.port())
 }
 
 /// How long a connection closed to make room may take to finish the answer it is writing.
@@ -295,7 +304,8 @@ impl Opened {
                 Ok::<_, Infallible>(answer)
             }
         });
-        let served = builder.serve_connection(TokioIo::new(io), service);
+        let io = TokioIo::new(parse_errors::JsonParseErrors::new(io));
+        let served = builder.serve_connection(io, service);
         tasks.spawn(async move {
             let mut served = std::pin::pin!(served);
             let ended = tokio::select! {

@@ -5,8 +5,10 @@
 //! (413, 408, 503); the [`Pipeline`] authenticates and parses it (401, 400); only then does
 //! the request take an in-flight slot (503), so a stranger who sends headers and no body, or
 //! a body with a bad signature, never takes a slot from a real sender. The pipeline then says
-//! what became of the event, and [`answer_for`] turns that outcome into an answer. The
-//! request's span records source, slug, event id and outcome, logged once at the end.
+//! what became of the event, and [`answer_for`] turns that outcome into an answer, in the
+//! status the source's sender counts as success (Eduzz: 200 and nothing else). The request's
+//! span records source, slug, event id and outcome, logged once at the end, and the source's
+//! failing streak ([`FailingSources`]) hears of every answer.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +25,7 @@ use tracing::Instrument;
 use super::answer::{self, Answer};
 use super::client_ip::ProxyPolicy;
 use super::connections::ConnectionState;
+use super::failing::FailingSources;
 use crate::delivery::Refusal;
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pipeline::{EventRef, Inbound, Outcome, Pipeline};
@@ -42,6 +45,27 @@ pub struct Webhook {
     body_timeout: Duration,
     /// Refusals are logged at most once per interval per outcome.
     throttle: LogThrottle,
+    /// How long each source has gone without a 2xx.
+    failing: Arc<FailingSources>,
+}
+
+/// What became of one request: its answer, the outcome logged and counted for it, and
+/// whether it passed authentication (only then is a 4xx the sender's own, not a stranger's).
+struct Reply {
+    answer: Answer,
+    outcome: &'static str,
+    authenticated: bool,
+}
+
+impl Reply {
+    /// The answer to a request refused before it was authenticated.
+    fn early((answer, outcome): (Answer, &'static str)) -> Reply {
+        Reply {
+            answer,
+            outcome,
+            authenticated: false,
+        }
+    }
 }
 
 /// A request refused before the pipeline saw it.
@@ -95,8 +119,13 @@ impl Early {
 
 impl Webhook {
     pub fn new(pipeline: Pipeline, server: &super::Server) -> Webhook {
+        let failing = Arc::new(FailingSources::new(
+            pipeline.sources(),
+            pipeline.metrics().clone(),
+        ));
         Webhook {
             pipeline,
+            failing,
             proxies: server.proxies.clone(),
             in_flight: Arc::new(Semaphore::new(server.max_in_flight_requests)),
             body_memory: Arc::new(Semaphore::new(server.max_body_memory_bytes)),
@@ -106,7 +135,12 @@ impl Webhook {
         }
     }
 
-    fn metrics(&self) -> &Metrics {
+    /// Each source's failing streak, which `/metrics` samples.
+    pub(crate) fn failing(&self) -> Arc<FailingSources> {
+        self.failing.clone()
+    }
+
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         self.pipeline.metrics()
     }
 
@@ -134,16 +168,18 @@ impl Webhook {
             event_id = tracing::field::Empty,
         );
         async {
-            let (answer, outcome) = match screen(&source, client, &req) {
-                Err(early) => early.answer(),
+            let reply = match screen(&source, client, &req) {
+                Err(early) => Reply::early(early.answer()),
                 Ok(()) => self.take(&source, token.as_deref(), req).await,
             };
-            self.log(answer.status(), outcome);
-            self.count(&source.name, answer.status(), started);
-            if answer.status().is_client_error() || answer.status().is_server_error() {
-                self.metrics().refusal(&source.name, outcome);
+            let status = reply.answer.status();
+            self.log(status, reply.outcome);
+            self.count(&source.name, status, started);
+            if status.is_client_error() || status.is_server_error() {
+                self.metrics().refusal(&source.name, reply.outcome);
             }
-            answer
+            self.failing.answered(&source, status, reply.authenticated);
+            reply.answer
         }
         .instrument(span)
         .await
@@ -151,12 +187,7 @@ impl Webhook {
 
     /// Reads the body, has the pipeline authenticate it, takes an in-flight slot, and hands
     /// the event on.
-    async fn take<B>(
-        &self,
-        source: &Source,
-        token: Option<&str>,
-        req: Request<B>,
-    ) -> (Answer, &'static str)
+    async fn take<B>(&self, source: &Source, token: Option<&str>, req: Request<B>) -> Reply
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -166,7 +197,7 @@ impl Webhook {
         // The body's bytes stay counted against the memory budget until the answer.
         let (body, _memory) = match self.read_body(&parts.headers, body).await {
             Ok(read) => read,
-            Err(early) => return early.answer(),
+            Err(early) => return Reply::early(early.answer()),
         };
         let inbound = Inbound {
             headers: &parts.headers,
@@ -176,20 +207,37 @@ impl Webhook {
         };
         let event = match self.pipeline.authenticate(source, inbound) {
             Ok(event) => event,
-            Err(outcome) => return (answer_for(&outcome), outcome.label()),
+            Err(outcome) => {
+                return Reply {
+                    answer: answer_for(&outcome, source.accepted_status),
+                    outcome: outcome.label(),
+                    authenticated: !matches!(outcome, Outcome::Unauthorized(_)),
+                }
+            }
         };
         // From here the connection is not closed to make room for others (unless it already
         // is being closed: then the event is not taken, and the sender retries).
         let connection = parts.extensions.get::<ConnectionState>();
-        if connection.is_some_and(|c| !c.busy()) {
-            return Early::Busy("the connection is being closed").answer();
-        }
-        let _slots = match self.slots(source) {
-            Ok(slots) => slots,
-            Err(early) => return early.answer(),
+        let refused = if connection.is_some_and(|c| !c.busy()) {
+            Err(Early::Busy("the connection is being closed"))
+        } else {
+            self.slots(source)
         };
-        let outcome = self.pipeline.deliver(source, event).await;
-        (answer_for(&outcome), outcome.label())
+        let (answer, outcome) = match refused {
+            Err(early) => early.answer(),
+            Ok(_slots) => {
+                let outcome = self.pipeline.deliver(source, event).await;
+                (
+                    answer_for(&outcome, source.accepted_status),
+                    outcome.label(),
+                )
+            }
+        };
+        Reply {
+            answer,
+            outcome,
+            authenticated: true,
+        }
     }
 
     /// The in-flight slots of an authenticated request, overall and for its source.
@@ -214,10 +262,13 @@ impl Webhook {
 
     /// The whole body, read with a size limit and a deadline.
     ///
-    /// A body declared over the limit (up to twice it) is still read and dropped within the
-    /// deadline before the 413 goes out: a client that sends its whole body before reading
-    /// (most SDKs) then reads the 413, where closing on unread input would reset the
-    /// connection under it. Larger ones, and chunked bodies past the limit, are cut off.
+    /// A body over the limit is not kept, but it is still read and dropped until it ends or
+    /// the body deadline passes, and only then does the 413 go out (nginx's lingering close,
+    /// bounded by time rather than size): a client that sends its whole body before reading
+    /// (Python's `urllib`, most SDKs) then reads the 413, where closing on unread input would
+    /// make the kernel reset the connection under it. What a stranger can cost this way is
+    /// bandwidth for `body_timeout`, never memory, and the connection is one of those closed
+    /// first to make room (it was never authenticated).
     async fn read_body<B>(
         &self,
         headers: &http::HeaderMap,
@@ -232,50 +283,46 @@ impl Webhook {
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        // Refused as soon as it is known to be too large (or the memory budget is full); the
+        // rest is read and dropped before the refusal is answered.
+        let mut refused = declared
+            .is_some_and(|n| n > max as u64)
+            .then_some(Early::TooLarge(max));
         let read = async {
             let mut body = std::pin::pin!(body);
-            if declared.is_some_and(|n| n > 2 * max as u64) {
-                return Err(Early::TooLarge(max));
-            }
             let mut buf = bytes::BytesMut::new();
             let mut memory: Option<OwnedSemaphorePermit> = None;
-            // Over the memory budget, the rest is read and dropped before the 503, so that a
-            // client sending its whole body first reads the answer instead of a reset.
-            let mut refused = None;
             let mut seen = 0usize;
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| Early::BodyUnreadable)?;
+                let frame = frame.map_err(|_| refused.unwrap_or(Early::BodyUnreadable))?;
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                seen += data.len();
-                // Without a declared length there is no telling how much more is coming.
-                if seen > 2 * max || (seen > max && declared.is_none()) {
-                    return Err(Early::TooLarge(max));
+                seen = seen.saturating_add(data.len());
+                if refused.is_none() && seen > max {
+                    refused = Some(Early::TooLarge(max));
                 }
-                let kept = seen <= max && declared.is_none_or(|n| n <= max as u64);
-                if kept && refused.is_none() {
+                if refused.is_none() {
                     match self.reserve_memory(&mut memory, data.len()) {
                         Ok(()) => buf.extend_from_slice(&data),
-                        Err(e) => (refused, memory, buf) = (Some(e), None, Default::default()),
+                        Err(e) => refused = Some(e),
                     }
                 }
-            }
-            if seen > max {
-                return Err(Early::TooLarge(max));
+                if refused.is_some() {
+                    (memory, buf) = (None, bytes::BytesMut::new());
+                }
             }
             match refused {
                 Some(e) => Err(e),
                 None => Ok((buf.freeze(), memory)),
             }
         };
-        let late = match declared {
-            Some(n) if n > max as u64 => Early::TooLarge(max),
-            _ => Early::BodyTimeout,
-        };
-        tokio::time::timeout(self.body_timeout, read)
-            .await
-            .unwrap_or(Err(late))
+        let read = tokio::time::timeout(self.body_timeout, read).await;
+        match read {
+            Ok(read) => read,
+            // Still arriving at the deadline: a body known to be too large says so.
+            Err(_) => Err(refused.unwrap_or(Early::BodyTimeout)),
+        }
     }
 
     /// Logs the request's end: refusals at most once per 10 s per outcome (with the number
@@ -367,8 +414,9 @@ struct Slots {
     _source: Option<OwnedSemaphorePermit>,
 }
 
-/// The answer for what the pipeline did with a delivery.
-pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
+/// The answer for what the pipeline did with a delivery; a taken event gets `accepted` (the
+/// status its source's sender counts as success), every other 2xx is 200.
+pub(crate) fn answer_for(outcome: &Outcome, accepted: StatusCode) -> Answer {
     let ok = |body| answer::json(StatusCode::OK, body);
     match outcome {
         Outcome::Unauthorized(_) => answer::error(
@@ -383,10 +431,9 @@ pub(crate) fn answer_for(outcome: &Outcome) -> Answer {
         Outcome::Dropped { event, rule } => {
             ok(json!({"status": "dropped", "id": event.id, "event": event.slug, "rule": rule}))
         }
-        Outcome::Accepted { event, topic } => answer::json(
-            StatusCode::ACCEPTED,
-            Taken::new("accepted", event, Some(topic)),
-        ),
+        Outcome::Accepted { event, topic } => {
+            answer::json(accepted, Taken::new("accepted", event, Some(topic)))
+        }
         Outcome::Published {
             event,
             topic,
@@ -485,9 +532,42 @@ mod tests {
             ),
         ];
         for (outcome, status, expected) in cases {
-            let answer = answer_for(&outcome);
+            let answer = answer_for(&outcome, StatusCode::ACCEPTED);
             assert_eq!(answer.status(), status);
             assert_eq!(body(answer).await, format!("{expected}\n"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_event_gets_the_senders_success_status_and_the_same_body() {
+        let event = EventRef {
+            id: "e1".into(),
+            slug: "nutror.lesson_started".into(),
+        };
+        let taken = || Outcome::Accepted {
+            event: event.clone(),
+            topic: "t".into(),
+        };
+        let eduzz = answer_for(&taken(), StatusCode::OK);
+        let json = answer_for(&taken(), StatusCode::ACCEPTED);
+        assert_eq!(
+            (eduzz.status(), json.status()),
+            (StatusCode::OK, StatusCode::ACCEPTED)
+        );
+        let (a, b) = (body(eduzz).await, body(json).await);
+        assert_eq!(a, b);
+        assert!(a.contains(r#""status":"accepted""#), "{a}");
+        // Every other 2xx is 200 whatever the source's accepted status.
+        for other in [
+            Outcome::Ping,
+            Outcome::Duplicate {
+                event: event.clone(),
+            },
+        ] {
+            assert_eq!(
+                answer_for(&other, StatusCode::ACCEPTED).status(),
+                StatusCode::OK
+            );
         }
     }
 }

@@ -7,9 +7,11 @@
 //!
 //! Two kinds of cluster are served. A real one (or tansu) takes the admin API. The embedded
 //! development broker (librdkafka's mock cluster) does not implement CreateTopics at all, but
-//! the bridge owns it, so topics are created through the mock's own call; a mock cluster in
-//! another process (`dev-broker`) can only be left to its auto-creation, which
-//! [`AdminError::Unsupported`] says.
+//! the bridge owns it, so topics are created through the mock's own call. A mock cluster in
+//! another process (`dev-broker`) can only be left to its auto-creation: it names no broker
+//! that exists as its controller, so an admin request would wait for one until it timed out.
+//! It is told apart by its cluster id (`mockCluster…`), asked once, and
+//! [`AdminError::MockCluster`] says so at once.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,7 +21,7 @@ use rdkafka::admin::{
     AdminClient, AdminOptions, NewPartitions, NewTopic, ResourceSpecifier, TopicReplication,
 };
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::BaseConsumer;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::broker::EmbeddedTopics;
@@ -74,6 +76,10 @@ pub struct Existing {
 pub enum AdminError {
     #[error("this cluster does not implement {0}")]
     Unsupported(&'static str),
+    #[error("this is librdkafka's mock cluster (`dev-broker`), which has no admin API; it creates a topic (with 4 partitions) when it is first written")]
+    MockCluster,
+    #[error("the cluster answered no {0} request within 10 s (metadata and produce requests may still be answered: is a controller reachable?)")]
+    NoAnswer(&'static str),
     #[error("the cluster refused: {0:?}")]
     Refused(RDKafkaErrorCode),
     #[error("cannot reach the cluster")]
@@ -89,6 +95,12 @@ impl AdminError {
         matches!(self, AdminError::Refused(_))
     }
 
+    /// Whether the cluster cannot do what was asked at all (so topics are left to its
+    /// auto-creation).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, AdminError::Unsupported(_) | AdminError::MockCluster)
+    }
+
     fn of(error: KafkaError, api: &'static str) -> AdminError {
         let code = match &error {
             KafkaError::AdminOp(code) => Some(*code),
@@ -97,6 +109,9 @@ impl AdminError {
         match code {
             Some(RDKafkaErrorCode::UnsupportedFeature | RDKafkaErrorCode::UnsupportedVersion) => {
                 AdminError::Unsupported(api)
+            }
+            Some(RDKafkaErrorCode::OperationTimedOut | RDKafkaErrorCode::RequestTimedOut) => {
+                AdminError::NoAnswer(api)
             }
             _ => AdminError::Kafka(error),
         }
@@ -126,6 +141,8 @@ pub struct Admin {
     client: AdminClient<DefaultClientContext>,
     metadata: Arc<BaseConsumer>,
     embedded: Option<EmbeddedTopics>,
+    /// Whether the cluster is a mock cluster reached by address, once its id was read.
+    mock: std::sync::OnceLock<bool>,
 }
 
 /// Runs a blocking admin call off the async threads.
@@ -153,7 +170,31 @@ impl Admin {
             client,
             metadata: Arc::new(metadata),
             embedded,
+            mock: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Fails with [`AdminError::MockCluster`] when the cluster is librdkafka's mock cluster
+    /// reached by address (its admin requests would only time out). A cluster whose id cannot
+    /// be read now is asked again next time.
+    async fn admin_api(&self) -> Result<(), AdminError> {
+        if self.embedded.is_some() {
+            return Ok(());
+        }
+        let mock = match self.mock.get() {
+            Some(mock) => *mock,
+            None => {
+                let metadata = self.metadata.clone();
+                let id = off_thread(move || Ok(metadata.client().fetch_cluster_id(ADMIN_TIMEOUT)))
+                    .await?;
+                let Some(id) = id else { return Ok(()) };
+                *self.mock.get_or_init(|| id.starts_with("mockCluster"))
+            }
+        };
+        match mock {
+            true => Err(AdminError::MockCluster),
+            false => Ok(()),
+        }
     }
 
     fn options() -> AdminOptions {
@@ -193,6 +234,7 @@ impl Admin {
 
     /// The topic's configs that are not the broker's defaults.
     async fn configs(&self, topic: &str) -> Result<BTreeMap<String, String>, AdminError> {
+        self.admin_api().await?;
         let results = self
             .client
             .describe_configs([&ResourceSpecifier::Topic(topic)], &Self::options())
@@ -226,6 +268,7 @@ impl Admin {
             })
             .await;
         }
+        self.admin_api().await?;
         let replication = TopicReplication::Fixed(spec.replication_factor.unwrap_or(-1));
         let new = spec.config.iter().fold(
             NewTopic::new(topic, spec.partitions, replication),
@@ -248,6 +291,7 @@ impl Admin {
         if self.embedded.is_some() {
             return Err(AdminError::Unsupported("CreatePartitions"));
         }
+        self.admin_api().await?;
         let new = NewPartitions::new(topic, total.max(1) as usize);
         let results = self
             .client

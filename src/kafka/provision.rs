@@ -7,10 +7,12 @@
 //! retried with backoff, so the events flow once an operator creates the topic or grants the
 //! right, and nothing is dead-lettered for a topic that is merely missing.
 //!
-//! A cluster that answers no CreateTopics at all (librdkafka's mock cluster reached by
-//! address: it has no controller) is, to the bridge, one that will not create the topic: its
-//! events wait like a refusal's. Bridges on such a cluster turn `topics.provision` off and
-//! leave topics to its auto-creation.
+//! A cluster that cannot create topics through the admin API at all (one that does not
+//! implement CreateTopics, or librdkafka's mock cluster reached by address: `dev-broker`) is
+//! left to its auto-creation, said once at warn level. One that does not answer CreateTopics
+//! in time is not taken for that (a real cluster between controllers looks the same for a
+//! while): a topic its metadata shows is written as it is, a missing one waits, and the log
+//! says the admin request went unanswered rather than that the cluster is unreachable.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,9 +116,9 @@ impl Provisioner {
             attempt += 1;
             match self.ensure(&topic, &spec).await {
                 Ok(()) => return self.mark_ready(&topic),
-                Err(AdminError::Unsupported(api)) => {
+                Err(e) if e.is_unsupported() => {
                     if !self.unsupported.swap(true, Ordering::Relaxed) {
-                        tracing::warn!(api, "this cluster cannot create topics through the admin API; topics are left to its auto-creation, with its default partition count");
+                        tracing::warn!(error = %e, "this cluster cannot create topics through the admin API; topics are left to its auto-creation, with its default partition count (set topics.provision = false to say so in the config)");
                     }
                     return self.mark_ready(&topic);
                 }
@@ -142,7 +144,7 @@ impl Provisioner {
                 return Ok(());
             }
             Ok(Created::AlreadyThere) => None,
-            Err(AdminError::Unsupported(api)) => return Err(AdminError::Unsupported(api)),
+            Err(e) if e.is_unsupported() => return Err(e),
             Err(e) => Some(e),
         };
         match (self.admin.partitions(topic).await, refusal) {
@@ -152,6 +154,9 @@ impl Provisioner {
                 }
                 Ok(())
             }
+            // A refusal is what to fix; short of one, unanswered metadata means the cluster is
+            // out of reach, whatever creation said.
+            (Err(e), Some(refusal)) if !refusal.is_refusal() => Err(e),
             (_, Some(refusal)) => Err(refusal),
             (Ok(None), None) => Ok(()),
             (Err(e), None) => Err(e),

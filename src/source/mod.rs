@@ -14,10 +14,10 @@ mod strict_json;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 
 use crate::cidr::Cidr;
@@ -45,6 +45,31 @@ impl Format {
             Format::Eduzz => "eduzz",
             Format::Toolzz => "toolzz",
             Format::Json => "json",
+        }
+    }
+
+    /// The status a taken event is answered with unless `accepted_status` says otherwise.
+    ///
+    /// Eduzz counts only 200 as delivered (anything else is retried a minute later, and three
+    /// failed retries deactivate the URL), and Toolzz's docs ask for 200 OK; so both get 200.
+    /// A generic `json` sender usually takes any 2xx, and 202 Accepted says what `spooled`
+    /// means (stored, not yet on Kafka), so it keeps 202.
+    pub fn accepted_status(self) -> StatusCode {
+        match self {
+            Format::Eduzz | Format::Toolzz => StatusCode::OK,
+            Format::Json => StatusCode::ACCEPTED,
+        }
+    }
+
+    /// How long the sender goes on retrying a delivery it saw fail, before it gives up on the
+    /// URL and discards its events; `None` where its rules are not published.
+    ///
+    /// Eduzz retries a failed event 3 times, 1 minute apart; after the third failure the URL
+    /// goes to Backup (kept 7 days, when that option is on) or Inactive (events discarded).
+    pub fn gives_up_after(self) -> Option<Duration> {
+        match self {
+            Format::Eduzz => Some(Duration::from_secs(3 * 60)),
+            Format::Toolzz | Format::Json => None,
         }
     }
 
@@ -85,6 +110,9 @@ pub struct SourceSettings {
     pub max_in_flight: Option<usize>,
     /// Publish this source's events as CloudEvents (`ce_*` headers); unset: not.
     pub cloudevents: Option<CloudEventsSettings>,
+    /// The status an event taken is answered with (`spooled`, `received`): 200 or 202; unset:
+    /// the format's ([`Format::accepted_status`]).
+    pub accepted_status: Option<u16>,
 }
 
 /// Why a delivery was not taken.
@@ -110,6 +138,8 @@ pub struct Source {
     pub in_flight: Option<Arc<tokio::sync::Semaphore>>,
     /// The CloudEvents attributes its events get, when it publishes them.
     pub cloudevents: Option<CloudEvents>,
+    /// What a taken event is answered with: the sender's own idea of success.
+    pub accepted_status: StatusCode,
 }
 
 impl Source {
@@ -267,6 +297,7 @@ impl SourceSettings {
             .cloudevents
             .as_ref()
             .map(|ce| ce.build(&format!("{key}.cloudevents"), self.format, problems));
+        let accepted_status = self.accepted_status(&key, problems);
         let (envelope, auth) = (envelope?, auth?);
         problems.none_since(mark).then(|| Source {
             name: Arc::from(name),
@@ -279,7 +310,27 @@ impl SourceSettings {
                 .max_in_flight
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             cloudevents: cloudevents.flatten(),
+            accepted_status,
         })
+    }
+
+    /// The status a taken event gets: the format's unless set; only 200 and 202 say "taken"
+    /// with a body (a 201 would claim a resource was made, a 204 could carry no body).
+    fn accepted_status(&self, key: &str, problems: &mut Problems) -> StatusCode {
+        match self.accepted_status {
+            None => self.format.accepted_status(),
+            Some(200) => StatusCode::OK,
+            Some(202) => StatusCode::ACCEPTED,
+            Some(other) => {
+                problems.push(
+                    format!("{key}.accepted_status"),
+                    format!(
+                        "{other} is not 200 or 202 (Eduzz and Toolzz count only 200 as delivered)"
+                    ),
+                );
+                StatusCode::OK
+            }
+        }
     }
 
     /// Checks the path; returns whether it ends in `/{token}`.
