@@ -117,7 +117,7 @@ async fn tail_prints_what_the_bridge_published() {
     let app = TestApp::spawn("").await;
     let brokers = app.brokers.clone();
     let body = fixture("nutror.file_downloaded.json");
-    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
 
     let out = tokio::task::spawn_blocking(move || {
         bridge()

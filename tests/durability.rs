@@ -32,7 +32,7 @@ async fn broker_down_under_load_loses_nothing_and_duplicates_nothing() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     app.broker().down();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    // While Kafka is away the spool keeps taking events: ready, and answering 202.
+    // While Kafka is away the spool keeps taking events: ready, and answering 200 (accepted).
     let ready = reqwest::get(format!("http://{}/readyz", app.admin))
         .await
         .unwrap();
@@ -168,7 +168,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
         let body = eduzz_event(&id, "nutror.lesson_saved");
         let resp = app.post_eduzz(&body, SECRET).await;
         match resp.status().as_u16() {
-            202 => {
+            200 => {
                 acked.insert(id);
             }
             503 => {
@@ -200,7 +200,7 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     wait_spool_empty(admin, Duration::from_secs(60)).await;
     let id = "full-after".to_string();
     let body = eduzz_event(&id, "nutror.lesson_saved");
-    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
     acked.insert(id);
     let ready = client
         .get(format!("http://{admin}/readyz"))
@@ -283,7 +283,7 @@ async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
 
     let app = TestApp::spawn(ROUTE).await;
     let first = app.post_eduzz(&body, SECRET).await;
-    assert_eq!(first.status(), 202);
+    assert_eq!(first.status(), 200);
     // Eduzz retries (its own timeout, say): the same bytes again, concurrently too.
     let (a, b) = tokio::join!(app.post_eduzz(&body, SECRET), app.post_eduzz(&body, SECRET));
     for resp in [a, b] {
@@ -295,9 +295,12 @@ async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
     // Two copies racing each other: only one gets in.
     let race = eduzz_event("race-1", "nutror.module_completed");
     let (a, b) = tokio::join!(app.post_eduzz(&race, SECRET), app.post_eduzz(&race, SECRET));
-    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
-    statuses.sort();
-    assert_eq!(statuses, [200, 202]);
+    assert_eq!((a.status().as_u16(), b.status().as_u16()), (200, 200));
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (a.json().await.unwrap(), b.json().await.unwrap());
+    let mut statuses = [a["status"].clone(), b["status"].clone()];
+    statuses.sort_by_key(|s| s.to_string());
+    assert_eq!(statuses, ["accepted", "duplicate"]);
 
     // After a restart the dedupe memory is still there.
     let app = app.restart().await;
@@ -306,7 +309,7 @@ async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
     let answer: serde_json::Value = again.json().await.unwrap();
     assert_eq!(answer["status"], "duplicate");
     let fresh = eduzz_event("fresh-1", "nutror.module_completed");
-    assert_eq!(app.post_eduzz(&fresh, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&fresh, SECRET).await.status(), 200);
     app.wait_spool_empty(Duration::from_secs(30)).await;
 
     let records = app.read_topic(TOPIC, 3, Duration::from_secs(30)).await;
@@ -342,7 +345,7 @@ dead_letter_topic = "bridge.dead-letters"
         )
         .unwrap();
     let body = eduzz_event("dlq-1", "nutror.enrollment_created");
-    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
     let records = app
         .read_topic("bridge.dead-letters", 1, Duration::from_secs(60))
         .await;
@@ -364,7 +367,7 @@ dead_letter_topic = "bridge.dead-letters"
     let routes = "[[routes]]\nmatch = \"nutror.*\"\ntopic = \"forbidden.topic\"\n";
     let app = app.respawn(routes).await;
     let body = eduzz_event("parked-1", "nutror.enrollment_created");
-    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
     let mut parked = false;
     for _ in 0..300 {
         let text = app.metrics().await;
@@ -536,7 +539,7 @@ async fn small_disk_fills_then_heals(min_free: u64, spool_state: &str) {
         let id = format!("disk-{i}");
         let resp = app.post_eduzz(&event(&id), SECRET).await;
         match resp.status().as_u16() {
-            202 => {
+            200 => {
                 acked.insert(id);
             }
             503 => {
@@ -561,7 +564,7 @@ async fn small_disk_fills_then_heals(min_free: u64, spool_state: &str) {
     let mut healed = false;
     for i in 0..120 {
         let id = format!("after-{i}");
-        if app.post_eduzz(&event(&id), SECRET).await.status() == 202 {
+        if app.post_eduzz(&event(&id), SECRET).await.status() == 200 {
             acked.insert(id);
             healed = true;
             break;

@@ -30,7 +30,7 @@ async fn every_fixture_lands_byte_exact_with_headers_and_key() {
                 doc["id"].as_str().unwrap().to_string(),
             )
         };
-        assert_eq!(resp.status(), 202, "{name}");
+        assert_eq!(resp.status(), 200, "{name}");
         let answer: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(answer["status"], "accepted");
         assert_eq!(answer["id"], id.as_str());
@@ -104,7 +104,7 @@ topic = "eduzz.other.{slug}"
     let student = eduzz_event("alp-1", "alpaclass.student_created");
     let edited = eduzz_event("blk-2", "blinket.attendance_edited");
     for body in [&paid, &refunded, &lesson, &checkin, &student] {
-        assert_eq!(app.post_eduzz(body, SECRET).await.status(), 202);
+        assert_eq!(app.post_eduzz(body, SECRET).await.status(), 200);
     }
     let resp = app.post_eduzz(&edited, SECRET).await;
     assert_eq!(resp.status(), 200);
@@ -189,8 +189,8 @@ async fn forged_missing_and_rotated_signatures() {
     // Both live secrets are accepted while a rotation is under way.
     let with_old = eduzz_event("rot-old", slug);
     let with_new = eduzz_event("rot-new", slug);
-    assert_eq!(app.post_eduzz(&with_old, OLD_SECRET).await.status(), 202);
-    assert_eq!(app.post_eduzz(&with_new, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&with_old, OLD_SECRET).await.status(), 200);
+    assert_eq!(app.post_eduzz(&with_new, SECRET).await.status(), 200);
 
     // Only the two authentic events are on the topic.
     let records = app.read_topic(slug, 2, WAIT).await;
@@ -283,7 +283,7 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
 
     // Nothing of the above reached Kafka: after one valid event, it is the topic's only one.
     let valid = eduzz_event("valid-1", "nutror.lesson_started");
-    assert_eq!(app.post_eduzz(&valid, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&valid, SECRET).await.status(), 200);
     let records = app.read_topic("nutror.lesson_started", 1, WAIT).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].value, valid);
@@ -356,7 +356,7 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
 
     // "Verificar URL" sends a correctly signed fake event: it is an event like any other.
     let fake = eduzz_event("verify-1", "nutror.certificate_viewed");
-    assert_eq!(app.post_eduzz(&fake, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&fake, SECRET).await.status(), 200);
 
     // On the catch-all topic only the fake event arrives, not the ping before it.
     let records = app.read_topic("all-events", 1, WAIT).await;
@@ -375,7 +375,7 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
         )
     })
     .await;
-    assert_eq!(app.post_eduzz(ping, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(ping, SECRET).await.status(), 200);
     let records = app.read_topic("all-events", 1, WAIT).await;
     assert_eq!(records[0].value, ping);
     app.shutdown().await;
@@ -414,7 +414,7 @@ async fn published_mode_answers_with_partition_and_offset() {
 async fn received_mode_answers_at_once_and_still_delivers() {
     let app = TestApp::spawn("[delivery]\nack = \"received\"\n").await;
     let body = eduzz_event("rcv-1", "nutror.comment_created");
-    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 202);
+    assert_eq!(app.post_eduzz(&body, SECRET).await.status(), 200);
     let records = app.read_topic("nutror.comment_created", 1, WAIT).await;
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].value, body);
@@ -426,7 +426,7 @@ async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
     let app = TestApp::spawn("").await;
     let body = eduzz_event("weird-1", "nutror.aula iniciada/ção");
     let resp = app.post_eduzz(&body, SECRET).await;
-    assert_eq!(resp.status(), 202);
+    assert_eq!(resp.status(), 200);
     let answer: serde_json::Value = resp.json().await.unwrap();
     let topic = answer["topic"].as_str().unwrap().to_string();
     assert!(topic.starts_with("nutror.aula_iniciada__"), "{topic}");
@@ -470,7 +470,7 @@ async fn the_embedded_default_serves_and_every_run_starts_clean() {
             .unwrap();
         assert_eq!(
             resp.status(),
-            202,
+            200,
             "run {run}: a new broker, a new dedupe memory"
         );
         let records = read_topic(&brokers, "nutror.certificate_viewed", 1, WAIT).await;

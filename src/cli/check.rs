@@ -23,8 +23,8 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
         }
     };
     let (sources, router) = (&config.sources, &config.router);
-    println!("{}: OK", path.display());
-    println!(
+    say!("{}: OK", path.display());
+    say!(
         "ack mode: {}; kafka: {}",
         config.delivery.ack.as_str(),
         config
@@ -33,7 +33,7 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
             .as_deref()
             .unwrap_or("embedded development broker")
     );
-    println!(
+    say!(
         "dedupe: {}",
         match (&config.shared_dedupe, config.dedupe.enabled) {
             (Some(shared), _) => format!("shared by every replica, {}", shared.describe()),
@@ -42,9 +42,9 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
         }
     );
     for source in sources.iter() {
-        println!();
-        println!(
-            "source {}: POST {} (format {}, auth {}{})",
+        say!();
+        say!(
+            "source {}: POST {} (format {}, auth {}{}); answers {} when an event is taken, 200 for every other success",
             source.name,
             source.path,
             source.format().as_str(),
@@ -53,21 +53,23 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
                 ", ping published"
             } else {
                 ""
-            }
+            },
+            source.accepted_status.as_u16(),
         );
         let slugs = source.format().documented_slugs();
         let width = slugs.iter().map(|s| s.len()).max().unwrap_or(4).max(4);
-        println!("  {:width$}  {:40}  {:22}  rule", "slug", "topic", "key");
+        say!("  {:width$}  {:40}  {:22}  rule", "slug", "topic", "key");
         for slug in slugs {
             if slug == "ping" && !source.publish_ping {
-                println!(
+                say!(
                     "  {slug:width$}  {:40}  {:22}  answered 200, not published",
-                    "-", "-"
+                    "-",
+                    "-"
                 );
                 continue;
             }
             let row = router.explain(&source.name, &slug);
-            println!(
+            say!(
                 "  {slug:width$}  {:40}  {:22}  {}",
                 row.topic.as_deref().unwrap_or("(dropped)"),
                 row.key,
@@ -98,7 +100,7 @@ pub(super) fn explain(path: &Path, payload: &Path, only: Option<&str>) -> anyhow
         eprintln!("no source is named '{}'", only.unwrap_or_default());
         return Ok(2);
     }
-    println!("payload: {} ({} bytes)", payload.display(), body.len());
+    say!("payload: {} ({} bytes)", payload.display(), body.len());
     let headers = http::HeaderMap::new();
     for source in candidates {
         match source.read(&headers, body.clone(), SystemTime::now()) {
@@ -106,15 +108,15 @@ pub(super) fn explain(path: &Path, payload: &Path, only: Option<&str>) -> anyhow
                 print_record(&config, source, &event);
                 return Ok(0);
             }
-            Err(e) => println!("source {}: not taken: {e}", source.name),
+            Err(e) => say!("source {}: not taken: {e}", source.name),
         }
     }
-    println!("no source takes this payload: the bridge would answer 400");
+    say!("no source takes this payload: the bridge would answer 400");
     Ok(2)
 }
 
 fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
-    println!(
+    say!(
         "source {}: POST {} (format {})",
         source.name,
         source.path,
@@ -124,31 +126,31 @@ fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
         true => "; `sign --secret S FILE` prints the signature to post it with",
         false => "",
     };
-    println!(
+    say!(
         "  auth:       {} (not checked in a dry run{hint})",
         source.auth.describe()
     );
-    println!("  slug:       {}", event.slug);
-    println!("  id:         {}", event.id);
+    say!("  slug:       {}", event.slug);
+    say!("  id:         {}", event.id);
     if event.is_ping() && !source.publish_ping {
-        println!("  answer:     200, not published (Eduzz's activation ping)");
+        say!("  answer:     200, not published (Eduzz's activation ping)");
         return;
     }
     let (decision, rule) = config
         .router
         .preview(&source.name, &event.slug, &event.id, &event.doc);
-    println!("  rule:       {rule}");
+    say!("  rule:       {rule}");
     let (topic, key) = match decision {
         Decision::Drop { .. } => {
-            println!("  answer:     202, not published (the rule drops it)");
+            say!("  answer:     200, not published (the rule drops it)");
             return;
         }
         Decision::Publish { topic, key } | Decision::Overflow { topic, key } => (topic, key),
     };
     let spec = config.router.spec(&source.name, &event.slug, &topic);
-    println!("  topic:      {topic}");
-    println!("  key:        {}", String::from_utf8_lossy(&key));
-    println!(
+    say!("  topic:      {topic}");
+    say!("  key:        {}", String::from_utf8_lossy(&key));
+    say!(
         "  partitions: {} ({}created on first write)",
         spec.partitions,
         if config.router.provisions() {
@@ -158,14 +160,18 @@ fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
         }
     );
     let message = Message::new(event, topic, key);
-    println!("  headers:");
+    say!("  headers:");
     for h in crate::kafka::headers::of(&message).iter() {
         let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
-        println!("    {}: {value}", h.key);
+        say!("    {}: {value}", h.key);
     }
-    println!(
+    say!(
         "  value:      the payload, byte for byte ({} bytes)",
         message.body.len()
     );
-    println!("nothing was published (dry run)");
+    say!(
+        "  answer:     {} (taken), 200 if it is a repeat within the dedupe window",
+        source.accepted_status.as_u16()
+    );
+    say!("nothing was published (dry run)");
 }

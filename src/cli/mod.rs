@@ -1,5 +1,17 @@
 //! The command line: `serve`, `check-config`, `topics`, `tail`, `sign`, `spool`.
 
+/// `println!` for command output that ends the process quietly (exit 0) when stdout's reader
+/// has gone (`check-config | head`): that is the reader's choice, not an error, and
+/// `println!` would panic on it.
+macro_rules! say {
+    () => {
+        $crate::cli::say(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::say(format_args!($($arg)*))
+    };
+}
+
 mod check;
 mod sign;
 mod spool;
@@ -92,6 +104,21 @@ pub fn run(cli: Cli) -> i32 {
             eprintln!("error: {e:#}");
             1
         }
+    }
+}
+
+/// Writes one line of command output (see `say!`).
+pub(crate) fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out.write_fmt(line).and_then(|()| out.write_all(b"\n"));
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            eprintln!("error: cannot write to stdout: {e}");
+            std::process::exit(1)
+        }
+        Ok(()) => {}
     }
 }
 

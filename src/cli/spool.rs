@@ -40,7 +40,7 @@ pub(super) fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
 async fn stats(config: &Config, spool: &Spool) -> anyhow::Result<i32> {
     let st = spool.stats();
     let age = spool.oldest_age().await;
-    println!(
+    say!(
         "{}",
         serde_json::json!({
             "dir": config.spool.dir,
@@ -83,7 +83,7 @@ async fn drain(config: &Config, spool: Spool) -> anyhow::Result<i32> {
     let after = spool.stats().depth;
     spool.close().await;
     let count = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-    println!(
+    say!(
         "{}",
         serde_json::json!({"before": before, "published": count(&gauges.published), "dead_lettered": count(&gauges.dead_lettered), "left": after, "parked": count(&gauges.parked)})
     );

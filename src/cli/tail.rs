@@ -85,7 +85,7 @@ pub(super) fn run(args: TailArgs) -> anyhow::Result<i32> {
             Some(Ok(m)) => {
                 seen += 1;
                 last = Instant::now();
-                println!("{}", line(&Record::of(&m)));
+                say!("{}", line(&Record::of(&m)));
             }
         }
     }

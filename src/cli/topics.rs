@@ -115,7 +115,7 @@ pub(super) fn run(config: &Path, command: TopicsCommand) -> anyhow::Result<i32> 
     let (mut wanted, dynamic) = wanted(&config);
     wanted.sort_by(|a, b| a.topic.cmp(&b.topic));
     super::runtime()?.block_on(async {
-        println!(
+        say!(
             "topics of {} on {brokers}",
             if apply { "apply" } else { "plan" }
         );
@@ -130,7 +130,7 @@ pub(super) fn run(config: &Path, command: TopicsCommand) -> anyhow::Result<i32> 
             let existing = match admin.describe(&w.topic, !w.spec.config.is_empty()).await {
                 Ok(e) => e,
                 Err(e) => {
-                    println!(
+                    say!(
                         "  {:width$}  cannot read: {}",
                         w.topic,
                         crate::problem::with_causes(&e)
@@ -186,18 +186,18 @@ fn report(
 ) {
     let has = existing.map_or("-".to_string(), |e| format!("{} partitions", e.partitions));
     if changes.is_empty() {
-        println!("  {:width$}  ok ({has}; {})", w.topic, w.rule);
+        say!("  {:width$}  ok ({has}; {})", w.topic, w.rule);
         tally.ok += 1;
         return;
     }
-    println!(
+    say!(
         "  {:width$}  wanted: {} ({}); has: {has}",
         w.topic,
         w.spec.describe(),
         w.rule
     );
     for change in changes {
-        println!("  {:width$}    {}", "", describe(change, &w.key));
+        say!("  {:width$}    {}", "", describe(change, &w.key));
         tally.count(change);
     }
 }
@@ -229,12 +229,12 @@ fn dynamic_rules(dynamic: &[DynamicRule]) {
     if dynamic.is_empty() {
         return;
     }
-    println!();
-    println!(
+    say!();
+    say!(
         "topics named after slugs first seen at run time (serve creates each on its first write):"
     );
     for d in dynamic {
-        println!("  {} \"{}\": {}", d.rule, d.template, d.spec.describe());
+        say!("  {} \"{}\": {}", d.rule, d.template, d.spec.describe());
     }
 }
 
@@ -263,11 +263,11 @@ impl Tally {
             None => {}
             Some(Ok(what)) => {
                 self.done += 1;
-                println!("  {topic:width$}    -> {what}");
+                say!("  {topic:width$}    -> {what}");
             }
             Some(Err(e)) => {
                 self.failed += 1;
-                println!(
+                say!(
                     "  {topic:width$}    -> FAILED: {}",
                     crate::problem::with_causes(&e)
                 );
@@ -284,9 +284,9 @@ impl Tally {
         if self.failed > 0 {
             parts.push(format!("{} failed", self.failed));
         }
-        println!();
-        println!("{}", parts.join(", "));
-        println!(
+        say!();
+        say!("{}", parts.join(", "));
+        say!(
             "never done: deleting a topic, lowering a partition count, changing a topic's configs"
         );
     }
