@@ -110,7 +110,7 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     assert!(metrics.headers()["content-type"]
         .to_str()
         .unwrap()
-        .starts_with("text/plain"));
+        .starts_with("application/openmetrics-text; version=1.0.0"));
     let text = metrics.text().await.unwrap();
     for needle in [
         "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"200\"} 1",

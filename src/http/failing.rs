@@ -141,25 +141,9 @@ fn log_streak(source: &Source, failing: Duration, failures: u64, last: StatusCod
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::Problems;
-    use std::collections::BTreeMap;
 
     fn sources() -> Sources {
-        let settings: BTreeMap<String, crate::source::SourceSettings> = toml::from_str(
-            r#"
-[eduzz]
-path = "/webhooks/eduzz"
-format = "eduzz"
-auth = { type = "hmac-sha256", secrets = ["k"] }
-
-[toolzz]
-path = "/webhooks/toolzz/{token}"
-format = "toolzz"
-auth = { type = "token", tokens = ["t"] }
-"#,
-        )
-        .unwrap();
-        Sources::build(&settings, &mut Problems::default()).unwrap()
+        crate::source::test_sources()
     }
 
     fn gauge(metrics: &Metrics, source: &str) -> String {

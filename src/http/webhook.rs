@@ -262,13 +262,15 @@ impl Webhook {
 
     /// The whole body, read with a size limit and a deadline.
     ///
-    /// A body over the limit is not kept, but it is still read and dropped until it ends or
-    /// the body deadline passes, and only then does the 413 go out (nginx's lingering close,
-    /// bounded by time rather than size): a client that sends its whole body before reading
-    /// (Python's `urllib`, most SDKs) then reads the 413, where closing on unread input would
-    /// make the kernel reset the connection under it. What a stranger can cost this way is
-    /// bandwidth for `body_timeout`, never memory, and the connection is one of those closed
-    /// first to make room (it was never authenticated).
+    /// A body declared over the limit (or over the memory budget) is not kept, but it is
+    /// still read and dropped until it ends or the body deadline passes, and only then does the
+    /// refusal go out (nginx's lingering close, bounded by time rather than size): a client that
+    /// sends its whole body before reading (Python's `urllib`, most SDKs) then reads the 413,
+    /// where closing on unread input would make the kernel reset the connection under it. What
+    /// a stranger can cost this way is bandwidth for `body_timeout`, never memory, and the
+    /// connection is one of those closed first to make room (it was never authenticated). A
+    /// body with no declared length that crosses the limit is refused at once: nothing says it
+    /// will ever end, and its sender may be waiting for the answer before it stops.
     async fn read_body<B>(
         &self,
         headers: &http::HeaderMap,
@@ -299,6 +301,9 @@ impl Webhook {
                     continue;
                 };
                 seen = seen.saturating_add(data.len());
+                if seen > max && declared.is_none() {
+                    return Err(Early::TooLarge(max));
+                }
                 if refused.is_none() && seen > max {
                     refused = Some(Early::TooLarge(max));
                 }

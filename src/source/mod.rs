@@ -395,11 +395,17 @@ pub(crate) fn check_pointer(key: String, pointer: &str, problems: &mut Problems)
     );
 }
 
+/// An Eduzz source at `/webhooks/eduzz` and a Toolzz one with a path token, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_sources() -> Sources {
+    tests::sources()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sources() -> Sources {
+    pub(super) fn sources() -> Sources {
         let settings: BTreeMap<String, SourceSettings> = toml::from_str(
             r#"
 [eduzz]
@@ -416,6 +422,34 @@ auth = { type = "token", tokens = ["t"] }
         .unwrap();
         let mut problems = Problems::default();
         Sources::build(&settings, &mut problems).unwrap()
+    }
+
+    fn build(extra: &str) -> Result<Sources, String> {
+        let settings: BTreeMap<String, SourceSettings> = toml::from_str(&format!(
+            "[generic]\npath = \"/g\"\nformat = \"json\"\nslug_pointer = \"/type\"\nauth = {{ type = \"none\" }}\n{extra}"
+        ))
+        .unwrap();
+        let mut problems = Problems::default();
+        Sources::build(&settings, &mut problems).ok_or_else(|| {
+            let all: Vec<String> = problems.into_vec().iter().map(|p| p.to_string()).collect();
+            all.join("; ")
+        })
+    }
+
+    #[test]
+    fn a_taken_event_is_answered_in_the_senders_success_status() {
+        let s = sources();
+        let status = |path| s.lookup(path).unwrap().0.accepted_status;
+        assert_eq!(status("/webhooks/eduzz"), StatusCode::OK);
+        assert_eq!(status("/webhooks/toolzz/t"), StatusCode::OK);
+        let json = |extra| build(extra).map(|s| s.lookup("/g").unwrap().0.accepted_status);
+        assert_eq!(json(""), Ok(StatusCode::ACCEPTED));
+        assert_eq!(json("accepted_status = 200"), Ok(StatusCode::OK));
+        let refused = json("accepted_status = 204").unwrap_err();
+        assert!(
+            refused.contains("sources.generic.accepted_status") && refused.contains("204"),
+            "{refused}"
+        );
     }
 
     #[test]
