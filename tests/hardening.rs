@@ -12,14 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends raw bytes, returns what the server answered before closing (or within `wait`).
-async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(request).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 fn signed_request(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
     let mut r = format!(
         "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-signature: {}\r\ncontent-length: {}\r\nconnection: close\r\n{extra_headers}\r\n",

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -280,16 +279,6 @@ except urllib.error.HTTPError as e:
     app.shutdown().await;
 }
 
-/// Sends `request` on a new connection and reads the whole answer.
-fn raw(addr: std::net::SocketAddr, request: &[u8]) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_hyper_cannot_parse_get_json_error_bodies() {
     let app = TestApp::spawn("[default_route]\ntopic = \"raw.events\"\n").await;
@@ -312,9 +301,7 @@ async fn requests_hyper_cannot_parse_get_json_error_bodies() {
         ),
     ];
     for (request, status, code) in cases {
-        let answer = tokio::task::spawn_blocking(move || raw(addr, &request))
-            .await
-            .unwrap();
+        let answer = raw(addr, &request, Duration::from_secs(10)).await;
         let (head, body) = answer.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
         assert!(head.contains("content-type: application/json"), "{answer}");

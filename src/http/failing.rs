@@ -68,7 +68,10 @@ impl FailingSources {
         }
         let now = Instant::now();
         let mut streaks = self.streaks.lock().unwrap_or_else(|p| p.into_inner());
-        let streak = streaks.entry(source.name.clone()).or_default();
+        // Every source has its entry from the start.
+        let Some(streak) = streaks.get_mut(&*source.name) else {
+            return;
+        };
         if status.is_success() {
             if let Some(since) = streak.since.filter(|_| streak.logged.is_some()) {
                 tracing::info!(source = %source.name, failed_for = ?now - since, failures = streak.failures, "source answered 2xx again");

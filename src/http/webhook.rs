@@ -301,11 +301,11 @@ impl Webhook {
                     continue;
                 };
                 seen = seen.saturating_add(data.len());
-                if seen > max && declared.is_none() {
-                    return Err(Early::TooLarge(max));
-                }
-                if refused.is_none() && seen > max {
-                    refused = Some(Early::TooLarge(max));
+                if seen > max {
+                    if declared.is_none() {
+                        return Err(Early::TooLarge(max));
+                    }
+                    refused.get_or_insert(Early::TooLarge(max));
                 }
                 if refused.is_none() {
                     match self.reserve_memory(&mut memory, data.len()) {

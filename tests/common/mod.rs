@@ -49,6 +49,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Sends `request` as raw bytes on a new connection and reads the answer until the server
+/// closes it or `wait` passes.
+pub async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Says that `tool`, which a test needs, is missing: a failure in CI (`.ci/run` installs it),
 /// a skip with `how` to install it elsewhere.
 pub fn skip_without(tool: &str, how: &str) {
