@@ -361,12 +361,20 @@ fn start_mode(
             "spool holds events from an earlier run; publishing them first"
         );
     }
+    let settings = drain_settings(config, connection);
+    // Damaged spool files (moved aside at open, or while running) are salvaged meanwhile.
+    tokio::spawn(crate::delivery::salvage::run_salvager(
+        spool.clone(),
+        settings.recovery.clone(),
+        metrics.clone(),
+        stop_drain.token(),
+    ));
     let drain = Drain::new(
         spool.clone(),
         publisher.clone(),
         dead_letters,
         metrics.clone(),
-        drain_settings(config, connection),
+        settings,
         gauges.clone(),
     );
     let task = tokio::spawn(drain.run(stop_drain.clone(), Until::Shutdown));

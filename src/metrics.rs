@@ -76,6 +76,12 @@ pub struct ClaimLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SalvageLabels {
+    /// requeued, already_on_kafka, duplicate, damaged, lost
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
 }
@@ -89,6 +95,7 @@ pub struct GaugeValues {
     pub producer_queue: i64,
     pub kafka_reachable: bool,
     pub parked: u64,
+    pub spool_damaged_files: u64,
 }
 
 /// All metrics of one bridge process.
@@ -111,6 +118,8 @@ pub struct Metrics {
     spool_depth: Gauge,
     spool_bytes: Gauge,
     spool_oldest_age: Gauge<f64, AtomicU64>,
+    spool_damaged_files: Gauge,
+    spool_salvaged: Family<SalvageLabels, Counter>,
     producer_queue: Gauge,
     kafka_reachable: Gauge,
     parked: Gauge,
@@ -153,6 +162,8 @@ impl Metrics {
             spool_depth: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_oldest_age: Gauge::default(),
+            spool_damaged_files: Gauge::default(),
+            spool_salvaged: Family::default(),
             producer_queue: Gauge::default(),
             kafka_reachable: Gauge::default(),
             parked: Gauge::default(),
@@ -254,6 +265,16 @@ impl Metrics {
             self.spool_oldest_age.clone(),
         );
         r.register(
+            "spool_damaged_files",
+            "Spool files found damaged (moved aside for salvage, or missing) since the start: alert on any",
+            self.spool_damaged_files.clone(),
+        );
+        r.register(
+            "spool_salvaged",
+            "Events of damaged spool files, by outcome: requeued, already_on_kafka, duplicate (in the spool already), damaged or lost (not recoverable)",
+            self.spool_salvaged.clone(),
+        );
+        r.register(
             "producer_queue_depth",
             "Messages handed to the producer and not yet confirmed",
             self.producer_queue.clone(),
@@ -288,6 +309,8 @@ impl Metrics {
         self.spool_bytes.set(values.spool_bytes.unwrap_or(0) as i64);
         self.spool_oldest_age
             .set(values.spool_oldest_age_seconds.unwrap_or(0.0));
+        self.spool_damaged_files
+            .set(values.spool_damaged_files as i64);
         self.producer_queue.set(values.producer_queue);
         self.kafka_reachable.set(values.kafka_reachable as i64);
         self.parked.set(values.parked as i64);
@@ -321,6 +344,13 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    /// Counts `n` events of a damaged spool file, by what salvage made of them.
+    pub(crate) fn salvaged(&self, outcome: &'static str, n: u64) {
+        self.spool_salvaged
+            .get_or_create(&SalvageLabels { outcome })
+            .inc_by(n);
     }
 
     /// Counts one claim or mark in the shared dedupe index, by `result`.

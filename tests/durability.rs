@@ -581,3 +581,137 @@ async fn small_disk_fills_then_heals(min_free: u64, spool_state: &str) {
     app.shutdown().await;
     drop(disk);
 }
+
+/// How a spool file is damaged between a SIGKILL and the next start.
+#[derive(Debug, Clone, Copy)]
+enum Damage {
+    /// The 4 KiB page holding a spooled event zeroed, as a disk that lost it leaves it.
+    ZeroedPage,
+    /// One byte cut off the end.
+    CutByOne,
+    /// Cut to half its length.
+    CutToHalf,
+    /// Emptied to zero length.
+    Emptied,
+}
+
+fn damage(file: &std::path::Path, how: Damage) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    let len = f.metadata().unwrap().len();
+    match how {
+        Damage::ZeroedPage => {
+            let bytes = std::fs::read(file).unwrap();
+            let at: Vec<usize> = memchr::memmem::find_iter(&bytes, b"dmg-").collect();
+            let middle = at[at.len() / 2] as u64;
+            f.write_all_at(&[0u8; 4096], middle & !4095).unwrap();
+        }
+        Damage::CutByOne => f.set_len(len - 1).unwrap(),
+        Damage::CutToHalf => f.set_len(len / 2).unwrap(),
+        Damage::Emptied => f.set_len(0).unwrap(),
+    }
+}
+
+async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can() {
+    let damages = [
+        Damage::ZeroedPage,
+        Damage::CutByOne,
+        Damage::CutToHalf,
+        Damage::Emptied,
+    ];
+    for how in damages {
+        let broker = TestBroker::start();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("bridge.toml");
+        let spool = dir.path().join("spool");
+        std::fs::write(
+            &config,
+            without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
+        )
+        .unwrap();
+        // Kafka away: every acknowledged event waits in the spool when the bridge is killed.
+        broker.down();
+        let mut first = BridgeProcess::start(&config);
+        let url = format!("http://{}/webhooks/eduzz", first.addr);
+        let before = load::send(url, "dmg", "myeduzz.invoice_paid", 4, 100).await;
+        assert_eq!(before.acked.len(), 400, "{how:?}");
+        first.kill();
+        damage(&spool.join("spool.redb"), how);
+        broker.up();
+
+        // It starts at once, on a fresh spool, and takes new events.
+        let second = BridgeProcess::start(&config);
+        let url = format!("http://{}/webhooks/eduzz", second.addr);
+        let after = load::send(url, "after", "myeduzz.invoice_paid", 2, 25).await;
+        assert_eq!(after.acked.len(), 50, "{how:?}");
+        let damaged = admin_metric(second.admin, "eduzz_bridge_spool_damaged_files").await;
+        assert_eq!(damaged, Some(1.0), "{how:?}: reported");
+        let moved: Vec<_> = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("spool.redb.damaged-"))
+            .collect();
+        assert_eq!(
+            moved.len(),
+            1,
+            "{how:?}: moved aside, not deleted: {moved:?}"
+        );
+
+        // A page gone, or the last byte: older copies of pages hold what it held. Half the
+        // file gone: what the other half holds.
+        let expected = match how {
+            Damage::Emptied => 0,
+            Damage::CutToHalf => 1,
+            _ => 380,
+        };
+        let started = std::time::Instant::now();
+        let requeued = r#"eduzz_bridge_spool_salvaged_total{outcome="requeued"}"#;
+        loop {
+            let salvaged = std::fs::read_dir(&spool).unwrap().any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .ends_with(".salvaged")
+            });
+            if salvaged || matches!(how, Damage::Emptied) {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "{how:?}: salvage did not finish"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let n = admin_metric(second.admin, requeued).await.unwrap_or(0.0);
+        assert!(n >= expected as f64, "{how:?}: {n} requeued");
+        wait_spool_empty(second.admin, Duration::from_secs(60)).await;
+        let records = broker
+            .read_topic(TOPIC, 50 + expected, Duration::from_secs(30))
+            .await;
+        let counts = id_counts(&records);
+        assert!(
+            after.acked.iter().all(|id| counts.contains_key(id)),
+            "{how:?}"
+        );
+        let salvaged = before
+            .acked
+            .iter()
+            .filter(|id| counts.contains_key(*id))
+            .count();
+        assert!(salvaged >= expected, "{how:?}: {salvaged} of 400 salvaged");
+        assert!(counts.values().all(|&n| n == 1), "{how:?}: published once");
+        eprintln!("{how:?}: {salvaged} of 400 acknowledged events salvaged");
+    }
+}

@@ -1,9 +1,10 @@
-//! `spool stats` and `spool drain`: operator tools that open the spool directly.
+//! `spool stats`, `spool drain` and `spool salvage`: operator tools that open the spool directly.
 //!
 //! The spool file is locked by the process that has it open, so these refuse to run while
-//! the bridge is running (and cannot corrupt it).
+//! the bridge is running (and cannot corrupt it). `stats` only reads, and leaves the file as it
+//! found it (see [`crate::spool::inspect`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,36 +20,87 @@ use crate::spool::Spool;
 
 #[derive(Debug, Subcommand)]
 pub enum SpoolCommand {
-    /// Depth, bytes and the oldest entry's age.
+    /// Depth, bytes and the oldest entry's age; reads every entry back to verify the file,
+    /// and changes nothing. Exits 1 when the file is damaged.
     Stats,
     /// Publish everything in the spool to kafka.brokers, then exit.
     Drain,
+    /// Put the events a damaged spool file still holds back into the spool (those Kafka does
+    /// not have yet), to be published by the next start or `spool drain`. The bridge does this
+    /// by itself for files it moved aside (spool.redb.damaged-*).
+    Salvage {
+        /// The damaged file.
+        file: PathBuf,
+    },
 }
 
 pub(super) fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
     let config = super::load(config)?;
     crate::telemetry::init(&config.log);
     super::runtime()?.block_on(async move {
-        let spool = Spool::open(&config.spool, &config.dedupe)?;
         match cmd {
-            SpoolCommand::Stats => stats(&config, &spool).await,
-            SpoolCommand::Drain => drain(&config, spool).await,
+            SpoolCommand::Stats => stats(&config),
+            SpoolCommand::Drain => {
+                drain(&config, Spool::open(&config.spool, &config.dedupe)?).await
+            }
+            SpoolCommand::Salvage { file } => salvage(&config, &file).await,
         }
     })
 }
 
-async fn stats(config: &Config, spool: &Spool) -> anyhow::Result<i32> {
-    let st = spool.stats();
-    let age = spool.oldest_age().await;
+fn stats(config: &Config) -> anyhow::Result<i32> {
+    let found = crate::spool::inspect(&config.spool.dir)?;
+    let age = found.oldest_received_ms.map(|ms| {
+        let now = crate::event::unix_ms(std::time::SystemTime::now());
+        now.saturating_sub(ms) as f64 / 1000.0
+    });
     say!(
         "{}",
         serde_json::json!({
             "dir": config.spool.dir,
-            "depth": st.depth,
-            "bytes": st.bytes,
-            "max_bytes": st.max_bytes,
-            "oldest_age_seconds": age.map(|d| d.as_secs_f64()),
-            "dedupe_entries": st.dedupe_entries,
+            "depth": found.depth,
+            "bytes": found.bytes,
+            "max_bytes": config.spool.max_bytes,
+            "oldest_age_seconds": age,
+            "dedupe_entries": found.dedupe_entries,
+            "verified": found.verified,
+            "undecodable": found.undecodable,
+            "needed_recovery": found.needed_recovery,
+            "damage": found.damage,
+            "unsalvaged": found.unsalvaged,
+        })
+    );
+    Ok(if found.damage.is_some() { 1 } else { 0 })
+}
+
+async fn salvage(config: &Config, file: &Path) -> anyhow::Result<i32> {
+    let spool = Spool::open(&config.spool, &config.dedupe)?;
+    let recovery = match &config.kafka.brokers {
+        Some(brokers) if config.delivery.recovery_check => {
+            let connection = config.kafka.connect(brokers);
+            crate::app::drain_settings(config, &connection).recovery
+        }
+        _ => None,
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let report =
+        crate::delivery::salvage::salvage_file(&spool, file, recovery.as_ref(), &stop).await;
+    spool.close().await;
+    let report = report?;
+    let in_spool_dir = file.parent() == Some(config.spool.dir.as_path());
+    if in_spool_dir
+        && crate::spool::unsalvaged(&config.spool.dir)
+            .iter()
+            .any(|f| f == file)
+    {
+        crate::spool::mark_salvaged(file)?;
+    }
+    say!(
+        "{}",
+        serde_json::json!({
+            "file": file,
+            "checked_on_kafka": recovery.is_some(),
+            "report": report,
         })
     );
     Ok(0)

@@ -133,6 +133,11 @@ impl DrainStop {
         self.token.cancel();
     }
 
+    /// Cancelled once the stop is asked for (for tasks that stop with the drain).
+    pub(crate) fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
     /// When the drain has to be done once it stops.
     fn deadline(&self, grace: Duration) -> Instant {
         self.by
@@ -374,6 +379,10 @@ impl Drain {
                         }
                     }
                 }
+            }
+            Err(SpoolError::Damaged) => {
+                // Reported by the spool, which moves the file aside and starts a fresh one.
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(e) => {
                 tracing::error!(error = %crate::problem::with_causes(&e), "cannot read the spool; retrying");

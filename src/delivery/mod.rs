@@ -13,6 +13,7 @@
 mod dead_letter;
 pub mod drain;
 pub mod recover;
+pub mod salvage;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -106,6 +106,26 @@ pub(crate) async fn skip_already_published(
     }
 }
 
+/// The sequence numbers of `entries` found on Kafka (one attempt; what cannot be checked counts
+/// as not found, so it is published: at least once). Used by salvage.
+pub(crate) async fn published_of(r: &Recovery, entries: Vec<Entry>) -> Vec<u64> {
+    let (reader, budget, lookback) = (r.reader.clone(), Budget::of(r), r.lookback);
+    let checked = tokio::task::spawn_blocking(move || {
+        already_published(&reader, &entries, lookback, &budget)
+    })
+    .await
+    .unwrap_or_default();
+    if !checked.unknown.is_empty() || !checked.refused.is_empty() {
+        let (topics, why) = summary(if checked.unknown.is_empty() {
+            &checked.refused
+        } else {
+            &checked.unknown
+        });
+        tracing::warn!(?topics, reason = %why, "could not check which salvaged events of these topics are on Kafka; publishing them (some may be duplicates)");
+    }
+    checked.found
+}
+
 /// For a log line: the first ten topics of `by_topic`, and one of the reasons.
 fn summary(by_topic: &HashMap<String, String>) -> (Vec<&String>, &str) {
     let topics = by_topic.keys().take(10).collect();

@@ -71,6 +71,7 @@ impl AdminState {
             producer_queue: self.publisher.queue_depth() as i64,
             kafka_reachable: self.publisher.health().is_reachable(),
             parked: self.drain.parked.load(Ordering::Relaxed),
+            spool_damaged_files: self.spool.as_ref().map_or(0, |s| s.damaged_files()),
         }
     }
 }

@@ -12,10 +12,14 @@
 //! Readers (the [`drain`](crate::delivery::drain) that publishes, and the `spool` CLI) read
 //! committed entries concurrently; they learn of new ones through [`Spool::subscribe`].
 
+mod damage;
+mod inspect;
 mod record;
+pub mod salvage;
 mod store;
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -27,6 +31,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dedupe::DedupeSettings;
 use crate::event::{unix_ms, Message};
+pub use damage::{mark_salvaged, unsalvaged, DamageKind, Damaged};
+pub use inspect::{inspect, InspectError, Inspection};
 pub use store::{AppendOutcome, Entry, OpenError, ReadEntry, Undecodable};
 
 /// `[spool]`: the durable spool used by `ack = "spooled"`.
@@ -70,6 +76,8 @@ pub enum SpoolError {
     LostOutcome,
     #[error("the spool cannot write now (disk full or an I/O error); it re-opens itself")]
     Unwritable,
+    #[error("the spool file is damaged; the spool moves it aside and goes on with a fresh one")]
+    Damaged,
 }
 
 impl From<redb::Error> for SpoolError {
@@ -96,6 +104,8 @@ pub(crate) struct SpoolGauges {
     /// Commits fail (disk full, I/O error) until the store is re-opened successfully.
     pub broken: AtomicBool,
     pub dedupe_entries: AtomicU64,
+    /// Spool files found damaged since the process started (moved aside, or missing).
+    pub damaged_files: AtomicU64,
 }
 
 /// A point-in-time copy of the spool's figures.
@@ -122,6 +132,8 @@ enum Command {
     },
     /// Commit what came before, then stop the writer.
     Close { reply: oneshot::Sender<()> },
+    /// A reader found the file damaged: move it aside and go on with a fresh one.
+    Damaged { detail: String },
 }
 
 /// The open database, shared by the handles until [`Spool::close`] takes it away.
@@ -129,6 +141,8 @@ struct Shared {
     db: RwLock<Option<Arc<Database>>>,
     /// What the writer committed lately, for the drain to take without reading it back.
     recent: Mutex<Recent>,
+    /// Damaged files found so far (see [`damage`]); changes each time one is moved aside.
+    damage: watch::Sender<Vec<Damaged>>,
 }
 
 /// Handle to the spool; cheap to clone. The writer thread ends when the last handle goes.
@@ -143,10 +157,12 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens the spool in `settings.dir` and starts its writer thread.
+    /// Opens the spool in `settings.dir` and starts its writer thread. A damaged spool file is
+    /// moved aside and a fresh one started (see [`damage`]); [`Spool::damage`] tells of it.
     pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, OpenError> {
-        let db = Arc::new(store::open(&settings.dir)?);
-        let counters = store::load_counters(&db).map_err(OpenError::Read)?;
+        let (db, damaged) = damage::open_or_replace(&settings.dir)?;
+        let db = Arc::new(db);
+        let counters = store::load_counters(&*db).map_err(OpenError::Read)?;
         let limits = store::Limits {
             max_bytes: settings.max_bytes,
             dedupe: dedupe.enabled.then_some(store::DedupeLimits {
@@ -156,12 +172,16 @@ impl Spool {
         };
         let gauges = Arc::new(SpoolGauges::default());
         publish_gauges(&gauges, &counters, limits.max_bytes);
+        gauges
+            .damaged_files
+            .store(damaged.is_some() as u64, Ordering::Relaxed);
         let last_committed = counters.next_seq.checked_sub(1);
         let (committed_tx, committed) = watch::channel(last_committed);
         let (tx, rx) = mpsc::channel(MAX_BATCH * 4);
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db.clone())),
             recent: Mutex::new(Recent::default()),
+            damage: watch::Sender::new(damaged.into_iter().collect()),
         });
         let writer = Writer {
             db: Some(db),
@@ -188,6 +208,19 @@ impl Spool {
             max_bytes: settings.max_bytes,
             dir: settings.dir.clone(),
         })
+    }
+
+    /// The damaged spool files found so far (at open, or while running); changes with each.
+    pub fn damage(&self) -> watch::Receiver<Vec<Damaged>> {
+        self.shared.damage.subscribe()
+    }
+
+    /// Tells the writer that a read found the file damaged; the caller's answer is
+    /// [`SpoolError::Damaged`] (the writer moves the file aside and starts a fresh one).
+    fn found_damaged(&self, detail: String) -> SpoolError {
+        tracing::debug!(%detail, "a spool read found the file damaged");
+        let _ = self.tx.try_send(Command::Damaged { detail });
+        SpoolError::Damaged
     }
 
     pub fn dir(&self) -> &Path {
@@ -263,11 +296,34 @@ impl Spool {
         if let Some(entries) = in_memory {
             return Ok(entries.into_iter().map(Ok).collect());
         }
+        self.read_disk(after, limit).await
+    }
+
+    /// Reads entries from the file (see [`Spool::read_after`]); a damaged file found here is
+    /// handed to the writer to replace.
+    async fn read_disk(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<ReadEntry>, SpoolError> {
         let db = self.db()?;
-        tokio::task::spawn_blocking(move || store::read_after(&db, after, limit))
-            .await
-            .map_err(|_| SpoolError::Closed)?
-            .map_err(SpoolError::from)
+        let read = tokio::task::spawn_blocking(move || {
+            catch_unwind(AssertUnwindSafe(|| {
+                #[cfg(test)]
+                if faults::READ_PANICS.swap(false, Ordering::SeqCst) {
+                    panic!("fault point: a read met a damaged page");
+                }
+                store::read_after(&*db, after, limit)
+            }))
+        })
+        .await
+        .map_err(|_| SpoolError::Closed)?;
+        match read {
+            Ok(Ok(entries)) => Ok(entries),
+            Ok(Err(e)) if damage::is_damage(&e) => Err(self.found_damaged(e.to_string())),
+            Ok(Err(e)) => Err(SpoolError::from(e)),
+            Err(panic) => Err(self.found_damaged(damage::panic_text(&*panic))),
+        }
     }
 
     /// The sequence number of the newest committed entry; changes after each commit.
@@ -295,15 +351,29 @@ impl Spool {
         self.gauges.broken.load(Ordering::Relaxed)
     }
 
+    /// Spool files found damaged since the process started.
+    pub(crate) fn damaged_files(&self) -> u64 {
+        self.gauges.damaged_files.load(Ordering::Relaxed)
+    }
+
     /// Age of the oldest entry, if any.
     pub(crate) async fn oldest_age(&self) -> Option<Duration> {
-        let db = self.db().ok()?;
-        tokio::task::spawn_blocking(move || store::oldest(&db).ok().flatten())
-            .await
-            .ok()
-            .flatten()
+        let entries = self.read_disk(None, 1).await.ok()?;
+        entries
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
             .map(|e| e.message.age())
     }
+}
+
+/// Fault points, compiled in only for tests.
+#[cfg(test)]
+mod faults {
+    use std::sync::atomic::AtomicBool;
+
+    /// The next read from the file panics, as redb does on a damaged page.
+    pub(super) static READ_PANICS: AtomicBool = AtomicBool::new(false);
 }
 
 /// The dedupe identity of an event.
@@ -348,6 +418,22 @@ struct Writer {
     gauges: Arc<SpoolGauges>,
     committed: watch::Sender<Option<u64>>,
     broken: Option<Broken>,
+}
+
+/// Why one commit attempt failed.
+enum Failure {
+    /// The file is damaged (redb said so, or panicked): replace it.
+    Damaged(String),
+    Spool(SpoolError),
+}
+
+impl Failure {
+    fn into_spool_error(self) -> SpoolError {
+        match self {
+            Failure::Damaged(_) => SpoolError::Damaged,
+            Failure::Spool(e) => e,
+        }
+    }
 }
 
 /// Since when commits fail, and when to try re-opening next.
@@ -404,10 +490,13 @@ impl Writer {
         }
     }
 
-    /// Commits the appends and deletes of `batch` in one transaction.
+    /// Commits the appends and deletes of `batch` in one transaction. When the file turns out
+    /// to be damaged, it is replaced by a fresh one and the batch committed there: its appends
+    /// are stored, its deletes were of entries the old file held (and are ignored).
     fn commit(&mut self, batch: &[Command]) -> Result<Vec<AppendOutcome>, SpoolError> {
         let mut appends = Vec::new();
         let mut deletes = Vec::new();
+        let mut damaged = None;
         for cmd in batch {
             match cmd {
                 Command::Append {
@@ -421,16 +510,41 @@ impl Writer {
                     received_at_ms: *received_at_ms,
                 }),
                 Command::Delete { seqs, .. } => deletes.extend_from_slice(seqs),
+                Command::Damaged { detail } => damaged = Some(detail.clone()),
                 Command::Close { .. } => {}
             }
         }
-        let db = self.healed_db().ok_or(SpoolError::Unwritable)?;
+        if let Some(detail) = damaged {
+            self.replace(detail);
+        }
+        match self.commit_once(&appends, &deletes) {
+            Err(Failure::Damaged(detail)) => {
+                self.replace(detail);
+                self.commit_once(&appends, &deletes)
+                    .map_err(Failure::into_spool_error)
+            }
+            other => other.map_err(Failure::into_spool_error),
+        }
+    }
+
+    /// One attempt at committing; a panic inside redb is taken as damage, like `Corrupted`.
+    fn commit_once(
+        &mut self,
+        appends: &[store::Append<'_>],
+        deletes: &[u64],
+    ) -> Result<Vec<AppendOutcome>, Failure> {
+        let db = self
+            .healed_db()
+            .ok_or(Failure::Spool(SpoolError::Unwritable))?;
         let limits = self.limits_now(!appends.is_empty());
         let now = unix_ms(SystemTime::now());
         let c = &mut self.counters;
-        match store::commit_batch(&db, c, &limits, now, &appends, &deletes) {
-            Ok(outcomes) => {
-                publish_gauges(&self.gauges, c, limits.max_bytes);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            store::commit_batch(&db, c, &limits, now, appends, deletes)
+        }));
+        match result {
+            Ok(Ok(outcomes)) => {
+                publish_gauges(&self.gauges, &self.counters, limits.max_bytes);
                 if let Some(b) = self.broken.take() {
                     self.gauges.broken.store(false, Ordering::Relaxed);
                     tracing::info!(
@@ -440,13 +554,49 @@ impl Writer {
                 }
                 Ok(outcomes)
             }
-            Err(e) => {
+            Ok(Err(e)) if damage::is_damage(&e) => Err(Failure::Damaged(e.to_string())),
+            Ok(Err(e)) => {
                 // Nothing of this batch was written: every waiting request hears so and
                 // answers non-2xx, so the sender keeps the event and retries.
                 self.broke(&e);
-                Err(SpoolError::from(e))
+                Err(Failure::Spool(SpoolError::from(e)))
+            }
+            Err(panic) => Err(Failure::Damaged(damage::panic_text(&*panic))),
+        }
+    }
+
+    /// Moves the damaged file aside and goes on with a fresh one, numbering on from where the
+    /// old one was (the drain's position stays valid); the moved file waits for salvage.
+    fn replace(&mut self, detail: String) {
+        self.let_go();
+        let damaged = damage::move_aside(&self.dir, DamageKind::FoundRunning, detail);
+        let (next_seq, dedupe_seq) = (self.counters.next_seq, self.counters.dedupe_seq);
+        let fresh = store::open(&self.dir, false).and_then(|db| {
+            let counters =
+                store::continue_from(&db, next_seq, dedupe_seq).map_err(OpenError::Read)?;
+            Ok((Arc::new(db), counters))
+        });
+        match fresh {
+            Ok((db, counters)) => {
+                self.counters = counters;
+                self.db = Some(db.clone());
+                *self.shared.db.write().unwrap() = Some(db);
+                publish_gauges(&self.gauges, &self.counters, self.limits.max_bytes);
+            }
+            Err(e) => {
+                tracing::error!(error = %crate::problem::with_causes(&e), "cannot start a fresh spool in place of the damaged one; requests are answered 503 while it is retried");
+                let now = std::time::Instant::now();
+                self.gauges.broken.store(true, Ordering::Relaxed);
+                self.broken = Some(Broken {
+                    since: now,
+                    next_try: now + REOPEN_BACKOFF,
+                    backoff: REOPEN_BACKOFF,
+                });
             }
         }
+        damage::report(&damaged, &self.dir.join(store::FILE_NAME));
+        self.gauges.damaged_files.fetch_add(1, Ordering::Relaxed);
+        self.shared.damage.send_modify(|v| v.push(damaged));
     }
 
     /// The limits for this batch: the spool's own, capped at its current size while the
@@ -517,8 +667,9 @@ impl Writer {
         db
     }
 
-    /// Closes the database (waiting briefly for readers to let go) and opens it again.
-    fn reopen(&mut self) -> Option<Arc<Database>> {
+    /// Closes the database, waiting briefly for readers to let go. A database redb panicked
+    /// in may panic again as it closes: that is caught, the file is left behind either way.
+    fn let_go(&mut self) {
         let shared = self.shared.db.write().unwrap().take();
         drop(shared);
         if let Some(db) = self.db.take() {
@@ -526,9 +677,14 @@ impl Writer {
             while Arc::strong_count(&db) > 1 && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(2));
             }
-            drop(db);
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(db)));
         }
-        let opened = store::open(&self.dir).and_then(|db| {
+    }
+
+    /// Closes the database and opens it again.
+    fn reopen(&mut self) -> Option<Arc<Database>> {
+        self.let_go();
+        let opened = store::open(&self.dir, false).and_then(|db| {
             let counters = store::load_counters(&db).map_err(OpenError::Read)?;
             Ok((Arc::new(db), counters))
         });
@@ -599,6 +755,7 @@ fn settle(
                 }
             }
             Command::Close { reply } => *closing = Some(reply),
+            Command::Damaged { .. } => {}
         }
     }
     stored
@@ -675,6 +832,52 @@ mod tests {
 
     fn seqs(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
         entries.map(|v| v.iter().map(|e| e.seq).collect())
+    }
+
+    #[tokio::test]
+    async fn a_read_that_finds_the_file_damaged_moves_it_aside_and_goes_on_with_a_fresh_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SpoolSettings {
+            dir: dir.path().to_path_buf(),
+            min_free_bytes: 0,
+            ..SpoolSettings::default()
+        };
+        let spool = Spool::open(&settings, &DedupeSettings::default()).unwrap();
+        let mut damage = spool.damage();
+        for i in 0..10 {
+            let mut m = entry(i, 10).message;
+            m.event_id = format!("before-{i}");
+            assert_eq!(spool.append(&m).await.unwrap(), Appended::Stored(i));
+        }
+        faults::READ_PANICS.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            spool.read_disk(None, 100).await,
+            Err(SpoolError::Damaged)
+        ));
+        damage.changed().await.unwrap();
+        let found = damage.borrow().clone();
+        assert_eq!(found[0].kind, DamageKind::FoundRunning);
+        assert_eq!(spool.damaged_files(), 1);
+        // Numbering goes on, so the drain's position holds; the old entries wait for salvage.
+        let mut m = entry(0, 10).message;
+        m.event_id = "after".into();
+        assert_eq!(spool.append(&m).await.unwrap(), Appended::Stored(10));
+        let read = spool.read_disk(None, 100).await.unwrap();
+        let ids: Vec<_> = read
+            .into_iter()
+            .map(|e| e.unwrap().message.event_id)
+            .collect();
+        assert_eq!(ids, ["after"]);
+        assert_eq!(spool.stats().depth, 1);
+        let moved = found[0].moved_to.clone().unwrap();
+        let mut salvaged = Vec::new();
+        salvage::scan(&moved, 100, |c| {
+            salvaged.extend(c);
+            true
+        })
+        .unwrap();
+        assert_eq!(salvaged.len(), 10);
+        spool.close().await;
     }
 
     #[test]

@@ -117,8 +117,9 @@ pub(super) struct Append<'a> {
     pub received_at_ms: u64,
 }
 
-/// Opens (or creates) the spool database in `dir`.
-pub(super) fn open(dir: &Path) -> Result<Database, OpenError> {
+/// Opens (or creates) the spool database in `dir`; `check` has redb verify the whole file
+/// first (see [`super::damage`]), so a damaged file is refused here rather than met later.
+pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
         path: dir.to_path_buf(),
         source,
@@ -128,6 +129,7 @@ pub(super) fn open(dir: &Path) -> Result<Database, OpenError> {
     // large cache shows up as RSS growing while a broker outage fills the spool.
     let db = Database::builder()
         .set_cache_size(16 * 1024 * 1024)
+        .set_check_integrity_on_open(check)
         .create(&path)
         .map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => OpenError::InUse(path.clone()),
@@ -171,7 +173,7 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let old = txn.open_table(EVENTS_V1)?;
         for item in old.iter()? {
             let (seq, value) = item?;
-            let mut record = RecordBuilder::new();
+            let mut record = RecordBuilder::events(seq.value());
             record.push(value.value());
             bytes += t.insert_batch(seq.value(), record)?;
             depth += 1;
@@ -182,7 +184,7 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let old = txn.open_table(DEDUPE_BY_TIME_V1)?;
         for item in old.iter()? {
             let (at, key) = item?;
-            let mut record = RecordBuilder::new();
+            let mut record = RecordBuilder::keys(at.value().1);
             record.push(key.value().as_bytes());
             t.dedupe_batches
                 .insert(at.value(), record.finish().as_slice())?;
@@ -206,7 +208,7 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
 }
 
 /// Reads the counters as last committed.
-pub(super) fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
+pub(super) fn load_counters(db: &impl ReadableDatabase) -> Result<Counters, redb::Error> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
     let get =
@@ -218,6 +220,26 @@ pub(super) fn load_counters(db: &Database) -> Result<Counters, redb::Error> {
         dedupe_seq: get(DEDUPE_SEQ)?,
         dedupe_entries: get(DEDUPE_ENTRIES)?,
     })
+}
+
+/// Has a fresh spool number on from where a damaged one left off (see [`super::damage`]), so
+/// sequence numbers never go back while the process runs.
+pub(super) fn continue_from(
+    db: &Database,
+    next_seq: u64,
+    dedupe_seq: u64,
+) -> Result<Counters, redb::Error> {
+    let mut c = load_counters(db)?;
+    c.next_seq = c.next_seq.max(next_seq);
+    c.dedupe_seq = c.dedupe_seq.max(dedupe_seq);
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(NEXT_SEQ, c.next_seq)?;
+        meta.insert(DEDUPE_SEQ, c.dedupe_seq)?;
+    }
+    txn.commit()?;
+    Ok(c)
 }
 
 /// Applies a batch of appends and deletes in one durable transaction: the stored appends
@@ -292,9 +314,9 @@ impl NewBatch {
             .sum();
         NewBatch {
             first_seq: c.next_seq,
-            events: RecordBuilder::with_capacity(bytes),
+            events: RecordBuilder::with_capacity(c.next_seq, bytes),
             first_dseq: c.dedupe_seq,
-            keys: RecordBuilder::new(),
+            keys: RecordBuilder::keys(c.dedupe_seq),
             newest_ms: 0,
         }
     }
@@ -510,6 +532,45 @@ fn published_in(
     Ok(out)
 }
 
+/// What a spool file says is still to publish: its batches (first seq, entries), in order, and
+/// the published entries of batches not yet removed. Read by [`super::salvage`] to tell the
+/// records a raw scan finds that are still spooled from stale copies of deleted ones.
+#[derive(Debug, Default)]
+pub(super) struct Live {
+    pub batches: Vec<(u64, u64)>,
+    pub gone: std::collections::HashSet<u64>,
+}
+
+impl Live {
+    pub(super) fn holds(&self, seq: u64) -> bool {
+        let i = self.batches.partition_point(|&(first, _)| first <= seq);
+        let in_batch = i > 0 && {
+            let (first, count) = self.batches[i - 1];
+            seq < first + count
+        };
+        in_batch && !self.gone.contains(&seq)
+    }
+
+    pub(super) fn entries(&self) -> u64 {
+        let all: u64 = self.batches.iter().map(|&(_, n)| n).sum();
+        all.saturating_sub(self.gone.len() as u64)
+    }
+}
+
+/// Reads the index of batches and the published entries (small tables: no record is loaded).
+pub(super) fn live(db: &impl ReadableDatabase) -> Result<Live, redb::Error> {
+    let txn = db.begin_read()?;
+    let mut live = Live::default();
+    for item in txn.open_table(BATCH_INDEX)?.iter()? {
+        let (first, v) = item?;
+        live.batches.push((first.value(), v.value().0));
+    }
+    for item in txn.open_table(GONE)?.iter()? {
+        live.gone.insert(item?.0.value());
+    }
+    Ok(live)
+}
+
 /// An entry as read: decoded, or the sequence number and why it could not be decoded.
 pub type ReadEntry = Result<Entry, Undecodable>;
 
@@ -533,7 +594,7 @@ pub struct Entry {
 /// oldest first, published ones left out. Entries that cannot be decoded are returned as
 /// errors with their seq.
 pub(super) fn read_after(
-    db: &Database,
+    db: &impl ReadableDatabase,
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
@@ -571,14 +632,6 @@ pub(super) fn read_after(
     Ok(out)
 }
 
-/// The oldest entry still in the spool, if any.
-pub(super) fn oldest(db: &Database) -> Result<Option<Entry>, redb::Error> {
-    Ok(read_after(db, None, 1)?
-        .into_iter()
-        .next()
-        .and_then(|r| r.ok()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,7 +661,7 @@ mod tests {
     impl Store {
         fn new(dedupe: Option<DedupeLimits>) -> Store {
             let dir = tempfile::tempdir().unwrap();
-            let db = open(dir.path()).unwrap();
+            let db = open(dir.path(), false).unwrap();
             let c = load_counters(&db).unwrap();
             let limits = Limits {
                 max_bytes: u64::MAX,
@@ -699,7 +752,7 @@ mod tests {
         assert_eq!(before, [(1, "b".into())]);
         let dir = s._dir;
         drop(s.db);
-        let db = open(dir.path()).unwrap();
+        let db = open(dir.path(), false).unwrap();
         assert_eq!(load_counters(&db).unwrap(), counters);
         let mut s = Store {
             c: counters,
@@ -792,7 +845,7 @@ mod tests {
             }
             txn.commit().unwrap();
         }
-        let db = open(dir.path()).unwrap();
+        let db = open(dir.path(), false).unwrap();
         let mut s = Store {
             c: load_counters(&db).unwrap(),
             db,

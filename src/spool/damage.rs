@@ -1,0 +1,224 @@
+//! A damaged spool file: told apart from a passing error, moved aside, never taken for a fresh
+//! start.
+//!
+//! The spool is the only copy of events the bridge acknowledged and Kafka does not have yet.
+//! When its file is damaged (a zeroed page, a truncated or emptied file, a flipped byte) the
+//! wrong answers are all easy: exit and leave every spooled event stuck while the sender gives
+//! up on the URL, start on an empty file as if nothing had been there, or keep answering 2xx
+//! while every read fails. What the spool does instead:
+//! - at open, redb checks the whole file (`set_check_integrity_on_open`), and a file it refuses
+//!   as damaged (or panics on) is renamed `spool.redb.damaged-<unix ms>` beside it, with an
+//!   error log line and a metric, and the spool starts on a fresh file at once;
+//! - an empty file is moved aside the same way, and a missing file where [`MARKER`] says a spool
+//!   lived is reported: neither is taken for a first start;
+//! - while running, a read or commit that finds the file damaged does the same (see the writer
+//!   in [`super`]), so new events keep going to a file that works;
+//! - what the moved file still holds is [salvaged](super::salvage) and published again, by the
+//!   bridge in the background or by `spool salvage FILE`.
+//!
+//! A panic inside redb is the same thing as a `Corrupted` error here: debug builds of redb
+//! assert on what a damaged file makes it read, and release builds may hit an `unreachable!`.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use redb::Database;
+
+use super::store::{self, OpenError, FILE_NAME};
+use crate::event::unix_ms;
+
+/// Written beside the spool file once it exists: a later start that finds no spool file (or an
+/// empty one) knows a spool lived here and says so, instead of starting fresh in silence.
+pub(super) const MARKER: &str = "spool.created";
+
+/// Infix of a damaged file moved aside: `spool.redb.damaged-<unix ms>`.
+pub(super) const DAMAGED_INFIX: &str = ".damaged-";
+/// Suffix added once a moved file has been salvaged.
+pub(super) const SALVAGED_SUFFIX: &str = ".salvaged";
+
+/// Why the spool file was not used as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DamageKind {
+    /// redb refused to open the file as damaged, or panicked opening it.
+    Unopenable,
+    /// The file is there but empty.
+    Empty,
+    /// The file is gone, though a spool lived in this directory.
+    Missing,
+    /// A read or a commit found the file damaged while the bridge ran.
+    FoundRunning,
+}
+
+impl DamageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DamageKind::Unopenable => "unopenable",
+            DamageKind::Empty => "empty",
+            DamageKind::Missing => "missing",
+            DamageKind::FoundRunning => "found_running",
+        }
+    }
+}
+
+/// A spool file found damaged: where it went (nowhere when missing), and why.
+#[derive(Debug, Clone)]
+pub struct Damaged {
+    pub kind: DamageKind,
+    /// The moved file, to salvage; `None` when there was no file to move.
+    pub moved_to: Option<PathBuf>,
+    pub detail: String,
+}
+
+/// Whether a redb error means the file is damaged (rather than, say, a full disk or a
+/// permission, which the spool waits out).
+pub(super) fn is_damage(e: &redb::Error) -> bool {
+    match e {
+        redb::Error::Corrupted(_) => true,
+        redb::Error::Io(io) => is_damage_io(io),
+        _ => false,
+    }
+}
+
+fn is_damage_io(io: &std::io::Error) -> bool {
+    matches!(
+        io.kind(),
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::InvalidData
+    )
+}
+
+/// What a panic said, for the log.
+pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned());
+    format!(
+        "panic in the storage library: {}",
+        text.as_deref().unwrap_or("(no message)")
+    )
+}
+
+/// Opens the spool in `dir`, moving a damaged file aside and starting a fresh one in its place.
+/// Returns the database and what was found damaged, if anything.
+pub(super) fn open_or_replace(dir: &Path) -> Result<(Database, Option<Damaged>), OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(FILE_NAME);
+    let mut damaged = None;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.len() == 0 => {
+            damaged = Some(move_aside(
+                dir,
+                DamageKind::Empty,
+                "the spool file is empty".into(),
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.join(MARKER).exists() => {
+            damaged = Some(Damaged {
+                kind: DamageKind::Missing,
+                moved_to: None,
+                detail: format!("{} is gone, though a spool lived here", path.display()),
+            })
+        }
+        _ => {}
+    }
+    if damaged.is_none() && path.exists() {
+        match catch_unwind(AssertUnwindSafe(|| store::open(dir, true))) {
+            Ok(Ok(db)) => return Ok((db, None)),
+            Ok(Err(OpenError::Open { source, .. })) if is_damage(&source) => {
+                damaged = Some(move_aside(dir, DamageKind::Unopenable, source.to_string()))
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(panic) => {
+                damaged = Some(move_aside(dir, DamageKind::Unopenable, panic_text(&*panic)))
+            }
+        }
+    }
+    let db = store::open(dir, false)?;
+    mark_lived_here(dir);
+    if let Some(d) = &damaged {
+        report(d, &path);
+    }
+    Ok((db, damaged))
+}
+
+/// Renames the spool file aside (kept for salvage, never deleted).
+pub(super) fn move_aside(dir: &Path, kind: DamageKind, detail: String) -> Damaged {
+    let from = dir.join(FILE_NAME);
+    let to = dir.join(format!(
+        "{FILE_NAME}{DAMAGED_INFIX}{}",
+        unix_ms(SystemTime::now())
+    ));
+    match std::fs::rename(&from, &to) {
+        Ok(()) => Damaged {
+            kind,
+            moved_to: Some(to),
+            detail,
+        },
+        Err(e) => Damaged {
+            kind,
+            moved_to: None,
+            detail: format!("{detail}; it could not be moved aside: {e}"),
+        },
+    }
+}
+
+pub(super) fn report(d: &Damaged, path: &Path) {
+    match &d.moved_to {
+        Some(moved) => tracing::error!(
+            damage = d.kind.as_str(),
+            detail = %d.detail,
+            moved_to = %moved.display(),
+            "the spool file {} is damaged: it was moved aside and the bridge goes on with a fresh spool; what it still holds is salvaged and published in the background (or run `eduzz-kafka-bridge spool salvage {}` with the bridge stopped)",
+            path.display(),
+            moved.display(),
+        ),
+        None => tracing::error!(
+            damage = d.kind.as_str(),
+            detail = %d.detail,
+            "the spool file {} is missing though a spool lived in this directory: events it held may be lost; the bridge goes on with a fresh spool (look for the file, e.g. a volume not mounted, and salvage it with `eduzz-kafka-bridge spool salvage FILE`)",
+            path.display(),
+        ),
+    }
+}
+
+/// Leaves [`MARKER`] in `dir` (best effort: without it only the "missing" report is lost).
+fn mark_lived_here(dir: &Path) {
+    let marker = dir.join(MARKER);
+    if !marker.exists() {
+        let text = "A spool lives in this directory: if spool.redb is ever missing or empty, the bridge reports it.\n";
+        if let Err(e) = std::fs::write(&marker, text) {
+            tracing::warn!(error = %e, path = %marker.display(), "cannot write the spool marker");
+        }
+    }
+}
+
+/// Damaged files moved aside in `dir` and not salvaged yet, oldest first.
+pub fn unsalvaged(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(DAMAGED_INFIX) && !n.ends_with(SALVAGED_SUFFIX))
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Marks a moved file as salvaged (renamed with [`SALVAGED_SUFFIX`]; kept for an operator).
+pub fn mark_salvaged(file: &Path) -> std::io::Result<PathBuf> {
+    let mut name = file.as_os_str().to_owned();
+    name.push(SALVAGED_SUFFIX);
+    let to = PathBuf::from(name);
+    std::fs::rename(file, &to)?;
+    Ok(to)
+}

@@ -1,0 +1,147 @@
+//! `spool stats`: the spool's figures, read without changing the file.
+//!
+//! redb repairs a file that was not closed cleanly (a SIGKILL, a power loss) as it opens it for
+//! writing, and a read-only open refuses such a file. Opening it for writing to count its
+//! entries would change the file under the operator's feet (and a repair interrupted half way
+//! leaves it flagged), so an unclean file is copied beside itself and the copy opened, repaired
+//! and checked; the original is left exactly as it was found.
+//!
+//! Every entry is read back (and its checksum verified), so `verified: true` means the drain
+//! can read the whole spool.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use redb::{DatabaseError, ReadableDatabase};
+
+use super::damage::{self, panic_text};
+use super::store::{self, Counters, FILE_NAME};
+
+/// Entries read back per step of the verification.
+const VERIFY_STEP: usize = 1024;
+
+/// What `spool stats` found.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Inspection {
+    pub file: PathBuf,
+    pub depth: u64,
+    pub bytes: u64,
+    pub dedupe_entries: u64,
+    /// Receive time of the oldest entry (ms since the epoch).
+    pub oldest_received_ms: Option<u64>,
+    /// Whether every entry was read back whole.
+    pub verified: bool,
+    /// Entries that could not be decoded (left in place by the drain).
+    pub undecodable: u64,
+    /// The file was not closed cleanly: a copy was repaired and checked instead.
+    pub needed_recovery: bool,
+    /// Why the file cannot be used, when it cannot: the bridge would move it aside on start.
+    pub damage: Option<String>,
+    /// Damaged files moved aside in the directory and not salvaged yet.
+    pub unsalvaged: Vec<PathBuf>,
+}
+
+/// Why the spool could not be inspected at all.
+#[derive(Debug, thiserror::Error)]
+pub enum InspectError {
+    #[error("there is no spool file at {0}")]
+    Missing(PathBuf),
+    #[error("the spool {0} is in use by another process (is the bridge running?)")]
+    InUse(PathBuf),
+    #[error("cannot copy the spool to check it without changing it")]
+    Copy(#[source] std::io::Error),
+}
+
+/// Inspects the spool in `dir` without changing its file.
+pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
+    let file = dir.join(FILE_NAME);
+    if !file.exists() {
+        return Err(InspectError::Missing(file));
+    }
+    let mut found = Inspection {
+        file: file.clone(),
+        unsalvaged: damage::unsalvaged(dir),
+        ..Inspection::default()
+    };
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        redb::Builder::new().open_read_only(&file)
+    }));
+    match opened {
+        Ok(Ok(db)) => read_all(&db, &mut found),
+        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => return Err(InspectError::InUse(file)),
+        Ok(Err(DatabaseError::RepairAborted)) => {
+            found.needed_recovery = true;
+            inspect_copy(&file, &mut found)?;
+        }
+        Ok(Err(e)) => found.damage = Some(e.to_string()),
+        Err(panic) => found.damage = Some(panic_text(&*panic)),
+    }
+    Ok(found)
+}
+
+/// Copies an unclean file beside itself, has redb repair and check the copy, reads it.
+fn inspect_copy(file: &Path, found: &mut Inspection) -> Result<(), InspectError> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let copy = tempfile::Builder::new()
+        .prefix(".spool-stats-")
+        .tempfile_in(dir)
+        .map_err(InspectError::Copy)?;
+    std::fs::copy(file, copy.path()).map_err(InspectError::Copy)?;
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        redb::Database::builder()
+            .set_check_integrity_on_open(true)
+            .open(copy.path())
+    }));
+    match opened {
+        Ok(Ok(db)) => read_all(&db, found),
+        Ok(Err(e)) => found.damage = Some(e.to_string()),
+        Err(panic) => found.damage = Some(panic_text(&*panic)),
+    }
+    Ok(())
+}
+
+/// Reads the counters and every entry back; a failure on the way is the file's damage.
+fn read_all(db: &impl ReadableDatabase, found: &mut Inspection) {
+    let read = catch_unwind(AssertUnwindSafe(|| verify(db, found)));
+    match read {
+        Ok(Ok(())) => found.verified = found.damage.is_none(),
+        Ok(Err(e)) => found.damage = Some(e.to_string()),
+        Err(panic) => found.damage = Some(panic_text(&*panic)),
+    }
+}
+
+fn verify(db: &impl ReadableDatabase, found: &mut Inspection) -> Result<(), redb::Error> {
+    let Counters {
+        depth,
+        bytes,
+        dedupe_entries,
+        ..
+    } = store::load_counters(db)?;
+    (found.depth, found.bytes, found.dedupe_entries) = (depth, bytes, dedupe_entries);
+    let mut after = None;
+    let mut entries = 0u64;
+    loop {
+        let step = store::read_after(db, after, VERIFY_STEP)?;
+        let Some(last) = step.last() else { break };
+        after = Some(match last {
+            Ok(e) => e.seq,
+            Err(bad) => bad.seq,
+        });
+        for e in &step {
+            entries += 1;
+            match e {
+                Ok(e) if found.oldest_received_ms.is_none() => {
+                    found.oldest_received_ms = Some(e.message.received_at_ms)
+                }
+                Ok(_) => {}
+                Err(_) => found.undecodable += 1,
+            }
+        }
+    }
+    if entries != depth {
+        found.damage = Some(format!(
+            "the spool counts {depth} entries but {entries} could be read"
+        ));
+    }
+    Ok(())
+}
