@@ -71,7 +71,7 @@ pub struct ConnectionLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ClaimLabels {
-    /// claimed, taken, leased, bypassed, refused, lease_lost, mark_dropped
+    /// claimed, taken, leased, bypassed, refused, mark_refused, lease_lost, mark_dropped
     pub result: &'static str,
 }
 
@@ -79,6 +79,12 @@ pub struct ClaimLabels {
 pub struct SalvageLabels {
     /// requeued, already_on_kafka, duplicate, damaged, lost
     pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconnectLabels {
+    /// dropped (Redis closed the connection), read_only (it leads to a replica)
+    pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -113,6 +119,8 @@ pub struct Metrics {
     pub(crate) topic_overflow: Family<SourceLabels, Counter>,
     shared_dedupe: Family<ClaimLabels, Counter>,
     pub(crate) shared_dedupe_reachable: Gauge,
+    pub(crate) shared_dedupe_marks_pending: Gauge,
+    shared_dedupe_reconnects: Family<ReconnectLabels, Counter>,
     pub(crate) publish_latency: Histogram,
     pub(crate) request_duration: Histogram,
     spool_depth: Gauge,
@@ -151,6 +159,8 @@ impl Metrics {
             topic_overflow: Family::default(),
             shared_dedupe: Family::default(),
             shared_dedupe_reachable: Gauge::default(),
+            shared_dedupe_marks_pending: Gauge::default(),
+            shared_dedupe_reconnects: Family::default(),
             publish_latency: Histogram::new([
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                 60.0, 300.0,
@@ -229,8 +239,13 @@ impl Metrics {
         );
         r.register(
             "shared_dedupe",
-            "Claims and marks in the shared dedupe index, by result (bypassed: Redis did not answer)",
+            "Claims and marks in the shared dedupe index, by result (bypassed: Redis did not answer or refused the claim; mark_refused: a mark Redis refused, kept and retried)",
             self.shared_dedupe.clone(),
+        );
+        r.register(
+            "shared_dedupe_reconnects",
+            "Connections to the shared dedupe index replaced without bypassing it, by reason (dropped: Redis closed it and the round trip was sent again on a new one; read_only: it led to a replica)",
+            self.shared_dedupe_reconnects.clone(),
         );
         r.register_with_unit(
             "publish_latency",
@@ -288,6 +303,11 @@ impl Metrics {
             "shared_dedupe_reachable",
             "1 while the shared dedupe index (Redis) answers; 0 while it is bypassed, or not configured",
             self.shared_dedupe_reachable.clone(),
+        );
+        r.register(
+            "shared_dedupe_marks_pending",
+            "Marks of events this replica took that the shared dedupe index does not hold yet (Redis unreachable or refusing writes): their retries on another replica may be published again",
+            self.shared_dedupe_marks_pending.clone(),
         );
         r.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", self.parked.clone());
         r.register_with_unit(
@@ -357,6 +377,13 @@ impl Metrics {
     pub(crate) fn shared_dedupe_claim(&self, result: &'static str) {
         self.shared_dedupe
             .get_or_create(&ClaimLabels { result })
+            .inc();
+    }
+
+    /// Counts one connection to the shared dedupe index replaced for `reason`.
+    pub(crate) fn shared_dedupe_reconnect(&self, reason: &'static str) {
+        self.shared_dedupe_reconnects
+            .get_or_create(&ReconnectLabels { reason })
             .inc();
     }
 

@@ -87,6 +87,14 @@ impl Fleet {
         out
     }
 
+    /// The value of one series of `replica`'s `/metrics`, named with its labels as printed.
+    async fn metric(&self, replica: usize, series: &str) -> Option<f64> {
+        let url = format!("http://{}/metrics", self.replicas[replica].admin);
+        let text = self.client.get(url).send().await.ok()?.text().await.ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Reads the topic until `expected` events arrived (and a little longer, for extras).
     async fn published(&self, expected: usize) -> HashMap<String, usize> {
         for r in &self.replicas {
@@ -431,4 +439,197 @@ async fn wait_reachable(client: &reqwest::Client, admin: std::net::SocketAddr) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits up to `limit` for `done`, polling; whether it came true.
+async fn eventually(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while !done() {
+        if started.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Redis commands run by the test, as words.
+type Commands<'a> = &'a [&'a [&'a str]];
+
+/// Replica 0 takes five events while Redis refuses writes with `code` (after `refuse`), and
+/// keeps refusing long enough for the kept marks to be retried and refused again; then Redis
+/// is healed (`heal`). The refused marks must be written once Redis takes them: each event's
+/// retry on replica 1 is then a duplicate, and each event is on Kafka once. While refused,
+/// the marks are counted, the gauge an alert watches says so, and one line is logged.
+async fn marks_refused_until_healed(
+    prefix: &str,
+    code: &str,
+    refuse: Commands<'_>,
+    heal: Commands<'_>,
+) {
+    let Some(mut fleet) = Fleet::start(2, "8s", &[]) else {
+        return;
+    };
+    for words in refuse {
+        fleet.redis.query(words).expect("Redis takes the command");
+    }
+    let ids: Vec<String> = (0..5).map(|n| format!("{prefix}-{n}")).collect();
+    for id in &ids {
+        let status = post_until_taken(&fleet.client, &fleet.url(0), id).await;
+        assert_eq!(status, "accepted", "{id}");
+    }
+    // Five claims and five marks refused, then the kept marks' first retry.
+    let retried = eventually(Duration::from_secs(10), || fleet.redis.errors(code) >= 15).await;
+    assert!(
+        retried,
+        "Redis refused {} commands",
+        fleet.redis.errors(code)
+    );
+    let pending = fleet
+        .metric(0, "eduzz_bridge_shared_dedupe_marks_pending")
+        .await;
+    let refused = (fleet.metric(
+        0,
+        "eduzz_bridge_shared_dedupe_total{result=\"mark_refused\"}",
+    ))
+    .await;
+    for words in heal {
+        fleet.redis.query(words).expect("Redis takes the command");
+    }
+    let marked = eventually(Duration::from_secs(10), || {
+        let marks = fleet.redis.entries();
+        marks
+            .iter()
+            .filter(|(_, v)| v.starts_with("taken:"))
+            .count()
+            == ids.len()
+    })
+    .await;
+    let other = fleet.url(1);
+    let retries = futures_util::future::join_all(
+        ids.iter()
+            .map(|id| post_until_taken(&fleet.client, &other, id)),
+    )
+    .await;
+    assert!(
+        retries.iter().all(|s| s == "duplicate"),
+        "retries on replica 1 after Redis healed: {retries:?} (all marks written: {marked}); {}",
+        fleet.claims().await
+    );
+    let all: HashSet<String> = ids.iter().cloned().collect();
+    assert_once(&fleet.published(all.len()).await, &all);
+    assert_eq!(pending, Some(5.0), "marks pending while refused");
+    assert_eq!(refused, Some(5.0), "marks refused, each counted once");
+    let after = fleet
+        .metric(0, "eduzz_bridge_shared_dedupe_marks_pending")
+        .await;
+    assert_eq!(after, Some(0.0), "marks pending once healed");
+    let logs = fleet.replicas[0].drain_logs();
+    let errors: Vec<_> = logs
+        .iter()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one error line for the episode: {errors:#?}"
+    );
+    assert!(errors[0].contains(code), "{}", errors[0]);
+    let healed = logs
+        .iter()
+        .filter(|l| l.contains("takes shared dedupe writes again"));
+    assert_eq!(healed.count(), 1, "{logs:#?}");
+    fleet.replicas.clear();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_refused_by_a_redis_at_maxmemory_are_written_once_it_has_room() {
+    marks_refused_until_healed(
+        "oom",
+        "OOM",
+        &[
+            &["CONFIG", "SET", "maxmemory-policy", "noeviction"],
+            &["CONFIG", "SET", "maxmemory", "1"],
+        ],
+        &[&["CONFIG", "SET", "maxmemory", "0"]],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn marks_refused_by_a_read_only_redis_are_written_once_it_is_primary_again() {
+    // A replica of a master that does not answer: read-only, as a demoted primary after a
+    // failover, until it is made a primary again.
+    let nowhere = free_port().to_string();
+    let demote: &[&str] = &["REPLICAOF", "127.0.0.1", &nowhere];
+    marks_refused_until_healed(
+        "readonly",
+        "READONLY",
+        &[demote],
+        &[&["REPLICAOF", "NO", "ONE"]],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dropping_connections_under_load_publishes_nothing_twice() {
+    let Some(fleet) = Fleet::start(3, "10s", &[]) else {
+        return;
+    };
+    let urls = Arc::new((0..3).map(|r| fleet.url(r)).collect::<Vec<_>>());
+    let run = tokio::spawn(load(
+        urls,
+        "kill",
+        usize::MAX,
+        6,
+        Instant::now() + Duration::from_secs(6),
+    ));
+    // Every 0.3 s Redis drops every client's connection (each bridge's among them).
+    let mut killed = 0;
+    while !run.is_finished() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let Some(redis::Value::Int(n)) = fleet.redis.query(&["CLIENT", "KILL", "TYPE", "normal"])
+        {
+            killed += n;
+        }
+    }
+    let sent = run.await.unwrap();
+    assert!(sent.len() > 300, "the load ran: {} events", sent.len());
+    assert!(killed >= 10, "connections killed: {killed}");
+    let retried = sent.values().filter(|s| s.retry.is_some()).count();
+    let taken_again: Vec<_> = sent
+        .iter()
+        .filter(|(_, s)| s.retry.is_some_and(|(_, taken)| taken))
+        .map(|(id, _)| id)
+        .collect();
+    let claims = fleet.claims().await;
+    eprintln!(
+        "{} events, {retried} retried, {killed} connections killed, {} taken twice\n{claims}",
+        sent.len(),
+        taken_again.len()
+    );
+    assert!(
+        taken_again.is_empty(),
+        "{} of {retried} retries on another replica taken again: {:?}; {claims}",
+        taken_again.len(),
+        &taken_again[..taken_again.len().min(10)]
+    );
+    let ids: HashSet<String> = sent.keys().cloned().collect();
+    assert_once(&fleet.published(ids.len()).await, &ids);
+    // A reconnect is not an outage: counted as one, with no error logged.
+    let mut reconnects = 0.0;
+    for r in 0..3 {
+        let series = "eduzz_bridge_shared_dedupe_reconnects_total{reason=\"dropped\"}";
+        reconnects += fleet.metric(r, series).await.unwrap_or(0.0);
+        let logs = fleet.replicas[r].drain_logs();
+        let errors: Vec<_> = logs
+            .iter()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .collect();
+        assert!(errors.is_empty(), "replica {r}: {errors:#?}");
+    }
+    assert!(
+        reconnects >= 3.0,
+        "reconnects counted: {reconnects}; {claims}"
+    );
 }

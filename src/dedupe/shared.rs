@@ -20,41 +20,31 @@
 //! (a retry after the answer then finds the mark); releases are not waited for.
 //!
 //! A claim (and a mark) waits at most about twice `shared_timeout`: the round trip under way
-//! when it was queued, then its own. When Redis does not answer within `shared_timeout`
-//! (down, slow, unreachable), the index is *bypassed*, not waited for: claims answer [`Claim::Unavailable`] at once and each
-//! replica dedupes with its own spool, for a pause that doubles up to 5 s between attempts.
-//! Marks of events taken meanwhile are kept (up to 100 000) and written once Redis answers
-//! again, so only retries that arrive during the gap itself can be published twice.
+//! when it was queued, then its own. When Redis cannot take them, the index is *bypassed*, not
+//! waited for: the claim is answered as if nothing held the key, the replica dedupes with its
+//! own spool, and the event's mark is kept (up to 100 000) to write once Redis takes it, so
+//! only retries that arrive during the gap itself can be published twice. How each fault is
+//! told apart and met (a dropped connection is sent again, not bypassed) is the
+//! [batcher]'s to say.
 
-use std::collections::VecDeque;
+mod batcher;
+mod connection;
+
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::DedupeSettings;
 use crate::metrics::Metrics;
+use batcher::Batcher;
+use connection::{Managed, RoundTrip};
 
-/// Most operations sent in one round trip.
-const MAX_BATCH: usize = 1024;
 /// Operations queued for the next round trip; past this, claims bypass the index.
 const QUEUE: usize = 16 * 1024;
-/// Marks kept while Redis is away, to write once it is back.
-const MAX_BACKFILL: usize = 100_000;
-/// First pause after a failed round trip; doubles up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(250);
-const MAX_PAUSE: Duration = Duration::from_secs(5);
-/// How often marks kept during an outage are retried when nothing else is sent.
-const BACKFILL_TICK: Duration = Duration::from_millis(200);
-
-/// Deletes the key only if it still holds the caller's claim (a mark or another replica's
-/// claim is left alone).
-const RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
 /// Value prefixes: a claim under way, and an event taken.
 const LEASE: &str = "lease:";
@@ -115,7 +105,7 @@ pub enum Claim {
 pub struct Ticket {
     key: Vec<u8>,
     /// The claim's value in Redis; `None` when the index was bypassed (nothing to release,
-    /// and the event is marked once Redis answers again).
+    /// and the event is marked once Redis takes marks again).
     token: Option<String>,
 }
 
@@ -128,7 +118,8 @@ enum Op {
     Mark {
         key: Vec<u8>,
         token: Option<String>,
-        /// Answered once the mark is in Redis, or kept for later.
+        /// Answered once Redis took the mark, or it was kept for later (Redis unreachable or
+        /// refusing it).
         done: oneshot::Sender<()>,
     },
     Release {
@@ -163,26 +154,23 @@ pub struct SharedIndex {
 impl SharedIndex {
     /// Starts the index's task; Redis is connected on first use, and reconnected as needed.
     pub fn start(settings: SharedSettings, metrics: Arc<Metrics>) -> SharedIndex {
+        let conn = Managed::new(&settings);
+        Self::start_on(conn, settings, metrics)
+    }
+
+    /// Starts the index's task on `conn` (Redis, or a scripted one in tests).
+    fn start_on(
+        conn: impl RoundTrip,
+        settings: SharedSettings,
+        metrics: Arc<Metrics>,
+    ) -> SharedIndex {
         let (tx, rx) = mpsc::channel(QUEUE);
         let owner: Arc<str> = replica_name().into();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(settings.timeout))
-            .set_response_timeout(Some(settings.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(MAX_PAUSE);
-        let conn = ConnectionManager::new_lazy_with_config(settings.client.clone(), config);
         tracing::info!(index = %settings.describe(), replica = %owner, "shared dedupe index configured");
         metrics.shared_dedupe_reachable.set(1);
-        let batcher = Batcher {
-            rx,
-            conn: conn.map_err(|e| e.to_string()),
-            settings: settings.clone(),
-            taken: format!("{TAKEN}{owner}"),
-            backfill: VecDeque::new(),
-            down: None,
-            refusal_logged: false,
-            metrics: metrics.clone(),
-        };
+        metrics.shared_dedupe_marks_pending.set(0);
+        let taken = format!("{TAKEN}{owner}");
+        let batcher = Batcher::new(rx, conn, &settings, taken, metrics.clone());
         tokio::spawn(batcher.run());
         SharedIndex {
             tx,
@@ -233,7 +221,7 @@ impl SharedIndex {
 
     /// Settles a claim: `taken` once the event is durable, marked for every replica to see
     /// (waited for, so that a retry after the answer finds the mark, not the claim; or kept
-    /// for later while Redis is away), otherwise released so the sender's retry is taken at
+    /// for later while Redis is away or refuses it), otherwise released so the sender's retry is taken at
     /// once (not waited for).
     pub async fn settle(&self, ticket: Ticket, taken: bool) {
         let Ticket { key, token } = ticket;
@@ -292,279 +280,18 @@ fn replica_name() -> String {
     format!("{host}/{}/{started:x}", std::process::id())
 }
 
-/// Since when Redis fails, and when to try it again.
-struct Down {
-    since: Instant,
-    retry_at: Instant,
-    pause: Duration,
-}
-
-/// The task that talks to Redis: one pipeline per batch of queued operations.
-struct Batcher {
-    rx: mpsc::Receiver<Op>,
-    /// The connection, or why it could not even be set up (a bad TLS setting, …).
-    conn: Result<ConnectionManager, String>,
-    settings: SharedSettings,
-    /// This replica's "taken" value.
-    taken: String,
-    /// Keys of events taken while Redis was away, to mark once it is back.
-    backfill: VecDeque<Vec<u8>>,
-    down: Option<Down>,
-    /// Whether a command Redis refused was logged at error level already.
-    refusal_logged: bool,
-    metrics: Arc<Metrics>,
-}
-
-impl Batcher {
-    async fn run(mut self) {
-        let mut ops = Vec::with_capacity(MAX_BATCH);
-        loop {
-            let backfill_due = !self.backfill.is_empty();
-            tokio::select! {
-                n = self.rx.recv_many(&mut ops, MAX_BATCH) => if n == 0 {
-                    break;
-                },
-                _ = tokio::time::sleep(BACKFILL_TICK), if backfill_due => {}
-            }
-            self.serve(&mut ops).await;
-        }
-        if !self.backfill.is_empty() {
-            tracing::warn!(
-                events = self.backfill.len(),
-                "stopping with events not yet marked in the shared dedupe index (Redis unreachable): their retries on other replicas may be published again"
-            );
-        }
-    }
-
-    /// Sends one batch (and marks kept from an outage) unless Redis is resting after a
-    /// failure; whatever was not sent is answered as "unavailable" or kept.
-    async fn serve(&mut self, ops: &mut Vec<Op>) {
-        if self.resting() {
-            self.bypass(ops);
-            return;
-        }
-        let keep = self.backfill.len().min(MAX_BATCH);
-        let backfill: Vec<Vec<u8>> = self.backfill.drain(..keep).collect();
-        let pipe = self.pipeline(ops, &backfill);
-        if pipe.is_empty() {
-            self.bypass(ops);
-            return;
-        }
-        let sent = match &mut self.conn {
-            Ok(conn) => tokio::time::timeout(self.settings.timeout, pipe.query_async(conn))
-                .await
-                .unwrap_or_else(|_| Err(timed_out())),
-            Err(why) => Err(redis::RedisError::from((
-                redis::ErrorKind::Client,
-                "cannot connect",
-                why.clone(),
-            ))),
-        };
-        match sent {
-            Ok(values) => {
-                self.healed();
-                self.answer(ops, values);
-            }
-            Err(e) => {
-                self.failed(&e);
-                for key in backfill.into_iter().rev() {
-                    self.backfill.push_front(key);
-                }
-                self.trim_backfill();
-                self.bypass(ops);
-            }
-        }
-    }
-
-    /// The commands for `ops` and the kept marks, in order.
-    fn pipeline(&self, ops: &[Op], backfill: &[Vec<u8>]) -> redis::Pipeline {
-        let lease = self.settings.lease.as_millis() as u64;
-        let window = self.settings.window.as_millis() as u64;
-        let mut pipe = redis::pipe();
-        // A command Redis refuses (an old server without `SET … NX GET`, a cluster's MOVED, an
-        // ACL) fails its own operation, not the whole batch.
-        pipe.ignore_errors();
-        for op in ops {
-            match op {
-                Op::Claim { key, token, .. } => {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(token)
-                        .arg("NX")
-                        .arg("GET")
-                        .arg("PX")
-                        .arg(lease);
-                    pipe.cmd("PTTL").arg(key);
-                }
-                Op::Mark { key, .. } => {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(&self.taken)
-                        .arg("GET")
-                        .arg("PX")
-                        .arg(window);
-                }
-                Op::Release { key, token } => {
-                    pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).arg(token);
-                }
-                Op::Flush { .. } => {}
-            }
-        }
-        for key in backfill {
-            pipe.cmd("SET")
-                .arg(key)
-                .arg(&self.taken)
-                .arg("PX")
-                .arg(window)
-                .ignore();
-        }
-        pipe
-    }
-
-    /// Hands each operation its reply from `values` (the pipeline's, in order).
-    fn answer(&mut self, ops: &mut Vec<Op>, values: Vec<Value>) {
-        let mut values = values.into_iter();
-        for op in ops.drain(..) {
-            match op {
-                Op::Claim { reply, .. } => {
-                    let (set, ttl) = (values.next(), values.next());
-                    self.refused(set.as_ref());
-                    let _ = reply.send(claimed(set, ttl));
-                }
-                Op::Mark {
-                    key, token, done, ..
-                } => {
-                    let _ = done.send(());
-                    match values.next() {
-                        Some(Value::BulkString(old)) => self.check_lease(token, &old),
-                        refused @ Some(Value::ServerError(_)) => {
-                            self.refused(refused.as_ref());
-                            self.keep(key);
-                        }
-                        _ => {}
-                    }
-                }
-                Op::Release { .. } => {
-                    values.next();
-                }
-                Op::Flush { reply } => {
-                    let _ = reply.send(());
-                }
-            }
-        }
-    }
-
-    /// A mark replaced `old`: anything but this claim (or this replica's own earlier mark)
-    /// means the claim had expired and another replica may have taken the event too.
-    fn check_lease(&self, token: Option<String>, old: &[u8]) {
-        let Some(token) = token else { return };
-        if old != token.as_bytes() && old != self.taken.as_bytes() {
-            self.metrics.shared_dedupe_claim("lease_lost");
-            tracing::warn!("a claim expired before its event was stored (dedupe.lease shorter than storing took): another replica may have taken it too");
-        }
-    }
-
-    /// Logs a command Redis refused: once at error level (it will not heal by itself: a Redis
-    /// older than 7.0, a cluster endpoint, an ACL), then at debug.
-    fn refused(&mut self, reply: Option<&Value>) {
-        let Some(Value::ServerError(e)) = reply else {
-            return;
-        };
-        self.metrics.shared_dedupe_claim("refused");
-        if std::mem::replace(&mut self.refusal_logged, true) {
-            tracing::debug!(error = ?e, "Redis refused a shared dedupe command");
-        } else {
-            tracing::error!(error = ?e, "Redis refused a shared dedupe command (it needs Redis 7.0 or newer, not in cluster mode, and SET, PTTL and EVAL allowed): those events are deduped by their replica alone");
-        }
-    }
-
-    /// Keeps `key` to mark once Redis takes marks again.
-    fn keep(&mut self, key: Vec<u8>) {
-        self.backfill.push_back(key);
-        self.trim_backfill();
-    }
-
-    /// Forgets the oldest kept marks past [`MAX_BACKFILL`], counting each.
-    fn trim_backfill(&mut self) {
-        while self.backfill.len() > MAX_BACKFILL {
-            self.backfill.pop_front();
-            self.metrics.shared_dedupe_claim("mark_dropped");
-        }
-    }
-
-    /// Answers without Redis: claims are bypassed, marks kept for later.
-    fn bypass(&mut self, ops: &mut Vec<Op>) {
-        for op in ops.drain(..) {
-            match op {
-                Op::Claim { reply, .. } => {
-                    let _ = reply.send(Answer::Unavailable);
-                }
-                Op::Mark { key, done, .. } => {
-                    let _ = done.send(());
-                    self.keep(key);
-                }
-                // The claim expires by itself after the lease.
-                Op::Release { .. } => {}
-                Op::Flush { reply } => {
-                    let _ = reply.send(());
-                }
-            }
-        }
-    }
-
-    /// Whether Redis failed recently and is not to be tried yet.
-    fn resting(&self) -> bool {
-        self.down
-            .as_ref()
-            .is_some_and(|d| Instant::now() < d.retry_at)
-    }
-
-    fn failed(&mut self, e: &redis::RedisError) {
-        let now = Instant::now();
-        match &mut self.down {
-            Some(d) => {
-                d.pause = (d.pause * 2).min(MAX_PAUSE);
-                d.retry_at = now + d.pause;
-                tracing::debug!(error = %e, "shared dedupe index still unreachable");
-            }
-            None => {
-                self.metrics.shared_dedupe_reachable.set(0);
-                tracing::error!(error = %e, "shared dedupe index unreachable: each replica dedupes on its own until it answers again (a retry reaching another replica meanwhile may be published twice)");
-                self.down = Some(Down {
-                    since: now,
-                    retry_at: now + FIRST_PAUSE,
-                    pause: FIRST_PAUSE,
-                });
-            }
-        }
-    }
-
-    fn healed(&mut self) {
-        if let Some(d) = self.down.take() {
-            self.metrics.shared_dedupe_reachable.set(1);
-            tracing::info!(
-                unreachable_seconds = d.since.elapsed().as_secs_f64(),
-                marks_to_write = self.backfill.len(),
-                "shared dedupe index reachable again"
-            );
-        }
-    }
-}
-
-fn timed_out() -> redis::RedisError {
-    redis::RedisError::from((
-        redis::ErrorKind::Io,
-        "no answer within dedupe.shared_timeout",
-    ))
-}
-
-/// A claim's answer from its `SET … NX GET` and `PTTL` replies.
-fn claimed(set: Option<Value>, ttl: Option<Value>) -> Answer {
+/// A claim's answer from its `SET … NX GET` and `PTTL` replies; `token` is the claim's value.
+fn claimed(set: Option<Value>, ttl: Option<Value>, token: &str) -> Answer {
     let previous = match set {
         Some(Value::Nil) => return Answer::Claimed,
         Some(Value::BulkString(v)) => v,
         _ => return Answer::Unavailable,
     };
+    // This very claim: Redis had set it before it dropped the connection, and the round trip
+    // was sent again on a new one.
+    if previous == token.as_bytes() {
+        return Answer::Claimed;
+    }
     if previous.starts_with(TAKEN.as_bytes()) {
         return Answer::Taken;
     }
@@ -586,19 +313,23 @@ mod tests {
     #[test]
     fn a_claim_reads_what_the_key_held() {
         // Nothing there: the key is ours now.
+        let mine = "lease:host/1/a:3";
         assert!(matches!(
-            claimed(Some(Value::Nil), Some(Value::Int(30_000))),
+            claimed(Some(Value::Nil), Some(Value::Int(30_000)), mine),
             Answer::Claimed
         ));
         // Another delivery was taken (by any replica): a duplicate.
-        let taken = claimed(text("taken:host/1/a"), Some(Value::Int(86_000_000)));
+        let taken = claimed(text("taken:host/1/a"), Some(Value::Int(86_000_000)), mine);
         assert!(matches!(taken, Answer::Taken));
         // Another replica's live claim: come back when it expires.
-        let leased = claimed(text("lease:host/2/b:7"), Some(Value::Int(1_500)));
+        let leased = claimed(text("lease:host/2/b:7"), Some(Value::Int(1_500)), mine);
         assert!(matches!(leased, Answer::Leased(d) if d == Duration::from_millis(1_500)));
+        // This claim itself, set by a round trip sent twice (the connection dropped): ours.
+        let again = claimed(text(mine), Some(Value::Int(29_990)), mine);
+        assert!(matches!(again, Answer::Claimed));
         // An answer that is not what SET gives: bypass rather than guess.
         assert!(matches!(
-            claimed(Some(Value::Okay), None),
+            claimed(Some(Value::Okay), None, mine),
             Answer::Unavailable
         ));
     }

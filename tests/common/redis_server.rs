@@ -108,6 +108,19 @@ impl TestRedis {
             .collect()
     }
 
+    /// How many commands the server refused with error `code` (`OOM`, `READONLY`) since it
+    /// started, from `INFO errorstats`.
+    pub fn errors(&self, code: &str) -> u64 {
+        let Some(redis::Value::BulkString(info)) = self.query(&["INFO", "errorstats"]) else {
+            return 0;
+        };
+        let prefix = format!("errorstat_{code}:count=");
+        String::from_utf8_lossy(&info)
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Where its data lives (for a look after a failure).
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
