@@ -461,6 +461,12 @@ pub(crate) fn answer_for(outcome: &Outcome, accepted: StatusCode) -> Answer {
         Outcome::Refused(r @ Refusal::InProgress { retry_after }) => {
             answer::unavailable("in_progress", &r.to_string(), *retry_after)
         }
+        // The body was read whole: the connection stays usable.
+        Outcome::Refused(r @ Refusal::TooLarge { .. }) => answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "record_too_large",
+            &r.to_string(),
+        ),
     }
 }
 
