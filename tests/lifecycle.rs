@@ -196,3 +196,50 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     let records = broker.read_topic(TOPIC, 400, Duration::from_secs(30)).await;
     assert_exactly_once(&records, &result.acked_set());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_logged_and_the_bridge_keeps_serving() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.bootstrap(), ROUTE);
+    let mut bridge = BridgeProcess::start(&config);
+
+    // logrotate, an operator's `kill -HUP`, a closing terminal: none of them may stop it.
+    bridge.signal("HUP");
+    let mut logs = Vec::new();
+    let logged = tokio::task::block_in_place(|| {
+        bridge.wait_for_log(
+            "SIGHUP: nothing to reload",
+            Duration::from_secs(10),
+            &mut logs,
+        )
+    });
+    if !logged {
+        // Its log closed: give the exit a moment to be reported.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        bridge.exited(),
+        None,
+        "SIGHUP ended the bridge:\n{}",
+        logs.join("\n")
+    );
+    assert!(logged, "SIGHUP is logged:\n{}", logs.join("\n"));
+    let body = eduzz_event("after-hup", "nutror.lesson_started");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/eduzz", bridge.addr))
+        .header(
+            "x-signature",
+            eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let records = broker.read_topic(TOPIC, 1, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, body);
+    let status = tokio::task::block_in_place(|| bridge.terminate());
+    assert!(status.success(), "{status:?}");
+}
