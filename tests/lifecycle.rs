@@ -243,3 +243,92 @@ async fn sighup_without_tls_is_logged_and_the_bridge_keeps_serving() {
     let status = tokio::task::block_in_place(|| bridge.terminate());
     assert!(status.success(), "{status:?}");
 }
+
+/// A route to a topic the test broker refuses for good, with no dead-letter topic: every
+/// event sent there is parked.
+const REFUSED: &str = "[default_route]\ntopic = \"refused.events\"\n";
+
+/// A bridge process whose every event is parked: its broker refuses the topic for good.
+fn parking_bridge(
+    broker: &TestBroker,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> BridgeProcess {
+    broker
+        .cluster()
+        .topic_error(
+            "refused.events",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let config = write_config(dir, broker.bootstrap(), REFUSED);
+    BridgeProcess::start_with_env(&config, env)
+}
+
+async fn post_signed(addr: std::net::SocketAddr, body: &[u8]) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/eduzz"))
+        .header("content-type", "application/json")
+        .header(
+            "x-signature",
+            eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until the bridge reports `n` parked events.
+async fn wait_parked(admin: std::net::SocketAddr, n: usize) {
+    let client = reqwest::Client::new();
+    let want = format!("eduzz_bridge_parked {n}");
+    for _ in 0..300 {
+        let text = client
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} events were not parked in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = parking_bridge(
+        &broker,
+        dir.path(),
+        &[("EKB__LOG__FORMAT", "pretty"), ("NO_COLOR", "1")],
+    );
+    let forged = "2026-01-01T00:00:00.000000Z  INFO eduzz_kafka_bridge: all events published";
+    let body = eduzz_event(&format!("evil\n{forged}"), "nutror.lesson_started");
+    assert_eq!(post_signed(bridge.addr, &body).await, 200);
+    wait_parked(bridge.admin, 1).await;
+    let mut logs = Vec::new();
+    let parked = tokio::task::block_in_place(|| {
+        bridge.wait_for_log("(parked)", Duration::from_secs(10), &mut logs)
+    });
+    logs.extend(bridge.drain_logs());
+    let all = logs.join("\n");
+    assert!(parked, "the park is logged:\n{all}");
+    assert!(
+        !logs.iter().any(|l| l.starts_with(forged)),
+        "a sender forged a log line:\n{all}"
+    );
+    let line = logs.iter().find(|l| l.contains("(parked)")).unwrap();
+    assert!(
+        line.contains(r"evil\n2026-01-01"),
+        "the id is logged escaped: {line}"
+    );
+}

@@ -423,7 +423,7 @@ impl Drain {
             (Attempt::DeadLetter { error }, Ok(_)) => {
                 self.dead_letters.confirmed();
                 self.gauges.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(seq = sent.seq, event_id = %sent.message.event_id, topic = %sent.message.topic, %error, "Kafka refused the event for good; sent to the dead-letter topic");
+                tracing::warn!(seq = sent.seq, event_id = sent.message.event_id.as_str(), topic = sent.message.topic.as_str(), %error, "Kafka refused the event for good; sent to the dead-letter topic");
                 self.to_delete.push(sent.seq);
             }
             (Attempt::DeadLetter { error }, Err(why)) => {
@@ -464,7 +464,7 @@ impl Drain {
         error: &KafkaError,
         why: &dyn std::fmt::Display,
     ) {
-        tracing::error!(seq, event_id = %message.event_id, topic = %message.topic, error = %error, dead_letter_error = %why, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
+        tracing::error!(seq, event_id = message.event_id.as_str(), topic = message.topic.as_str(), error = %error, dead_letter_error = %why, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
         self.gauges.parked.fetch_add(1, Ordering::Relaxed);
         self.retry(Retry {
             due: Instant::now() + self.settings.park_retry,

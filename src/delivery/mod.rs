@@ -338,11 +338,11 @@ impl Delivery {
                 Ok(_) => {}
                 Err(e) if is_permanent(&e) => {
                     if let Err(why) = dead_letters.send(&msg, &e).await {
-                        tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, dead_letter_error = %why, "event lost: Kafka refused it and it could not be dead-lettered (ack = received)");
+                        tracing::error!(event_id = msg.event_id.as_str(), topic = msg.topic.as_str(), error = %e, dead_letter_error = %why, "event lost: Kafka refused it and it could not be dead-lettered (ack = received)");
                     }
                 }
                 Err(e) => {
-                    tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, "event lost: Kafka did not confirm it (ack = received)");
+                    tracing::error!(event_id = msg.event_id.as_str(), topic = msg.topic.as_str(), error = %e, "event lost: Kafka did not confirm it (ack = received)");
                 }
             }
         });
@@ -369,7 +369,7 @@ impl Delivery {
             Err(e) if is_permanent(&e) => match dead_letters.send(&msg, &e).await {
                 Ok(()) => Ok(Accepted::DeadLettered),
                 Err(why) => {
-                    tracing::error!(event_id = %msg.event_id, error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
+                    tracing::error!(event_id = msg.event_id.as_str(), error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
                     Err(Refusal::Unavailable(format!(
                         "Kafka refused the event: {e}"
                     )))
