@@ -332,3 +332,26 @@ async fn a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line() {
         "the id is logged escaped: {line}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_are_logged_once_per_interval_with_a_count() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = parking_bridge(&broker, dir.path(), &[]);
+    for i in 0..40 {
+        let body = eduzz_event(&format!("park-{i}"), "nutror.lesson_started");
+        assert_eq!(post_signed(bridge.addr, &body).await, 200);
+    }
+    wait_parked(bridge.admin, 40).await;
+    // The 40 parked events are reported by the gauge; the log holds one line, not forty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = bridge.drain_logs();
+    let parks: Vec<serde_json::Value> = logs
+        .iter()
+        .filter(|l| l.contains("(parked)"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parks.len(), 1, "{}", logs.join("\n"));
+    assert_eq!(parks[0]["similar_since_last_line"], 0, "{}", parks[0]);
+    assert_eq!(parks[0]["level"], "ERROR");
+}
