@@ -313,6 +313,9 @@ fn start_delivery(
     stop_drain: &DrainStop,
 ) -> anyhow::Result<DeliveryParts> {
     let mut parts = start_mode(config, connection, publisher, metrics, stop_drain)?;
+    parts.delivery = parts
+        .delivery
+        .with_max_record_bytes(config.kafka.max_record_bytes());
     if let Some(settings) = &config.shared_dedupe {
         let index = SharedIndex::start(settings.clone(), metrics.clone());
         parts.delivery = parts.delivery.with_shared_index(index.clone());

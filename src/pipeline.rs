@@ -57,7 +57,8 @@ pub enum Outcome {
     DeadLettered { event: EventRef, topic: String },
     /// Taken before, within the dedupe window.
     Duplicate { event: EventRef },
-    /// Not taken now (full, or Kafka or storage unavailable): the sender should retry.
+    /// Not taken: now (full, or Kafka or storage unavailable: the sender should retry), or
+    /// ever (its record would be larger than Kafka takes).
     Refused(Refusal),
 }
 
@@ -76,6 +77,7 @@ impl Outcome {
             Outcome::Refused(Refusal::Busy(_)) => "busy",
             Outcome::Refused(Refusal::Unavailable(_)) => "unavailable",
             Outcome::Refused(Refusal::InProgress { .. }) => "in_progress",
+            Outcome::Refused(Refusal::TooLarge { .. }) => "record_too_large",
         }
     }
 }

@@ -1,6 +1,14 @@
 //! Logging setup: `tracing` with a `RUST_LOG`-style filter, pretty or JSON.
+//!
+//! What a sender controls (event ids, slugs, topics made from slugs) is logged as a plain
+//! `&str` field (`event_id = msg.event_id.as_str()`), never with `%` (Display): the pretty
+//! format writes a `&str` field quoted and escaped, so a newline in a signed event id cannot
+//! start a forged line, while JSON escapes it either way. `%` is for what the bridge itself
+//! made (addresses, errors, the operator's names).
 
 use serde::Deserialize;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, EnvFilter};
 
 /// `[log]`: log output.
@@ -34,15 +42,31 @@ pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&settings.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match settings.format {
-        LogFormat::Json => builder
+        LogFormat::Json => fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init(),
-        LogFormat::Pretty => builder.compact().try_init(),
+            .try_init()
+            .map_err(|e| e.to_string()),
+        LogFormat::Pretty => pretty(filter, std::io::stderr)
+            .try_init()
+            .map_err(|e| e.to_string()),
     };
+}
+
+/// The pretty (compact, one line per event) format, writing to `writer`.
+fn pretty<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .compact()
+        .finish()
 }
 
 /// Lets a repeated log line through at most once per interval per kind, and says how many were
@@ -104,7 +128,39 @@ impl LogThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
+
+    /// A log writer into memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_newline_in_a_str_field_stays_on_its_line_in_pretty_logs() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = pretty(EnvFilter::new("info"), move || writer.clone());
+        let id = "evil\n2026-01-01T00:00:00Z  INFO forged";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(event_id = id, "parked");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(r#""evil\n2026-01-01"#),
+            "quoted and escaped: {text}"
+        );
+    }
 
     #[test]
     fn throttle_lets_one_line_per_interval_through_and_counts_the_rest() {

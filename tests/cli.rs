@@ -212,3 +212,36 @@ async fn explain_dry_runs_every_fixture_and_publishes_nothing() {
     assert_eq!(out.status.code(), Some(2), "a TOML file is no payload");
     assert!(String::from_utf8_lossy(&out.stdout).contains("no source takes this payload"));
 }
+
+#[test]
+fn check_config_refuses_a_body_limit_the_producer_could_never_publish() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |server: &str, kafka: &str| {
+        let path = dir.path().join("bridge.toml");
+        let text =
+            format!("[server]\n{server}\n[kafka]\nbrokers = \"kafka:9092\"\n{kafka}\n{SOURCES}");
+        std::fs::write(&path, text).unwrap();
+        let out = bridge().arg("check-config").arg(&path).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // librdkafka's own message.max.bytes (1 000 000) is under the 1 MiB an operator may ask.
+    let (code, stderr) = check("max_body_bytes = 1048576", "");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("server.max_body_bytes"), "{stderr}");
+    assert!(stderr.contains("1000000"), "{stderr}");
+    // The operator's producer properties are what count, in either direction.
+    let raised = "[kafka.properties]\n\"message.max.bytes\" = 2000000";
+    assert_eq!(check("max_body_bytes = 1048576", raised).0, Some(0));
+    let lowered = "[kafka.properties]\n\"message.max.bytes\" = \"500000\"";
+    let (code, stderr) = check("max_body_bytes = 600000", lowered);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("500000"), "{stderr}");
+    // The defaults agree with each other, and a nonsense limit is named.
+    assert_eq!(check("", "").0, Some(0));
+    let (code, stderr) = check("", "[kafka.properties]\n\"message.max.bytes\" = \"lots\"");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("message.max.bytes"), "{stderr}");
+}

@@ -679,3 +679,53 @@ mod tls {
         app.shutdown().await;
     }
 }
+
+/// What one keep-alive connection gets for a request refused before its body was read (head
+/// first, its body 200 ms later), then a signed event on the same connection.
+async fn refused_then_next_on_one_connection(app: &TestApp, head: &str) -> String {
+    let late_body = br#"{"id":"x","event":"y"}"#;
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    let head = format!(
+        "{head}\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        late_body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = eduzz_event("after-a-refusal", "nutror.comment_created");
+    let mut rest = late_body.to_vec();
+    rest.extend(signed_request("/webhooks/eduzz", &next, ""));
+    // The server may have closed the connection already: then the write can fail.
+    let _ = s.write_all(&rest).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_refused_before_its_body_arrived_leaves_the_connection_usable() {
+    let app = TestApp::spawn("").await;
+    for (head, status) in [
+        ("POST /no/such/path HTTP/1.1", "404"),
+        (
+            "POST /webhooks/eduzz HTTP/1.1\r\ncontent-encoding: gzip",
+            "415",
+        ),
+        ("PUT /webhooks/eduzz HTTP/1.1", "405"),
+    ] {
+        let text = refused_then_next_on_one_connection(&app, head).await;
+        assert!(
+            text.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head}: {text}"
+        );
+        let answers = text.matches("HTTP/1.1 ").count();
+        let first = &text[..text.find("\r\n\r\n").unwrap_or(text.len())];
+        // Either the next request was answered properly on the same connection, or the
+        // refusal said the connection closes: a client never sends into a dead connection.
+        let closing = first.to_ascii_lowercase().contains("connection: close");
+        assert!(
+            (answers == 2 && text.contains("HTTP/1.1 200")) || (answers == 1 && closing),
+            "{head}: {text}"
+        );
+    }
+    app.shutdown().await;
+}

@@ -196,3 +196,162 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     let records = broker.read_topic(TOPIC, 400, Duration::from_secs(30)).await;
     assert_exactly_once(&records, &result.acked_set());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_without_tls_is_logged_and_the_bridge_keeps_serving() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), broker.bootstrap(), ROUTE);
+    let mut bridge = BridgeProcess::start(&config);
+
+    // logrotate, an operator's `kill -HUP`, a closing terminal: none of them may stop it.
+    bridge.signal("HUP");
+    let mut logs = Vec::new();
+    let logged = tokio::task::block_in_place(|| {
+        bridge.wait_for_log(
+            "SIGHUP: nothing to reload",
+            Duration::from_secs(10),
+            &mut logs,
+        )
+    });
+    if !logged {
+        // Its log closed: give the exit a moment to be reported.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        bridge.exited(),
+        None,
+        "SIGHUP ended the bridge:\n{}",
+        logs.join("\n")
+    );
+    assert!(logged, "SIGHUP is logged:\n{}", logs.join("\n"));
+    let body = eduzz_event("after-hup", "nutror.lesson_started");
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/webhooks/eduzz", bridge.addr))
+        .header(
+            "x-signature",
+            eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), &body),
+        )
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let records = broker.read_topic(TOPIC, 1, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].value, body);
+    let status = tokio::task::block_in_place(|| bridge.terminate());
+    assert!(status.success(), "{status:?}");
+}
+
+/// A route to a topic the test broker refuses for good, with no dead-letter topic: every
+/// event sent there is parked.
+const REFUSED: &str = "[default_route]\ntopic = \"refused.events\"\n";
+
+/// A bridge process whose every event is parked: its broker refuses the topic for good.
+fn parking_bridge(
+    broker: &TestBroker,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> BridgeProcess {
+    broker
+        .cluster()
+        .topic_error(
+            "refused.events",
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let config = write_config(dir, broker.bootstrap(), REFUSED);
+    BridgeProcess::start_with_env(&config, env)
+}
+
+async fn post_signed(addr: std::net::SocketAddr, body: &[u8]) -> u16 {
+    reqwest::Client::new()
+        .post(format!("http://{addr}/webhooks/eduzz"))
+        .header("content-type", "application/json")
+        .header(
+            "x-signature",
+            eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), body),
+        )
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Waits until the bridge reports `n` parked events.
+async fn wait_parked(admin: std::net::SocketAddr, n: usize) {
+    let client = reqwest::Client::new();
+    let want = format!("eduzz_bridge_parked {n}");
+    for _ in 0..300 {
+        let text = client
+            .get(format!("http://{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.lines().any(|l| l == want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{n} events were not parked in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = parking_bridge(
+        &broker,
+        dir.path(),
+        &[("EKB__LOG__FORMAT", "pretty"), ("NO_COLOR", "1")],
+    );
+    let forged = "2026-01-01T00:00:00.000000Z  INFO eduzz_kafka_bridge: all events published";
+    let body = eduzz_event(&format!("evil\n{forged}"), "nutror.lesson_started");
+    assert_eq!(post_signed(bridge.addr, &body).await, 200);
+    wait_parked(bridge.admin, 1).await;
+    let mut logs = Vec::new();
+    let parked = tokio::task::block_in_place(|| {
+        bridge.wait_for_log("(parked)", Duration::from_secs(10), &mut logs)
+    });
+    logs.extend(bridge.drain_logs());
+    let all = logs.join("\n");
+    assert!(parked, "the park is logged:\n{all}");
+    assert!(
+        !logs.iter().any(|l| l.starts_with(forged)),
+        "a sender forged a log line:\n{all}"
+    );
+    let line = logs.iter().find(|l| l.contains("(parked)")).unwrap();
+    assert!(
+        line.contains(r"evil\n2026-01-01"),
+        "the id is logged escaped: {line}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_events_are_logged_once_per_interval_with_a_count() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = parking_bridge(&broker, dir.path(), &[]);
+    for i in 0..40 {
+        let body = eduzz_event(&format!("park-{i}"), "nutror.lesson_started");
+        assert_eq!(post_signed(bridge.addr, &body).await, 200);
+    }
+    wait_parked(bridge.admin, 40).await;
+    // The 40 parked events are reported by the gauge; the log holds one line, not forty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let logs = bridge.drain_logs();
+    let parks: Vec<serde_json::Value> = logs
+        .iter()
+        .filter(|l| l.contains("(parked)"))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(parks.len(), 1, "{}", logs.join("\n"));
+    assert_eq!(parks[0]["similar_since_last_line"], 0, "{}", parks[0]);
+    assert_eq!(parks[0]["level"], "ERROR");
+}

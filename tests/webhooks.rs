@@ -294,8 +294,8 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
 async fn oversized_bodies_get_413_declared_or_chunked() {
     let app = TestApp::spawn("").await;
 
-    // Declared too large: refused before the body is read.
-    let big = vec![b' '; 1024 * 1024 + 1];
+    // Declared too large (the default limit is 960 KiB): refused before the body is read.
+    let big = vec![b' '; 960 * 1024 + 1];
     let resp = app.post_eduzz(&big, SECRET).await;
     assert_eq!(resp.status(), 413);
     assert!(resp.text().await.unwrap().contains("payload_too_large"));
@@ -340,7 +340,7 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
 
     // Exactly at the limit is fine as far as size goes (the body is then not JSON: 400).
-    let at_limit = vec![b' '; 1024 * 1024];
+    let at_limit = vec![b' '; 960 * 1024];
     assert_eq!(app.post_eduzz(&at_limit, SECRET).await.status(), 400);
     app.shutdown().await;
 }
@@ -480,4 +480,55 @@ async fn the_embedded_default_serves_and_every_run_starts_clean() {
         stop.stop();
         task.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_kafka_could_never_take_get_413_and_are_not_acknowledged() {
+    // The producer takes records of at most 300 000 bytes (key, value and headers), and the
+    // body limit is as large: a body just under it cannot be published with its headers.
+    let app = TestApp::spawn_with(|t| {
+        t.replace("[server]\n", "[server]\nmax_body_bytes = 300000\n")
+            .replace(
+                "[kafka]\n",
+                "[kafka]\nproperties = { \"message.max.bytes\" = 300000 }\n",
+            )
+            + "[sources.eduzz.cloudevents]\nsource = \"https://eduzz.com/webhooks\"\nsubject = \"/data/note\"\n"
+    })
+    .await;
+    let topic = "nutror.lesson_started";
+    let padded = |id: &str, note: usize, len: usize| {
+        let mut doc: serde_json::Value = serde_json::from_slice(&eduzz_event(id, topic)).unwrap();
+        doc["data"]["note"] = "n".repeat(note).into();
+        let mut body = serde_json::to_vec(&doc).unwrap();
+        body.resize(len.max(body.len()), b' ');
+        body
+    };
+    // Under the body limit, over the producer's once the headers are added.
+    let just_over = padded("just-over", 10, 299_990);
+    // A 160 KB body whose 150 KB `note` is also its ce_subject header: 310 KB on Kafka.
+    let doubled = padded("doubled", 150_000, 160_000);
+    for body in [&just_over, &doubled] {
+        let resp = app.post_eduzz(body, SECRET).await;
+        assert_eq!(resp.status(), 413);
+        let answer: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(answer["error"], "record_too_large", "{answer}");
+        assert!(
+            answer["message"].as_str().unwrap().contains("300000"),
+            "{answer}"
+        );
+    }
+    // The same with a smaller subject fits, and is published whole.
+    let fits = padded("fits", 100_000, 160_000);
+    assert_eq!(app.post_eduzz(&fits, SECRET).await.status(), 200);
+    let records = app.read_topic(topic, 1, WAIT).await;
+    assert_eq!(
+        records.len(),
+        1,
+        "only the event that fits: {:?}",
+        records.len()
+    );
+    assert_eq!(records[0].value, fits);
+    app.wait_spool_empty(WAIT).await;
+    assert_eq!(app.metric("eduzz_bridge_parked").await, Some(0.0));
+    app.shutdown().await;
 }

@@ -159,9 +159,14 @@ fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
             "not "
         }
     );
-    let message = Message::new(event, topic, key);
+    print_message(config, source, &Message::new(event, topic, key));
+    say!("nothing was published (dry run)");
+}
+
+/// The headers, value and size of the record, and the answer the sender would get.
+fn print_message(config: &Config, source: &Source, message: &Message) {
     say!("  headers:");
-    for h in crate::kafka::headers::of(&message).iter() {
+    for h in crate::kafka::headers::of(message).iter() {
         let value = h.value.map(String::from_utf8_lossy).unwrap_or_default();
         say!("    {}: {value}", h.key);
     }
@@ -169,9 +174,17 @@ fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
         "  value:      the payload, byte for byte ({} bytes)",
         message.body.len()
     );
+    let (size, limit) = (
+        crate::kafka::headers::record_size(message),
+        config.kafka.max_record_bytes(),
+    );
+    say!("  record:     {size} bytes with key and headers (the producer takes at most {limit})");
+    if size > limit {
+        say!("  answer:     413 (record_too_large): Kafka would refuse the record for good");
+        return;
+    }
     say!(
         "  answer:     {} (taken), 200 if it is a repeat within the dedupe window",
         source.accepted_status.as_u16()
     );
-    say!("nothing was published (dry run)");
 }

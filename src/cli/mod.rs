@@ -20,6 +20,7 @@ mod topics;
 
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 /// Receives Eduzz and Toolzz webhooks, answers at once, and republishes every event to Kafka.
@@ -140,19 +141,13 @@ fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
     runtime()?.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Taken over before anything else: SIGHUP's default action ends the process, and a
+        // `kill -HUP`, logrotate or a closed terminal must never stop the bridge. Signals that
+        // arrive while it starts wait in the stream.
+        let hup = signal(SignalKind::hangup()).context("cannot install a SIGHUP handler")?;
         let app = crate::app::Application::build(config).await?;
-        if let Some(cert) = app.tls_reloader() {
-            tokio::spawn(async move {
-                use tokio::signal::unix::{signal, SignalKind};
-                let Ok(mut hup) = signal(SignalKind::hangup()) else { return };
-                while hup.recv().await.is_some() {
-                    match cert.reload() {
-                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the current one stays"),
-                    }
-                }
-            });
-        }
+        tokio::spawn(on_hangup(hup, app.tls_reloader()));
         let stop = app.stop_handle();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -161,6 +156,23 @@ fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
         app.run_until_stopped().await?;
         Ok(0)
     })
+}
+
+/// SIGHUP reloads the TLS certificate, or with TLS off does nothing (and says so); it never
+/// stops the bridge.
+async fn on_hangup(
+    mut hup: tokio::signal::unix::Signal,
+    cert: Option<std::sync::Arc<crate::http::tls::ReloadingCert>>,
+) {
+    while hup.recv().await.is_some() {
+        match cert.as_ref().map(|c| c.reload()) {
+            None => tracing::info!("SIGHUP: nothing to reload (TLS is off)"),
+            Some(Ok(())) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Some(Err(e)) => {
+                tracing::error!(error = %crate::problem::with_causes(&e), "SIGHUP: TLS certificate not reloaded; the current one stays")
+            }
+        }
+    }
 }
 
 fn dev_broker(brokers: i32) -> anyhow::Result<i32> {

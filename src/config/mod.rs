@@ -155,6 +155,9 @@ impl Settings {
         let server = self.server.build(problems);
         let admin = self.admin.build(problems);
         let kafka = self.kafka.build(problems);
+        if let (Some(server), Some(kafka)) = (&server, &kafka) {
+            check_body_fits_a_record(server, kafka, problems);
+        }
         self.delivery.check(problems);
         let shared_dedupe = self.dedupe.build(problems);
         // In the direct modes taking an event can wait for its topic, then for Kafka, each up
@@ -198,6 +201,20 @@ impl Settings {
     }
 }
 
+/// A body the producer could never publish must not be taken in the first place: Kafka would
+/// refuse its record for good, and the dead-letter topic too. Bodies under the limit are
+/// still checked one by one with their key and headers (see `Delivery::accept`).
+fn check_body_fits_a_record(server: &Server, kafka: &Kafka, problems: &mut Problems) {
+    let limit = kafka.max_record_bytes();
+    problems.require(
+        server.max_body_bytes <= limit,
+        "server.max_body_bytes",
+        format_args!(
+            "must be at most the producer's message.max.bytes ({limit}; set by kafka.properties.\"message.max.bytes\", librdkafka's default 1000000 otherwise): a larger body could never be published"
+        ),
+    );
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -214,7 +231,7 @@ auth = { type = "hmac-sha256", secrets = ["s3cret"] }
     fn minimal_config_takes_the_defaults() {
         let c = Config::from_toml(MINIMAL).unwrap();
         assert_eq!(c.delivery.ack, crate::delivery::AckMode::Spooled);
-        assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.server.max_body_bytes, 960 * 1024);
         // The default route publishes every slug to the topic of the same name.
         let row = c.router.explain("eduzz", "nutror.lesson_started");
         assert_eq!(row.topic.as_deref(), Some("nutror.lesson_started"));
@@ -234,11 +251,25 @@ auth = { type = "hmac-sha256", secrets = ["s3cret"] }
             e.problems.iter().any(|p| p.key == "server.max_body_bytes"),
             "{e}"
         );
+        // The producer's largest record (librdkafka takes at most 10^9) is the real bound.
         let text = format!(
-            "[server]\nmax_body_bytes = {0}\nmax_body_memory_bytes = {0}\n{MINIMAL}",
-            1u64 << 30
+            "[server]\nmax_body_bytes = {0}\nmax_body_memory_bytes = {0}\n[kafka.properties]\n\"message.max.bytes\" = {0}\n{MINIMAL}",
+            1_000_000_000
         );
-        assert!(Config::from_toml(&text).is_ok(), "1 GiB is taken");
+        assert!(Config::from_toml(&text).is_ok(), "10^9 bytes are taken");
+    }
+
+    #[test]
+    fn the_default_body_limit_fits_the_default_record_limit() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        assert_eq!(c.kafka.max_record_bytes(), 1_000_000);
+        assert!(c.server.max_body_bytes <= c.kafka.max_record_bytes());
+        let text = format!("[server]\nmax_body_bytes = 1000001\n{MINIMAL}");
+        let e = Config::from_toml(&text).expect_err("over librdkafka's default");
+        assert!(
+            e.problems.iter().any(|p| p.key == "server.max_body_bytes"),
+            "{e}"
+        );
     }
 
     #[test]

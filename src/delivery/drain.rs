@@ -43,6 +43,7 @@ use crate::event::Message;
 use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, Spool, SpoolError};
+use crate::telemetry::LogThrottle;
 
 /// Topic names are the drain's keys, looked up several times per event; they come from the
 /// operator's routes, not from strangers, so a fast hash is safe here.
@@ -198,7 +199,13 @@ pub struct Drain {
     to_delete: Vec<u64>,
     oldest_pending_delete: Option<Instant>,
     deleting: JoinSet<()>,
+    /// Park and dead-letter lines, at most one per interval of each kind (with the count
+    /// held back): thousands of refused events must not bury the log.
+    log_throttle: LogThrottle,
 }
+
+/// How often a park or dead-letter line is written, at most (refusals use the same).
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Drain {
     pub fn new(
@@ -228,6 +235,7 @@ impl Drain {
             to_delete: Vec::new(),
             oldest_pending_delete: None,
             deleting: JoinSet::new(),
+            log_throttle: LogThrottle::new(LOG_EVERY),
         }
     }
 
@@ -432,7 +440,9 @@ impl Drain {
             (Attempt::DeadLetter { error }, Ok(_)) => {
                 self.dead_letters.confirmed();
                 self.gauges.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(seq = sent.seq, event_id = %sent.message.event_id, topic = %sent.message.topic, %error, "Kafka refused the event for good; sent to the dead-letter topic");
+                if let Some(held_back) = self.log_throttle.admit("dead_lettered") {
+                    tracing::warn!(seq = sent.seq, event_id = sent.message.event_id.as_str(), topic = sent.message.topic.as_str(), %error, similar_since_last_line = held_back, "Kafka refused the event for good; sent to the dead-letter topic");
+                }
                 self.to_delete.push(sent.seq);
             }
             (Attempt::DeadLetter { error }, Err(why)) => {
@@ -464,7 +474,9 @@ impl Drain {
         });
     }
 
-    /// Keeps an event Kafka refuses and no dead-letter topic took; retried now and then.
+    /// Keeps an event Kafka refuses and no dead-letter topic took; retried now and then. The
+    /// log line names the first event of each interval and how many parked since the last
+    /// line (`similar_since_last_line`); `eduzz_bridge_parked` counts them all.
     fn park(
         &mut self,
         seq: u64,
@@ -473,8 +485,10 @@ impl Drain {
         error: &KafkaError,
         why: &dyn std::fmt::Display,
     ) {
-        tracing::error!(seq, event_id = %message.event_id, topic = %message.topic, error = %error, dead_letter_error = %why, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
-        self.gauges.parked.fetch_add(1, Ordering::Relaxed);
+        let parked = self.gauges.parked.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(held_back) = self.log_throttle.admit("parked") {
+            tracing::error!(seq, event_id = message.event_id.as_str(), topic = message.topic.as_str(), error = %error, dead_letter_error = %why, parked, similar_since_last_line = held_back, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
+        }
         self.retry(Retry {
             due: Instant::now() + self.settings.park_retry,
             seq,

@@ -24,7 +24,10 @@ use serde::Deserialize;
 use crate::dedupe::{Claim, SharedIndex};
 use crate::event::Message;
 use crate::kafka::topic::check_topic_name;
-use crate::kafka::{is_permanent, Delivered, EnqueueError, ProducerTuning, Publisher};
+use crate::kafka::{
+    headers, is_permanent, Delivered, EnqueueError, ProducerTuning, Publisher,
+    DEFAULT_MESSAGE_MAX_BYTES,
+};
 use crate::metrics::{ErrorLabels, Metrics, SourceLabels};
 use crate::problem::Problems;
 use crate::spool::{Appended, Spool, SpoolError};
@@ -134,9 +137,14 @@ pub enum Accepted {
     Duplicate,
 }
 
-/// Why a message was not taken; every case is answered non-2xx so the sender retries.
+/// Why a message was not taken; every case is answered non-2xx. The sender retries all but
+/// [`Refusal::TooLarge`], which no retry can cure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
+    /// Its Kafka record (body, key and headers) would be larger than the producer takes
+    /// (413): taking it would acknowledge an event Kafka refuses for good.
+    #[error("the event's Kafka record would be {size} bytes (body, key and headers); the producer takes at most {limit} (message.max.bytes)")]
+    TooLarge { size: usize, limit: usize },
     /// Full queue or spool: come back later (503 with Retry-After).
     #[error("{0}")]
     Busy(String),
@@ -156,6 +164,8 @@ pub struct Delivery {
     metrics: Arc<Metrics>,
     /// The fleet's dedupe index (`dedupe.shared`), asked before the mode takes an event.
     shared: Option<SharedIndex>,
+    /// The largest record the producer takes (its `message.max.bytes`).
+    max_record_bytes: usize,
 }
 
 #[derive(Clone)]
@@ -183,6 +193,7 @@ impl Delivery {
             mode: Mode::Spooled { spool },
             metrics,
             shared: None,
+            max_record_bytes: DEFAULT_MESSAGE_MAX_BYTES,
         }
     }
 
@@ -210,6 +221,7 @@ impl Delivery {
             mode,
             metrics,
             shared: None,
+            max_record_bytes: DEFAULT_MESSAGE_MAX_BYTES,
         }
     }
 
@@ -221,10 +233,28 @@ impl Delivery {
         }
     }
 
+    /// The same delivery, refusing events whose record would be over `max_record_bytes` (the
+    /// producer's `message.max.bytes`; librdkafka's default unless set).
+    pub fn with_max_record_bytes(self, max_record_bytes: usize) -> Delivery {
+        Delivery {
+            max_record_bytes,
+            ..self
+        }
+    }
+
     /// Takes `msg` as the mode promises; with a shared index, only once this replica holds
     /// the event's claim (a retry another replica took is a duplicate, one it is taking now
     /// is refused for a while), and the claim is marked taken or released by the outcome.
+    ///
+    /// An event whose record the producer would refuse is refused first, before any claim:
+    /// spooled, it would be acknowledged and then parked for ever (the dead-letter topic
+    /// refuses it too, being as large).
     pub async fn accept(&self, msg: Message) -> Result<Accepted, Refusal> {
+        let size = headers::record_size(&msg);
+        if size > self.max_record_bytes {
+            let limit = self.max_record_bytes;
+            return Err(Refusal::TooLarge { size, limit });
+        }
         let Some(index) = &self.shared else {
             return self.take(msg).await;
         };
@@ -309,11 +339,11 @@ impl Delivery {
                 Ok(_) => {}
                 Err(e) if is_permanent(&e) => {
                     if let Err(why) = dead_letters.send(&msg, &e).await {
-                        tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, dead_letter_error = %why, "event lost: Kafka refused it and it could not be dead-lettered (ack = received)");
+                        tracing::error!(event_id = msg.event_id.as_str(), topic = msg.topic.as_str(), error = %e, dead_letter_error = %why, "event lost: Kafka refused it and it could not be dead-lettered (ack = received)");
                     }
                 }
                 Err(e) => {
-                    tracing::error!(event_id = %msg.event_id, topic = %msg.topic, error = %e, "event lost: Kafka did not confirm it (ack = received)");
+                    tracing::error!(event_id = msg.event_id.as_str(), topic = msg.topic.as_str(), error = %e, "event lost: Kafka did not confirm it (ack = received)");
                 }
             }
         });
@@ -340,7 +370,7 @@ impl Delivery {
             Err(e) if is_permanent(&e) => match dead_letters.send(&msg, &e).await {
                 Ok(()) => Ok(Accepted::DeadLettered),
                 Err(why) => {
-                    tracing::error!(event_id = %msg.event_id, error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
+                    tracing::error!(event_id = msg.event_id.as_str(), error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
                     Err(Refusal::Unavailable(format!(
                         "Kafka refused the event: {e}"
                     )))

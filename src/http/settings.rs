@@ -17,7 +17,9 @@ use crate::problem::Problems;
 pub struct ServerSettings {
     /// Address of the webhook listener, e.g. `0.0.0.0:8080` (port 0 picks a free port).
     pub listen: String,
-    /// Largest request body accepted; larger ones get 413 without being read whole.
+    /// Largest request body accepted; larger ones get 413 without being read whole. At most
+    /// the producer's `message.max.bytes` (librdkafka's default is 1 000 000): the default
+    /// leaves the rest of it for the record's key and headers.
     pub max_body_bytes: usize,
     /// Time allowed to send a request's headers, counted from when the connection opens or the
     /// previous answer was sent: it also closes idle keep-alive connections.
@@ -57,7 +59,7 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:8080".into(),
-            max_body_bytes: 1024 * 1024,
+            max_body_bytes: 960 * 1024,
             header_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             max_in_flight_requests: 1024,

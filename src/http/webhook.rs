@@ -1,8 +1,9 @@
 //! One webhook request, from bytes on the wire to an answer.
 //!
 //! `path → source` (404), `method` (405), client allowlist (403), `Content-Encoding` (415),
-//! `body` read with a size limit, a deadline and a memory budget shared by all connections
-//! (413, 408, 503); the [`Pipeline`] authenticates and parses it (401, 400); only then does
+//! each answered once the body it did not want is read and dropped (so the connection stays
+//! usable); `body` read with a size limit, a deadline and a memory budget shared by all
+//! connections (413, 408, 503); the [`Pipeline`] authenticates and parses it (401, 400); only then does
 //! the request take an in-flight slot (503), so a stranger who sends headers and no body, or
 //! a body with a bad signature, never takes a slot from a real sender. The pipeline then says
 //! what became of the event, and [`answer_for`] turns that outcome into an answer, in the
@@ -155,7 +156,7 @@ impl Webhook {
         let Some((source, token)) = self.pipeline.sources().lookup(req.uri().path()) else {
             self.count("-", StatusCode::NOT_FOUND, started);
             self.metrics().refusal("-", "not_found");
-            return answer::not_found();
+            return self.after_unread_body(req, answer::not_found()).await;
         };
         let source = source.clone();
         let token = token.map(str::to_owned);
@@ -169,7 +170,11 @@ impl Webhook {
         );
         async {
             let reply = match screen(&source, client, &req) {
-                Err(early) => Reply::early(early.answer()),
+                Err(early) => {
+                    let mut reply = Reply::early(early.answer());
+                    reply.answer = self.after_unread_body(req, reply.answer).await;
+                    reply
+                }
                 Ok(()) => self.take(&source, token.as_deref(), req).await,
             };
             let status = reply.answer.status();
@@ -260,6 +265,37 @@ impl Webhook {
         })
     }
 
+    /// `answer`, to a request refused before its body was read, once that body is read and
+    /// dropped (up to `max_body_bytes`, within `body_timeout`): the next request on the
+    /// connection then starts where it should. A body declared or found larger, unreadable
+    /// or too slow gets `answer` with `Connection: close` instead, so the client opens a new
+    /// connection rather than send into one that hyper is closing.
+    async fn after_unread_body<B>(&self, req: Request<B>, answer: Answer) -> Answer
+    where
+        B: Body<Data = Bytes> + Send,
+    {
+        let max = self.max_body_bytes;
+        if declared_length(req.headers()).is_some_and(|n| n > max as u64) {
+            return answer::closing(answer);
+        }
+        let drained = async {
+            let mut body = std::pin::pin!(req.into_body());
+            let mut seen = 0usize;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else { return false };
+                seen = seen.saturating_add(frame.data_ref().map_or(0, |d| d.len()));
+                if seen > max {
+                    return false;
+                }
+            }
+            true
+        };
+        match tokio::time::timeout(self.body_timeout, drained).await {
+            Ok(true) => answer,
+            _ => answer::closing(answer),
+        }
+    }
+
     /// The whole body, read with a size limit and a deadline.
     ///
     /// A body declared over the limit (or over the memory budget) is not kept, but it is
@@ -281,10 +317,7 @@ impl Webhook {
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let max = self.max_body_bytes;
-        let declared = headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
+        let declared = declared_length(headers);
         // Refused as soon as it is known to be too large (or the memory budget is full); the
         // rest is read and dropped before the refusal is answered.
         let mut refused = declared
@@ -394,6 +427,14 @@ impl Webhook {
     }
 }
 
+/// The body's length as its `Content-Length` declares it, if it does.
+fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 /// Method, allowlist and encoding, before a byte of the body is read.
 fn screen<B>(source: &Source, client: std::net::IpAddr, req: &Request<B>) -> Result<(), Early> {
     if req.method() != Method::POST {
@@ -461,6 +502,12 @@ pub(crate) fn answer_for(outcome: &Outcome, accepted: StatusCode) -> Answer {
         Outcome::Refused(r @ Refusal::InProgress { retry_after }) => {
             answer::unavailable("in_progress", &r.to_string(), *retry_after)
         }
+        // The body was read whole: the connection stays usable.
+        Outcome::Refused(r @ Refusal::TooLarge { .. }) => answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "record_too_large",
+            &r.to_string(),
+        ),
     }
 }
 

@@ -31,42 +31,86 @@ pub const CE_SUBJECT: &str = "ce_subject";
 /// The headers of a published message: the bridge's own (slug, id, source, receive time,
 /// content type), and the CloudEvents attributes for sources that publish them.
 pub fn of(msg: &Message) -> OwnedHeaders {
+    let capacity = if msg.cloudevent.is_some() { 11 } else { 5 };
+    fold(
+        msg,
+        OwnedHeaders::new_with_capacity(capacity),
+        |h, key, value| h.insert(header(key, value)),
+    )
+}
+
+/// What librdkafka adds to a record's key, value and headers when it sizes the record
+/// against `message.max.bytes` (`RD_KAFKAP_MESSAGE_V2_MAX_OVERHEAD`): the record's length,
+/// attributes, timestamp and offset deltas, key and value lengths and header count, each
+/// counted at its widest varint.
+pub const RECORD_OVERHEAD: usize = 36;
+
+/// The size of `msg`'s record as librdkafka counts it before it takes the record (a record
+/// over `message.max.bytes` is refused with MessageSizeTooLarge, for good): the overhead, the
+/// key, the value, and each header's name and value with their varint lengths.
+///
+/// Worked out from the same headers [`of`] writes, so the two cannot disagree; checked
+/// against librdkafka itself in the tests below.
+pub fn record_size(msg: &Message) -> usize {
+    let headers = fold(msg, 0, |n, key, value| {
+        n + key.len() + value.len() + varint_len(key.len()) + varint_len(value.len())
+    });
+    RECORD_OVERHEAD + msg.key.len() + msg.body.len() + headers
+}
+
+/// Bytes of the zigzag varint librdkafka writes a length with.
+fn varint_len(len: usize) -> usize {
+    let mut zigzag = (len as u64) << 1;
+    let mut bytes = 1;
+    while zigzag >= 0x80 {
+        zigzag >>= 7;
+        bytes += 1;
+    }
+    bytes
+}
+
+/// Folds every header of a published message, in order, as (name, value), into `init`.
+fn fold<T>(msg: &Message, init: T, mut add: impl FnMut(T, &str, &str) -> T) -> T {
     let Some(ce) = &msg.cloudevent else {
-        return named(msg, 5);
+        return fold_named(msg, init, &mut add);
     };
-    let headers = match ce.bridge_headers {
-        true => named(msg, 11),
-        false => OwnedHeaders::new_with_capacity(7).insert(header(CONTENT_TYPE, &msg.content_type)),
+    let acc = match ce.bridge_headers {
+        true => fold_named(msg, init, &mut add),
+        false => add(init, CONTENT_TYPE, &msg.content_type),
     };
-    let headers = headers
-        .insert(header(CE_SPECVERSION, "1.0"))
-        .insert(header(CE_ID, &msg.event_id))
-        .insert(header(CE_SOURCE, &ce.source))
-        .insert(header(CE_TYPE, &ce.kind));
-    let headers = match &ce.time {
-        Some(t) => headers.insert(header(CE_TIME, t)),
-        None => headers,
+    let acc = add(acc, CE_SPECVERSION, "1.0");
+    let acc = add(acc, CE_ID, &msg.event_id);
+    let acc = add(acc, CE_SOURCE, &ce.source);
+    let acc = add(acc, CE_TYPE, &ce.kind);
+    let acc = match &ce.time {
+        Some(t) => add(acc, CE_TIME, t),
+        None => acc,
     };
     match &ce.subject {
-        Some(s) => headers.insert(header(CE_SUBJECT, s)),
-        None => headers,
+        Some(s) => add(acc, CE_SUBJECT, s),
+        None => acc,
     }
 }
 
 /// The event's headers plus why it was dead-lettered and where it was meant to go.
 pub(crate) fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
-    named(msg, 7)
+    let headers = fold_named(
+        msg,
+        OwnedHeaders::new_with_capacity(7),
+        &mut |h, key, value| h.insert(header(key, value)),
+    );
+    headers
         .insert(header(DLQ_REASON, reason))
         .insert(header(DLQ_TOPIC, &msg.topic))
 }
 
-fn named(msg: &Message, capacity: usize) -> OwnedHeaders {
-    OwnedHeaders::new_with_capacity(capacity)
-        .insert(header(EVENT, &msg.slug))
-        .insert(header(EVENT_ID, &msg.event_id))
-        .insert(header(SOURCE, &msg.source))
-        .insert(header(RECEIVED_AT, &msg.received_at()))
-        .insert(header(CONTENT_TYPE, &msg.content_type))
+/// Folds the bridge's own headers into `init`.
+fn fold_named<T>(msg: &Message, init: T, add: &mut impl FnMut(T, &str, &str) -> T) -> T {
+    let acc = add(init, EVENT, &msg.slug);
+    let acc = add(acc, EVENT_ID, &msg.event_id);
+    let acc = add(acc, SOURCE, &msg.source);
+    let acc = add(acc, RECEIVED_AT, &msg.received_at());
+    add(acc, CONTENT_TYPE, &msg.content_type)
 }
 
 fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
@@ -146,6 +190,72 @@ mod tests {
                 "ce_subject"
             ]
         );
+    }
+
+    /// A producer that only takes records into its queue (nothing is ever sent): librdkafka
+    /// checks a record's size against `message.max.bytes` right there.
+    fn producer(max: usize) -> rdkafka::producer::BaseProducer {
+        rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("message.max.bytes", max.to_string())
+            .set("log_level", "0")
+            .create()
+            .unwrap()
+    }
+
+    /// Whether librdkafka takes `msg` into its queue.
+    fn takes(producer: &rdkafka::producer::BaseProducer, msg: &Message) -> bool {
+        let record = rdkafka::producer::BaseRecord::<[u8], [u8]>::to("t")
+            .key(msg.key.as_ref())
+            .payload(msg.body.as_ref())
+            .headers(of(msg));
+        match producer.send(record) {
+            Ok(()) => true,
+            Err((e, _)) => {
+                assert_eq!(
+                    e.rdkafka_error_code(),
+                    Some(rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge)
+                );
+                false
+            }
+        }
+    }
+
+    #[test]
+    fn record_size_is_what_librdkafka_checks_to_the_byte() {
+        let big_subject = {
+            let mut m = crate::event::tests::with_cloudevent(true);
+            if let Some(ce) = m.cloudevent.as_mut() {
+                // Long enough that its length takes a three-byte varint.
+                ce.subject = Some("s".repeat(70_000));
+            }
+            m
+        };
+        for mut msg in [
+            crate::event::tests::sample(),
+            crate::event::tests::with_cloudevent(true),
+            crate::event::tests::with_cloudevent(false),
+            big_subject,
+        ] {
+            msg.body = bytes::Bytes::from(vec![b' '; 20_000]);
+            let size = record_size(&msg);
+            let producer = producer(size);
+            assert!(
+                takes(&producer, &msg),
+                "a record of exactly {size} bytes fits"
+            );
+            msg.body = bytes::Bytes::from(vec![b' '; 20_001]);
+            assert!(!takes(&producer, &msg), "one byte more does not");
+        }
+    }
+
+    #[test]
+    fn varint_lengths_are_zigzag() {
+        let lens: Vec<usize> = [0, 63, 64, 8191, 8192, 1 << 20]
+            .into_iter()
+            .map(varint_len)
+            .collect();
+        assert_eq!(lens, [1, 1, 2, 2, 3, 4]);
     }
 
     #[test]

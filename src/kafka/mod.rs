@@ -64,7 +64,18 @@ impl fmt::Display for PropertyValue {
 pub struct Kafka {
     pub brokers: Option<String>,
     properties: Vec<(String, String)>,
+    max_record_bytes: usize,
 }
+
+/// librdkafka's `message.max.bytes` unless the operator's properties set it: the largest
+/// record (key, value and headers, see [`headers::record_size`]) the producer takes.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The producer property that bounds a record's size.
+pub const MESSAGE_MAX_BYTES: &str = "message.max.bytes";
+
+/// The values librdkafka accepts for `message.max.bytes`.
+const MESSAGE_MAX_BYTES_RANGE: std::ops::RangeInclusive<usize> = 1000..=1_000_000_000;
 
 impl KafkaSettings {
     /// Checks the settings; problems go to `problems` under `kafka.…`.
@@ -84,6 +95,7 @@ impl KafkaSettings {
                 "set kafka.brokers instead",
             );
         }
+        let max_record_bytes = self.max_record_bytes(problems);
         problems.none_since(mark).then(|| Kafka {
             brokers: self.brokers.clone(),
             properties: self
@@ -91,11 +103,41 @@ impl KafkaSettings {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.to_string()))
                 .collect(),
+            max_record_bytes: max_record_bytes.unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
         })
+    }
+
+    /// The producer's `message.max.bytes`: the operator's, checked as librdkafka would check
+    /// it at start-up, or librdkafka's default.
+    fn max_record_bytes(&self, problems: &mut Problems) -> Option<usize> {
+        let Some(value) = self.properties.get(MESSAGE_MAX_BYTES) else {
+            return Some(DEFAULT_MESSAGE_MAX_BYTES);
+        };
+        let limit = value
+            .to_string()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| MESSAGE_MAX_BYTES_RANGE.contains(n));
+        problems.require(
+            limit.is_some(),
+            format!("kafka.properties.\"{MESSAGE_MAX_BYTES}\""),
+            format_args!(
+                "'{value}' is not a whole number of bytes from {} to {}",
+                MESSAGE_MAX_BYTES_RANGE.start(),
+                MESSAGE_MAX_BYTES_RANGE.end()
+            ),
+        );
+        limit
     }
 }
 
 impl Kafka {
+    /// The largest record the producer takes (its `message.max.bytes`): a larger one is
+    /// refused for good, so an event that would make one is refused before it is taken.
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
     /// The connection to `bootstrap` (the configured brokers, or the embedded broker's).
     pub fn connect(&self, bootstrap: &str) -> Connection {
         Connection {

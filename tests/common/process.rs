@@ -56,13 +56,43 @@ impl BridgeProcess {
                 .logs
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the bridge logs that it serves within 30 s");
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if v["message"] == "eduzz-kafka-bridge serving" {
-                process.addr = v["webhook"].as_str().unwrap().parse().unwrap();
-                process.admin = v["admin"].as_str().unwrap().parse().unwrap();
+            if let Some((webhook, admin)) = serving(&line) {
+                process.addr = webhook;
+                process.admin = admin;
                 return process;
+            }
+        }
+    }
+
+    /// Sends `signal` (`HUP`, `TERM`, …) to the bridge.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{signal} {pid}");
+    }
+
+    /// The exit status, if the bridge has exited.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Waits up to `wait` for a log line holding `needle`; every line read is kept in `seen`.
+    pub fn wait_for_log(&self, needle: &str, wait: Duration, seen: &mut Vec<String>) -> bool {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match self.logs.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
             }
         }
     }
@@ -84,6 +114,25 @@ impl BridgeProcess {
     pub fn drain_logs(&self) -> Vec<String> {
         self.logs.try_iter().collect()
     }
+}
+
+/// The listeners' addresses, from the "serving" line in either log format: JSON
+/// (`"webhook":"127.0.0.1:1234"`) or pretty (`webhook=127.0.0.1:1234`).
+fn serving(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    if !line.contains("eduzz-kafka-bridge serving") {
+        return None;
+    }
+    if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+        let addr = |key: &str| v[key].as_str()?.parse().ok();
+        return Some((addr("webhook")?, addr("admin")?));
+    }
+    let field = |key: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))?
+            .parse()
+            .ok()
+    };
+    Some((field("webhook")?, field("admin")?))
 }
 
 impl Drop for BridgeProcess {
