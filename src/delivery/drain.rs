@@ -167,10 +167,13 @@ struct Sending {
 type Report = (Sending, Result<Delivered, KafkaError>);
 type InFlight = Pin<Box<dyn Future<Output = Report> + Send>>;
 
+/// A send to try again at `due`. A parked entry's message is let go of (`None`): it waits in
+/// the spool and is read back when due, so parked events cost memory by their number, not
+/// their size.
 struct Retry {
     due: Instant,
     seq: u64,
-    message: Message,
+    message: Option<Message>,
     attempt: u32,
     parked: bool,
 }
@@ -199,6 +202,9 @@ pub struct Drain {
     to_delete: Vec<u64>,
     oldest_pending_delete: Option<Instant>,
     deleting: JoinSet<()>,
+    /// Entries parked, and parked ones sent again, not yet recorded in the spool.
+    to_park: Vec<u64>,
+    to_unpark: Vec<u64>,
     /// Park and dead-letter lines, at most one per interval of each kind (with the count
     /// held back): thousands of refused events must not bury the log.
     log_throttle: LogThrottle,
@@ -235,6 +241,8 @@ impl Drain {
             to_delete: Vec::new(),
             oldest_pending_delete: None,
             deleting: JoinSet::new(),
+            to_park: Vec::new(),
+            to_unpark: Vec::new(),
             log_throttle: LogThrottle::new(LOG_EVERY),
         }
     }
@@ -256,6 +264,7 @@ impl Drain {
         loop {
             self.fill().await;
             self.delete_when_due(stopping);
+            self.flush_park_marks();
             if self.caught_up() && (stopping || until == Until::Empty) {
                 return self.finish().await;
             }
@@ -314,7 +323,10 @@ impl Drain {
             && self.in_flight_bytes < self.settings.max_in_flight_bytes
         {
             let (seq, message, attempt) = if let Some(r) = self.due_retry() {
-                (r.seq, r.message, r.attempt)
+                let Some(message) = self.message_of(&r).await else {
+                    continue;
+                };
+                (r.seq, message, r.attempt)
             } else if let Some(e) = self
                 .topics
                 .next_waiting(per_topic, |t| self.publisher.topic_is_ready(t))
@@ -364,6 +376,46 @@ impl Drain {
             self.gauges.parked.fetch_sub(1, Ordering::Relaxed);
         }
         Some(r)
+    }
+
+    /// The message of a due retry: kept in memory, or (parked) read back from the spool. A
+    /// parked entry no longer spooled is gone (`None`); one that cannot be read now waits
+    /// another round.
+    async fn message_of(&mut self, r: &Retry) -> Option<Message> {
+        if let Some(m) = &r.message {
+            return Some(m.clone());
+        }
+        match self.spool.read_one(r.seq).await {
+            Ok(Some(e)) => {
+                self.to_unpark.push(r.seq);
+                Some(e.message)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::debug!(seq = r.seq, error = %e, "cannot read a parked entry back yet");
+                self.gauges.parked.fetch_add(1, Ordering::Relaxed);
+                self.retry(Retry {
+                    due: Instant::now() + self.settings.park_retry,
+                    message: None,
+                    ..*r
+                });
+                None
+            }
+        }
+    }
+
+    /// Records parks in the spool (see [`Spool::mark_parked`]), off the drain's loop.
+    fn flush_park_marks(&mut self) {
+        if self.to_park.is_empty() && self.to_unpark.is_empty() {
+            return;
+        }
+        let (parked, unparked) = (
+            std::mem::take(&mut self.to_park),
+            std::mem::take(&mut self.to_unpark),
+        );
+        let spool = self.spool.clone();
+        self.deleting
+            .spawn(async move { spool.mark_parked(parked, unparked).await });
     }
 
     /// Reads the next committed entries into the buffer.
@@ -468,7 +520,7 @@ impl Drain {
         self.retry(Retry {
             due: Instant::now() + backoff,
             seq,
-            message,
+            message: Some(message),
             attempt: attempt + 1,
             parked: false,
         });
@@ -489,10 +541,12 @@ impl Drain {
         if let Some(held_back) = self.log_throttle.admit("parked") {
             tracing::error!(seq, event_id = message.event_id.as_str(), topic = message.topic.as_str(), error = %error, dead_letter_error = %why, parked, similar_since_last_line = held_back, "Kafka refused the event for good and it could not be dead-lettered; it stays in the spool (parked)");
         }
+        self.to_park.push(seq);
+        drop(message);
         self.retry(Retry {
             due: Instant::now() + self.settings.park_retry,
             seq,
-            message,
+            message: None,
             attempt: attempt + 1,
             parked: true,
         });
@@ -542,6 +596,7 @@ impl Drain {
 
     async fn finish(mut self) {
         self.flush_deletes();
+        self.flush_park_marks();
         while self.deleting.join_next().await.is_some() {}
     }
 }

@@ -6,7 +6,9 @@
 //! would duplicate an event the sender was told we took.
 //!
 //! So before draining, the oldest entries of the spool (the only ones that can have been
-//! sent: the drain works in order with a bounded window) are looked up in the tails of their
+//! sent: the drain works in order with a bounded window), parked entries left out (Kafka
+//! refused them for good and they stay in the spool, recorded as parked: however many there
+//! are, they never crowd out the entries after them), are looked up in the tails of their
 //! topics, by their `source` and `event-id` headers; those found are deleted instead of sent.
 //! A tail reaches back to the first message written since the oldest entry was received
 //! (found by timestamp), so the check holds when other replicas write the same topics and
@@ -66,7 +68,7 @@ pub(crate) async fn skip_already_published(
     r: &Recovery,
     shutdown: &CancellationToken,
 ) {
-    let mut pending: Vec<Entry> = match spool.read_after(None, r.candidates).await {
+    let mut pending: Vec<Entry> = match spool.recovery_candidates(r.candidates).await {
         Ok(v) => v.into_iter().filter_map(Result::ok).collect(),
         Err(e) => {
             tracing::warn!(error = %crate::problem::with_causes(&e), "cannot read the spool for the recovery check; skipping it");
@@ -499,6 +501,70 @@ mod tests {
             vec!["denied.topic"]
         );
         assert!(checked.refused["denied.topic"].contains("TOPIC_AUTHORIZATION_FAILED"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parked_events_ahead_in_the_spool_leave_published_ones_in_the_check() {
+        use crate::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
+        use crate::delivery::DeadLetters;
+        use std::sync::atomic::Ordering;
+        use std::sync::Arc;
+
+        let cluster = MockCluster::new(1).unwrap();
+        let connection = Connection::to(&cluster.bootstrap_servers());
+        let publisher = publisher(&connection);
+        cluster
+            .topic_error(
+                "refused.topic",
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+            )
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let settings = crate::spool::SpoolSettings {
+            dir: dir.path().to_path_buf(),
+            min_free_bytes: 0,
+            ..Default::default()
+        };
+        let spool = Spool::open(&settings, &Default::default()).unwrap();
+        // 30 events Kafka refuses for good, with no dead-letter topic: the drain parks them.
+        for i in 0..30 {
+            spool
+                .append(&entry(0, "refused.topic", &format!("p{i}")).message)
+                .await
+                .unwrap();
+        }
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let gauges = Arc::new(DrainGauges::default());
+        let stop = DrainStop::default();
+        let drain = Drain::new(
+            spool.clone(),
+            publisher.clone(),
+            DeadLetters::new(publisher.clone(), None, metrics.clone()),
+            metrics,
+            DrainSettings::new(8),
+            gauges.clone(),
+        );
+        let task = tokio::spawn(drain.run(stop.clone(), Until::Shutdown));
+        while gauges.parked.load(Ordering::Relaxed) < 30 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.stop_by(tokio::time::Instant::now() + Duration::from_secs(2));
+        task.await.unwrap();
+        // Then small events, published before a crash that left them spooled.
+        for i in 0..5 {
+            let e = entry(0, "ok.topic", &format!("s{i}"));
+            spool.append(&e.message).await.unwrap();
+            Publisher::delivered(publisher.enqueue(&e.message).unwrap())
+                .await
+                .unwrap();
+        }
+        assert_eq!(spool.stats().depth, 35);
+        // A window of 10 candidates: the parked ones would fill it, and the small ones be
+        // published again.
+        let recovery = Recovery::new(connection, 10);
+        skip_already_published(&spool, &recovery, &CancellationToken::new()).await;
+        assert_eq!(spool.stats().depth, 30, "only the parked events are left");
+        spool.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

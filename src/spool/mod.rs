@@ -130,6 +130,12 @@ enum Command {
         seqs: Vec<u64>,
         reply: Option<oneshot::Sender<Result<(), SpoolError>>>,
     },
+    /// Entries parked, and parked ones sent again (see [`Spool::mark_parked`]).
+    Park {
+        parked: Vec<u64>,
+        unparked: Vec<u64>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
     /// Commit what came before, then stop the writer.
     Close { reply: oneshot::Sender<()> },
     /// A reader found the file damaged: move it aside and go on with a fresh one.
@@ -143,6 +149,9 @@ struct Shared {
     recent: Mutex<Recent>,
     /// Damaged files found so far (see [`damage`]); changes each time one is moved aside.
     damage: watch::Sender<Vec<Damaged>>,
+    /// Fault point: the next read from the file panics, as redb does on a damaged page.
+    #[cfg(test)]
+    read_panics: AtomicBool,
 }
 
 /// Handle to the spool; cheap to clone. The writer thread ends when the last handle goes.
@@ -182,6 +191,8 @@ impl Spool {
             db: RwLock::new(Some(db.clone())),
             recent: Mutex::new(Recent::default()),
             damage: watch::Sender::new(damaged.into_iter().collect()),
+            #[cfg(test)]
+            read_panics: AtomicBool::new(false),
         });
         let writer = Writer {
             db: Some(db),
@@ -285,6 +296,60 @@ impl Spool {
         rx.await.map_err(|_| SpoolError::Closed)?
     }
 
+    /// Records entries the drain `parked` (Kafka refused them for good and no dead-letter
+    /// topic took them) and parked entries it is sending again (`unparked`), so that the
+    /// start-up recovery check leaves out what was never sent. Committed (and fsynced) with
+    /// the next batch. A mark that fails is only logged: it costs the check precision (an
+    /// event published twice after a crash), never an event.
+    pub(crate) async fn mark_parked(&self, parked: Vec<u64>, unparked: Vec<u64>) {
+        if parked.is_empty() && unparked.is_empty() {
+            return;
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = Command::Park {
+            parked,
+            unparked,
+            reply,
+        };
+        if self.tx.send(cmd).await.is_err() {
+            return;
+        }
+        if let Ok(Err(e)) = rx.await {
+            tracing::debug!(error = %e, "parked entries not recorded in the spool");
+        }
+    }
+
+    /// One entry, read from the file (a parked entry the drain let go of, to send again);
+    /// `None` when it is no longer spooled.
+    pub(crate) async fn read_one(&self, seq: u64) -> Result<Option<Entry>, SpoolError> {
+        let entries = self.read_disk(seq.checked_sub(1), 1).await?;
+        Ok(entries
+            .into_iter()
+            .next()
+            .and_then(Result::ok)
+            .filter(|e| e.seq == seq))
+    }
+
+    /// The oldest `limit` entries that are not parked: what the drain can have sent before
+    /// the last stop (for the start-up recovery check).
+    pub(crate) async fn recovery_candidates(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<ReadEntry>, SpoolError> {
+        let db = self.db()?;
+        let read = tokio::task::spawn_blocking(move || {
+            catch_unwind(AssertUnwindSafe(|| store::read_unparked(&*db, limit)))
+        })
+        .await
+        .map_err(|_| SpoolError::Closed)?;
+        match read {
+            Ok(Ok(entries)) => Ok(entries),
+            Ok(Err(e)) if damage::is_damage(&e) => Err(self.found_damaged(e.to_string())),
+            Ok(Err(e)) => Err(SpoolError::from(e)),
+            Err(panic) => Err(self.found_damaged(damage::panic_text(&*panic))),
+        }
+    }
+
     /// Up to `limit` committed entries after `after`, oldest first: from memory when the
     /// writer still holds the next one there (the drain keeping up), else from disk.
     pub(crate) async fn read_after(
@@ -307,10 +372,12 @@ impl Spool {
         limit: usize,
     ) -> Result<Vec<ReadEntry>, SpoolError> {
         let db = self.db()?;
+        #[cfg(test)]
+        let fault = self.shared.read_panics.swap(false, Ordering::SeqCst);
         let read = tokio::task::spawn_blocking(move || {
             catch_unwind(AssertUnwindSafe(|| {
                 #[cfg(test)]
-                if faults::READ_PANICS.swap(false, Ordering::SeqCst) {
+                if fault {
                     panic!("fault point: a read met a damaged page");
                 }
                 store::read_after(&*db, after, limit)
@@ -365,15 +432,6 @@ impl Spool {
             .and_then(Result::ok)
             .map(|e| e.message.age())
     }
-}
-
-/// Fault points, compiled in only for tests.
-#[cfg(test)]
-mod faults {
-    use std::sync::atomic::AtomicBool;
-
-    /// The next read from the file panics, as redb does on a damaged page.
-    pub(super) static READ_PANICS: AtomicBool = AtomicBool::new(false);
 }
 
 /// The dedupe identity of an event.
@@ -496,6 +554,7 @@ impl Writer {
     fn commit(&mut self, batch: &[Command]) -> Result<Vec<AppendOutcome>, SpoolError> {
         let mut appends = Vec::new();
         let mut deletes = Vec::new();
+        let (mut parked, mut unparked) = (Vec::new(), Vec::new());
         let mut damaged = None;
         for cmd in batch {
             match cmd {
@@ -510,17 +569,32 @@ impl Writer {
                     received_at_ms: *received_at_ms,
                 }),
                 Command::Delete { seqs, .. } => deletes.extend_from_slice(seqs),
+                Command::Park {
+                    parked: p,
+                    unparked: u,
+                    ..
+                } => {
+                    parked.extend_from_slice(p);
+                    unparked.extend_from_slice(u);
+                }
                 Command::Damaged { detail } => damaged = Some(detail.clone()),
                 Command::Close { .. } => {}
             }
         }
         if let Some(detail) = damaged {
-            self.replace(detail);
+            tracing::debug!(%detail, "checking the spool file a read found damaged");
+            self.reopen_with(true);
         }
-        match self.commit_once(&appends, &deletes) {
+        let marks = store::Marks {
+            deleted: &deletes,
+            parked: &parked,
+            unparked: &unparked,
+        };
+        match self.commit_once(&appends, &marks) {
             Err(Failure::Damaged(detail)) => {
-                self.replace(detail);
-                self.commit_once(&appends, &deletes)
+                tracing::debug!(%detail, "checking the spool file a commit found damaged");
+                self.reopen_with(true);
+                self.commit_once(&appends, &marks)
                     .map_err(Failure::into_spool_error)
             }
             other => other.map_err(Failure::into_spool_error),
@@ -531,7 +605,7 @@ impl Writer {
     fn commit_once(
         &mut self,
         appends: &[store::Append<'_>],
-        deletes: &[u64],
+        marks: &store::Marks<'_>,
     ) -> Result<Vec<AppendOutcome>, Failure> {
         let db = self
             .healed_db()
@@ -540,7 +614,7 @@ impl Writer {
         let now = unix_ms(SystemTime::now());
         let c = &mut self.counters;
         let result = catch_unwind(AssertUnwindSafe(|| {
-            store::commit_batch(&db, c, &limits, now, appends, deletes)
+            store::commit_batch(&db, c, &limits, now, appends, marks)
         }));
         match result {
             Ok(Ok(outcomes)) => {
@@ -554,7 +628,6 @@ impl Writer {
                 }
                 Ok(outcomes)
             }
-            Ok(Err(e)) if damage::is_damage(&e) => Err(Failure::Damaged(e.to_string())),
             Ok(Err(e)) => {
                 // Nothing of this batch was written: every waiting request hears so and
                 // answers non-2xx, so the sender keeps the event and retries.
@@ -585,13 +658,7 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(error = %crate::problem::with_causes(&e), "cannot start a fresh spool in place of the damaged one; requests are answered 503 while it is retried");
-                let now = std::time::Instant::now();
-                self.gauges.broken.store(true, Ordering::Relaxed);
-                self.broken = Some(Broken {
-                    since: now,
-                    next_try: now + REOPEN_BACKOFF,
-                    backoff: REOPEN_BACKOFF,
-                });
+                self.start_broken();
             }
         }
         damage::report(&damaged, &self.dir.join(store::FILE_NAME));
@@ -631,7 +698,6 @@ impl Writer {
 
     /// Records a failed commit; logged once when the failures start.
     fn broke(&mut self, e: &redb::Error) {
-        let now = std::time::Instant::now();
         match &mut self.broken {
             Some(b) => {
                 b.defer();
@@ -639,14 +705,23 @@ impl Writer {
             }
             None => {
                 tracing::error!(error = %crate::problem::with_causes(e), "spool commit failed; requests are answered 503 until the spool can write again (it re-opens itself)");
-                self.gauges.broken.store(true, Ordering::Relaxed);
-                self.broken = Some(Broken {
-                    since: now,
-                    next_try: now + REOPEN_BACKOFF,
-                    backoff: REOPEN_BACKOFF,
-                });
+                self.start_broken();
             }
         }
+    }
+
+    /// Commits fail from now on until a re-open succeeds (tried with back-off).
+    fn start_broken(&mut self) {
+        if self.broken.is_some() {
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.gauges.broken.store(true, Ordering::Relaxed);
+        self.broken = Some(Broken {
+            since: now,
+            next_try: now + REOPEN_BACKOFF,
+            backoff: REOPEN_BACKOFF,
+        });
     }
 
     /// The database to commit to: as it is, or re-opened after a failure once its back-off
@@ -681,23 +756,46 @@ impl Writer {
         }
     }
 
-    /// Closes the database and opens it again.
+    /// Closes the database and opens it again (after a failed commit: redb then refuses
+    /// commits until a re-open, with a `Corrupted` error about its allocator state, which is
+    /// not damage: a full disk heals by this re-open).
     fn reopen(&mut self) -> Option<Arc<Database>> {
+        self.reopen_with(false)
+    }
+
+    /// Closes the database and opens it again with `check`: redb reads the whole file first,
+    /// and a file that fails the check (or makes redb panic) is damaged and replaced by a
+    /// fresh one (see [`Writer::replace`]).
+    fn reopen_with(&mut self, check: bool) -> Option<Arc<Database>> {
         self.let_go();
-        let opened = store::open(&self.dir, false).and_then(|db| {
-            let counters = store::load_counters(&db).map_err(OpenError::Read)?;
-            Ok((Arc::new(db), counters))
-        });
+        let dir = self.dir.clone();
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            store::open(&dir, check).and_then(|db| {
+                let counters = store::load_counters(&db).map_err(OpenError::Read)?;
+                Ok((Arc::new(db), counters))
+            })
+        }));
         match opened {
-            Ok((db, counters)) => {
+            Ok(Ok((db, counters))) => {
                 self.counters = counters;
                 self.db = Some(db.clone());
                 *self.shared.db.write().unwrap() = Some(db.clone());
                 Some(db)
             }
-            Err(e) => {
+            Ok(Err(OpenError::Open { source, .. })) if damage::is_damage(&source) => {
+                self.replace(source.to_string());
+                self.db.clone()
+            }
+            Ok(Err(e)) => {
                 tracing::debug!(error = %crate::problem::with_causes(&e), "spool not re-opened yet");
+                // Without a database the writer must retry the re-open, even when it came
+                // here for a check rather than after a failed commit (a full disk fails both).
+                self.start_broken();
                 None
+            }
+            Err(panic) => {
+                self.replace(damage::panic_text(&*panic));
+                self.db.clone()
             }
         }
     }
@@ -755,6 +853,9 @@ fn settle(
                 }
             }
             Command::Close { reply } => *closing = Some(reply),
+            Command::Park { reply, .. } => {
+                let _ = reply.send(failure.clone().map_or(Ok(()), Err));
+            }
             Command::Damaged { .. } => {}
         }
     }
@@ -849,7 +950,18 @@ mod tests {
             m.event_id = format!("before-{i}");
             assert_eq!(spool.append(&m).await.unwrap(), Appended::Stored(i));
         }
-        faults::READ_PANICS.store(true, Ordering::SeqCst);
+        // The disk loses the page that holds an entry, and the next read meets it.
+        let file = dir.path().join(store::FILE_NAME);
+        let bytes = std::fs::read(&file).unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        let pages: std::collections::BTreeSet<u64> = (0..bytes.len() - 7)
+            .filter(|&i| &bytes[i..i + 7] == b"before-")
+            .map(|i| i as u64 & !4095)
+            .collect();
+        for page in pages {
+            std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4096], page).unwrap();
+        }
+        spool.shared.read_panics.store(true, Ordering::SeqCst);
         assert!(matches!(
             spool.read_disk(None, 100).await,
             Err(SpoolError::Damaged)
@@ -870,13 +982,33 @@ mod tests {
         assert_eq!(ids, ["after"]);
         assert_eq!(spool.stats().depth, 1);
         let moved = found[0].moved_to.clone().unwrap();
-        let mut salvaged = Vec::new();
-        salvage::scan(&moved, 100, |c| {
-            salvaged.extend(c);
-            true
-        })
-        .unwrap();
-        assert_eq!(salvaged.len(), 10);
+        assert!(moved.exists(), "kept for salvage");
+        spool.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fails_on_a_sound_file_leaves_it_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = SpoolSettings {
+            dir: dir.path().to_path_buf(),
+            min_free_bytes: 0,
+            ..SpoolSettings::default()
+        };
+        let spool = Spool::open(&settings, &DedupeSettings::default()).unwrap();
+        assert_eq!(
+            spool.append(&entry(0, 10).message).await.unwrap(),
+            Appended::Stored(0)
+        );
+        spool.shared.read_panics.store(true, Ordering::SeqCst);
+        assert!(spool.read_disk(None, 10).await.is_err());
+        // The writer checks the whole file before it calls it damaged: this one is sound.
+        assert_eq!(
+            spool.append(&entry(1, 10).message).await.unwrap(),
+            Appended::Stored(1)
+        );
+        assert_eq!(spool.read_disk(None, 10).await.unwrap().len(), 2);
+        assert!(spool.damage().borrow().is_empty());
+        assert_eq!(spool.damaged_files(), 0);
         spool.close().await;
     }
 

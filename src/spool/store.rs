@@ -11,6 +11,7 @@
 //! - `dedupe`: `source \x1f event id` → (receive ms, dedupe seq); ids accepted recently.
 //! - `dedupe_batches`: (newest receive ms, first dedupe seq) → record of the keys one commit
 //!   added; to forget the oldest first, a batch at a time.
+//! - `parked`: entries the drain parked (never published), for the recovery check.
 //! - `meta`: counters kept in the same transactions as the data they count.
 //!
 //! Everything here is synchronous and runs on the writer thread (or a blocking task for
@@ -60,6 +61,10 @@ const DEDUPE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedupe")
 /// (newest receive ms of the batch, first dedupe seq) → record of the dedupe keys it added.
 const DEDUPE_BATCHES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dedupe_batches");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Entries the drain parked (Kafka and the dead-letter topic refused them): the start-up
+/// recovery check leaves them out, since they were never published, and looks at the entries
+/// after them instead (see delivery::recover).
+const PARKED: TableDefinition<u64, ()> = TableDefinition::new("parked");
 
 /// The layout before batches (one entry per event), migrated once on open.
 const EVENTS_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -151,6 +156,7 @@ fn create_tables(db: &Database) -> Result<(), redb::Error> {
         txn.open_table(DEDUPE)?;
         txn.open_table(DEDUPE_BATCHES)?;
         txn.open_table(META)?;
+        txn.open_table(PARKED)?;
     }
     migrate_v1(&txn)?;
     txn.commit()?;
@@ -242,6 +248,15 @@ pub(super) fn continue_from(
     Ok(c)
 }
 
+/// What a commit changes besides appends: entries published (deleted), and parked or no
+/// longer parked.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Marks<'a> {
+    pub deleted: &'a [u64],
+    pub parked: &'a [u64],
+    pub unparked: &'a [u64],
+}
+
 /// Applies a batch of appends and deletes in one durable transaction: the stored appends
 /// become one record, whatever their number.
 ///
@@ -253,19 +268,21 @@ pub(super) fn commit_batch(
     limits: &Limits,
     now_ms: u64,
     appends: &[Append<'_>],
-    deletes: &[u64],
+    marks: &Marks<'_>,
 ) -> Result<Vec<AppendOutcome>, redb::Error> {
     let mut c = *counters;
     let mut txn = db.begin_write()?;
-    if appends.is_empty() {
+    if appends.is_empty() && marks.parked.is_empty() && marks.unparked.is_empty() {
         // Only deletes of published entries: no fsync of their own. The next append's commit
         // makes them durable; if a crash loses them first, the start-up recovery check finds
-        // those entries on Kafka and skips them (see delivery::recover).
+        // those entries on Kafka and skips them (see delivery::recover). Parks are fsynced:
+        // the recovery check relies on them to know which entries were never sent.
         txn.set_durability(redb::Durability::None)?;
     }
     let outcomes = {
         let mut t = Tables::open(&txn)?;
-        t.delete(&mut c, deletes)?;
+        t.delete(&mut c, marks.deleted)?;
+        t.mark_parked(marks)?;
         let cutoff = limits
             .dedupe
             .map(|d| now_ms.saturating_sub(d.window.as_millis() as u64));
@@ -329,11 +346,13 @@ struct Tables<'txn> {
     gone: redb::Table<'txn, u64, ()>,
     dedupe: redb::Table<'txn, &'static str, (u64, u64)>,
     dedupe_batches: redb::Table<'txn, (u64, u64), &'static [u8]>,
+    parked: redb::Table<'txn, u64, ()>,
 }
 
 impl<'txn> Tables<'txn> {
     fn open(txn: &'txn redb::WriteTransaction) -> Result<Tables<'txn>, redb::Error> {
         Ok(Tables {
+            parked: txn.open_table(PARKED)?,
             batches: txn.open_table(BATCHES)?,
             index: txn.open_table(BATCH_INDEX)?,
             gone: txn.open_table(GONE)?,
@@ -350,6 +369,23 @@ impl<'txn> Tables<'txn> {
         self.batches.insert(first, value.as_slice())?;
         self.index.insert(first, (count, len))?;
         Ok(len)
+    }
+
+    /// Records parked entries, and forgets those no longer parked or deleted (looked up only
+    /// while any entry is parked: the table is empty in normal running).
+    fn mark_parked(&mut self, marks: &Marks<'_>) -> Result<(), redb::Error> {
+        for &seq in marks.unparked {
+            self.parked.remove(seq)?;
+        }
+        for &seq in marks.parked {
+            self.parked.insert(seq, ())?;
+        }
+        if self.parked.first()?.is_some() {
+            for &seq in marks.deleted {
+                self.parked.remove(seq)?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes published entries. A batch goes as a whole once all its entries are published;
@@ -598,6 +634,33 @@ pub(super) fn read_after(
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
+    read_skipping(db, after, limit, &std::collections::HashSet::new())
+}
+
+/// The oldest `limit` entries that are not parked: those the drain can have sent before a
+/// stop (see delivery::recover).
+pub(super) fn read_unparked(
+    db: &impl ReadableDatabase,
+    limit: usize,
+) -> Result<Vec<ReadEntry>, redb::Error> {
+    let parked = {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(PARKED)?;
+        let mut parked = std::collections::HashSet::new();
+        for item in table.iter()? {
+            parked.insert(item?.0.value());
+        }
+        parked
+    };
+    read_skipping(db, None, limit, &parked)
+}
+
+fn read_skipping(
+    db: &impl ReadableDatabase,
+    after: Option<u64>,
+    limit: usize,
+    skip: &std::collections::HashSet<u64>,
+) -> Result<Vec<ReadEntry>, redb::Error> {
     let txn = db.begin_read()?;
     let batches = txn.open_table(BATCHES)?;
     let gone = txn.open_table(GONE)?;
@@ -614,7 +677,7 @@ pub(super) fn read_after(
         let published = published_in(&gone, first..first + count)?;
         for (i, part) in record::parts(record).enumerate() {
             let seq = first + i as u64;
-            if seq < start || published.binary_search(&seq).is_ok() {
+            if seq < start || published.binary_search(&seq).is_ok() || skip.contains(&seq) {
                 continue;
             }
             if out.len() == limit {
@@ -694,7 +757,10 @@ mod tests {
                 &self.limits,
                 at_ms,
                 &appends,
-                deletes,
+                &Marks {
+                    deleted: deletes,
+                    ..Marks::default()
+                },
             )
             .unwrap()
         }
