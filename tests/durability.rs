@@ -661,6 +661,14 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
         assert_eq!(after.acked.len(), 50, "{how:?}");
         let damaged = admin_metric(second.admin, "eduzz_bridge_spool_damaged_files").await;
         assert_eq!(damaged, Some(1.0), "{how:?}: reported");
+        let ready: serde_json::Value = reqwest::get(format!("http://{}/readyz", second.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(ready["ready"], true, "{how:?}: serving on a fresh spool");
+        assert_eq!(ready["spool_damaged_files"], 1, "{how:?}: {ready}");
         let moved: Vec<_> = std::fs::read_dir(&spool)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())

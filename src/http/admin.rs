@@ -40,19 +40,23 @@ impl AdminState {
         // With a spool, an outage is absorbed until the spool fills; without one, a request
         // can only be taken while Kafka answers.
         let ready = !spool_full && !spool_broken && (kafka || self.spool.is_some());
-        (
-            ready,
-            json!({
-                "ready": ready,
-                "kafka": if kafka { "reachable" } else { "unreachable" },
-                "spool": match &self.spool {
-                    None => "disabled",
-                    Some(_) if spool_broken => "unwritable",
-                    Some(_) if spool_full => "full",
-                    Some(_) => "ok",
-                },
-            }),
-        )
+        let mut state = json!({
+            "ready": ready,
+            "kafka": if kafka { "reachable" } else { "unreachable" },
+            "spool": match &self.spool {
+                None => "disabled",
+                Some(_) if spool_broken => "unwritable",
+                Some(_) if spool_full => "full",
+                Some(_) => "ok",
+            },
+        });
+        // Damaged files moved aside this run: the spool goes on with a fresh file (ready),
+        // but an operator should know (see README, "A damaged spool").
+        let damaged = self.spool.as_ref().map_or(0, |s| s.damaged_files());
+        if damaged > 0 {
+            state["spool_damaged_files"] = damaged.into();
+        }
+        (ready, state)
     }
 
     async fn gauges(&self) -> GaugeValues {
