@@ -585,6 +585,32 @@ async fn small_disk_fills_then_heals(min_free: u64, spool_state: &str) {
     drop(disk);
 }
 
+/// A bridge (its own process, `bridge.toml` and `spool` in the returned directory) that took
+/// `workers × per_worker` events while Kafka was away, then was SIGKILLed: they all wait in
+/// its spool. The broker is left down.
+async fn spooled_then_killed(
+    prefix: &str,
+    workers: usize,
+    per_worker: usize,
+) -> (TestBroker, tempfile::TempDir, load::LoadResult) {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bridge.toml");
+    let spool = dir.path().join("spool");
+    std::fs::write(
+        &config,
+        without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
+    )
+    .unwrap();
+    broker.down();
+    let mut first = BridgeProcess::start(&config);
+    let url = format!("http://{}/webhooks/eduzz", first.addr);
+    let sent = load::send(url, prefix, "myeduzz.invoice_paid", workers, per_worker).await;
+    assert_eq!(sent.acked.len(), workers * per_worker, "all taken");
+    first.kill();
+    (broker, dir, sent)
+}
+
 /// How a spool file is damaged between a SIGKILL and the next start.
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -635,22 +661,8 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
         Damage::Emptied,
     ];
     for how in damages {
-        let broker = TestBroker::start();
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("bridge.toml");
-        let spool = dir.path().join("spool");
-        std::fs::write(
-            &config,
-            without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
-        )
-        .unwrap();
-        // Kafka away: every acknowledged event waits in the spool when the bridge is killed.
-        broker.down();
-        let mut first = BridgeProcess::start(&config);
-        let url = format!("http://{}/webhooks/eduzz", first.addr);
-        let before = load::send(url, "dmg", "myeduzz.invoice_paid", 4, 100).await;
-        assert_eq!(before.acked.len(), 400, "{how:?}");
-        first.kill();
+        let (broker, dir, before) = spooled_then_killed("dmg", 4, 100).await;
+        let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
         damage(&spool.join("spool.redb"), how);
         broker.up();
 
@@ -807,21 +819,8 @@ async fn parked_events_wait_on_disk_not_in_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it() {
-    let broker = TestBroker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("bridge.toml");
-    let spool = dir.path().join("spool");
-    std::fs::write(
-        &config,
-        without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
-    )
-    .unwrap();
-    broker.down();
-    let mut first = BridgeProcess::start(&config);
-    let url = format!("http://{}/webhooks/eduzz", first.addr);
-    let sent = load::send(url, "stats", "myeduzz.invoice_paid", 2, 50).await;
-    assert_eq!(sent.acked.len(), 100);
-    first.kill();
+    let (broker, dir, sent) = spooled_then_killed("stats", 2, 50).await;
+    let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
     let file = spool.join("spool.redb");
     let before = std::fs::read(&file).unwrap();
     let stats = |expect: i32| {

@@ -931,6 +931,16 @@ mod tests {
         }
     }
 
+    /// A spool in `dir`, with no free-space reserve (tests write to any filesystem).
+    fn open_in(dir: &Path) -> Spool {
+        let settings = SpoolSettings {
+            dir: dir.to_path_buf(),
+            min_free_bytes: 0,
+            ..SpoolSettings::default()
+        };
+        Spool::open(&settings, &DedupeSettings::default()).unwrap()
+    }
+
     fn seqs(entries: Option<Vec<Entry>>) -> Option<Vec<u64>> {
         entries.map(|v| v.iter().map(|e| e.seq).collect())
     }
@@ -938,12 +948,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_that_finds_the_file_damaged_moves_it_aside_and_goes_on_with_a_fresh_one() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = SpoolSettings {
-            dir: dir.path().to_path_buf(),
-            min_free_bytes: 0,
-            ..SpoolSettings::default()
-        };
-        let spool = Spool::open(&settings, &DedupeSettings::default()).unwrap();
+        let spool = open_in(dir.path());
         let mut damage = spool.damage();
         for i in 0..10 {
             let mut m = entry(i, 10).message;
@@ -989,12 +994,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_that_fails_on_a_sound_file_leaves_it_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let settings = SpoolSettings {
-            dir: dir.path().to_path_buf(),
-            min_free_bytes: 0,
-            ..SpoolSettings::default()
-        };
-        let spool = Spool::open(&settings, &DedupeSettings::default()).unwrap();
+        let spool = open_in(dir.path());
         assert_eq!(
             spool.append(&entry(0, 10).message).await.unwrap(),
             Appended::Stored(0)
