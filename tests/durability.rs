@@ -641,17 +641,6 @@ fn damage(file: &std::path::Path, how: Damage) {
     }
 }
 
-async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("http://{admin}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can() {
     let damages = [

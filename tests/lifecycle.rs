@@ -283,18 +283,8 @@ async fn post_signed(addr: std::net::SocketAddr, body: &[u8]) -> u16 {
 
 /// Waits until the bridge reports `n` parked events.
 async fn wait_parked(admin: std::net::SocketAddr, n: usize) {
-    let client = reqwest::Client::new();
-    let want = format!("eduzz_bridge_parked {n}");
     for _ in 0..300 {
-        let text = client
-            .get(format!("http://{admin}/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.lines().any(|l| l == want) {
+        if admin_metric(admin, "eduzz_bridge_parked").await == Some(n as f64) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -336,18 +336,8 @@ impl Spool {
         &self,
         limit: usize,
     ) -> Result<Vec<ReadEntry>, SpoolError> {
-        let db = self.db()?;
-        let read = tokio::task::spawn_blocking(move || {
-            catch_unwind(AssertUnwindSafe(|| store::read_unparked(&*db, limit)))
-        })
-        .await
-        .map_err(|_| SpoolError::Closed)?;
-        match read {
-            Ok(Ok(entries)) => Ok(entries),
-            Ok(Err(e)) if damage::is_damage(&e) => Err(self.found_damaged(e.to_string())),
-            Ok(Err(e)) => Err(SpoolError::from(e)),
-            Err(panic) => Err(self.found_damaged(damage::panic_text(&*panic))),
-        }
+        self.read_file(move |db| store::read_unparked(db, limit))
+            .await
     }
 
     /// Up to `limit` committed entries after `after`, oldest first: from memory when the
@@ -371,20 +361,29 @@ impl Spool {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<ReadEntry>, SpoolError> {
-        let db = self.db()?;
         #[cfg(test)]
         let fault = self.shared.read_panics.swap(false, Ordering::SeqCst);
-        let read = tokio::task::spawn_blocking(move || {
-            catch_unwind(AssertUnwindSafe(|| {
-                #[cfg(test)]
-                if fault {
-                    panic!("fault point: a read met a damaged page");
-                }
-                store::read_after(&*db, after, limit)
-            }))
+        self.read_file(move |db| {
+            #[cfg(test)]
+            if fault {
+                panic!("fault point: a read met a damaged page");
+            }
+            store::read_after(db, after, limit)
         })
         .await
-        .map_err(|_| SpoolError::Closed)?;
+    }
+
+    /// Runs `read` on the file in a blocking task. A panic inside redb is caught: it, like a
+    /// `Corrupted` error, hands the file to the writer to check (and replace if damaged).
+    async fn read_file(
+        &self,
+        read: impl FnOnce(&Database) -> Result<Vec<ReadEntry>, redb::Error> + Send + 'static,
+    ) -> Result<Vec<ReadEntry>, SpoolError> {
+        let db = self.db()?;
+        let read =
+            tokio::task::spawn_blocking(move || catch_unwind(AssertUnwindSafe(|| read(&db))))
+                .await
+                .map_err(|_| SpoolError::Closed)?;
         match read {
             Ok(Ok(entries)) => Ok(entries),
             Ok(Err(e)) if damage::is_damage(&e) => Err(self.found_damaged(e.to_string())),

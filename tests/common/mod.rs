@@ -477,6 +477,19 @@ pub async fn assert_topic_empty(brokers: &str, topic: &str, wait: Duration) {
     );
 }
 
+/// The value of one series on the admin listener at `admin` (see [`TestApp::metric`]);
+/// `None` while it does not answer or has no such series.
+pub async fn admin_metric(admin: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// Polls the admin `/metrics` until the spool is empty.
 pub async fn wait_spool_empty(admin: std::net::SocketAddr, timeout: Duration) {
     let started = Instant::now();
