@@ -404,7 +404,7 @@ impl Drain {
         }
     }
 
-    /// Records parks in the spool (see [`Spool::mark_parked`]), off the drain's loop.
+    /// Records parks in the spool (see [`Spool::mark_parked`]) without waiting for them.
     fn flush_park_marks(&mut self) {
         if self.to_park.is_empty() && self.to_unpark.is_empty() {
             return;
@@ -413,18 +413,27 @@ impl Drain {
             std::mem::take(&mut self.to_park),
             std::mem::take(&mut self.to_unpark),
         );
-        let spool = self.spool.clone();
-        self.deleting
-            .spawn(async move { spool.mark_parked(parked, unparked).await });
+        if let Err((parked, unparked)) = self.spool.mark_parked(parked, unparked) {
+            // The writer's queue is full: kept, in order, for the next turn.
+            self.to_park = parked;
+            self.to_unpark = unparked;
+        }
     }
 
     /// Reads the next committed entries into the buffer.
     async fn read_more(&mut self) {
+        let committed = *self.committed.borrow();
         match self
             .spool
             .read_after(self.cursor, self.settings.read_batch)
             .await
         {
+            Ok(entries) if entries.is_empty() => {
+                // Nothing left up to what was committed: the entries between were deleted
+                // (the recovery check found them on Kafka), or were in a damaged file the
+                // spool moved aside (salvage puts them back). Reading on from there.
+                self.cursor = self.cursor.max(committed);
+            }
             Ok(entries) => {
                 for entry in entries {
                     match entry {

@@ -118,11 +118,17 @@ pub async fn run_salvager(
     stop: CancellationToken,
 ) {
     let mut damage = spool.damage();
+    // Files salvaged whose rename failed: not salvaged again (that would append them again).
+    let mut done = std::collections::HashSet::new();
     loop {
         for file in crate::spool::unsalvaged(spool.dir()) {
+            if done.contains(&file) {
+                continue;
+            }
             if !salvage_one(&spool, &file, recovery.as_ref(), &metrics, &stop).await {
                 return;
             }
+            done.insert(file);
         }
         tokio::select! {
             changed = damage.changed() => if changed.is_err() { return },
@@ -152,8 +158,13 @@ async fn salvage_one(
     if !report.complete {
         return false;
     }
-    let renamed = crate::spool::mark_salvaged(file);
-    let kept_as = renamed.unwrap_or_else(|_| file.to_path_buf());
+    let kept_as = match crate::spool::mark_salvaged(file) {
+        Ok(renamed) => renamed,
+        Err(e) => {
+            tracing::error!(error = %e, file = %file.display(), "salvaged, but cannot be renamed: move it away by hand, or the next start salvages it again (its events would be published twice)");
+            file.to_path_buf()
+        }
+    };
     let s = report.scanned;
     let level_error = s.lost > 0 || s.damaged > 0;
     if level_error {

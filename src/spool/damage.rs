@@ -126,15 +126,30 @@ pub(super) fn open_or_replace(dir: &Path) -> Result<(Database, Option<Damaged>),
         _ => {}
     }
     if damaged.is_none() && path.exists() {
-        match catch_unwind(AssertUnwindSafe(|| store::open(dir, true))) {
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            let db = store::open(dir, true)?;
+            store::load_counters(&db).map_err(OpenError::Read)?;
+            Ok(db)
+        }));
+        match checked {
             Ok(Ok(db)) => return Ok((db, None)),
-            Ok(Err(OpenError::Open { source, .. })) if is_damage(&source) => {
+            Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source)))
+                if is_damage(&source) =>
+            {
                 damaged = Some(move_aside(dir, DamageKind::Unopenable, source.to_string()))
             }
             Ok(Err(e)) => return Err(e),
             Err(panic) => {
                 damaged = Some(move_aside(dir, DamageKind::Unopenable, panic_text(&*panic)))
             }
+        }
+    }
+    if let Some(d) = damaged.as_ref().filter(|d| d.kind != DamageKind::Missing) {
+        if d.moved_to.is_none() {
+            return Err(OpenError::Damaged {
+                path,
+                detail: d.detail.clone(),
+            });
         }
     }
     let db = store::open(dir, false)?;

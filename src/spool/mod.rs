@@ -134,7 +134,6 @@ enum Command {
     Park {
         parked: Vec<u64>,
         unparked: Vec<u64>,
-        reply: oneshot::Sender<Result<(), SpoolError>>,
     },
     /// Commit what came before, then stop the writer.
     Close { reply: oneshot::Sender<()> },
@@ -206,6 +205,9 @@ impl Spool {
             gauges: gauges.clone(),
             committed: committed_tx,
             broken: None,
+            fresh_from: None,
+            unmoved: None,
+            sound_at: None,
         };
         std::thread::Builder::new()
             .name("spool-writer".into())
@@ -299,23 +301,25 @@ impl Spool {
     /// Records entries the drain `parked` (Kafka refused them for good and no dead-letter
     /// topic took them) and parked entries it is sending again (`unparked`), so that the
     /// start-up recovery check leaves out what was never sent. Committed (and fsynced) with
-    /// the next batch. A mark that fails is only logged: it costs the check precision (an
-    /// event published twice after a crash), never an event.
-    pub(crate) async fn mark_parked(&self, parked: Vec<u64>, unparked: Vec<u64>) {
+    /// the next batch, not waited for; handed back when the writer's queue is full, to send
+    /// again. A mark lost to a failed commit costs the check precision (an event published
+    /// twice after a crash), never an event.
+    pub(crate) fn mark_parked(
+        &self,
+        parked: Vec<u64>,
+        unparked: Vec<u64>,
+    ) -> Result<(), (Vec<u64>, Vec<u64>)> {
         if parked.is_empty() && unparked.is_empty() {
-            return;
+            return Ok(());
         }
-        let (reply, rx) = oneshot::channel();
-        let cmd = Command::Park {
-            parked,
-            unparked,
-            reply,
-        };
-        if self.tx.send(cmd).await.is_err() {
-            return;
-        }
-        if let Ok(Err(e)) = rx.await {
-            tracing::debug!(error = %e, "parked entries not recorded in the spool");
+        // Sent in the caller's order (not from tasks that could overtake each other): the
+        // writer applies marks in the order they were sent, the last one for an entry winning.
+        match self.tx.try_send(Command::Park { parked, unparked }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(Command::Park { parked, unparked })) => {
+                Err((parked, unparked))
+            }
+            Err(_) => Ok(()),
         }
     }
 
@@ -475,6 +479,13 @@ struct Writer {
     gauges: Arc<SpoolGauges>,
     committed: watch::Sender<Option<u64>>,
     broken: Option<Broken>,
+    /// Set while a fresh file is to replace a damaged one: the numbering to go on from.
+    fresh_from: Option<(u64, u64)>,
+    /// A damaged file that could not be moved aside yet (why it is damaged); retried.
+    unmoved: Option<String>,
+    /// When the whole-file check last found the file sound after a read failed on it: more
+    /// failures within a minute are logged, not checked again (a check reads the whole file).
+    sound_at: Option<std::time::Instant>,
 }
 
 /// Why one commit attempt failed.
@@ -553,7 +564,8 @@ impl Writer {
     fn commit(&mut self, batch: &[Command]) -> Result<Vec<AppendOutcome>, SpoolError> {
         let mut appends = Vec::new();
         let mut deletes = Vec::new();
-        let (mut parked, mut unparked) = (Vec::new(), Vec::new());
+        // Last mark per entry wins, in the order the marks were sent.
+        let mut park_marks = std::collections::BTreeMap::new();
         let mut damaged = None;
         for cmd in batch {
             match cmd {
@@ -571,10 +583,9 @@ impl Writer {
                 Command::Park {
                     parked: p,
                     unparked: u,
-                    ..
                 } => {
-                    parked.extend_from_slice(p);
-                    unparked.extend_from_slice(u);
+                    park_marks.extend(u.iter().map(|&seq| (seq, false)));
+                    park_marks.extend(p.iter().map(|&seq| (seq, true)));
                 }
                 Command::Damaged { detail } => damaged = Some(detail.clone()),
                 Command::Close { .. } => {}
@@ -582,8 +593,11 @@ impl Writer {
         }
         if let Some(detail) = damaged {
             tracing::debug!(%detail, "checking the spool file a read found damaged");
-            self.reopen_with(true);
+            self.check_after_failed_read(detail);
         }
+        let (parked, unparked): (Vec<_>, Vec<_>) = park_marks.into_iter().partition(|&(_, p)| p);
+        let parked: Vec<u64> = parked.into_iter().map(|(seq, _)| seq).collect();
+        let unparked: Vec<u64> = unparked.into_iter().map(|(seq, _)| seq).collect();
         let marks = store::Marks {
             deleted: &deletes,
             parked: &parked,
@@ -641,28 +655,43 @@ impl Writer {
     /// old one was (the drain's position stays valid); the moved file waits for salvage.
     fn replace(&mut self, detail: String) {
         self.let_go();
-        let damaged = damage::move_aside(&self.dir, DamageKind::FoundRunning, detail);
-        let (next_seq, dedupe_seq) = (self.counters.next_seq, self.counters.dedupe_seq);
-        let fresh = store::open(&self.dir, false).and_then(|db| {
-            let counters =
-                store::continue_from(&db, next_seq, dedupe_seq).map_err(OpenError::Read)?;
-            Ok((Arc::new(db), counters))
-        });
-        match fresh {
-            Ok((db, counters)) => {
-                self.counters = counters;
-                self.db = Some(db.clone());
-                *self.shared.db.write().unwrap() = Some(db);
-                publish_gauges(&self.gauges, &self.counters, self.limits.max_bytes);
-            }
-            Err(e) => {
-                tracing::error!(error = %crate::problem::with_causes(&e), "cannot start a fresh spool in place of the damaged one; requests are answered 503 while it is retried");
-                self.start_broken();
-            }
+        // What the drain had from the old file in memory is salvaged with it, not published
+        // from here as well (two publishers of one event would race the salvage's check).
+        *self.shared.recent.lock().unwrap() = Recent::default();
+        let damaged = damage::move_aside(&self.dir, DamageKind::FoundRunning, detail.clone());
+        if damaged.moved_to.is_none() {
+            // Opening the same path again would open the damaged file: stay unwritable and
+            // try the move again.
+            tracing::error!(detail = %damaged.detail, "the spool file is damaged and cannot be moved aside; requests are answered 503 until it can");
+            self.unmoved = Some(detail);
+            self.start_broken();
+            return;
+        }
+        self.unmoved = None;
+        self.fresh_from = Some((self.counters.next_seq, self.counters.dedupe_seq));
+        if self.reopen_with(false).is_none() {
+            tracing::error!("cannot start a fresh spool in place of the damaged one; requests are answered 503 while it is retried");
         }
         damage::report(&damaged, &self.dir.join(store::FILE_NAME));
         self.gauges.damaged_files.fetch_add(1, Ordering::Relaxed);
         self.shared.damage.send_modify(|v| v.push(damaged));
+    }
+
+    /// A read found the file damaged: check the whole file, unless a check passed within the
+    /// last minute (then the failure is only logged: a check stalls the writer).
+    fn check_after_failed_read(&mut self, detail: String) {
+        if self
+            .sound_at
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            tracing::error!(%detail, "a spool read failed on a file redb's check found sound; checked again within a minute");
+            return;
+        }
+        let damaged = self.gauges.damaged_files.load(Ordering::Relaxed);
+        let reopened = self.reopen_with(true).is_some();
+        if reopened && self.gauges.damaged_files.load(Ordering::Relaxed) == damaged {
+            self.sound_at = Some(std::time::Instant::now());
+        }
     }
 
     /// The limits for this batch: the spool's own, capped at its current size while the
@@ -732,7 +761,13 @@ impl Writer {
         if std::time::Instant::now() < b.next_try {
             return None;
         }
-        let db = self.reopen();
+        let db = match self.unmoved.clone() {
+            Some(detail) => {
+                self.replace(detail);
+                self.db.clone()
+            }
+            None => self.reopen(),
+        };
         if db.is_none() {
             if let Some(b) = &mut self.broken {
                 b.defer();
@@ -775,13 +810,10 @@ impl Writer {
             })
         }));
         match opened {
-            Ok(Ok((db, counters))) => {
-                self.counters = counters;
-                self.db = Some(db.clone());
-                *self.shared.db.write().unwrap() = Some(db.clone());
-                Some(db)
-            }
-            Ok(Err(OpenError::Open { source, .. })) if damage::is_damage(&source) => {
+            Ok(Ok((db, counters))) => self.install(db, counters),
+            Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source)))
+                if damage::is_damage(&source) =>
+            {
                 self.replace(source.to_string());
                 self.db.clone()
             }
@@ -797,6 +829,41 @@ impl Writer {
                 self.db.clone()
             }
         }
+    }
+
+    /// Takes a (re-)opened database into use. A fresh file replacing a damaged one numbers on
+    /// from it; a file whose counters went back (redb fell back to an earlier commit, its
+    /// newest one damaged) is damage too: its newest events are in its bytes, for salvage.
+    fn install(
+        &mut self,
+        db: Arc<Database>,
+        mut counters: store::Counters,
+    ) -> Option<Arc<Database>> {
+        if let Some((next_seq, dedupe_seq)) = self.fresh_from {
+            match store::continue_from(&db, next_seq, dedupe_seq) {
+                Ok(c) => counters = c,
+                Err(e) => {
+                    tracing::debug!(error = %e, "fresh spool not numbered yet");
+                    self.db = Some(db);
+                    self.let_go();
+                    self.start_broken();
+                    return None;
+                }
+            }
+            self.fresh_from = None;
+        } else if counters.next_seq < self.counters.next_seq {
+            self.db = Some(db);
+            self.replace(format!(
+                "the file went back to an earlier commit (next sequence number {} instead of {})",
+                counters.next_seq, self.counters.next_seq
+            ));
+            return self.db.clone();
+        }
+        self.counters = counters;
+        self.db = Some(db.clone());
+        *self.shared.db.write().unwrap() = Some(db.clone());
+        publish_gauges(&self.gauges, &self.counters, self.limits.max_bytes);
+        Some(db)
     }
 
     /// Refuses whatever is still queued, then lets go of the database and answers `reply`.
@@ -852,10 +919,7 @@ fn settle(
                 }
             }
             Command::Close { reply } => *closing = Some(reply),
-            Command::Park { reply, .. } => {
-                let _ = reply.send(failure.clone().map_or(Ok(()), Err));
-            }
-            Command::Damaged { .. } => {}
+            Command::Damaged { .. } | Command::Park { .. } => {}
         }
     }
     stored

@@ -104,14 +104,28 @@ pub fn scan(
     Ok(s.finish())
 }
 
-/// The file's index of batches and published entries, if redb can still read them.
+/// The file's index of batches and published entries, if redb can still read them. The file
+/// is never changed: opened read-only, or, when redb would have to recover it first (it was
+/// not closed cleanly), a copy beside it is opened instead.
 fn read_index(file: &Path) -> Option<Live> {
     let read = catch_unwind(AssertUnwindSafe(|| {
-        let db = redb::Database::builder()
-            .set_cache_size(4 * 1024 * 1024)
-            .open(file)
-            .ok()?;
-        store::live(&db).ok()
+        match redb::Builder::new().open_read_only(file) {
+            Ok(db) => store::live(&db).ok(),
+            Err(redb::DatabaseError::RepairAborted) => {
+                let dir = file.parent()?;
+                let copy = tempfile::Builder::new()
+                    .prefix(".salvage-")
+                    .tempfile_in(dir)
+                    .ok()?;
+                std::fs::copy(file, copy.path()).ok()?;
+                let db = redb::Database::builder()
+                    .set_cache_size(4 * 1024 * 1024)
+                    .open(copy.path())
+                    .ok()?;
+                store::live(&db).ok()
+            }
+            Err(_) => None,
+        }
     }));
     read.ok().flatten()
 }

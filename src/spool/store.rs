@@ -44,6 +44,8 @@ pub enum OpenError {
         #[source]
         source: redb::Error,
     },
+    #[error("the spool file {path} is damaged ({detail}) and cannot be moved aside: move it away by hand (and salvage it with `spool salvage`)")]
+    Damaged { path: PathBuf, detail: String },
     #[error("cannot read the spool's counters")]
     Read(#[source] redb::Error),
     #[error("cannot start the spool writer")]
@@ -575,10 +577,18 @@ fn published_in(
 pub(super) struct Live {
     pub batches: Vec<(u64, u64)>,
     pub gone: std::collections::HashSet<u64>,
+    /// The next sequence number as of the index's commit.
+    pub next_seq: u64,
 }
 
 impl Live {
+    /// Whether `seq` may still be spooled: listed in a batch and not published, or numbered
+    /// after the index's commit (the index may be from an earlier commit than the records,
+    /// when redb fell back to one: those newer records are kept, never called stale).
     pub(super) fn holds(&self, seq: u64) -> bool {
+        if seq >= self.next_seq {
+            return true;
+        }
         let i = self.batches.partition_point(|&(first, _)| first <= seq);
         let in_batch = i > 0 && {
             let (first, count) = self.batches[i - 1];
@@ -587,6 +597,7 @@ impl Live {
         in_batch && !self.gone.contains(&seq)
     }
 
+    /// Entries the index lists as spooled.
     pub(super) fn entries(&self) -> u64 {
         let all: u64 = self.batches.iter().map(|&(_, n)| n).sum();
         all.saturating_sub(self.gone.len() as u64)
@@ -604,6 +615,10 @@ pub(super) fn live(db: &impl ReadableDatabase) -> Result<Live, redb::Error> {
     for item in txn.open_table(GONE)?.iter()? {
         live.gone.insert(item?.0.value());
     }
+    live.next_seq = txn
+        .open_table(META)?
+        .get(NEXT_SEQ)?
+        .map_or(0, |v| v.value());
     Ok(live)
 }
 
