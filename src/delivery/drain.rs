@@ -322,8 +322,8 @@ impl Drain {
             && self.in_flight.len() < self.settings.max_in_flight
             && self.in_flight_bytes < self.settings.max_in_flight_bytes
         {
-            let (seq, message, attempt) = if let Some(r) = self.due_retry() {
-                let Some(message) = self.message_of(&r).await else {
+            let (seq, message, attempt) = if let Some(mut r) = self.due_retry() {
+                let Some(message) = self.message_of(&mut r).await else {
                     continue;
                 };
                 (r.seq, message, r.attempt)
@@ -381,9 +381,9 @@ impl Drain {
     /// The message of a due retry: kept in memory, or (parked) read back from the spool. A
     /// parked entry no longer spooled is gone (`None`); one that cannot be read now waits
     /// another round.
-    async fn message_of(&mut self, r: &Retry) -> Option<Message> {
-        if let Some(m) = &r.message {
-            return Some(m.clone());
+    async fn message_of(&mut self, r: &mut Retry) -> Option<Message> {
+        if let Some(m) = r.message.take() {
+            return Some(m);
         }
         match self.spool.read_one(r.seq).await {
             Ok(Some(e)) => {

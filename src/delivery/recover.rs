@@ -79,13 +79,7 @@ pub(crate) async fn skip_already_published(
         if pending.is_empty() {
             return;
         }
-        let (reader, batch, budget) = (r.reader.clone(), pending.clone(), Budget::of(r));
-        let lookback = r.lookback;
-        let checked = tokio::task::spawn_blocking(move || {
-            already_published(&reader, &batch, lookback, &budget)
-        })
-        .await
-        .unwrap_or_else(|e| Checked::nothing(&pending, e.to_string()));
+        let checked = check_once(r, pending.clone()).await;
         forget(spool, checked.found).await;
         if !checked.refused.is_empty() {
             let (topics, why) = summary(&checked.refused);
@@ -111,12 +105,7 @@ pub(crate) async fn skip_already_published(
 /// The sequence numbers of `entries` found on Kafka (one attempt; what cannot be checked counts
 /// as not found, so it is published: at least once). Used by salvage.
 pub(crate) async fn published_of(r: &Recovery, entries: Vec<Entry>) -> Vec<u64> {
-    let (reader, budget, lookback) = (r.reader.clone(), Budget::of(r), r.lookback);
-    let checked = tokio::task::spawn_blocking(move || {
-        already_published(&reader, &entries, lookback, &budget)
-    })
-    .await
-    .unwrap_or_default();
+    let checked = check_once(r, entries).await;
     if !checked.unknown.is_empty() || !checked.refused.is_empty() {
         let (topics, why) = summary(if checked.unknown.is_empty() {
             &checked.refused
@@ -126,6 +115,17 @@ pub(crate) async fn published_of(r: &Recovery, entries: Vec<Entry>) -> Vec<u64> 
         tracing::warn!(?topics, reason = %why, "could not check which salvaged events of these topics are on Kafka; publishing them (some may be duplicates)");
     }
     checked.found
+}
+
+/// One attempt at looking `entries` up on Kafka, off the async threads (it blocks on reads).
+async fn check_once(r: &Recovery, entries: Vec<Entry>) -> Checked {
+    let (reader, budget, lookback) = (r.reader.clone(), Budget::of(r), r.lookback);
+    // Only for a check that panicked: then every topic counts as unchecked.
+    let topics: std::collections::HashSet<String> =
+        entries.iter().map(|e| e.message.topic.clone()).collect();
+    tokio::task::spawn_blocking(move || already_published(&reader, &entries, lookback, &budget))
+        .await
+        .unwrap_or_else(|e| Checked::nothing(&topics, e.to_string()))
 }
 
 /// For a log line: the first ten topics of `by_topic`, and one of the reasons.
@@ -178,10 +178,10 @@ pub(crate) struct Checked {
 
 impl Checked {
     /// Nothing could be checked, for `why`.
-    fn nothing(entries: &[Entry], why: String) -> Checked {
-        let unknown = entries
-            .iter()
-            .map(|e| (e.message.topic.clone(), why.clone()))
+    fn nothing<'a>(topics: impl IntoIterator<Item = &'a String>, why: String) -> Checked {
+        let unknown = topics
+            .into_iter()
+            .map(|topic| (topic.clone(), why.clone()))
             .collect();
         Checked {
             unknown,
@@ -201,7 +201,10 @@ pub(crate) fn already_published(
     let consumer: BaseConsumer = match reader.reader_config("eduzz-kafka-bridge-recovery").create()
     {
         Ok(c) => c,
-        Err(e) => return Checked::nothing(entries, ReadError::Create(e).to_string()),
+        Err(e) => {
+            let topics = entries.iter().map(|e| &e.message.topic);
+            return Checked::nothing(topics, ReadError::Create(e).to_string());
+        }
     };
     let deadline = Instant::now() + budget.total;
     let mut by_topic: HashMap<&str, Wanted> = HashMap::new();

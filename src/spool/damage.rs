@@ -25,7 +25,7 @@ use std::time::SystemTime;
 
 use redb::Database;
 
-use super::store::{self, OpenError, FILE_NAME};
+use super::store::{self, Counters, OpenError, FILE_NAME};
 use crate::event::unix_ms;
 
 /// Written beside the spool file once it exists: a later start that finds no spool file (or an
@@ -100,8 +100,10 @@ pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Opens the spool in `dir`, moving a damaged file aside and starting a fresh one in its place.
-/// Returns the database and what was found damaged, if anything.
-pub(super) fn open_or_replace(dir: &Path) -> Result<(Database, Option<Damaged>), OpenError> {
+/// Returns the database, its counters and what was found damaged, if anything.
+pub(super) fn open_or_replace(
+    dir: &Path,
+) -> Result<(Database, Counters, Option<Damaged>), OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
         path: dir.to_path_buf(),
         source,
@@ -126,22 +128,12 @@ pub(super) fn open_or_replace(dir: &Path) -> Result<(Database, Option<Damaged>),
         _ => {}
     }
     if damaged.is_none() && path.exists() {
-        let checked = catch_unwind(AssertUnwindSafe(|| {
-            let db = store::open(dir, true)?;
-            store::load_counters(&db).map_err(OpenError::Read)?;
-            Ok(db)
-        }));
-        match checked {
-            Ok(Ok(db)) => return Ok((db, None)),
-            Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source)))
-                if is_damage(&source) =>
-            {
-                damaged = Some(move_aside(dir, DamageKind::Unopenable, source.to_string()))
+        match open_checked(dir, true) {
+            Opened::Sound(db, counters) => return Ok((db, counters, None)),
+            Opened::Damaged(detail) => {
+                damaged = Some(move_aside(dir, DamageKind::Unopenable, detail))
             }
-            Ok(Err(e)) => return Err(e),
-            Err(panic) => {
-                damaged = Some(move_aside(dir, DamageKind::Unopenable, panic_text(&*panic)))
-            }
+            Opened::Failed(e) => return Err(e),
         }
     }
     if let Some(d) = damaged.as_ref().filter(|d| d.kind != DamageKind::Missing) {
@@ -153,11 +145,39 @@ pub(super) fn open_or_replace(dir: &Path) -> Result<(Database, Option<Damaged>),
         }
     }
     let db = store::open(dir, false)?;
+    let counters = store::load_counters(&db).map_err(OpenError::Read)?;
     mark_lived_here(dir);
     if let Some(d) = &damaged {
         report(d, &path);
     }
-    Ok((db, damaged))
+    Ok((db, counters, damaged))
+}
+
+/// What opening the spool file came to.
+pub(super) enum Opened {
+    Sound(Database, Counters),
+    /// redb refuses the file as damaged, or panicked on it: why.
+    Damaged(String),
+    /// Any other failure (in use, a permission, a full disk): not the file's fault.
+    Failed(OpenError),
+}
+
+/// Opens the spool in `dir` and reads its counters (`check`: redb verifies the whole file
+/// first), telling a damaged file from any other failure; a panic inside redb is caught.
+pub(super) fn open_checked(dir: &Path, check: bool) -> Opened {
+    let opened = catch_unwind(AssertUnwindSafe(|| {
+        let db = store::open(dir, check)?;
+        let counters = store::load_counters(&db).map_err(OpenError::Read)?;
+        Ok((db, counters))
+    }));
+    match opened {
+        Ok(Ok((db, counters))) => Opened::Sound(db, counters),
+        Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source))) if is_damage(&source) => {
+            Opened::Damaged(source.to_string())
+        }
+        Ok(Err(e)) => Opened::Failed(e),
+        Err(panic) => Opened::Damaged(panic_text(&*panic)),
+    }
 }
 
 /// Renames the spool file aside (kept for salvage, never deleted).

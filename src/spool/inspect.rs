@@ -1,10 +1,9 @@
 //! `spool stats`: the spool's figures, read without changing the file.
 //!
-//! redb repairs a file that was not closed cleanly (a SIGKILL, a power loss) as it opens it for
-//! writing, and a read-only open refuses such a file. Opening it for writing to count its
-//! entries would change the file under the operator's feet (and a repair interrupted half way
-//! leaves it flagged), so an unclean file is copied beside itself and the copy opened, repaired
-//! and checked; the original is left exactly as it was found.
+//! Opening the file for writing to count its entries would change it under the operator's feet
+//! (redb recovers an unclean file as it opens it, and a recovery interrupted half way leaves it
+//! flagged), so it is opened [unchanged](super::unchanged): read-only, or a recovered and
+//! checked copy; the original is left exactly as it was found.
 //!
 //! Every entry is read back (and its checksum verified), so `verified: true` means the drain
 //! can read the whole spool.
@@ -12,10 +11,11 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use redb::{DatabaseError, ReadableDatabase};
+use redb::ReadableDatabase;
 
 use super::damage::{self, panic_text};
 use super::store::{self, Counters, FILE_NAME};
+use super::unchanged::{Unchanged, Unopened};
 
 /// Entries read back per step of the verification.
 const VERIFY_STEP: usize = 1024;
@@ -63,45 +63,23 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
         unsalvaged: damage::unsalvaged(dir),
         ..Inspection::default()
     };
-    let opened = catch_unwind(AssertUnwindSafe(|| {
-        redb::Builder::new().open_read_only(&file)
-    }));
-    match opened {
-        Ok(Ok(db)) => read_all(&db, &mut found),
-        Ok(Err(DatabaseError::DatabaseAlreadyOpen)) => return Err(InspectError::InUse(file)),
-        Ok(Err(DatabaseError::RepairAborted)) => {
-            found.needed_recovery = true;
-            inspect_copy(&file, &mut found)?;
+    match Unchanged::open(&file, true) {
+        Ok(opened) => {
+            found.needed_recovery = opened.recovered();
+            read_all(opened.db(), &mut found);
         }
-        Ok(Err(e)) => found.damage = Some(e.to_string()),
-        Err(panic) => found.damage = Some(panic_text(&*panic)),
+        Err(Unopened::InUse) => return Err(InspectError::InUse(file)),
+        Err(Unopened::Copy(e)) => return Err(InspectError::Copy(e)),
+        Err(Unopened::Unreadable { recovered, detail }) => {
+            found.needed_recovery = recovered;
+            found.damage = Some(detail);
+        }
     }
     Ok(found)
 }
 
-/// Copies an unclean file beside itself, has redb repair and check the copy, reads it.
-fn inspect_copy(file: &Path, found: &mut Inspection) -> Result<(), InspectError> {
-    let dir = file.parent().unwrap_or(Path::new("."));
-    let copy = tempfile::Builder::new()
-        .prefix(".spool-stats-")
-        .tempfile_in(dir)
-        .map_err(InspectError::Copy)?;
-    std::fs::copy(file, copy.path()).map_err(InspectError::Copy)?;
-    let opened = catch_unwind(AssertUnwindSafe(|| {
-        redb::Database::builder()
-            .set_check_integrity_on_open(true)
-            .open(copy.path())
-    }));
-    match opened {
-        Ok(Ok(db)) => read_all(&db, found),
-        Ok(Err(e)) => found.damage = Some(e.to_string()),
-        Err(panic) => found.damage = Some(panic_text(&*panic)),
-    }
-    Ok(())
-}
-
 /// Reads the counters and every entry back; a failure on the way is the file's damage.
-fn read_all(db: &impl ReadableDatabase, found: &mut Inspection) {
+fn read_all(db: &dyn ReadableDatabase, found: &mut Inspection) {
     let read = catch_unwind(AssertUnwindSafe(|| verify(db, found)));
     match read {
         Ok(Ok(())) => found.verified = found.damage.is_none(),
@@ -110,7 +88,7 @@ fn read_all(db: &impl ReadableDatabase, found: &mut Inspection) {
     }
 }
 
-fn verify(db: &impl ReadableDatabase, found: &mut Inspection) -> Result<(), redb::Error> {
+fn verify(db: &dyn ReadableDatabase, found: &mut Inspection) -> Result<(), redb::Error> {
     let Counters {
         depth,
         bytes,

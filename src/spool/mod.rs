@@ -17,6 +17,7 @@ mod inspect;
 mod record;
 pub mod salvage;
 mod store;
+mod unchanged;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -168,9 +169,8 @@ impl Spool {
     /// Opens the spool in `settings.dir` and starts its writer thread. A damaged spool file is
     /// moved aside and a fresh one started (see [`damage`]); [`Spool::damage`] tells of it.
     pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, OpenError> {
-        let (db, damaged) = damage::open_or_replace(&settings.dir)?;
+        let (db, counters, damaged) = damage::open_or_replace(&settings.dir)?;
         let db = Arc::new(db);
-        let counters = store::load_counters(&*db).map_err(OpenError::Read)?;
         let limits = store::Limits {
             max_bytes: settings.max_bytes,
             dedupe: dedupe.enabled.then_some(store::DedupeLimits {
@@ -326,12 +326,14 @@ impl Spool {
     /// One entry, read from the file (a parked entry the drain let go of, to send again);
     /// `None` when it is no longer spooled.
     pub(crate) async fn read_one(&self, seq: u64) -> Result<Option<Entry>, SpoolError> {
-        let entries = self.read_disk(seq.checked_sub(1), 1).await?;
-        Ok(entries
-            .into_iter()
-            .next()
-            .and_then(Result::ok)
-            .filter(|e| e.seq == seq))
+        let first = self.first_on_disk(seq.checked_sub(1)).await?;
+        Ok(first.filter(|e| e.seq == seq))
+    }
+
+    /// The first entry after `after` in the file, if it decodes.
+    async fn first_on_disk(&self, after: Option<u64>) -> Result<Option<Entry>, SpoolError> {
+        let entries = self.read_disk(after, 1).await?;
+        Ok(entries.into_iter().next().and_then(Result::ok))
     }
 
     /// The oldest `limit` entries that are not parked: what the drain can have sent before
@@ -428,12 +430,8 @@ impl Spool {
 
     /// Age of the oldest entry, if any.
     pub(crate) async fn oldest_age(&self) -> Option<Duration> {
-        let entries = self.read_disk(None, 1).await.ok()?;
-        entries
-            .into_iter()
-            .next()
-            .and_then(Result::ok)
-            .map(|e| e.message.age())
+        let oldest = self.first_on_disk(None).await.ok()??;
+        Some(oldest.message.age())
     }
 }
 
@@ -595,9 +593,14 @@ impl Writer {
             tracing::debug!(%detail, "checking the spool file a read found damaged");
             self.check_after_failed_read(detail);
         }
-        let (parked, unparked): (Vec<_>, Vec<_>) = park_marks.into_iter().partition(|&(_, p)| p);
-        let parked: Vec<u64> = parked.into_iter().map(|(seq, _)| seq).collect();
-        let unparked: Vec<u64> = unparked.into_iter().map(|(seq, _)| seq).collect();
+        let (mut parked, mut unparked) = (Vec::new(), Vec::new());
+        for (seq, is_parked) in park_marks {
+            if is_parked {
+                parked.push(seq)
+            } else {
+                unparked.push(seq)
+            }
+        }
         let marks = store::Marks {
             deleted: &deletes,
             parked: &parked,
@@ -802,31 +805,18 @@ impl Writer {
     /// fresh one (see [`Writer::replace`]).
     fn reopen_with(&mut self, check: bool) -> Option<Arc<Database>> {
         self.let_go();
-        let dir = self.dir.clone();
-        let opened = catch_unwind(AssertUnwindSafe(|| {
-            store::open(&dir, check).and_then(|db| {
-                let counters = store::load_counters(&db).map_err(OpenError::Read)?;
-                Ok((Arc::new(db), counters))
-            })
-        }));
-        match opened {
-            Ok(Ok((db, counters))) => self.install(db, counters),
-            Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source)))
-                if damage::is_damage(&source) =>
-            {
-                self.replace(source.to_string());
+        match damage::open_checked(&self.dir, check) {
+            damage::Opened::Sound(db, counters) => self.install(Arc::new(db), counters),
+            damage::Opened::Damaged(detail) => {
+                self.replace(detail);
                 self.db.clone()
             }
-            Ok(Err(e)) => {
+            damage::Opened::Failed(e) => {
                 tracing::debug!(error = %crate::problem::with_causes(&e), "spool not re-opened yet");
                 // Without a database the writer must retry the re-open, even when it came
                 // here for a check rather than after a failed commit (a full disk fails both).
                 self.start_broken();
                 None
-            }
-            Err(panic) => {
-                self.replace(damage::panic_text(&*panic));
-                self.db.clone()
             }
         }
     }

@@ -23,6 +23,7 @@ use std::path::Path;
 
 use super::record::{self, Header, MAGIC};
 use super::store::{self, Entry, Live};
+use super::unchanged::Unchanged;
 use crate::event::Message;
 
 /// Bytes read per step of the scan.
@@ -105,27 +106,11 @@ pub fn scan(
 }
 
 /// The file's index of batches and published entries, if redb can still read them. The file
-/// is never changed: opened read-only, or, when redb would have to recover it first (it was
-/// not closed cleanly), a copy beside it is opened instead.
+/// is opened [unchanged](super::unchanged): salvage never writes to what it salvages.
 fn read_index(file: &Path) -> Option<Live> {
     let read = catch_unwind(AssertUnwindSafe(|| {
-        match redb::Builder::new().open_read_only(file) {
-            Ok(db) => store::live(&db).ok(),
-            Err(redb::DatabaseError::RepairAborted) => {
-                let dir = file.parent()?;
-                let copy = tempfile::Builder::new()
-                    .prefix(".salvage-")
-                    .tempfile_in(dir)
-                    .ok()?;
-                std::fs::copy(file, copy.path()).ok()?;
-                let db = redb::Database::builder()
-                    .set_cache_size(4 * 1024 * 1024)
-                    .open(copy.path())
-                    .ok()?;
-                store::live(&db).ok()
-            }
-            Err(_) => None,
-        }
+        let opened = Unchanged::open(file, false).ok()?;
+        store::live(opened.db()).ok()
     }));
     read.ok().flatten()
 }

@@ -216,7 +216,9 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
 }
 
 /// Reads the counters as last committed.
-pub(super) fn load_counters(db: &impl ReadableDatabase) -> Result<Counters, redb::Error> {
+pub(super) fn load_counters(
+    db: &(impl ReadableDatabase + ?Sized),
+) -> Result<Counters, redb::Error> {
     let txn = db.begin_read()?;
     let meta = txn.open_table(META)?;
     let get =
@@ -605,7 +607,7 @@ impl Live {
 }
 
 /// Reads the index of batches and the published entries (small tables: no record is loaded).
-pub(super) fn live(db: &impl ReadableDatabase) -> Result<Live, redb::Error> {
+pub(super) fn live(db: &(impl ReadableDatabase + ?Sized)) -> Result<Live, redb::Error> {
     let txn = db.begin_read()?;
     let mut live = Live::default();
     for item in txn.open_table(BATCH_INDEX)?.iter()? {
@@ -645,7 +647,7 @@ pub struct Entry {
 /// oldest first, published ones left out. Entries that cannot be decoded are returned as
 /// errors with their seq.
 pub(super) fn read_after(
-    db: &impl ReadableDatabase,
+    db: &(impl ReadableDatabase + ?Sized),
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
@@ -655,7 +657,7 @@ pub(super) fn read_after(
 /// The oldest `limit` entries that are not parked: those the drain can have sent before a
 /// stop (see delivery::recover).
 pub(super) fn read_unparked(
-    db: &impl ReadableDatabase,
+    db: &(impl ReadableDatabase + ?Sized),
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
     let parked = {
@@ -671,7 +673,7 @@ pub(super) fn read_unparked(
 }
 
 fn read_skipping(
-    db: &impl ReadableDatabase,
+    db: &(impl ReadableDatabase + ?Sized),
     after: Option<u64>,
     limit: usize,
     skip: &std::collections::HashSet<u64>,
