@@ -10,7 +10,8 @@
 //!
 //! Beside them: [`config`] (composes every component's settings and builds them once),
 //! [`metrics`], [`telemetry`], [`app`] (wiring and shutdown order) and [`cli`]; and the small
-//! leaves [`problem`] (config problems with their keys), [`secret`], [`cidr`], [`slugs`].
+//! leaves [`problem`] (config problems with their keys), [`retry`] (back-off and outages),
+//! [`secret`], [`cidr`], [`slugs`].
 
 #![warn(clippy::too_many_lines)]
 #![warn(unreachable_pub)]
@@ -27,6 +28,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
+pub mod retry;
 pub mod route;
 pub mod secret;
 pub(crate) mod slugs;
