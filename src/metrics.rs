@@ -137,6 +137,52 @@ pub struct Metrics {
     topic_labels: Mutex<HashSet<String>>,
 }
 
+/// Registers each metric under the name a scraper sees, written out in full so that a name
+/// read on a dashboard (`eduzz_bridge_spool_bytes`, `eduzz_bridge_events_total`) is found by
+/// grep. prometheus-client adds the prefix, a counter's `_total` and the unit's suffix itself,
+/// so they are taken off the written name here, once.
+struct Exposed<'r> {
+    registry: &'r mut Registry,
+    #[cfg(test)]
+    names: Vec<&'static str>,
+}
+
+const PREFIX: &str = "eduzz_bridge_";
+
+impl<'r> Exposed<'r> {
+    fn new(registry: &'r mut Registry) -> Exposed<'r> {
+        Exposed {
+            registry,
+            #[cfg(test)]
+            names: Vec::new(),
+        }
+    }
+
+    fn add(
+        &mut self,
+        exposed: &'static str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        #[cfg(test)]
+        self.names.push(exposed);
+        let name = exposed
+            .strip_prefix(PREFIX)
+            .expect("every metric name starts with the bridge's prefix");
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        use prometheus_client::registry::Unit;
+        match (name.strip_suffix("_seconds"), name.strip_suffix("_bytes")) {
+            (Some(base), _) => self
+                .registry
+                .register_with_unit(base, help, Unit::Seconds, metric),
+            (None, Some(base)) => self
+                .registry
+                .register_with_unit(base, help, Unit::Bytes, metric),
+            (None, None) => self.registry.register(name, help, metric),
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -145,7 +191,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("eduzz_bridge");
+        let mut registry = Registry::with_prefix(PREFIX.trim_end_matches('_'));
         let m = Metrics {
             http_requests: Family::default(),
             events: Family::default(),
@@ -181,139 +227,139 @@ impl Metrics {
             topic_labels: Mutex::new(HashSet::new()),
             registry: Registry::default(),
         };
-        m.register_counters(&mut registry);
-        m.register_gauges(&mut registry);
+        let mut exposed = Exposed::new(&mut registry);
+        m.register_counters(&mut exposed);
+        m.register_gauges(&mut exposed);
         Metrics { registry, ..m }
     }
 
-    fn register_counters(&self, r: &mut Registry) {
-        r.register(
-            "http_requests",
+    fn register_counters(&self, r: &mut Exposed<'_>) {
+        r.add(
+            "eduzz_bridge_http_requests_total",
             "Webhook requests by source and HTTP status",
             self.http_requests.clone(),
         );
-        r.register(
-            "events",
+        r.add(
+            "eduzz_bridge_events_total",
             "Events by source, slug and outcome",
             self.events.clone(),
         );
-        r.register(
-            "published",
+        r.add(
+            "eduzz_bridge_published_total",
             "Messages confirmed by Kafka, by topic",
             self.published.clone(),
         );
-        r.register(
-            "publish_errors",
+        r.add(
+            "eduzz_bridge_publish_errors_total",
             "Delivery failures reported by Kafka, by error",
             self.publish_errors.clone(),
         );
-        r.register(
-            "dead_lettered",
+        r.add(
+            "eduzz_bridge_dead_lettered_total",
             "Messages sent to the dead-letter topic",
             self.dead_lettered.clone(),
         );
-        r.register(
-            "signature_failures",
+        r.add(
+            "eduzz_bridge_signature_failures_total",
             "Deliveries refused by authentication, by source and reason",
             self.signature_failures.clone(),
         );
-        r.register(
-            "dedupe_hits",
+        r.add(
+            "eduzz_bridge_dedupe_hits_total",
             "Deliveries recognised as already accepted",
             self.dedupe_hits.clone(),
         );
-        r.register(
-            "refusals",
+        r.add(
+            "eduzz_bridge_refusals_total",
             "Webhook requests answered without taking the event, by source and reason",
             self.refusals.clone(),
         );
-        r.register(
-            "connections_closed",
+        r.add(
+            "eduzz_bridge_connections_closed_total",
             "Connections refused or closed by a listener before an answer, by reason",
             self.connections_closed.clone(),
         );
-        r.register(
-            "topic_overflow",
+        r.add(
+            "eduzz_bridge_topic_overflow_total",
             "Events sent to the overflow topic because the limit on topics named after slugs was reached",
             self.topic_overflow.clone(),
         );
-        r.register(
-            "shared_dedupe",
+        r.add(
+            "eduzz_bridge_shared_dedupe_total",
             "Claims and marks in the shared dedupe index, by result (bypassed: Redis did not answer or refused the claim; mark_refused: a mark Redis refused, kept and retried)",
             self.shared_dedupe.clone(),
         );
-        r.register(
-            "shared_dedupe_reconnects",
+        r.add(
+            "eduzz_bridge_shared_dedupe_reconnects_total",
             "Connections to the shared dedupe index replaced without bypassing it, by reason (dropped: Redis closed it and the round trip was sent again on a new one; read_only: it led to a replica)",
             self.shared_dedupe_reconnects.clone(),
         );
-        r.register_with_unit(
-            "publish_latency",
+        r.add(
+            "eduzz_bridge_publish_latency_seconds",
             "Time from receiving an event to Kafka confirming it",
-            prometheus_client::registry::Unit::Seconds,
             self.publish_latency.clone(),
         );
-        r.register_with_unit(
-            "request_duration",
+        r.add(
+            "eduzz_bridge_request_duration_seconds",
             "Time to answer a webhook request",
-            prometheus_client::registry::Unit::Seconds,
             self.request_duration.clone(),
         );
     }
 
-    fn register_gauges(&self, r: &mut Registry) {
-        r.register(
-            "spool_depth",
+    fn register_gauges(&self, r: &mut Exposed<'_>) {
+        r.add(
+            "eduzz_bridge_spool_depth",
             "Events in the spool waiting for Kafka",
             self.spool_depth.clone(),
         );
-        r.register_with_unit(
-            "spool",
+        r.add(
+            "eduzz_bridge_spool_bytes",
             "Bytes of events in the spool",
-            prometheus_client::registry::Unit::Bytes,
             self.spool_bytes.clone(),
         );
-        r.register_with_unit(
-            "spool_oldest_age",
+        r.add(
+            "eduzz_bridge_spool_oldest_age_seconds",
             "Age of the oldest event in the spool",
-            prometheus_client::registry::Unit::Seconds,
             self.spool_oldest_age.clone(),
         );
-        r.register(
-            "spool_damaged_files",
+        r.add(
+            "eduzz_bridge_spool_damaged_files",
             "Spool files found damaged (moved aside for salvage, or missing) since the start: alert on any",
             self.spool_damaged_files.clone(),
         );
-        r.register(
-            "spool_salvaged",
+        r.add(
+            "eduzz_bridge_spool_salvaged",
             "Events of damaged spool files, by outcome: requeued, already_on_kafka, duplicate (in the spool already), damaged or lost (not recoverable)",
             self.spool_salvaged.clone(),
         );
-        r.register(
-            "producer_queue_depth",
+        r.add(
+            "eduzz_bridge_producer_queue_depth",
             "Messages handed to the producer and not yet confirmed",
             self.producer_queue.clone(),
         );
-        r.register(
-            "kafka_reachable",
+        r.add(
+            "eduzz_bridge_kafka_reachable",
             "1 when Kafka answers, 0 during an outage",
             self.kafka_reachable.clone(),
         );
-        r.register(
-            "shared_dedupe_reachable",
+        r.add(
+            "eduzz_bridge_shared_dedupe_reachable",
             "1 while the shared dedupe index (Redis) answers; 0 while it is bypassed, or not configured",
             self.shared_dedupe_reachable.clone(),
         );
-        r.register(
-            "shared_dedupe_marks_pending",
+        r.add(
+            "eduzz_bridge_shared_dedupe_marks_pending",
             "Marks of events this replica took that the shared dedupe index does not hold yet (Redis unreachable or refusing writes): their retries on another replica may be published again",
             self.shared_dedupe_marks_pending.clone(),
         );
-        r.register("parked", "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)", self.parked.clone());
-        r.register_with_unit(
-            "source_failing",
+        r.add(
+            "eduzz_bridge_parked",
+            "Events Kafka refused for good that could not be dead-lettered (they stay in the spool)",
+            self.parked.clone(),
+        );
+        r.add(
+            "eduzz_bridge_source_failing_seconds",
             "How long each source has been answered nothing but failures (0: its last answer was a 2xx); Eduzz gives up on a URL after 180",
-            prometheus_client::registry::Unit::Seconds,
             self.source_failing.clone(),
         );
     }
@@ -443,6 +489,45 @@ mod tests {
             "eduzz_bridge_spool_bytes 0",
         ] {
             assert!(text.contains(needle), "{needle} not in\n{text}");
+        }
+    }
+
+    #[test]
+    fn every_name_is_written_as_a_scraper_sees_it() {
+        let m = Metrics::new();
+        let mut registry = Registry::with_prefix("eduzz_bridge");
+        let mut exposed = Exposed::new(&mut registry);
+        m.register_counters(&mut exposed);
+        m.register_gauges(&mut exposed);
+        let names = exposed.names;
+        assert!(names.len() > 20, "{names:?}");
+        m.event("eduzz", "nutror.lesson_started", "accepted");
+        m.refusal("eduzz", "busy");
+        m.published("t");
+        m.dead_lettered.inc();
+        let text = m.render(GaugeValues::default());
+        // Every metric a scraper sees is found, as it sees it, in this file. (A family without
+        // samples yet is not written at all; the ones touched above stand for them.)
+        let seen: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next())
+            .collect();
+        assert!(seen.len() > 12, "{text}");
+        for base in seen {
+            let counter = format!("{base}_total");
+            assert!(
+                names.contains(&base) || names.contains(&counter.as_str()),
+                "{base} is exposed but not written out in metrics.rs"
+            );
+        }
+        for sample in [
+            "eduzz_bridge_events_total{",
+            "eduzz_bridge_refusals_total{",
+            "eduzz_bridge_published_total{",
+            "eduzz_bridge_dead_lettered_total ",
+            "eduzz_bridge_spool_bytes ",
+        ] {
+            assert!(text.contains(sample), "{sample} not in\n{text}");
         }
     }
 
