@@ -75,7 +75,7 @@ impl Outcome {
             Outcome::DeadLettered { .. } => "dead_lettered",
             Outcome::Duplicate { .. } => "duplicate",
             Outcome::Refused(Refusal::Busy(_)) => "busy",
-            Outcome::Refused(Refusal::Unavailable(_)) => "unavailable",
+            Outcome::Refused(Refusal::Unavailable { .. }) => "unavailable",
             Outcome::Refused(Refusal::InProgress { .. }) => "in_progress",
             Outcome::Refused(Refusal::TooLarge { .. }) => "record_too_large",
         }

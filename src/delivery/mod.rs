@@ -31,6 +31,7 @@ use crate::kafka::{
 use crate::metrics::{ErrorLabels, Metrics, SourceLabels};
 use crate::problem::Problems;
 use crate::spool::{Appended, Spool, SpoolError};
+use crate::telemetry::LogThrottle;
 pub use dead_letter::{DeadLetterError, DeadLetters};
 
 /// When the bridge answers 2xx, and so what a 2xx promises.
@@ -147,10 +148,15 @@ pub enum Refusal {
     TooLarge { size: usize, limit: usize },
     /// Full queue or spool: come back later (503 with Retry-After).
     #[error("{0}")]
-    Busy(String),
-    /// Kafka or storage not working right now (503).
-    #[error("{0}")]
-    Unavailable(String),
+    Busy(&'static str),
+    /// Kafka or storage not working right now (503). `answer` is all a sender is told; the
+    /// spool's or librdkafka's own words stay in `detail`, which is logged, because they
+    /// describe our infrastructure to whoever posts.
+    #[error("{answer}: {detail}")]
+    Unavailable {
+        answer: &'static str,
+        detail: String,
+    },
     /// Another replica is taking this very event right now (503 with Retry-After): it may
     /// still fail, so this delivery is neither taken nor called a duplicate.
     #[error("another delivery of this event is being taken; retry in {retry_after:?}")]
@@ -277,11 +283,9 @@ impl Delivery {
             index.settle(ticket, result.is_ok()).await;
             result
         });
-        settled.await.unwrap_or_else(|e| {
-            Err(Refusal::Unavailable(format!(
-                "taking the event failed: {e}"
-            )))
-        })
+        settled
+            .await
+            .unwrap_or_else(|e| Err(unavailable("taking the event failed", e)))
     }
 
     fn duplicate(&self, source: &str) {
@@ -316,8 +320,8 @@ impl Delivery {
                 self.duplicate(&msg.source);
                 Ok(Accepted::Duplicate)
             }
-            Err(SpoolError::Full) => Err(Refusal::Busy("the spool is full".into())),
-            Err(e) => Err(Refusal::Unavailable(e.to_string())),
+            Err(SpoolError::Full) => Err(Refusal::Busy("the spool is full")),
+            Err(e) => Err(unavailable("the spool cannot take events right now", e)),
         }
     }
 
@@ -360,8 +364,9 @@ impl Delivery {
         topic_ready(publisher, &msg, timeout).await?;
         let future = enqueue(publisher, &msg)?;
         let Ok(result) = tokio::time::timeout(timeout, Publisher::delivered(future)).await else {
-            return Err(Refusal::Unavailable(
-                "Kafka did not confirm the event in time".into(),
+            return Err(unavailable(
+                "Kafka did not confirm the event in time",
+                format!("no delivery report within {timeout:?}"),
             ));
         };
         record(&self.metrics, &msg, &result);
@@ -371,14 +376,10 @@ impl Delivery {
                 Ok(()) => Ok(Accepted::DeadLettered),
                 Err(why) => {
                     tracing::error!(event_id = msg.event_id.as_str(), error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
-                    Err(Refusal::Unavailable(format!(
-                        "Kafka refused the event: {e}"
-                    )))
+                    Err(unavailable("Kafka refused the event", e))
                 }
             },
-            Err(e) => Err(Refusal::Unavailable(format!(
-                "Kafka did not confirm the event: {e}"
-            ))),
+            Err(e) => Err(unavailable("Kafka did not confirm the event", e)),
         }
     }
 }
@@ -408,10 +409,13 @@ async fn topic_ready(
 ) -> Result<(), Refusal> {
     match publisher.wait_topic(msg, timeout).await {
         true => Ok(()),
-        false => Err(Refusal::Unavailable(format!(
-            "topic '{}' is not ready yet (being created, or the cluster refuses to create it)",
-            msg.topic
-        ))),
+        false => Err(unavailable(
+            "the event's topic is not ready yet",
+            format!(
+                "topic '{}' is being created, or the cluster refuses to create it",
+                msg.topic
+            ),
+        )),
     }
 }
 
@@ -420,11 +424,21 @@ fn enqueue(
     msg: &Message,
 ) -> Result<rdkafka::producer::DeliveryFuture, Refusal> {
     publisher.enqueue(msg).map_err(|e| match e {
-        EnqueueError::QueueFull => Refusal::Busy("the producer queue is full".into()),
-        EnqueueError::Refused(e) => {
-            Refusal::Unavailable(format!("the producer refused the event: {e}"))
-        }
+        EnqueueError::QueueFull => Refusal::Busy("the producer queue is full"),
+        EnqueueError::Refused(e) => unavailable("the producer refused the event", e),
     })
+}
+
+/// A 503 whose `answer` the sender reads and whose `detail` only the log does. The warning
+/// is throttled: an outage refuses every request, and one line a second says as much.
+fn unavailable(answer: &'static str, detail: impl std::fmt::Display) -> Refusal {
+    static THROTTLE: std::sync::LazyLock<LogThrottle> =
+        std::sync::LazyLock::new(|| LogThrottle::new(Duration::from_secs(1)));
+    let detail = detail.to_string();
+    if let Some(held_back) = THROTTLE.admit(answer) {
+        tracing::warn!(reason = answer, detail = %detail, similar_since_last_line = held_back, "event refused with 503");
+    }
+    Refusal::Unavailable { answer, detail }
 }
 
 /// Counts one delivery report.

@@ -496,8 +496,8 @@ pub(crate) fn answer_for(outcome: &Outcome, accepted: StatusCode) -> Answer {
             answer::json(StatusCode::OK, Taken::new("duplicate", event, None))
         }
         Outcome::Refused(Refusal::Busy(why)) => answer::busy(why, 5),
-        Outcome::Refused(Refusal::Unavailable(why)) => {
-            answer::unavailable("unavailable", why, Duration::from_secs(10))
+        Outcome::Refused(Refusal::Unavailable { answer, .. }) => {
+            answer::unavailable("unavailable", answer, Duration::from_secs(10))
         }
         Outcome::Refused(r @ Refusal::InProgress { retry_after }) => {
             answer::unavailable("in_progress", &r.to_string(), *retry_after)
