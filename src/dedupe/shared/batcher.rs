@@ -44,9 +44,13 @@ const REPLACE_EVERY: Duration = Duration::from_secs(1);
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Deletes the key only if it still holds the caller's claim (a mark or another replica's
-/// claim is left alone).
-const RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+/// claim is left alone). Sent by its hash (`EVALSHA`); a batch that releases loads it first,
+/// in the same pipeline, so a restarted or failed-over Redis never answers `NOSCRIPT`.
+static RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+    )
+});
 
 /// A mark not in Redis yet.
 struct Kept {
@@ -233,6 +237,10 @@ impl<C: RoundTrip> Batcher<C> {
         // A command Redis refuses (OOM, READONLY, an old server without `SET … NX GET`, an
         // ACL) fails its own operation, not the whole batch.
         pipe.ignore_errors();
+        if ops.iter().any(|op| matches!(op, Op::Release { .. })) {
+            // Its reply (the hash) is not one of the operations' replies.
+            pipe.load_script(&RELEASE).ignore();
+        }
         for op in ops {
             match op {
                 Op::Claim { key, token, .. } => {
@@ -254,7 +262,7 @@ impl<C: RoundTrip> Batcher<C> {
                         .arg(self.window_ms);
                 }
                 Op::Release { key, token } => {
-                    pipe.cmd("EVAL").arg(RELEASE).arg(1).arg(key).arg(token);
+                    pipe.invoke_script(RELEASE.key(key).arg(token));
                 }
                 Op::Flush { .. } => {}
             }
@@ -478,7 +486,7 @@ fn hint(code: &str) -> &'static str {
     match code {
         "OOM" => "Redis is at its maxmemory: give it more (about 210 bytes per event in dedupe.window)",
         "READONLY" => "the address leads to a read-only replica (after a failover?): connecting again until it leads to the primary",
-        "NOPERM" => "the Redis user needs SET, PTTL and EVAL on the key prefix",
+        "NOPERM" => "the Redis user needs SET, PTTL, EVALSHA and SCRIPT LOAD on the key prefix",
         "MOVED" | "ASK" | "CROSSSLOT" | "CLUSTERDOWN" => "a Redis in cluster mode: use one that is not",
         _ => "the index needs Redis 7.0 or newer (SET … NX GET)",
     }

@@ -17,7 +17,7 @@ pub(super) enum Unreachable {
     TimedOut,
     /// The client could not even be set up (a bad TLS setting, …); nothing was sent.
     #[error("cannot set up a connection: {0}")]
-    Setup(String),
+    Setup(#[source] std::sync::Arc<redis::RedisError>),
     #[error(transparent)]
     Redis(#[from] redis::RedisError),
 }
@@ -52,7 +52,7 @@ pub(super) trait RoundTrip: Send + 'static {
 pub(super) struct Managed {
     client: redis::Client,
     config: ConnectionManagerConfig,
-    conn: Result<ConnectionManager, String>,
+    conn: Result<ConnectionManager, std::sync::Arc<redis::RedisError>>,
 }
 
 impl Managed {
@@ -65,7 +65,10 @@ impl Managed {
         let mut managed = Managed {
             client: settings.client.clone(),
             config,
-            conn: Err(String::new()),
+            conn: Err(std::sync::Arc::new(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "not connected yet",
+            )))),
         };
         managed.replace();
         managed
@@ -83,6 +86,6 @@ impl RoundTrip for Managed {
     fn replace(&mut self) {
         let (client, config) = (self.client.clone(), self.config.clone());
         self.conn =
-            ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string());
+            ConnectionManager::new_lazy_with_config(client, config).map_err(std::sync::Arc::new);
     }
 }

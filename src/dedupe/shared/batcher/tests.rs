@@ -24,6 +24,8 @@ struct Script {
     /// Round trips carried out, and connections replaced.
     trips: usize,
     replaced: usize,
+    /// `SCRIPT LOAD`s received.
+    loads: usize,
 }
 
 impl Script {
@@ -55,7 +57,7 @@ impl Script {
                     (false, _) => Value::Okay,
                 }
             }
-            (b"EVAL", None) => {
+            (b"EVALSHA", None) => {
                 let ours = self.store.get(args[3]).is_some_and(|v| v == args[4]);
                 if ours {
                     self.store.remove(args[3]);
@@ -90,7 +92,14 @@ impl RoundTrip for Scripted {
     async fn send(&mut self, pipe: &Pipeline) -> Result<Vec<Value>, Unreachable> {
         let mut script = self.0.lock().unwrap();
         script.trips += 1;
-        let replies = pipe.cmd_iter().map(|cmd| script.run(cmd)).collect();
+        // The script is loaded with its reply ignored, as a real pipeline leaves it out.
+        let is_load = |cmd: &&Cmd| matches!(cmd.args_iter().next(), Some(Arg::Simple(b"SCRIPT")));
+        script.loads += pipe.cmd_iter().filter(is_load).count();
+        let replies = pipe
+            .cmd_iter()
+            .filter(|cmd| !is_load(cmd))
+            .map(|cmd| script.run(cmd))
+            .collect();
         if script.drops > 0 {
             script.drops -= 1;
             let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
@@ -254,4 +263,32 @@ async fn a_read_only_redis_is_connected_to_again_at_most_once_a_second() {
         series(&metrics, "eduzz_bridge_shared_dedupe_marks_pending"),
         0.0
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_claim_not_taken_is_released_by_its_script_and_a_retry_may_claim_again() {
+    let redis = Scripted::default();
+    let (index, _metrics) = index(&redis);
+    let t = ticket(&index, "e1").await;
+    let key = t.key.clone();
+    assert!(redis.value(&key).is_some(), "claimed");
+    index.settle(t, false).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        redis.value(&key),
+        None,
+        "the release script deleted the claim"
+    );
+    assert_eq!(
+        redis.with(|s| s.loads),
+        1,
+        "the script was loaded with its batch"
+    );
+    // Another replica's claim is not ours to release.
+    let t = ticket(&index, "e1").await;
+    let key = t.key.clone();
+    redis.with(|s| s.store.insert(key.clone(), b"someone-else".to_vec()));
+    index.settle(t, false).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(redis.value(&key).as_deref(), Some("someone-else"));
 }
