@@ -163,9 +163,10 @@ pub fn unix_ms(t: SystemTime) -> u64 {
 
 /// `2026-11-24T06:16:15.123Z`
 pub(crate) fn rfc3339_ms(ms: u64) -> String {
-    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::milliseconds(ms as i64);
-    let f = time::format_description::well_known::Rfc3339;
-    t.format(&f).unwrap_or_else(|_| ms.to_string())
+    match jiff::Timestamp::from_millisecond(ms as i64) {
+        Ok(t) => t.to_string(),
+        Err(_) => ms.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@
 use std::str::FromStr;
 
 use jiff::civil::DateTime;
-use jiff::tz::{Offset, TimeZone};
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use serde::Deserialize;
 use serde_json::Value;
@@ -117,26 +117,12 @@ impl CloudEventsSettings {
 #[error("'{0}' is not a time zone (use an IANA name like \"America/Sao_Paulo\", \"UTC\" or an offset like \"-03:00\")")]
 pub struct ZoneError(String);
 
+/// An IANA name, `UTC` or a fixed offset (`-03:00`), as jiff's Temporal parser reads them.
 fn zone(name: &str) -> Result<TimeZone, ZoneError> {
-    if let Some(offset) = fixed_offset(name) {
-        return Ok(TimeZone::fixed(offset));
-    }
-    TimeZone::get(name).map_err(|_| ZoneError(name.to_string()))
-}
-
-/// `+HH:MM` or `-HH:MM`.
-fn fixed_offset(text: &str) -> Option<Offset> {
-    let (sign, rest) = match text.as_bytes().first()? {
-        b'+' => (1, &text[1..]),
-        b'-' => (-1, &text[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
-    if h > 23 || m > 59 || h < 0 || m < 0 {
-        return None;
-    }
-    Offset::from_seconds(sign * (h * 3600 + m * 60)).ok()
+    static PARSER: jiff::fmt::temporal::DateTimeParser = jiff::fmt::temporal::DateTimeParser::new();
+    PARSER
+        .parse_time_zone(name)
+        .map_err(|_| ZoneError(name.to_string()))
 }
 
 impl CloudEvents {
@@ -180,6 +166,20 @@ mod tests {
         settings
             .build("ce", format, &mut problems)
             .ok_or_else(|| problems.into_vec().iter().map(|p| p.to_string()).collect())
+    }
+
+    #[test]
+    fn zones_are_names_or_fixed_offsets_and_nothing_else() {
+        for good in ["America/Sao_Paulo", "UTC", "-03:00", "+05:30"] {
+            assert!(zone(good).is_ok(), "{good}");
+        }
+        for bad in ["Mars/Olympus", "-26:00", "03:00", "", "Sao Paulo"] {
+            let e = zone(bad).unwrap_err();
+            assert!(e.to_string().contains("is not a time zone"), "{bad}: {e}");
+        }
+        let fixed = zone("-03:00").unwrap();
+        let t: jiff::Timestamp = "2024-01-01T00:00:00Z".parse().unwrap();
+        assert_eq!(fixed.to_offset(t).seconds(), -3 * 3600);
     }
 
     #[test]
