@@ -22,6 +22,8 @@ pub enum SecretError {
     Empty(String),
 }
 
+pub use secrecy::{ExposeSecret, SecretSlice};
+
 /// Where a secret's value comes from, as written in the config.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -42,8 +44,9 @@ impl Secret {
         }
     }
 
-    /// Reads the value now; the error names the origin, never the value.
-    pub(crate) fn resolve(&self) -> Result<Vec<u8>, SecretError> {
+    /// Reads the value now; the error names the origin, never the value. The value comes back
+    /// in a [`SecretSlice`]: it cannot be printed by mistake and is zeroed when dropped.
+    pub(crate) fn resolve(&self) -> Result<SecretSlice<u8>, SecretError> {
         let value = if let Some(name) = self.spec.strip_prefix("env:") {
             std::env::var(name).map_err(|_| SecretError::MissingEnv(name.to_string()))?
         } else if let Some(path) = self.spec.strip_prefix("file:") {
@@ -60,7 +63,7 @@ impl Secret {
         if value.is_empty() {
             return Err(SecretError::Empty(self.origin()));
         }
-        Ok(value.into_bytes())
+        Ok(value.into_bytes().into())
     }
 }
 
@@ -92,21 +95,21 @@ mod tests {
     fn debug_and_display_never_show_the_value() {
         let s = Secret::literal("hunter2");
         assert!(!format!("{s:?} {s}").contains("hunter2"));
-        assert_eq!(s.resolve().unwrap(), b"hunter2");
+        assert_eq!(s.resolve().unwrap().expose_secret(), b"hunter2");
     }
 
     #[test]
     fn env_and_file_secrets_resolve() {
         std::env::set_var("EKB_TEST_SECRET_RESOLVE", "from-env");
         let s = Secret::literal("env:EKB_TEST_SECRET_RESOLVE");
-        assert_eq!(s.resolve().unwrap(), b"from-env");
+        assert_eq!(s.resolve().unwrap().expose_secret(), b"from-env");
         assert_eq!(s.origin(), "env:EKB_TEST_SECRET_RESOLVE");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         std::fs::write(&path, "from-file\n").unwrap();
         let s = Secret::literal(format!("file:{}", path.display()));
-        assert_eq!(s.resolve().unwrap(), b"from-file");
+        assert_eq!(s.resolve().unwrap().expose_secret(), b"from-file");
     }
 
     #[test]

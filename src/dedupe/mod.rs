@@ -80,7 +80,7 @@ impl DedupeSettings {
             "must be greater than 0 and at most a quarter of dedupe.lease (a claim waits up to twice it, and so does its mark)",
         );
         let url = problems.check("dedupe.shared", secret.resolve())?;
-        let url = String::from_utf8_lossy(&url);
+        let url = String::from_utf8_lossy(secrecy::ExposeSecret::expose_secret(&url));
         problems.check("dedupe.shared", SharedSettings::new(&url, self))
     }
 }

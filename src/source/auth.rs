@@ -11,7 +11,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::problem::Problems;
-use crate::secret::Secret;
+use crate::secret::{ExposeSecret, Secret, SecretSlice};
 
 /// How a source proves a delivery is authentic (`sources.NAME.auth`).
 #[derive(Debug, Clone, Deserialize)]
@@ -77,7 +77,7 @@ pub enum Auth {
     },
     Token {
         place: TokenPlace,
-        tokens: Vec<Vec<u8>>,
+        tokens: Vec<SecretSlice<u8>>,
     },
     None,
 }
@@ -109,7 +109,8 @@ impl AuthSettings {
                 let keys = resolve_all(secrets, &format!("{key}.secrets"), problems)
                     .into_iter()
                     .map(|k| {
-                        HmacSha256::new_from_slice(&k).expect("HMAC takes a key of any length")
+                        HmacSha256::new_from_slice(k.expose_secret())
+                            .expect("HMAC takes a key of any length")
                     })
                     .collect();
                 header.map(|header| Auth::HmacSha256 { header, keys })
@@ -138,7 +139,7 @@ fn header_name(text: &str, key: &str, problems: &mut Problems) -> Option<HeaderN
     name
 }
 
-fn resolve_all(secrets: &[Secret], key: &str, problems: &mut Problems) -> Vec<Vec<u8>> {
+fn resolve_all(secrets: &[Secret], key: &str, problems: &mut Problems) -> Vec<SecretSlice<u8>> {
     secrets
         .iter()
         .enumerate()
@@ -230,7 +231,7 @@ impl Auth {
                 };
                 let mut ok = false;
                 for token in tokens {
-                    ok |= bool::from(given.ct_eq(token));
+                    ok |= bool::from(given.ct_eq(token.expose_secret()));
                 }
                 if ok {
                     Ok(())
