@@ -4,6 +4,7 @@
 //! These are the bottom of the module graph: plain data that every stage can name without
 //! depending on the stage that made it. Nothing here knows about HTTP or Kafka's client.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -133,13 +134,21 @@ impl Message {
         }
     }
 
-    /// What identifies the event on Kafka, for the start-up recovery check: its source and
-    /// id in the bridge's headers, or `ce:` + `ce_source` and `ce_id` when only CloudEvents
-    /// headers are written (source names cannot hold `:`, so the two never meet).
-    pub fn identity(&self) -> (String, String) {
+    /// Which event this is, as the spool's dedupe index and the fleet's shared index know it.
+    pub fn event_key(&self) -> EventKey<'_> {
+        EventKey::new(self.source.as_str(), self.event_id.as_str())
+    }
+
+    /// Which event this is as its Kafka headers name it, for the start-up recovery check:
+    /// the bridge's own `source` and `event-id`, or `ce:` + `ce_source` and `ce_id` when only
+    /// CloudEvents headers are written (source names cannot hold `:`, so the two never meet).
+    /// `kafka::headers::read_key` reads the same back from a published message.
+    pub fn key_on_kafka(&self) -> EventKey<'_> {
         match &self.cloudevent {
-            Some(ce) if !ce.bridge_headers => (format!("ce:{}", ce.source), self.event_id.clone()),
-            _ => (self.source.clone(), self.event_id.clone()),
+            Some(ce) if !ce.bridge_headers => {
+                EventKey::new(format!("ce:{}", ce.source), self.event_id.as_str())
+            }
+            _ => self.event_key(),
         }
     }
 
@@ -153,6 +162,64 @@ impl Message {
     /// The receive time as RFC 3339 (what the `received-at` header carries).
     pub fn received_at(&self) -> String {
         rfc3339_ms(self.received_at_ms)
+    }
+}
+
+/// One event's identity: its source and the id its sender gave it. Written once here so the
+/// spool's dedupe key, the shared index's Redis key and the headers recovery reads back
+/// cannot drift apart. Borrowed on the request path (no copy per request), owned where it is
+/// kept (recovery's lookup tables).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EventKey<'a> {
+    source: Cow<'a, str>,
+    id: Cow<'a, str>,
+}
+
+/// Between source and id in stored keys: the ASCII unit separator, which no source name
+/// holds, so `("a", "b:c")` and `("a:b", "c")` never meet.
+const KEY_SEPARATOR: char = '\u{1f}';
+
+impl<'a> EventKey<'a> {
+    pub fn new(source: impl Into<Cow<'a, str>>, id: impl Into<Cow<'a, str>>) -> EventKey<'a> {
+        EventKey {
+            source: source.into(),
+            id: id.into(),
+        }
+    }
+
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn into_owned(self) -> EventKey<'static> {
+        EventKey::new(self.source.into_owned(), self.id.into_owned())
+    }
+
+    /// The key of the spool's dedupe table: `source \x1f id`.
+    pub fn spool_key(&self) -> String {
+        let mut key = String::with_capacity(self.source.len() + self.id.len() + 1);
+        key.push_str(&self.source);
+        key.push(KEY_SEPARATOR);
+        key.push_str(&self.id);
+        key
+    }
+
+    /// The shared index's Redis key: `prefix` + the spool key.
+    pub fn redis_key(&self, prefix: &str) -> Vec<u8> {
+        let mut key = Vec::with_capacity(prefix.len() + self.source.len() + self.id.len() + 1);
+        key.extend_from_slice(prefix.as_bytes());
+        key.extend_from_slice(self.spool_key().as_bytes());
+        key
+    }
+}
+
+impl std::fmt::Display for EventKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{:?}", self.source, self.id)
     }
 }
 
@@ -243,15 +310,15 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn identity_follows_the_headers_written() {
-        assert_eq!(sample().identity(), ("eduzz".into(), "abc".into()));
+    fn the_key_on_kafka_follows_the_headers_written() {
+        assert_eq!(sample().key_on_kafka(), EventKey::new("eduzz", "abc"));
         assert_eq!(
-            with_cloudevent(true).identity(),
-            ("eduzz".into(), "abc".into())
+            with_cloudevent(true).key_on_kafka(),
+            EventKey::new("eduzz", "abc")
         );
         assert_eq!(
-            with_cloudevent(false).identity(),
-            ("ce:https://eduzz.com/webhooks".into(), "abc".into())
+            with_cloudevent(false).key_on_kafka(),
+            EventKey::new("ce:https://eduzz.com/webhooks", "abc")
         );
     }
 

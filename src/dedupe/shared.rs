@@ -39,6 +39,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::DedupeSettings;
+use crate::event::EventKey;
 use crate::metrics::Metrics;
 use batcher::Batcher;
 use connection::{Managed, RoundTrip};
@@ -182,9 +183,9 @@ impl SharedIndex {
         }
     }
 
-    /// Claims `(source, id)` for this replica, or says who has it.
-    pub async fn claim(&self, source: &str, id: &str) -> Claim {
-        let key = self.key(source, id);
+    /// Claims the event for this replica, or says who has it.
+    pub async fn claim(&self, event: &EventKey<'_>) -> Claim {
+        let key = event.redis_key(&self.prefix);
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
         let token = format!("{LEASE}{}:{n}", self.owner);
         let (reply, answer) = oneshot::channel();
@@ -255,15 +256,6 @@ impl SharedIndex {
     /// own (one batch is sent at a time), each bounded by `shared_timeout`.
     fn longest_wait(&self) -> Duration {
         self.timeout * 2 + Duration::from_millis(50)
-    }
-
-    fn key(&self, source: &str, id: &str) -> Vec<u8> {
-        let mut key = Vec::with_capacity(self.prefix.len() + source.len() + id.len() + 1);
-        key.extend_from_slice(self.prefix.as_bytes());
-        key.extend_from_slice(source.as_bytes());
-        key.push(0x1f);
-        key.extend_from_slice(id.as_bytes());
-        key
     }
 }
 
@@ -345,7 +337,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             metrics: Arc::new(Metrics::new()),
         };
-        assert_eq!(index.key("eduzz", "a:b"), b"p:eduzz\x1fa:b");
-        assert_ne!(index.key("a", "b:c"), index.key("a:b", "c"));
+        let key = |s: &'static str, i: &'static str| EventKey::new(s, i).redis_key(&index.prefix);
+        assert_eq!(key("eduzz", "a:b"), b"p:eduzz\x1fa:b");
+        assert_ne!(key("a", "b:c"), key("a:b", "c"));
     }
 }

@@ -264,7 +264,7 @@ impl Delivery {
         let Some(index) = &self.shared else {
             return self.take(msg).await;
         };
-        let ticket = match index.claim(&msg.source, &msg.event_id).await {
+        let ticket = match index.claim(&msg.event_key()).await {
             Claim::Mine(ticket) => ticket,
             Claim::Taken => {
                 self.duplicate(&msg.source);

@@ -23,10 +23,11 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
+use crate::event::EventKey;
 use crate::kafka::reader::{self, ReadError};
 use crate::kafka::{headers, Connection};
 use crate::spool::{Entry, Spool};
@@ -215,7 +216,7 @@ pub(crate) fn already_published(
         by_topic
             .entry(&e.message.topic)
             .or_default()
-            .entry(e.message.identity())
+            .entry(e.message.key_on_kafka().into_owned())
             .or_default()
             .push(e.seq);
     }
@@ -266,8 +267,8 @@ struct Tail {
     since_ms: Option<u64>,
 }
 
-/// Entries wanted in one topic: (source, event id) → their sequence numbers.
-type Wanted = HashMap<(String, String), Vec<u64>>;
+/// Entries wanted in one topic: the key their headers carry → their sequence numbers.
+type Wanted = HashMap<EventKey<'static>, Vec<u64>>;
 
 /// Why a topic's tail was not read.
 enum Unread {
@@ -309,7 +310,11 @@ fn tail_of(
             None => {}
             Some(Err(e)) => return Err(Unread::Passing(format!("reading {topic}: {e}"))),
             Some(Ok(m)) => {
-                if let Some(seqs) = identity(&m).and_then(|k| wanted.remove(&k)) {
+                if let Some(seqs) = m
+                    .headers()
+                    .and_then(headers::read_key)
+                    .and_then(|k| wanted.remove(&k))
+                {
                     found.extend(seqs);
                 }
                 let key = (m.topic().to_string(), m.partition());
@@ -393,28 +398,6 @@ fn offsets_since(
             tracing::debug!(topic, error = %e, "offsets by time not available; reading the tail by count");
             HashMap::new()
         }
-    }
-}
-
-/// The (source, event id) a published message carries in its headers: the bridge's own, or
-/// `ce:` + `ce_source` and `ce_id` when only CloudEvents headers were written (as
-/// [`Message::identity`](crate::event::Message::identity) names it).
-fn identity<M: Message>(m: &M) -> Option<(String, String)> {
-    let h = m.headers()?;
-    let (mut source, mut id, mut ce_source, mut ce_id) = (None, None, None, None);
-    for header in h.iter() {
-        let value = header.value.map(String::from_utf8_lossy);
-        match header.key {
-            headers::SOURCE => source = value,
-            headers::EVENT_ID => id = value,
-            headers::CE_SOURCE => ce_source = value,
-            headers::CE_ID => ce_id = value,
-            _ => {}
-        }
-    }
-    match (source, id) {
-        (Some(source), Some(id)) => Some((source.into_owned(), id.into_owned())),
-        _ => Some((format!("ce:{}", ce_source?), ce_id?.into_owned())),
     }
 }
 

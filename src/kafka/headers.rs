@@ -8,9 +8,9 @@
 //! with `content-type` as the data's content type), so any CloudEvents SDK reads the message
 //! as an event whose data is the body.
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 
-use crate::event::Message;
+use crate::event::{EventKey, Message};
 
 pub const EVENT: &str = "event";
 pub const EVENT_ID: &str = "event-id";
@@ -104,6 +104,29 @@ pub(crate) fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
         .insert(header(DLQ_TOPIC, &msg.topic))
 }
 
+/// The key a published message's headers carry, as [`Message::key_on_kafka`] names it: the
+/// bridge's own `source` and `event-id`, or `ce:` + `ce_source` and `ce_id` when only
+/// CloudEvents headers were written. Recovery reads it; [`fold_named`] and the CloudEvents
+/// headers write it.
+pub(crate) fn read_key(headers: &BorrowedHeaders) -> Option<EventKey<'static>> {
+    let (mut source, mut id, mut ce_source, mut ce_id) = (None, None, None, None);
+    for header in headers.iter() {
+        let value = header.value.map(String::from_utf8_lossy);
+        match header.key {
+            SOURCE => source = value,
+            EVENT_ID => id = value,
+            CE_SOURCE => ce_source = value,
+            CE_ID => ce_id = value,
+            _ => {}
+        }
+    }
+    let key = match (source, id) {
+        (Some(source), Some(id)) => EventKey::new(source, id),
+        _ => EventKey::new(format!("ce:{}", ce_source?), ce_id?),
+    };
+    Some(key.into_owned())
+}
+
 /// Folds the bridge's own headers into `init`.
 fn fold_named<T>(msg: &Message, init: T, add: &mut impl FnMut(T, &str, &str) -> T) -> T {
     let acc = add(init, EVENT, &msg.slug);
@@ -123,7 +146,31 @@ fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::tests::{sample, with_cloudevent};
     use rdkafka::message::Headers;
+
+    /// One identity from the request to Kafka and back: the key recovery reads from the
+    /// headers written is the key the message names, for every way of writing headers; and
+    /// the spool's and Redis's keys are built from the same parts.
+    #[test]
+    fn the_event_key_written_is_the_event_key_read_back() {
+        for msg in [sample(), with_cloudevent(true), with_cloudevent(false)] {
+            let written = of(&msg);
+            let read = read_key(written.as_borrowed()).expect("the headers name the event");
+            assert_eq!(read, msg.key_on_kafka().into_owned());
+            let dead = dead_letter(&msg, "why");
+            assert_eq!(
+                read_key(dead.as_borrowed()),
+                Some(msg.event_key().into_owned())
+            );
+        }
+        let msg = sample();
+        let key = msg.event_key();
+        assert_eq!(key.spool_key(), "eduzz\u{1f}abc");
+        assert_eq!(key.redis_key("ekb:"), b"ekb:eduzz\x1fabc");
+        let unnamed = OwnedHeaders::new().insert(header(EVENT, "x"));
+        assert_eq!(read_key(unnamed.as_borrowed()), None);
+    }
 
     fn pairs(h: &OwnedHeaders) -> Vec<(String, String)> {
         h.iter()

@@ -274,7 +274,7 @@ impl Spool {
         let cmd = Command::Append {
             message: Box::new(msg.clone()),
             encoded: msg.encode(),
-            dedupe_key: Some(dedupe_key(&msg.source, &msg.event_id)),
+            dedupe_key: Some(msg.event_key().spool_key()),
             received_at_ms: msg.received_at_ms,
             reply,
         };
@@ -433,11 +433,6 @@ impl Spool {
         let oldest = self.first_on_disk(None).await.ok()??;
         Some(oldest.message.age())
     }
-}
-
-/// The dedupe identity of an event.
-pub(crate) fn dedupe_key(source: &str, event_id: &str) -> String {
-    format!("{source}\u{1f}{event_id}")
 }
 
 /// Room a typical event needs; below it the spool reports itself full (not ready). A sixteenth

@@ -3,6 +3,8 @@
 //! stage on a real server (see `tests/fleet.rs`) takes none here.
 
 use std::collections::HashMap;
+
+use crate::event::EventKey;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,7 +134,7 @@ fn series(metrics: &Metrics, name: &str) -> f64 {
 }
 
 async fn ticket(index: &SharedIndex, id: &str) -> Ticket {
-    match index.claim("eduzz", id).await {
+    match index.claim(&EventKey::new("eduzz", id)).await {
         Claim::Mine(ticket) => ticket,
         other => panic!("{id}: {other:?}"),
     }
