@@ -114,7 +114,7 @@ enum Op {
     Claim {
         key: Vec<u8>,
         token: String,
-        reply: oneshot::Sender<Answer>,
+        reply: oneshot::Sender<ClaimReply>,
     },
     Mark {
         key: Vec<u8>,
@@ -134,7 +134,7 @@ enum Op {
 }
 
 /// The batcher's answer to one claim.
-enum Answer {
+enum ClaimReply {
     Claimed,
     Taken,
     Leased(Duration),
@@ -199,24 +199,24 @@ impl SharedIndex {
                 .await
                 .ok()
                 .and_then(Result::ok)
-                .unwrap_or(Answer::Unavailable),
-            Err(_) => Answer::Unavailable,
+                .unwrap_or(ClaimReply::Unavailable),
+            Err(_) => ClaimReply::Unavailable,
         };
         let result = match answer {
-            Answer::Claimed => "claimed",
-            Answer::Taken => "taken",
-            Answer::Leased(_) => "leased",
-            Answer::Unavailable => "bypassed",
+            ClaimReply::Claimed => "claimed",
+            ClaimReply::Taken => "taken",
+            ClaimReply::Leased(_) => "leased",
+            ClaimReply::Unavailable => "bypassed",
         };
         self.metrics.shared_dedupe_claim(result);
         match answer {
-            Answer::Claimed => Claim::Mine(Ticket {
+            ClaimReply::Claimed => Claim::Mine(Ticket {
                 key,
                 token: Some(token),
             }),
-            Answer::Unavailable => Claim::Mine(Ticket { key, token: None }),
-            Answer::Taken => Claim::Taken,
-            Answer::Leased(retry_after) => Claim::Leased { retry_after },
+            ClaimReply::Unavailable => Claim::Mine(Ticket { key, token: None }),
+            ClaimReply::Taken => Claim::Taken,
+            ClaimReply::Leased(retry_after) => Claim::Leased { retry_after },
         }
     }
 
@@ -273,25 +273,25 @@ fn replica_name() -> String {
 }
 
 /// A claim's answer from its `SET … NX GET` and `PTTL` replies; `token` is the claim's value.
-fn claimed(set: Option<Value>, ttl: Option<Value>, token: &str) -> Answer {
+fn claimed(set: Option<Value>, ttl: Option<Value>, token: &str) -> ClaimReply {
     let previous = match set {
-        Some(Value::Nil) => return Answer::Claimed,
+        Some(Value::Nil) => return ClaimReply::Claimed,
         Some(Value::BulkString(v)) => v,
-        _ => return Answer::Unavailable,
+        _ => return ClaimReply::Unavailable,
     };
     // This very claim: Redis had set it before it dropped the connection, and the round trip
     // was sent again on a new one.
     if previous == token.as_bytes() {
-        return Answer::Claimed;
+        return ClaimReply::Claimed;
     }
     if previous.starts_with(TAKEN.as_bytes()) {
-        return Answer::Taken;
+        return ClaimReply::Taken;
     }
     let ms = match ttl {
         Some(Value::Int(ms)) if ms > 0 => ms as u64,
         _ => 1000,
     };
-    Answer::Leased(Duration::from_millis(ms))
+    ClaimReply::Leased(Duration::from_millis(ms))
 }
 
 #[cfg(test)]
@@ -308,21 +308,21 @@ mod tests {
         let mine = "lease:host/1/a:3";
         assert!(matches!(
             claimed(Some(Value::Nil), Some(Value::Int(30_000)), mine),
-            Answer::Claimed
+            ClaimReply::Claimed
         ));
         // Another delivery was taken (by any replica): a duplicate.
         let taken = claimed(text("taken:host/1/a"), Some(Value::Int(86_000_000)), mine);
-        assert!(matches!(taken, Answer::Taken));
+        assert!(matches!(taken, ClaimReply::Taken));
         // Another replica's live claim: come back when it expires.
         let leased = claimed(text("lease:host/2/b:7"), Some(Value::Int(1_500)), mine);
-        assert!(matches!(leased, Answer::Leased(d) if d == Duration::from_millis(1_500)));
+        assert!(matches!(leased, ClaimReply::Leased(d) if d == Duration::from_millis(1_500)));
         // This claim itself, set by a round trip sent twice (the connection dropped): ours.
         let again = claimed(text(mine), Some(Value::Int(29_990)), mine);
-        assert!(matches!(again, Answer::Claimed));
+        assert!(matches!(again, ClaimReply::Claimed));
         // An answer that is not what SET gives: bypass rather than guess.
         assert!(matches!(
             claimed(Some(Value::Okay), None, mine),
-            Answer::Unavailable
+            ClaimReply::Unavailable
         ));
     }
 

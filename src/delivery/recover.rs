@@ -241,10 +241,10 @@ pub(crate) fn already_published(
         };
         match tail_of(&consumer, topic, &mut wanted, tail, topic_deadline) {
             Ok(found) => checked.found.extend(found),
-            Err(Unread::Lasting(why)) => {
+            Err(Unread::Refused(why)) => {
                 checked.refused.insert(topic.to_string(), why);
             }
-            Err(Unread::Passing(why)) => {
+            Err(Unread::Unreachable(why)) => {
                 checked.unknown.insert(topic.to_string(), why);
             }
         }
@@ -273,9 +273,9 @@ type Wanted = HashMap<EventKey<'static>, Vec<u64>>;
 /// Why a topic's tail was not read.
 enum Unread {
     /// The cluster refuses it (not authorised, …).
-    Lasting(String),
+    Refused(String),
     /// Kafka unreachable, slow, or out of time: may work next time.
-    Passing(String),
+    Unreachable(String),
 }
 
 /// Reads the tail of `topic` until `deadline`; the sequence numbers of the wanted entries
@@ -290,8 +290,8 @@ fn tail_of(
     let (tpl, mut ends) = tails(consumer, topic, tail, deadline).map_err(|e| {
         let why = crate::problem::with_causes(&e);
         match e {
-            ReadError::Refused { .. } => Unread::Lasting(why),
-            _ => Unread::Passing(why),
+            ReadError::Refused { .. } => Unread::Refused(why),
+            _ => Unread::Unreachable(why),
         }
     })?;
     let mut found = Vec::new();
@@ -300,15 +300,15 @@ fn tail_of(
     }
     consumer
         .assign(&tpl)
-        .map_err(|e| Unread::Passing(format!("cannot read {topic}: {e}")))?;
+        .map_err(|e| Unread::Unreachable(format!("cannot read {topic}: {e}")))?;
     while !ends.is_empty() {
         if Instant::now() >= deadline {
             let why = format!("reading the tail of {topic} took too long");
-            return Err(Unread::Passing(why));
+            return Err(Unread::Unreachable(why));
         }
         match consumer.poll(Duration::from_millis(100)) {
             None => {}
-            Some(Err(e)) => return Err(Unread::Passing(format!("reading {topic}: {e}"))),
+            Some(Err(e)) => return Err(Unread::Unreachable(format!("reading {topic}: {e}"))),
             Some(Ok(m)) => {
                 if let Some(seqs) = m
                     .headers()

@@ -62,13 +62,13 @@ pub(crate) struct ListenerSettings {
 
 /// Counts and logs (throttled) what a listener did to connections on its own.
 #[derive(Clone)]
-struct Closures {
+struct ConnectionCloseLog {
     listener: &'static str,
     metrics: Arc<Metrics>,
     throttle: Arc<LogThrottle>,
 }
 
-impl Closures {
+impl ConnectionCloseLog {
     fn count(&self, reason: &'static str, peer: SocketAddr) {
         self.metrics.connection_closed(self.listener, reason);
         if let Some(held_back) = self.throttle.admit(reason) {
@@ -153,7 +153,7 @@ pub(crate) async fn serve<H, F>(
 {
     let tasks = TaskTracker::new();
     let connections = Connections::new(settings.max_connections, settings.max_idle_per_client);
-    let closures = Closures {
+    let closures = ConnectionCloseLog {
         listener: settings.name,
         metrics: settings.metrics.clone(),
         throttle: Arc::new(LogThrottle::new(LOG_EVERY)),
@@ -242,7 +242,7 @@ struct Opened {
     tasks: TaskTracker,
     /// The listener is stopping.
     stop: CancellationToken,
-    closures: Closures,
+    closures: ConnectionCloseLog,
 }
 
 impl Opened {

@@ -71,7 +71,7 @@ impl Reply {
 
 /// A request refused before the pipeline saw it.
 #[derive(Debug, Clone, Copy)]
-enum Early {
+enum RefusedBeforePipeline {
     MethodNotAllowed,
     Forbidden,
     /// A `Content-Encoding` the bridge does not decode: refused rather than published as
@@ -83,33 +83,35 @@ enum Early {
     BodyUnreadable,
 }
 
-impl Early {
+impl RefusedBeforePipeline {
     /// The answer, and the outcome logged for it.
     fn answer(self) -> (Answer, &'static str) {
         match self {
-            Early::MethodNotAllowed => (answer::method_not_allowed("POST"), "method_not_allowed"),
-            Early::Forbidden => refuse(
+            RefusedBeforePipeline::MethodNotAllowed => {
+                (answer::method_not_allowed("POST"), "method_not_allowed")
+            }
+            RefusedBeforePipeline::Forbidden => refuse(
                 StatusCode::FORBIDDEN,
                 "forbidden",
                 "this address may not post to this source",
             ),
-            Early::UnsupportedEncoding => refuse(
+            RefusedBeforePipeline::UnsupportedEncoding => refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_encoding",
                 "send the body without Content-Encoding (identity)",
             ),
-            Early::Busy(why) => (answer::busy(why, 1), "busy"),
-            Early::TooLarge(max) => refuse_closing(
+            RefusedBeforePipeline::Busy(why) => (answer::busy(why, 1), "busy"),
+            RefusedBeforePipeline::TooLarge(max) => refuse_closing(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 &format!("the body is larger than {max} bytes"),
             ),
-            Early::BodyTimeout => refuse_closing(
+            RefusedBeforePipeline::BodyTimeout => refuse_closing(
                 StatusCode::REQUEST_TIMEOUT,
                 "body_timeout",
                 "the body did not arrive in time",
             ),
-            Early::BodyUnreadable => refuse_closing(
+            RefusedBeforePipeline::BodyUnreadable => refuse_closing(
                 StatusCode::BAD_REQUEST,
                 "body_unreadable",
                 "the body could not be read",
@@ -224,7 +226,9 @@ impl Webhook {
         // is being closed: then the event is not taken, and the sender retries).
         let connection = parts.extensions.get::<ConnectionState>();
         let refused = if connection.is_some_and(|c| !c.busy()) {
-            Err(Early::Busy("the connection is being closed"))
+            Err(RefusedBeforePipeline::Busy(
+                "the connection is being closed",
+            ))
         } else {
             self.slots(source)
         };
@@ -246,18 +250,15 @@ impl Webhook {
     }
 
     /// The in-flight slots of an authenticated request, overall and for its source.
-    fn slots(&self, source: &Source) -> Result<Slots, Early> {
+    fn slots(&self, source: &Source) -> Result<Slots, RefusedBeforePipeline> {
         let Ok(global) = self.in_flight.clone().try_acquire_owned() else {
-            return Err(Early::Busy("too many requests in flight"));
+            return Err(RefusedBeforePipeline::Busy("too many requests in flight"));
         };
         let local = match &source.in_flight {
             None => None,
-            Some(limit) => Some(
-                limit
-                    .clone()
-                    .try_acquire_owned()
-                    .map_err(|_| Early::Busy("too many requests in flight for this source"))?,
-            ),
+            Some(limit) => Some(limit.clone().try_acquire_owned().map_err(|_| {
+                RefusedBeforePipeline::Busy("too many requests in flight for this source")
+            })?),
         };
         Ok(Slots {
             _global: global,
@@ -311,7 +312,7 @@ impl Webhook {
         &self,
         headers: &http::HeaderMap,
         body: B,
-    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Early>
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), RefusedBeforePipeline>
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -322,23 +323,24 @@ impl Webhook {
         // rest is read and dropped before the refusal is answered.
         let mut refused = declared
             .is_some_and(|n| n > max as u64)
-            .then_some(Early::TooLarge(max));
+            .then_some(RefusedBeforePipeline::TooLarge(max));
         let read = async {
             let mut body = std::pin::pin!(body);
             let mut buf = bytes::BytesMut::new();
             let mut memory: Option<OwnedSemaphorePermit> = None;
             let mut seen = 0usize;
             while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| refused.unwrap_or(Early::BodyUnreadable))?;
+                let frame =
+                    frame.map_err(|_| refused.unwrap_or(RefusedBeforePipeline::BodyUnreadable))?;
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
                 seen = seen.saturating_add(data.len());
                 if seen > max {
                     if declared.is_none() {
-                        return Err(Early::TooLarge(max));
+                        return Err(RefusedBeforePipeline::TooLarge(max));
                     }
-                    refused.get_or_insert(Early::TooLarge(max));
+                    refused.get_or_insert(RefusedBeforePipeline::TooLarge(max));
                 }
                 if refused.is_none() {
                     match self.reserve_memory(&mut memory, data.len()) {
@@ -359,7 +361,7 @@ impl Webhook {
         match read {
             Ok(read) => read,
             // Still arriving at the deadline: a body known to be too large says so.
-            Err(_) => Err(refused.unwrap_or(Early::BodyTimeout)),
+            Err(_) => Err(refused.unwrap_or(RefusedBeforePipeline::BodyTimeout)),
         }
     }
 
@@ -397,8 +399,8 @@ impl Webhook {
         &self,
         held: &mut Option<OwnedSemaphorePermit>,
         len: usize,
-    ) -> Result<(), Early> {
-        let full = Early::Busy("too many request bodies being received");
+    ) -> Result<(), RefusedBeforePipeline> {
+        let full = RefusedBeforePipeline::Busy("too many request bodies being received");
         let n = u32::try_from(len).map_err(|_| full)?;
         let more = self
             .body_memory
@@ -436,12 +438,16 @@ fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
 }
 
 /// Method, allowlist and encoding, before a byte of the body is read.
-fn screen<B>(source: &Source, client: std::net::IpAddr, req: &Request<B>) -> Result<(), Early> {
+fn screen<B>(
+    source: &Source,
+    client: std::net::IpAddr,
+    req: &Request<B>,
+) -> Result<(), RefusedBeforePipeline> {
     if req.method() != Method::POST {
-        return Err(Early::MethodNotAllowed);
+        return Err(RefusedBeforePipeline::MethodNotAllowed);
     }
     if !source.allows(client) {
-        return Err(Early::Forbidden);
+        return Err(RefusedBeforePipeline::Forbidden);
     }
     let encoded = req
         .headers()
@@ -449,7 +455,7 @@ fn screen<B>(source: &Source, client: std::net::IpAddr, req: &Request<B>) -> Res
         .iter()
         .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
     if encoded {
-        return Err(Early::UnsupportedEncoding);
+        return Err(RefusedBeforePipeline::UnsupportedEncoding);
     }
     Ok(())
 }

@@ -26,7 +26,7 @@ pub enum BrokerError {
 }
 
 /// What the broker's thread is asked to do.
-enum Command {
+enum BrokerRequest {
     /// End the broker (the handle is dropped; topic handles may outlive it).
     Stop,
     CreateTopic {
@@ -43,18 +43,18 @@ enum Command {
 /// A running in-process Kafka-protocol broker.
 pub struct EmbeddedBroker {
     bootstrap: String,
-    commands: Option<mpsc::Sender<Command>>,
+    commands: Option<mpsc::Sender<BrokerRequest>>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Creates topics on the embedded broker (the mock cluster has no CreateTopics API, so the
 /// admin side asks its thread instead). Cheap to clone; fails once the broker is gone.
 #[derive(Debug, Clone)]
-pub struct EmbeddedTopics(mpsc::Sender<Command>);
+pub struct EmbeddedTopics(mpsc::Sender<BrokerRequest>);
 
-impl std::fmt::Debug for Command {
+impl std::fmt::Debug for BrokerRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Command")
+        f.write_str("BrokerRequest")
     }
 }
 
@@ -67,7 +67,7 @@ impl EmbeddedTopics {
         replication_factor: i32,
     ) -> Result<(), KafkaError> {
         let (done, result) = mpsc::channel();
-        let command = Command::CreateTopic {
+        let command = BrokerRequest::CreateTopic {
             topic: topic.to_string(),
             partitions,
             replication_factor,
@@ -82,7 +82,7 @@ impl EmbeddedBroker {
     /// Starts a mock cluster of `brokers` brokers on loopback ports.
     pub fn start(brokers: i32) -> Result<EmbeddedBroker, BrokerError> {
         let (ready_tx, ready_rx) = mpsc::channel();
-        let (commands, received) = mpsc::channel::<Command>();
+        let (commands, received) = mpsc::channel::<BrokerRequest>();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || match MockCluster::new(brokers) {
@@ -91,8 +91,8 @@ impl EmbeddedBroker {
                     // Serve commands until the handle is gone.
                     for command in received {
                         match command {
-                            Command::Stop => break,
-                            Command::CreateTopic {
+                            BrokerRequest::Stop => break,
+                            BrokerRequest::CreateTopic {
                                 topic,
                                 partitions,
                                 replication_factor,
@@ -102,7 +102,7 @@ impl EmbeddedBroker {
                                     cluster.create_topic(&topic, partitions, replication_factor);
                                 let _ = done.send(created);
                             }
-                            Command::SetUp { up } => {
+                            BrokerRequest::SetUp { up } => {
                                 for id in 1..=brokers {
                                     let r = if up {
                                         cluster.broker_up(id)
@@ -144,7 +144,7 @@ impl EmbeddedBroker {
     /// and topics: a broker outage for benchmarks and manual tests.
     pub fn set_up(&self, up: bool) {
         if let Some(commands) = &self.commands {
-            let _ = commands.send(Command::SetUp { up });
+            let _ = commands.send(BrokerRequest::SetUp { up });
         }
     }
 
@@ -157,7 +157,7 @@ impl EmbeddedBroker {
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
         if let Some(commands) = self.commands.take() {
-            let _ = commands.send(Command::Stop);
+            let _ = commands.send(BrokerRequest::Stop);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -129,11 +129,11 @@ pub(super) fn open_or_replace(
     }
     if damaged.is_none() && path.exists() {
         match open_checked(dir, true) {
-            Opened::Sound(db, counters) => return Ok((db, counters, None)),
-            Opened::Damaged(detail) => {
+            CheckedOpen::Sound(db, counters) => return Ok((db, counters, None)),
+            CheckedOpen::Damaged(detail) => {
                 damaged = Some(move_aside(dir, DamageKind::Unopenable, detail))
             }
-            Opened::Failed(e) => return Err(e),
+            CheckedOpen::Failed(e) => return Err(e),
         }
     }
     if let Some(d) = damaged.as_ref().filter(|d| d.kind != DamageKind::Missing) {
@@ -154,7 +154,7 @@ pub(super) fn open_or_replace(
 }
 
 /// What opening the spool file came to.
-pub(super) enum Opened {
+pub(super) enum CheckedOpen {
     Sound(Database, Counters),
     /// redb refuses the file as damaged, or panicked on it: why.
     Damaged(String),
@@ -164,19 +164,19 @@ pub(super) enum Opened {
 
 /// Opens the spool in `dir` and reads its counters (`check`: redb verifies the whole file
 /// first), telling a damaged file from any other failure; a panic inside redb is caught.
-pub(super) fn open_checked(dir: &Path, check: bool) -> Opened {
+pub(super) fn open_checked(dir: &Path, check: bool) -> CheckedOpen {
     let opened = catch_unwind(AssertUnwindSafe(|| {
         let db = store::open(dir, check)?;
         let counters = store::load_counters(&db).map_err(OpenError::Read)?;
         Ok((db, counters))
     }));
     match opened {
-        Ok(Ok((db, counters))) => Opened::Sound(db, counters),
+        Ok(Ok((db, counters))) => CheckedOpen::Sound(db, counters),
         Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source))) if is_damage(&source) => {
-            Opened::Damaged(source.to_string())
+            CheckedOpen::Damaged(source.to_string())
         }
-        Ok(Err(e)) => Opened::Failed(e),
-        Err(panic) => Opened::Damaged(panic_text(&*panic)),
+        Ok(Err(e)) => CheckedOpen::Failed(e),
+        Err(panic) => CheckedOpen::Damaged(panic_text(&*panic)),
     }
 }
 

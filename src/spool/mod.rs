@@ -118,7 +118,7 @@ pub struct SpoolStats {
     pub dedupe_entries: u64,
 }
 
-enum Command {
+enum WriterRequest {
     Append {
         /// Kept to hand to the drain in memory once committed (see [`Recent`]).
         message: Box<Message>,
@@ -157,7 +157,7 @@ struct Shared {
 /// Handle to the spool; cheap to clone. The writer thread ends when the last handle goes.
 #[derive(Clone)]
 pub struct Spool {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<WriterRequest>,
     shared: Arc<Shared>,
     gauges: Arc<SpoolGauges>,
     committed: watch::Receiver<Option<u64>>,
@@ -232,7 +232,7 @@ impl Spool {
     /// [`SpoolError::Damaged`] (the writer moves the file aside and starts a fresh one).
     fn found_damaged(&self, detail: String) -> SpoolError {
         tracing::debug!(%detail, "a spool read found the file damaged");
-        let _ = self.tx.try_send(Command::Damaged { detail });
+        let _ = self.tx.try_send(WriterRequest::Damaged { detail });
         SpoolError::Damaged
     }
 
@@ -254,7 +254,7 @@ impl Spool {
     /// [`SpoolError::Closed`].
     pub async fn close(&self) {
         let (reply, done) = oneshot::channel();
-        if self.tx.send(Command::Close { reply }).await.is_ok() {
+        if self.tx.send(WriterRequest::Close { reply }).await.is_ok() {
             let _ = done.await;
         }
         let Some(db) = self.shared.db.write().unwrap().take() else {
@@ -271,7 +271,7 @@ impl Spool {
     /// Stores `msg` durably, unless its (source, event id) was accepted within the window.
     pub async fn append(&self, msg: &Message) -> Result<Appended, SpoolError> {
         let (reply, rx) = oneshot::channel();
-        let cmd = Command::Append {
+        let cmd = WriterRequest::Append {
             message: Box::new(msg.clone()),
             encoded: msg.encode(),
             dedupe_key: Some(msg.event_key().spool_key()),
@@ -289,7 +289,7 @@ impl Spool {
         }
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Delete {
+            .send(WriterRequest::Delete {
                 seqs,
                 reply: Some(reply),
             })
@@ -314,9 +314,9 @@ impl Spool {
         }
         // Sent in the caller's order (not from tasks that could overtake each other): the
         // writer applies marks in the order they were sent, the last one for an entry winning.
-        match self.tx.try_send(Command::Park { parked, unparked }) {
+        match self.tx.try_send(WriterRequest::Park { parked, unparked }) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(Command::Park { parked, unparked })) => {
+            Err(mpsc::error::TrySendError::Full(WriterRequest::Park { parked, unparked })) => {
                 Err((parked, unparked))
             }
             Err(_) => Ok(()),
@@ -466,7 +466,7 @@ struct Writer {
     low_space: Option<u64>,
     /// The readers' handle to the same database, swapped on a re-open.
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Command>,
+    rx: mpsc::Receiver<WriterRequest>,
     counters: store::Counters,
     limits: store::Limits,
     gauges: Arc<SpoolGauges>,
@@ -518,7 +518,7 @@ const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
     fn run(mut self) {
-        let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+        let mut batch: Vec<WriterRequest> = Vec::with_capacity(MAX_BATCH);
         let mut closing: Option<oneshot::Sender<()>> = None;
         while let Some(first) = self.rx.blocking_recv() {
             batch.push(first);
@@ -540,11 +540,11 @@ impl Writer {
     }
 
     /// Adds whatever else is queued to `batch`, up to the batch limits.
-    fn gather(&mut self, batch: &mut Vec<Command>) {
+    fn gather(&mut self, batch: &mut Vec<WriterRequest>) {
         let mut bytes = 0usize;
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
             let Ok(cmd) = self.rx.try_recv() else { break };
-            if let Command::Append { encoded, .. } = &cmd {
+            if let WriterRequest::Append { encoded, .. } = &cmd {
                 bytes += encoded.len();
             }
             batch.push(cmd);
@@ -554,7 +554,7 @@ impl Writer {
     /// Commits the appends and deletes of `batch` in one transaction. When the file turns out
     /// to be damaged, it is replaced by a fresh one and the batch committed there: its appends
     /// are stored, its deletes were of entries the old file held (and are ignored).
-    fn commit(&mut self, batch: &[Command]) -> Result<Vec<AppendOutcome>, SpoolError> {
+    fn commit(&mut self, batch: &[WriterRequest]) -> Result<Vec<AppendOutcome>, SpoolError> {
         let mut appends = Vec::new();
         let mut deletes = Vec::new();
         // Last mark per entry wins, in the order the marks were sent.
@@ -562,7 +562,7 @@ impl Writer {
         let mut damaged = None;
         for cmd in batch {
             match cmd {
-                Command::Append {
+                WriterRequest::Append {
                     encoded,
                     dedupe_key,
                     received_at_ms,
@@ -572,16 +572,16 @@ impl Writer {
                     dedupe_key: dedupe_key.as_deref(),
                     received_at_ms: *received_at_ms,
                 }),
-                Command::Delete { seqs, .. } => deletes.extend_from_slice(seqs),
-                Command::Park {
+                WriterRequest::Delete { seqs, .. } => deletes.extend_from_slice(seqs),
+                WriterRequest::Park {
                     parked: p,
                     unparked: u,
                 } => {
                     park_marks.extend(u.iter().map(|&seq| (seq, false)));
                     park_marks.extend(p.iter().map(|&seq| (seq, true)));
                 }
-                Command::Damaged { detail } => damaged = Some(detail.clone()),
-                Command::Close { .. } => {}
+                WriterRequest::Damaged { detail } => damaged = Some(detail.clone()),
+                WriterRequest::Close { .. } => {}
             }
         }
         if let Some(detail) = damaged {
@@ -801,12 +801,12 @@ impl Writer {
     fn reopen_with(&mut self, check: bool) -> Option<Arc<Database>> {
         self.let_go();
         match damage::open_checked(&self.dir, check) {
-            damage::Opened::Sound(db, counters) => self.install(Arc::new(db), counters),
-            damage::Opened::Damaged(detail) => {
+            damage::CheckedOpen::Sound(db, counters) => self.install(Arc::new(db), counters),
+            damage::CheckedOpen::Damaged(detail) => {
                 self.replace(detail);
                 self.db.clone()
             }
-            damage::Opened::Failed(e) => {
+            damage::CheckedOpen::Failed(e) => {
                 tracing::debug!(error = %crate::problem::with_causes(&e), "spool not re-opened yet");
                 // Without a database the writer must retry the re-open, even when it came
                 // here for a check rather than after a failed commit (a full disk fails both).
@@ -852,7 +852,7 @@ impl Writer {
     }
 
     /// Refuses whatever is still queued, then lets go of the database and answers `reply`.
-    fn close(mut self, mut batch: Vec<Command>, reply: oneshot::Sender<()>) {
+    fn close(mut self, mut batch: Vec<WriterRequest>, reply: oneshot::Sender<()>) {
         self.rx.close();
         while let Ok(cmd) = self.rx.try_recv() {
             batch.push(cmd);
@@ -871,7 +871,7 @@ impl Writer {
 /// commit succeeded, everyone the error when it did not. A close request is handed back
 /// through `closing`, to be answered once the database is let go. Returns the entries stored.
 fn settle(
-    batch: &mut Vec<Command>,
+    batch: &mut Vec<WriterRequest>,
     result: Result<Vec<AppendOutcome>, SpoolError>,
     closing: &mut Option<oneshot::Sender<()>>,
 ) -> Vec<Entry> {
@@ -882,7 +882,7 @@ fn settle(
     let mut stored = Vec::new();
     for cmd in batch.drain(..) {
         match cmd {
-            Command::Append { reply, message, .. } => {
+            WriterRequest::Append { reply, message, .. } => {
                 let answer = match (&failure, outcomes.next()) {
                     (Some(e), _) => Err(e.clone()),
                     (None, Some(AppendOutcome::Stored { seq })) => {
@@ -898,13 +898,13 @@ fn settle(
                 };
                 let _ = reply.send(answer);
             }
-            Command::Delete { reply, .. } => {
+            WriterRequest::Delete { reply, .. } => {
                 if let Some(r) = reply {
                     let _ = r.send(failure.clone().map_or(Ok(()), Err));
                 }
             }
-            Command::Close { reply } => *closing = Some(reply),
-            Command::Damaged { .. } | Command::Park { .. } => {}
+            WriterRequest::Close { reply } => *closing = Some(reply),
+            WriterRequest::Damaged { .. } | WriterRequest::Park { .. } => {}
         }
     }
     stored

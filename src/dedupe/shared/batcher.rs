@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::connection::{RoundTrip, Unreachable};
-use super::{claimed, Answer, Op, SharedSettings};
+use super::{claimed, ClaimReply, Op, SharedSettings};
 use crate::metrics::Metrics;
 use crate::telemetry::LogThrottle;
 
@@ -424,7 +424,7 @@ impl<C: RoundTrip> Batcher<C> {
         for op in ops.drain(..) {
             match op {
                 Op::Claim { reply, .. } => {
-                    let _ = reply.send(Answer::Unavailable);
+                    let _ = reply.send(ClaimReply::Unavailable);
                 }
                 Op::Mark { key, done, .. } => {
                     let _ = done.send(());
