@@ -8,6 +8,9 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // Fault points named in FAILPOINTS (tests only: see the `fault-points` feature).
+    #[cfg(feature = "fault-points")]
+    let _faults = fail::FailScenario::setup();
     let cli = eduzz_kafka_bridge::cli::Cli::parse();
     std::process::exit(eduzz_kafka_bridge::cli::run(cli));
 }

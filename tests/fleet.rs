@@ -220,9 +220,10 @@ async fn the_same_event_posted_to_every_replica_is_published_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_after_claiming_leaves_the_event_to_a_retry_elsewhere() {
-    // Replica 0 holds every event for a minute after claiming it (a debug-build test hook):
+    // Replica 0 holds every event for a minute after claiming it (the fault point
+    // `delivery::after_claim`, compiled into test builds only):
     // it is killed in that window, as a crash between claim and answer.
-    let pause: &[(&str, &str)] = &[("EKB_TEST_PAUSE_AFTER_CLAIM_MS", "60000")];
+    let pause: &[(&str, &str)] = &[("FAILPOINTS", "delivery::after_claim=return(60000)")];
     let Some(mut fleet) = Fleet::start(2, "6s", &[pause]) else {
         return;
     };

@@ -384,22 +384,19 @@ impl Delivery {
     }
 }
 
-/// Test hook, in debug builds only: `EKB_TEST_PAUSE_AFTER_CLAIM_MS` holds every claimed event
-/// that long before it is taken, so a test can kill a replica between its claim and its answer
-/// (tests/fleet.rs). Release builds have no such variable.
-#[cfg(debug_assertions)]
+/// Fault point `delivery::after_claim` (compiled in only with the `fault-points` feature,
+/// which only the tests turn on): `FAILPOINTS=delivery::after_claim=return(60000)` holds every
+/// claimed event that many milliseconds before it is taken, so a test can kill a replica
+/// between its claim and its answer (the fleet tests). An async sleep, not the crate's own
+/// `sleep` action, which would block a runtime thread.
 async fn pause_after_claim() {
-    static PAUSE: std::sync::LazyLock<Option<Duration>> = std::sync::LazyLock::new(|| {
-        let ms = std::env::var("EKB_TEST_PAUSE_AFTER_CLAIM_MS").ok()?;
-        ms.parse().ok().map(Duration::from_millis)
-    });
-    if let Some(pause) = *PAUSE {
-        tokio::time::sleep(pause).await;
+    #[cfg(feature = "fault-points")]
+    if let Some(Some(ms)) = fail::eval("delivery::after_claim", |arg| arg) {
+        if let Ok(ms) = ms.parse() {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
     }
 }
-
-#[cfg(not(debug_assertions))]
-async fn pause_after_claim() {}
 
 /// Waits for the message's topic to exist (created on its first write), up to `timeout`.
 async fn topic_ready(
