@@ -9,7 +9,11 @@
 //! call in their own future, while our callers interleave the wait with a stop signal, a
 //! channel or a per-entry due time, and only need the arithmetic.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so the state machines built on these types can be tested on paused time
+// (outside a runtime it is the system's monotonic clock).
+use tokio::time::Instant;
 
 /// Doubling waits between `first` and `max`.
 #[derive(Debug, Clone)]

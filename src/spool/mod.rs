@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dedupe::DedupeSettings;
 use crate::event::{unix_ms, Message};
+use crate::retry::Outage;
 pub use damage::{mark_salvaged, unsalvaged, DamageKind, Damaged};
 pub use inspect::{inspect, InspectError, Inspection};
 pub use store::{AppendOutcome, Entry, OpenError, ReadEntry, Undecodable};
@@ -204,7 +205,7 @@ impl Spool {
             limits,
             gauges: gauges.clone(),
             committed: committed_tx,
-            broken: None,
+            broken: Outage::new(REOPEN_BACKOFF, MAX_REOPEN_BACKOFF),
             fresh_from: None,
             unmoved: None,
             sound_at: None,
@@ -471,7 +472,8 @@ struct Writer {
     limits: store::Limits,
     gauges: Arc<SpoolGauges>,
     committed: watch::Sender<Option<u64>>,
-    broken: Option<Broken>,
+    /// Commits failing: since when, and when to try re-opening the file next.
+    broken: Outage,
     /// Set while a fresh file is to replace a damaged one: the numbering to go on from.
     fresh_from: Option<(u64, u64)>,
     /// A damaged file that could not be moved aside yet (why it is damaged); retried.
@@ -494,21 +496,6 @@ impl Failure {
             Failure::Damaged(_) => SpoolError::Damaged,
             Failure::Spool(e) => e,
         }
-    }
-}
-
-/// Since when commits fail, and when to try re-opening next.
-struct Broken {
-    since: std::time::Instant,
-    next_try: std::time::Instant,
-    backoff: Duration,
-}
-
-impl Broken {
-    /// One more failed attempt: wait twice as long (up to the maximum) before the next.
-    fn defer(&mut self) {
-        self.backoff = (self.backoff * 2).min(MAX_REOPEN_BACKOFF);
-        self.next_try = std::time::Instant::now() + self.backoff;
     }
 }
 
@@ -630,10 +617,10 @@ impl Writer {
         match result {
             Ok(Ok(outcomes)) => {
                 publish_gauges(&self.gauges, &self.counters, limits.max_bytes);
-                if let Some(b) = self.broken.take() {
+                if let Some(lasted) = self.broken.succeed(tokio::time::Instant::now()) {
                     self.gauges.broken.store(false, Ordering::Relaxed);
                     tracing::info!(
-                        failing_seconds = b.since.elapsed().as_secs_f64(),
+                        failing_seconds = lasted.as_secs_f64(),
                         "spool writable again"
                     );
                 }
@@ -724,39 +711,31 @@ impl Writer {
 
     /// Records a failed commit; logged once when the failures start.
     fn broke(&mut self, e: &redb::Error) {
-        match &mut self.broken {
-            Some(b) => {
-                b.defer();
-                tracing::debug!(error = %crate::problem::with_causes(e), "spool commit failed again");
-            }
-            None => {
-                tracing::error!(error = %crate::problem::with_causes(e), "spool commit failed; requests are answered 503 until the spool can write again (it re-opens itself)");
-                self.start_broken();
-            }
+        if self.broken.is_down() {
+            self.broken.fail(tokio::time::Instant::now());
+            tracing::debug!(error = %crate::problem::with_causes(e), "spool commit failed again");
+        } else {
+            tracing::error!(error = %crate::problem::with_causes(e), "spool commit failed; requests are answered 503 until the spool can write again (it re-opens itself)");
+            self.start_broken();
         }
     }
 
     /// Commits fail from now on until a re-open succeeds (tried with back-off).
     fn start_broken(&mut self) {
-        if self.broken.is_some() {
+        if self.broken.is_down() {
             return;
         }
-        let now = std::time::Instant::now();
         self.gauges.broken.store(true, Ordering::Relaxed);
-        self.broken = Some(Broken {
-            since: now,
-            next_try: now + REOPEN_BACKOFF,
-            backoff: REOPEN_BACKOFF,
-        });
+        self.broken.fail(tokio::time::Instant::now());
     }
 
     /// The database to commit to: as it is, or re-opened after a failure once its back-off
     /// is over. `None`: still broken, try later.
     fn healed_db(&mut self) -> Option<Arc<Database>> {
-        let Some(b) = &mut self.broken else {
+        if !self.broken.is_down() {
             return self.db.clone();
-        };
-        if std::time::Instant::now() < b.next_try {
+        }
+        if self.broken.waiting(tokio::time::Instant::now()) {
             return None;
         }
         let db = match self.unmoved.clone() {
@@ -766,10 +745,8 @@ impl Writer {
             }
             None => self.reopen(),
         };
-        if db.is_none() {
-            if let Some(b) = &mut self.broken {
-                b.defer();
-            }
+        if db.is_none() && self.broken.is_down() {
+            self.broken.fail(tokio::time::Instant::now());
         }
         db
     }

@@ -19,6 +19,8 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::retry::Outage;
+
 use redis::{ServerError, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -57,13 +59,6 @@ struct Kept {
     key: Vec<u8>,
     /// Whether Redis refused it already (it is counted as `mark_refused` once).
     refused: bool,
-}
-
-/// Since when Redis fails, and when to try it again.
-struct Down {
-    since: Instant,
-    retry_at: Instant,
-    pause: Duration,
 }
 
 /// Since when Redis answers but refuses writes, and how many.
@@ -109,7 +104,8 @@ pub(super) struct Batcher<C> {
     backfill: VecDeque<Kept>,
     /// Kept marks are not sent before this (set after Redis refused them).
     backfill_at: Instant,
-    down: Option<Down>,
+    /// Redis failing: since when, and when to try it again.
+    down: Outage,
     refusing: Option<Refusing>,
     /// When the connection was last replaced after `READONLY`.
     replaced_at: Option<Instant>,
@@ -134,7 +130,7 @@ impl<C: RoundTrip> Batcher<C> {
             taken,
             backfill: VecDeque::new(),
             backfill_at: Instant::now(),
-            down: None,
+            down: Outage::new(FIRST_PAUSE, MAX_PAUSE),
             refusing: None,
             replaced_at: None,
             lines: LogThrottle::new(LOG_EVERY),
@@ -444,36 +440,23 @@ impl<C: RoundTrip> Batcher<C> {
 
     /// Whether Redis failed recently and is not to be tried yet.
     fn resting(&self) -> bool {
-        self.down
-            .as_ref()
-            .is_some_and(|d| Instant::now() < d.retry_at)
+        self.down.waiting(Instant::now())
     }
 
     fn failed(&mut self, e: &Unreachable) {
-        let now = Instant::now();
-        match &mut self.down {
-            Some(d) => {
-                d.pause = (d.pause * 2).min(MAX_PAUSE);
-                d.retry_at = now + d.pause;
-                tracing::debug!(error = %e, "shared dedupe index still unreachable");
-            }
-            None => {
-                self.metrics.shared_dedupe_reachable.set(0);
-                tracing::error!(error = %e, "shared dedupe index unreachable: each replica dedupes on its own until it answers again (a retry reaching another replica meanwhile may be published twice)");
-                self.down = Some(Down {
-                    since: now,
-                    retry_at: now + FIRST_PAUSE,
-                    pause: FIRST_PAUSE,
-                });
-            }
+        if self.down.fail(Instant::now()).started {
+            self.metrics.shared_dedupe_reachable.set(0);
+            tracing::error!(error = %e, "shared dedupe index unreachable: each replica dedupes on its own until it answers again (a retry reaching another replica meanwhile may be published twice)");
+        } else {
+            tracing::debug!(error = %e, "shared dedupe index still unreachable");
         }
     }
 
     fn healed(&mut self) {
-        if let Some(d) = self.down.take() {
+        if let Some(lasted) = self.down.succeed(Instant::now()) {
             self.metrics.shared_dedupe_reachable.set(1);
             tracing::info!(
-                unreachable_seconds = d.since.elapsed().as_secs_f64(),
+                unreachable_seconds = lasted.as_secs_f64(),
                 marks_to_write = self.backfill.len(),
                 "shared dedupe index reachable again"
             );
