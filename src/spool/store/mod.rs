@@ -1,0 +1,264 @@
+//! The spool's tables in redb, and the one transaction that changes them.
+//!
+//! The unit of write is the group commit, not the event: each commit stores the events it
+//! accepted as one [record](super::record), so its B-tree work is a few inserts however many
+//! events it carries (one insert and one delete per event before: a third of the process's CPU
+//! under load). Tables:
+//! - `batches`: first sequence number → record of encoded [`Message`]s; the publish queue.
+//! - `batch_index`: first sequence number → (entries, record bytes); what deletes look up.
+//! - `gone`: published entries of batches that still hold unpublished ones. A batch is removed
+//!   as a whole when its last entry is published, with its `gone` entries.
+//! - `dedupe`: `source \x1f event id` → (receive ms, dedupe seq); ids accepted recently.
+//! - `dedupe_batches`: (newest receive ms, first dedupe seq) → record of the keys one commit
+//!   added; to forget the oldest first, a batch at a time.
+//! - `parked`: entries the drain parked (never published), for the recovery check.
+//! - `meta`: counters kept in the same transactions as the data they count.
+//!
+//! Everything here is synchronous and runs on the writer thread (or a blocking task for
+//! reads); redb allows one writer at a time and any number of concurrent readers.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
+};
+
+use super::record::{self, RecordBuilder};
+use crate::event::Message;
+
+/// Why the spool could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot create spool directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the spool {0} is in use by another process (is the bridge running?)")]
+    InUse(PathBuf),
+    #[error("cannot open spool {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: redb::Error,
+    },
+    #[error("the spool file {path} is damaged ({detail}) and cannot be moved aside: move it away by hand (and salvage it with `spool salvage`)")]
+    Damaged { path: PathBuf, detail: String },
+    #[error("cannot read the spool's counters")]
+    Read(#[source] redb::Error),
+    #[error("cannot start the spool writer")]
+    Writer(#[source] std::io::Error),
+}
+
+/// First sequence number of a batch → its record of encoded messages.
+const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
+/// First sequence number of a batch → (entries, bytes of its record): what deletes look up,
+/// so they never read the records themselves.
+const BATCH_INDEX: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_index");
+/// Published entries of batches that still hold unpublished ones.
+const GONE: TableDefinition<u64, ()> = TableDefinition::new("gone");
+const DEDUPE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedupe");
+/// (newest receive ms of the batch, first dedupe seq) → record of the dedupe keys it added.
+const DEDUPE_BATCHES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dedupe_batches");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Entries the drain parked (Kafka and the dead-letter topic refused them): the start-up
+/// recovery check leaves them out, since they were never published, and looks at the entries
+/// after them instead (see delivery::recover).
+const PARKED: TableDefinition<u64, ()> = TableDefinition::new("parked");
+
+/// The layout before batches (one entry per event), migrated once on open.
+const EVENTS_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const DEDUPE_BY_TIME_V1: TableDefinition<(u64, u64), &str> = TableDefinition::new("dedupe_by_time");
+
+const NEXT_SEQ: &str = "next_seq";
+const BYTES: &str = "bytes";
+const DEDUPE_SEQ: &str = "dedupe_seq";
+const DEPTH: &str = "depth";
+const DEDUPE_ENTRIES: &str = "dedupe_entries";
+
+/// Dedupe keys a transaction forgets before it stops looking (a batch of keys goes as a whole,
+/// so up to one batch more): keeps each commit short, yet every commit can forget at least the
+/// one batch of keys it may add.
+const EXPIRE_PER_COMMIT: usize = 2048;
+
+/// File name of the database inside `spool.dir`.
+pub(super) const FILE_NAME: &str = "spool.redb";
+
+/// Counters the writer keeps in memory and in `meta`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Counters {
+    pub next_seq: u64,
+    pub depth: u64,
+    pub bytes: u64,
+    pub dedupe_seq: u64,
+    pub dedupe_entries: u64,
+}
+
+/// Limits applied inside the transaction.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    pub max_bytes: u64,
+    pub dedupe: Option<DedupeLimits>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DedupeLimits {
+    pub window: Duration,
+    pub max_entries: u64,
+}
+
+/// What became of one append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppendOutcome {
+    Stored { seq: u64 },
+    Duplicate,
+    Full,
+}
+
+/// One append request: the encoded message and its dedupe key.
+pub(super) struct Append<'a> {
+    pub encoded: &'a [u8],
+    pub dedupe_key: Option<&'a str>,
+    pub received_at_ms: u64,
+}
+
+/// Opens (or creates) the spool database in `dir`; `check` has redb verify the whole file
+/// first (see [`super::damage`]), so a damaged file is refused here rather than met later.
+pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
+    std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(FILE_NAME);
+    // A small cache: appends and the drain touch the newest and oldest pages only, and a
+    // large cache shows up as RSS growing while a broker outage fills the spool.
+    let db = Database::builder()
+        .set_cache_size(16 * 1024 * 1024)
+        .set_check_integrity_on_open(check)
+        .create(&path)
+        .map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => OpenError::InUse(path.clone()),
+            other => OpenError::Open {
+                path: path.clone(),
+                source: other.into(),
+            },
+        })?;
+    create_tables(&db).map_err(|source| OpenError::Open { path, source })?;
+    Ok(db)
+}
+
+fn create_tables(db: &Database) -> Result<(), redb::Error> {
+    let txn = db.begin_write()?;
+    {
+        txn.open_table(BATCHES)?;
+        txn.open_table(BATCH_INDEX)?;
+        txn.open_table(GONE)?;
+        txn.open_table(DEDUPE)?;
+        txn.open_table(DEDUPE_BATCHES)?;
+        txn.open_table(META)?;
+        txn.open_table(PARKED)?;
+    }
+    migrate_v1(&txn)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Moves a spool written before batches (one entry per event) into the batch layout, each old
+/// entry a batch of one under its own sequence number, in the transaction that opens the
+/// spool: an upgrade strands nothing, and a crash during it leaves the old layout whole.
+fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let names: Vec<String> = txn.list_tables()?.map(|t| t.name().to_string()).collect();
+    let has = |name: &str| names.iter().any(|n| n == name);
+    if !has(EVENTS_V1.name()) && !has(DEDUPE_BY_TIME_V1.name()) {
+        return Ok(());
+    }
+    let mut t = Tables::open(txn)?;
+    let mut meta = txn.open_table(META)?;
+    let (mut depth, mut bytes) = (0u64, 0u64);
+    if has(EVENTS_V1.name()) {
+        let old = txn.open_table(EVENTS_V1)?;
+        for item in old.iter()? {
+            let (seq, value) = item?;
+            let mut record = RecordBuilder::events(seq.value());
+            record.push(value.value());
+            bytes += t.insert_batch(seq.value(), record)?;
+            depth += 1;
+        }
+    }
+    let mut keys = 0u64;
+    if has(DEDUPE_BY_TIME_V1.name()) {
+        let old = txn.open_table(DEDUPE_BY_TIME_V1)?;
+        for item in old.iter()? {
+            let (at, key) = item?;
+            let mut record = RecordBuilder::keys(at.value().1);
+            record.push(key.value().as_bytes());
+            t.dedupe_batches
+                .insert(at.value(), record.finish().as_slice())?;
+            keys += 1;
+        }
+    }
+    meta.insert(DEPTH, depth)?;
+    meta.insert(BYTES, bytes)?;
+    meta.insert(DEDUPE_ENTRIES, keys)?;
+    drop((t, meta));
+    txn.delete_table(EVENTS_V1)?;
+    txn.delete_table(DEDUPE_BY_TIME_V1)?;
+    if depth > 0 || keys > 0 {
+        tracing::info!(
+            events = depth,
+            dedupe_entries = keys,
+            "spool moved to the batch layout"
+        );
+    }
+    Ok(())
+}
+
+/// Reads the counters as last committed.
+pub(super) fn load_counters(
+    db: &(impl ReadableDatabase + ?Sized),
+) -> Result<Counters, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let get =
+        |k: &str| -> Result<u64, redb::Error> { Ok(meta.get(k)?.map(|v| v.value()).unwrap_or(0)) };
+    Ok(Counters {
+        next_seq: get(NEXT_SEQ)?,
+        depth: get(DEPTH)?,
+        bytes: get(BYTES)?,
+        dedupe_seq: get(DEDUPE_SEQ)?,
+        dedupe_entries: get(DEDUPE_ENTRIES)?,
+    })
+}
+
+/// Has a fresh spool number on from where a damaged one left off (see [`super::damage`]), so
+/// sequence numbers never go back while the process runs.
+pub(super) fn continue_from(
+    db: &Database,
+    next_seq: u64,
+    dedupe_seq: u64,
+) -> Result<Counters, redb::Error> {
+    let mut c = load_counters(db)?;
+    c.next_seq = c.next_seq.max(next_seq);
+    c.dedupe_seq = c.dedupe_seq.max(dedupe_seq);
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert(NEXT_SEQ, c.next_seq)?;
+        meta.insert(DEDUPE_SEQ, c.dedupe_seq)?;
+    }
+    txn.commit()?;
+    Ok(c)
+}
+
+mod commit;
+mod read;
+
+use commit::{batch_holding, published_in, Tables};
+pub(super) use commit::{commit_batch, Marks};
+pub(super) use read::{live, read_after, read_unparked, Live};
+pub use read::{Entry, ReadEntry, Undecodable};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,143 @@
+//! Reading the spool back: what is live, and entries in sequence order.
+
+use super::*;
+
+/// What a spool file says is still to publish: its batches (first seq, entries), in order, and
+/// the published entries of batches not yet removed. Read by [`super::salvage`] to tell the
+/// records a raw scan finds that are still spooled from stale copies of deleted ones.
+#[derive(Debug, Default)]
+pub(in crate::spool) struct Live {
+    pub batches: Vec<(u64, u64)>,
+    pub gone: std::collections::HashSet<u64>,
+    /// The next sequence number as of the index's commit.
+    pub next_seq: u64,
+}
+
+impl Live {
+    /// Whether `seq` may still be spooled: listed in a batch and not published, or numbered
+    /// after the index's commit (the index may be from an earlier commit than the records,
+    /// when redb fell back to one: those newer records are kept, never called stale).
+    pub(in crate::spool) fn holds(&self, seq: u64) -> bool {
+        if seq >= self.next_seq {
+            return true;
+        }
+        let i = self.batches.partition_point(|&(first, _)| first <= seq);
+        let in_batch = i > 0 && {
+            let (first, count) = self.batches[i - 1];
+            seq < first + count
+        };
+        in_batch && !self.gone.contains(&seq)
+    }
+
+    /// Entries the index lists as spooled.
+    pub(in crate::spool) fn entries(&self) -> u64 {
+        let all: u64 = self.batches.iter().map(|&(_, n)| n).sum();
+        all.saturating_sub(self.gone.len() as u64)
+    }
+}
+
+/// Reads the index of batches and the published entries (small tables: no record is loaded).
+pub(in crate::spool) fn live(db: &(impl ReadableDatabase + ?Sized)) -> Result<Live, redb::Error> {
+    let txn = db.begin_read()?;
+    let mut live = Live::default();
+    for item in txn.open_table(BATCH_INDEX)?.iter()? {
+        let (first, v) = item?;
+        live.batches.push((first.value(), v.value().0));
+    }
+    for item in txn.open_table(GONE)?.iter()? {
+        live.gone.insert(item?.0.value());
+    }
+    live.next_seq = txn
+        .open_table(META)?
+        .get(NEXT_SEQ)?
+        .map_or(0, |v| v.value());
+    Ok(live)
+}
+
+/// An entry as read: decoded, or the sequence number and why it could not be decoded.
+pub type ReadEntry = Result<Entry, Undecodable>;
+
+/// A spooled entry that does not decode (left in place for an operator).
+#[derive(Debug, thiserror::Error)]
+#[error("spool entry {seq} cannot be decoded")]
+pub struct Undecodable {
+    pub seq: u64,
+    #[source]
+    pub source: postcard::Error,
+}
+
+/// One spooled message and its sequence number.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub message: Message,
+}
+
+/// Up to `limit` entries with a sequence number above `after` (all when `after` is None),
+/// oldest first, published ones left out. Entries that cannot be decoded are returned as
+/// errors with their seq.
+pub(in crate::spool) fn read_after(
+    db: &(impl ReadableDatabase + ?Sized),
+    after: Option<u64>,
+    limit: usize,
+) -> Result<Vec<ReadEntry>, redb::Error> {
+    read_skipping(db, after, limit, &std::collections::HashSet::new())
+}
+
+/// The oldest `limit` entries that are not parked: those the drain can have sent before a
+/// stop (see delivery::recover).
+pub(in crate::spool) fn read_unparked(
+    db: &(impl ReadableDatabase + ?Sized),
+    limit: usize,
+) -> Result<Vec<ReadEntry>, redb::Error> {
+    let parked = {
+        let txn = db.begin_read()?;
+        let table = txn.open_table(PARKED)?;
+        let mut parked = std::collections::HashSet::new();
+        for item in table.iter()? {
+            parked.insert(item?.0.value());
+        }
+        parked
+    };
+    read_skipping(db, None, limit, &parked)
+}
+
+fn read_skipping(
+    db: &(impl ReadableDatabase + ?Sized),
+    after: Option<u64>,
+    limit: usize,
+    skip: &std::collections::HashSet<u64>,
+) -> Result<Vec<ReadEntry>, redb::Error> {
+    let txn = db.begin_read()?;
+    let batches = txn.open_table(BATCHES)?;
+    let gone = txn.open_table(GONE)?;
+    let start = after.map(|s| s + 1).unwrap_or(0);
+    // Reading starts in the batch that holds `start`, if any is still there.
+    let from =
+        batch_holding(&txn.open_table(BATCH_INDEX)?, start)?.map_or(start, |(first, ..)| first);
+    let mut out = Vec::new();
+    for item in batches.range(from..)? {
+        let (k, v) = item?;
+        let first = k.value();
+        let record = v.value();
+        let count = u64::from(record::count(record));
+        let published = published_in(&gone, first..first + count)?;
+        for (i, part) in record::parts(record).enumerate() {
+            let seq = first + i as u64;
+            if seq < start || published.binary_search(&seq).is_ok() || skip.contains(&seq) {
+                continue;
+            }
+            if out.len() == limit {
+                return Ok(out);
+            }
+            let decoded = part.ok_or(postcard::Error::DeserializeUnexpectedEnd);
+            out.push(
+                decoded
+                    .and_then(Message::decode)
+                    .map(|message| Entry { seq, message })
+                    .map_err(|source| Undecodable { seq, source }),
+            );
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,243 @@
+use super::*;
+use bytes::Bytes;
+
+fn message(id: &str) -> Message {
+    Message {
+        topic: "t".into(),
+        key: Bytes::new(),
+        source: "eduzz".into(),
+        slug: "s".into(),
+        event_id: id.into(),
+        received_at_ms: 1_000,
+        content_type: "application/json".into(),
+        body: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
+        cloudevent: None,
+    }
+}
+
+struct Store {
+    _dir: tempfile::TempDir,
+    db: Database,
+    c: Counters,
+    limits: Limits,
+}
+
+impl Store {
+    fn new(dedupe: Option<DedupeLimits>) -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(dir.path(), false).unwrap();
+        let c = load_counters(&db).unwrap();
+        let limits = Limits {
+            max_bytes: u64::MAX,
+            dedupe,
+        };
+        Store {
+            _dir: dir,
+            db,
+            c,
+            limits,
+        }
+    }
+
+    /// Commits the ids (each its own message, received at `at_ms`) and `deletes`.
+    fn commit(&mut self, ids: &[&str], at_ms: u64, deletes: &[u64]) -> Vec<AppendOutcome> {
+        let encoded: Vec<_> = ids.iter().map(|id| message(id).encode()).collect();
+        let keys: Vec<_> = ids.iter().map(|id| format!("eduzz\u{1f}{id}")).collect();
+        let appends: Vec<_> = encoded
+            .iter()
+            .zip(&keys)
+            .map(|(e, k)| Append {
+                encoded: e,
+                dedupe_key: Some(k),
+                received_at_ms: at_ms,
+            })
+            .collect();
+        commit_batch(
+            &self.db,
+            &mut self.c,
+            &self.limits,
+            at_ms,
+            &appends,
+            &Marks {
+                deleted: deletes,
+                ..Marks::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn ids_after(&self, after: Option<u64>) -> Vec<(u64, String)> {
+        read_after(&self.db, after, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.unwrap())
+            .map(|e| (e.seq, e.message.event_id))
+            .collect()
+    }
+}
+
+fn stored(seqs: std::ops::Range<u64>) -> Vec<AppendOutcome> {
+    seqs.map(|seq| AppendOutcome::Stored { seq }).collect()
+}
+
+#[test]
+fn a_commit_is_one_batch_deleted_in_parts_then_whole() {
+    let mut s = Store::new(None);
+    assert_eq!(s.commit(&["a", "b", "c"], 1, &[]), stored(0..3));
+    assert_eq!(s.commit(&["d"], 1, &[]), stored(3..4));
+    let t = s.db.begin_read().unwrap();
+    assert_eq!(t.open_table(BATCHES).unwrap().iter().unwrap().count(), 2);
+    drop(t);
+    let full_bytes = s.c.bytes;
+    // b and d published: d's batch goes at once, b is listed as gone.
+    s.commit(&[], 1, &[1, 3, 3, 99]);
+    assert_eq!((s.c.depth, s.c.next_seq), (2, 4));
+    assert!(s.c.bytes < full_bytes && s.c.bytes > 0);
+    assert_eq!(s.ids_after(None), [(0, "a".into()), (2, "c".into())]);
+    assert_eq!(s.ids_after(Some(0)), [(2, "c".into())]);
+    assert_eq!(read_after(&s.db, None, 1).unwrap().len(), 1, "limit");
+    // The rest of the first batch: nothing left, nothing listed as gone.
+    s.commit(&[], 1, &[2, 0, 1]);
+    assert_eq!((s.c.depth, s.c.bytes), (0, 0));
+    assert!(s.ids_after(None).is_empty());
+    let t = s.db.begin_read().unwrap();
+    assert_eq!(t.open_table(GONE).unwrap().iter().unwrap().count(), 0);
+    assert_eq!(
+        t.open_table(BATCH_INDEX).unwrap().iter().unwrap().count(),
+        0
+    );
+    drop(t);
+    assert_eq!(load_counters(&s.db).unwrap(), s.c, "counters are durable");
+}
+
+#[test]
+fn a_partly_published_batch_is_the_same_after_a_reopen() {
+    let mut s = Store::new(None);
+    s.commit(&["a", "b", "c"], 1, &[]);
+    s.commit(&[], 1, &[0, 2]);
+    let (before, counters) = (s.ids_after(None), s.c);
+    assert_eq!(before, [(1, "b".into())]);
+    let dir = s._dir;
+    drop(s.db);
+    let db = open(dir.path(), false).unwrap();
+    assert_eq!(load_counters(&db).unwrap(), counters);
+    let mut s = Store {
+        c: counters,
+        db,
+        _dir: dir,
+        limits: s.limits,
+    };
+    assert_eq!(
+        s.ids_after(None),
+        before,
+        "published entries stay published"
+    );
+    assert_eq!(s.commit(&["d"], 1, &[1]), stored(3..4));
+    assert_eq!(s.ids_after(None), [(3, "d".into())]);
+    assert_eq!(s.c.depth, 1);
+}
+
+#[test]
+fn dedupe_within_a_batch_across_batches_and_forgetting_by_batch() {
+    let window = Duration::from_millis(100);
+    let mut s = Store::new(Some(DedupeLimits {
+        window,
+        max_entries: 1_000,
+    }));
+    let out = s.commit(&["a", "a", "b"], 1_000, &[]);
+    assert_eq!(
+        out,
+        [
+            AppendOutcome::Stored { seq: 0 },
+            AppendOutcome::Duplicate,
+            AppendOutcome::Stored { seq: 1 }
+        ]
+    );
+    assert_eq!(s.commit(&["b"], 1_050, &[]), [AppendOutcome::Duplicate]);
+    assert_eq!(s.c.dedupe_entries, 2);
+    // Past the window: "a" is taken again (its stale entry replaced), "b" is forgotten
+    // with its batch, and the new "a" stays although its old batch goes.
+    assert_eq!(s.commit(&["a"], 1_200, &[]), stored(2..3));
+    assert_eq!(s.c.dedupe_entries, 1);
+    assert_eq!(s.commit(&["a"], 1_250, &[]), [AppendOutcome::Duplicate]);
+    assert_eq!(s.commit(&["b"], 1_250, &[]), stored(3..4));
+}
+
+#[test]
+fn the_oldest_batches_of_ids_go_past_max_entries() {
+    let mut s = Store::new(Some(DedupeLimits {
+        window: Duration::from_secs(3600),
+        max_entries: 2,
+    }));
+    s.commit(&["a", "b"], 1_000, &[]);
+    s.commit(&["c"], 1_001, &[]);
+    assert_eq!(s.c.dedupe_entries, 1, "the first batch went as a whole");
+    assert_eq!(
+        s.commit(&["a", "c"], 1_002, &[]),
+        [AppendOutcome::Stored { seq: 3 }, AppendOutcome::Duplicate]
+    );
+}
+
+#[test]
+fn no_room_is_full_and_a_batch_counts_its_framing() {
+    let mut s = Store::new(None);
+    let one = message("a").encode().len() as u64;
+    s.limits.max_bytes = RecordBuilder::HEADER + 2 * RecordBuilder::cost(one as usize);
+    let out = s.commit(&["a", "b", "c"], 1, &[]);
+    assert_eq!(out[..2], stored(0..2)[..]);
+    assert_eq!(out[2], AppendOutcome::Full);
+    assert_eq!(s.c.bytes, s.limits.max_bytes);
+}
+
+#[test]
+fn a_spool_of_the_old_layout_is_moved_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(FILE_NAME);
+    {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut events = txn.open_table(EVENTS_V1).unwrap();
+            let mut dedupe = txn.open_table(DEDUPE).unwrap();
+            let mut by_time = txn.open_table(DEDUPE_BY_TIME_V1).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            for (seq, id) in [(7u64, "x"), (9, "y")] {
+                events.insert(seq, message(id).encode().as_slice()).unwrap();
+                let key = format!("eduzz\u{1f}{id}");
+                dedupe.insert(key.as_str(), (1_000, seq)).unwrap();
+                by_time.insert((1_000, seq), key.as_str()).unwrap();
+            }
+            meta.insert(NEXT_SEQ, 10).unwrap();
+            meta.insert(DEDUPE_SEQ, 10).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let db = open(dir.path(), false).unwrap();
+    let mut s = Store {
+        c: load_counters(&db).unwrap(),
+        db,
+        _dir: dir,
+        limits: Limits {
+            max_bytes: u64::MAX,
+            dedupe: Some(DedupeLimits {
+                window: Duration::from_millis(100),
+                max_entries: 100,
+            }),
+        },
+    };
+    assert_eq!((s.c.depth, s.c.dedupe_entries, s.c.next_seq), (2, 2, 10));
+    assert_eq!(s.ids_after(None), [(7, "x".into()), (9, "y".into())]);
+    assert_eq!(s.commit(&["x"], 1_050, &[7]), [AppendOutcome::Duplicate]);
+    assert_eq!(s.ids_after(None), [(9, "y".into())]);
+    // The migrated ids are forgotten like any others.
+    assert_eq!(s.commit(&["y"], 1_200, &[9]), stored(10..11));
+    assert_eq!(s.c.dedupe_entries, 1);
+    let names: Vec<String> =
+        s.db.begin_write()
+            .unwrap()
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+    assert!(!names.iter().any(|n| n == "events" || n == "dedupe_by_time"));
+}
