@@ -13,6 +13,7 @@ mod answer;
 pub mod client_ip;
 pub(crate) mod connections;
 pub(crate) mod failing;
+mod outcome;
 mod parse_errors;
 mod settings;
 pub mod tls;
