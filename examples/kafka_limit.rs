@@ -9,7 +9,7 @@ mod plain_server;
 use std::sync::Arc;
 
 use eduzz_kafka_bridge::delivery::{AckMode, DeliverySettings};
-use eduzz_kafka_bridge::kafka::Connection;
+use eduzz_kafka_bridge::kafka::Cluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[global_allocator]
@@ -28,7 +28,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let producer: Arc<FutureProducer> = Arc::new(runtime.block_on(async {
-        Connection::to(&brokers)
+        Cluster::to(&brokers)
             .producer_config(delivery.producer_tuning())
             .create()
     })?);

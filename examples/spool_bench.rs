@@ -13,7 +13,7 @@ use eduzz_kafka_bridge::dedupe::DedupeSettings;
 use eduzz_kafka_bridge::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
 use eduzz_kafka_bridge::delivery::{DeadLetters, DeliverySettings};
 use eduzz_kafka_bridge::event::{unix_ms, Message};
-use eduzz_kafka_bridge::kafka::{Connection, Publisher};
+use eduzz_kafka_bridge::kafka::{Cluster, Publisher};
 use eduzz_kafka_bridge::metrics::Metrics;
 use eduzz_kafka_bridge::spool::{Appended, Spool, SpoolSettings};
 
@@ -107,7 +107,7 @@ fn main() -> anyhow::Result<()> {
 
         // Drain: the whole spool to Kafka.
         let delivery = DeliverySettings::default();
-        let publisher = Publisher::new(&Connection::to(&brokers), delivery.producer_tuning())?;
+        let publisher = Publisher::new(&Cluster::to(&brokers), delivery.producer_tuning())?;
         let metrics = Arc::new(Metrics::new());
         let dead_letters = DeadLetters::new(publisher.clone(), None, metrics.clone());
         let gauges = Arc::new(DrainGauges::default());

@@ -28,7 +28,7 @@ use crate::http::{serve, ListenerSettings, Server};
 use crate::kafka::admin::Admin;
 use crate::kafka::broker::EmbeddedBroker;
 use crate::kafka::provision::Provisioner;
-use crate::kafka::{Connection, Publisher};
+use crate::kafka::{Cluster, Publisher};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::spool::Spool;
@@ -37,7 +37,7 @@ use crate::spool::Spool;
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The drain's settings for a configuration, with the start-up recovery check when on.
-pub(crate) fn drain_settings(config: &Config, connection: &Connection) -> DrainSettings {
+pub(crate) fn drain_settings(config: &Config, connection: &Cluster) -> DrainSettings {
     let mut drain = DrainSettings::new(config.delivery.max_in_flight);
     drain.stop_grace = config.server.shutdown_grace;
     if config.delivery.recovery_check {
@@ -291,7 +291,7 @@ fn start_embedded(config: &mut Config) -> anyhow::Result<Option<Embedded>> {
 /// partitions its route asks for (on the embedded broker, through the broker itself).
 fn provision_topics(
     config: &Config,
-    connection: &Connection,
+    connection: &Cluster,
     embedded: Option<&Embedded>,
     publisher: Publisher,
 ) -> anyhow::Result<Publisher> {
@@ -307,7 +307,7 @@ fn provision_topics(
 /// The ack mode's delivery, claiming events in the shared dedupe index when one is set.
 fn start_delivery(
     config: &Config,
-    connection: &Connection,
+    connection: &Cluster,
     publisher: &Publisher,
     metrics: &Arc<Metrics>,
     stop_drain: &DrainStop,
@@ -327,7 +327,7 @@ fn start_delivery(
 /// The ack mode's delivery; in `spooled` mode the spool is opened and its drain started.
 fn start_mode(
     config: &Config,
-    connection: &Connection,
+    connection: &Cluster,
     publisher: &Publisher,
     metrics: &Arc<Metrics>,
     stop_drain: &DrainStop,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::tansu::Tansu;
 use common::*;
-use eduzz_kafka_bridge::kafka::{reader, Connection};
+use eduzz_kafka_bridge::kafka::{reader, Cluster};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
@@ -18,7 +18,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Partitions of `topic` on `brokers` (`None`: it does not exist).
 fn partitions(brokers: &str, topic: &str) -> Option<usize> {
-    let consumer: BaseConsumer = Connection::to(brokers)
+    let consumer: BaseConsumer = Cluster::to(brokers)
         .reader_config("topics-test")
         .create()
         .unwrap();
@@ -103,7 +103,7 @@ async fn three_consumers_of_one_group_share_a_provisioned_topic() {
     let brokers = app.brokers.clone();
     let members: Vec<BaseConsumer> = (0..3)
         .map(|i| {
-            let c: BaseConsumer = Connection::to(&brokers)
+            let c: BaseConsumer = Cluster::to(&brokers)
                 .reader_config("downstream-team")
                 .set("client.id", format!("member-{i}"))
                 .set("auto.offset.reset", "latest")

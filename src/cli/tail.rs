@@ -11,7 +11,7 @@ use rdkafka::Offset;
 use serde_json::{json, Map, Value};
 
 use crate::kafka::reader::{self, ReadError, Record};
-use crate::kafka::Connection;
+use crate::kafka::Cluster;
 
 #[derive(Debug, Args)]
 pub struct TailArgs {
@@ -47,7 +47,7 @@ fn parse_property(s: &str) -> Result<(String, String), NotKeyValue> {
 }
 
 pub(super) fn run(args: TailArgs) -> anyhow::Result<i32> {
-    let consumer: BaseConsumer = Connection::to(&args.brokers)
+    let consumer: BaseConsumer = Cluster::to(&args.brokers)
         .with_properties(args.properties.clone())
         .reader_config("eduzz-kafka-bridge-tail")
         .create()?;

@@ -29,14 +29,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::EventKey;
 use crate::kafka::reader::{self, ReadError};
-use crate::kafka::{headers, Connection};
+use crate::kafka::{headers, Cluster};
 use crate::spool::{Entry, Spool};
 
 /// How the start-up check for already-published entries runs.
 #[derive(Debug, Clone)]
 pub struct Recovery {
     /// The cluster to read the topics from.
-    pub reader: Connection,
+    pub reader: Cluster,
     /// Most spooled entries looked up (those that can have been sent before the stop).
     pub candidates: usize,
     /// Messages read back from the end of each partition.
@@ -51,7 +51,7 @@ pub struct Recovery {
 
 impl Recovery {
     /// The check for `candidates` entries on the cluster of `reader`.
-    pub fn new(reader: Connection, candidates: usize) -> Recovery {
+    pub fn new(reader: Cluster, candidates: usize) -> Recovery {
         Recovery {
             reader,
             candidates,
@@ -194,7 +194,7 @@ impl Checked {
 /// Looks up `entries` in the last `lookback` messages of each partition of their topics,
 /// one topic at a time, each within its own budget.
 pub(crate) fn already_published(
-    reader: &Connection,
+    reader: &Cluster,
     entries: &[Entry],
     lookback: i64,
     budget: &Budget,
@@ -426,7 +426,7 @@ mod tests {
         }
     }
 
-    fn publisher(connection: &Connection) -> Publisher {
+    fn publisher(connection: &Cluster) -> Publisher {
         let tuning = ProducerTuning {
             message_timeout: Some(Duration::from_secs(10)),
             linger: Duration::from_millis(1),
@@ -435,7 +435,7 @@ mod tests {
     }
 
     /// The recovery check of `entries`, with a budget no test reaches.
-    async fn check<const N: usize>(connection: Connection, entries: [Entry; N]) -> Checked {
+    async fn check<const N: usize>(connection: Cluster, entries: [Entry; N]) -> Checked {
         let budget = Budget {
             total: Duration::from_secs(20),
             per_topic: Duration::from_secs(5),
@@ -460,7 +460,7 @@ mod tests {
     async fn an_unreadable_topic_leaves_the_others_checked() {
         let cluster = MockCluster::new(1).unwrap();
         let brokers = cluster.bootstrap_servers();
-        let connection = Connection::to(&brokers);
+        let connection = Cluster::to(&brokers);
         let publisher = publisher(&connection);
         let entries = [
             entry(1, "ok.topic", "a"),
@@ -497,7 +497,7 @@ mod tests {
         use std::sync::Arc;
 
         let cluster = MockCluster::new(1).unwrap();
-        let connection = Connection::to(&cluster.bootstrap_servers());
+        let connection = Cluster::to(&cluster.bootstrap_servers());
         let publisher = publisher(&connection);
         cluster
             .topic_error(
@@ -556,7 +556,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn events_with_only_cloudevents_headers_are_found() {
         let cluster = MockCluster::new(1).unwrap();
-        let connection = Connection::to(&cluster.bootstrap_servers());
+        let connection = Cluster::to(&cluster.bootstrap_servers());
         let publisher = publisher(&connection);
         let ce_only = |seq, id: &str, bridge_headers| {
             let mut e = entry(seq, "ce.topic", id);

@@ -26,7 +26,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use super::broker::EmbeddedTopics;
 use super::reader::{self, ReadError};
-use super::Connection;
+use super::Cluster;
 
 /// How long one admin request may take.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -157,7 +157,7 @@ async fn off_thread<T: Send + 'static>(
 impl Admin {
     /// An admin for `connection`; `embedded` when it is the process's own embedded broker.
     pub fn new(
-        connection: &Connection,
+        connection: &Cluster,
         embedded: Option<EmbeddedTopics>,
     ) -> Result<Admin, KafkaError> {
         // A metadata request must never create the topic it asks about.
@@ -313,7 +313,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn asking_about_a_topic_never_creates_it_and_create_gives_its_partitions() {
         let broker = EmbeddedBroker::start(1).unwrap();
-        let connection = Connection::to(broker.bootstrap_servers());
+        let connection = Cluster::to(broker.bootstrap_servers());
         let admin = Arc::new(Admin::new(&connection, Some(broker.topics())).unwrap());
         let asks: Vec<_> = ["t.a", "t.b", "t.c"]
             .into_iter()

@@ -1,5 +1,5 @@
 //! Everything that speaks Kafka, in one place: how to reach the cluster and the client settings
-//! of each role ([`Connection`]), the idempotent producer ([`Publisher`]), the headers a message
+//! of each role ([`Cluster`]), the idempotent producer ([`Publisher`]), the headers a message
 //! carries ([`headers`]), reading topics back ([`reader`]), topic naming ([`topic`]),
 //! reachability ([`health`]) and the embedded development broker ([`broker`]).
 //!
@@ -139,8 +139,8 @@ impl Kafka {
     }
 
     /// The connection to `bootstrap` (the configured brokers, or the embedded broker's).
-    pub fn connect(&self, bootstrap: &str) -> Connection {
-        Connection {
+    pub fn connect(&self, bootstrap: &str) -> Cluster {
+        Cluster {
             bootstrap: bootstrap.to_string(),
             properties: self.properties.clone(),
         }
@@ -157,15 +157,15 @@ pub struct ProducerTuning {
 
 /// A cluster to talk to, and the client settings of each role.
 #[derive(Debug, Clone)]
-pub struct Connection {
+pub struct Cluster {
     bootstrap: String,
     properties: Vec<(String, String)>,
 }
 
-impl Connection {
+impl Cluster {
     /// A connection with no extra properties (tools, tests).
-    pub fn to(bootstrap: &str) -> Connection {
-        Connection {
+    pub fn to(bootstrap: &str) -> Cluster {
+        Cluster {
             bootstrap: bootstrap.to_string(),
             properties: Vec::new(),
         }
@@ -223,7 +223,7 @@ impl Connection {
     }
 }
 
-impl Connection {
+impl Cluster {
     /// An admin client's settings: the operator's properties (SASL, TLS…), no topic ever
     /// created by asking for its metadata, librdkafka's own log quiet.
     pub(crate) fn admin_config(&self) -> ClientConfig {

@@ -15,7 +15,7 @@ use rdkafka::types::RDKafkaErrorCode;
 
 use super::health::{BridgeContext, KafkaHealth};
 use super::provision::Provisioner;
-use super::{headers, Connection, ProducerTuning};
+use super::{headers, Cluster, ProducerTuning};
 use crate::event::Message;
 
 /// Where a message landed.
@@ -69,7 +69,7 @@ pub struct Publisher {
 
 impl Publisher {
     /// Creates the producer for `connection`.
-    pub fn new(connection: &Connection, tuning: ProducerTuning) -> Result<Publisher, KafkaError> {
+    pub fn new(connection: &Cluster, tuning: ProducerTuning) -> Result<Publisher, KafkaError> {
         let health = Arc::new(KafkaHealth::new());
         let producer = connection
             .producer_config(tuning)

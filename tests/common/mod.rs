@@ -15,7 +15,7 @@ use eduzz_kafka_bridge::app::{Application, StopHandle};
 use eduzz_kafka_bridge::config::Config;
 use eduzz_kafka_bridge::http::tls::ReloadingCert;
 pub use eduzz_kafka_bridge::kafka::reader::Record;
-use eduzz_kafka_bridge::kafka::{reader, Connection};
+use eduzz_kafka_bridge::kafka::{reader, Cluster};
 use eduzz_kafka_bridge::source::auth::sign_hex;
 use eduzz_kafka_bridge::telemetry::LogSettings;
 use rdkafka::consumer::BaseConsumer;
@@ -441,7 +441,7 @@ pub fn read_topic_blocking(
     expected: usize,
     timeout: Duration,
 ) -> Vec<Record> {
-    let consumer: BaseConsumer = Connection::to(brokers)
+    let consumer: BaseConsumer = Cluster::to(brokers)
         .reader_config("bridge-tests")
         .set("allow.auto.create.topics", "true")
         .create()
