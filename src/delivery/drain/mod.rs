@@ -22,7 +22,14 @@
 //! confirmations never wait behind it); if that fails too, it stays in the spool ("parked"),
 //! is retried now and then, and shows in logs and metrics. It is never dropped.
 
-use std::collections::{HashMap, VecDeque};
+mod deletes;
+mod retries;
+mod shares;
+mod sink;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,9 +38,7 @@ use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::KafkaError;
-use rdkafka::producer::DeliveryFuture;
 use tokio::sync::watch;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -44,10 +49,10 @@ use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, Spool, SpoolError};
 use crate::telemetry::LogThrottle;
-
-/// Topic names are the drain's keys, looked up several times per event; they come from the
-/// operator's routes, not from strangers, so a fast hash is safe here.
-type TopicHasher = foldhash::fast::RandomState;
+use deletes::PendingDeletes;
+use retries::{Retries, Retry};
+use shares::TopicShares;
+pub use sink::{KafkaSink, Sink};
 
 /// How the drain paces itself.
 #[derive(Debug, Clone)]
@@ -167,23 +172,14 @@ struct Sending {
 type Report = (Sending, Result<Delivered, KafkaError>);
 type InFlight = Pin<Box<dyn Future<Output = Report> + Send>>;
 
-/// A send to try again at `due`. A parked entry's message is let go of (`None`): it waits in
-/// the spool and is read back when due, so parked events cost memory by their number, not
-/// their size.
-struct Retry {
-    due: Instant,
-    seq: u64,
-    message: Option<Message>,
-    attempt: u32,
-    parked: bool,
-}
-
 /// The drain task's state. [`Drain::run`] returns when told to (see [`Until`]); entries not
 /// confirmed by then stay in the spool for the next start.
-pub struct Drain {
+///
+/// Generic over its [`Sink`] so its tests can put a fake producer there; the bridge runs it on
+/// [`KafkaSink`].
+pub struct Drain<S: Sink = KafkaSink> {
     spool: Spool,
-    publisher: Publisher,
-    dead_letters: DeadLetters,
+    sink: S,
     metrics: Arc<Metrics>,
     settings: DrainSettings,
     gauges: Arc<DrainGauges>,
@@ -193,15 +189,13 @@ pub struct Drain {
     /// The newest spool entry read so far.
     cursor: Option<u64>,
     buffer: VecDeque<Entry>,
-    retries: VecDeque<Retry>,
+    retries: Retries,
     in_flight: FuturesUnordered<InFlight>,
     in_flight_bytes: usize,
     /// Per topic: messages in flight, and spooled entries waiting for the topic's share.
     topics: TopicShares,
     queue_full: bool,
-    to_delete: Vec<u64>,
-    oldest_pending_delete: Option<Instant>,
-    deleting: JoinSet<()>,
+    deletes: PendingDeletes,
     /// Entries parked, and parked ones sent again, not yet recorded in the spool.
     to_park: Vec<u64>,
     to_unpark: Vec<u64>,
@@ -213,7 +207,7 @@ pub struct Drain {
 /// How often a park or dead-letter line is written, at most (refusals use the same).
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-impl Drain {
+impl Drain<KafkaSink> {
     pub fn new(
         spool: Spool,
         publisher: Publisher,
@@ -221,26 +215,39 @@ impl Drain {
         metrics: Arc<Metrics>,
         settings: DrainSettings,
         gauges: Arc<DrainGauges>,
-    ) -> Drain {
-        Drain {
-            committed: spool.subscribe(),
-            topics_ready: publisher.topics_ready(),
-            spool,
+    ) -> Drain<KafkaSink> {
+        let sink = KafkaSink {
             publisher,
             dead_letters,
+        };
+        Drain::with_sink(spool, sink, metrics, settings, gauges)
+    }
+}
+
+impl<S: Sink> Drain<S> {
+    pub(crate) fn with_sink(
+        spool: Spool,
+        sink: S,
+        metrics: Arc<Metrics>,
+        settings: DrainSettings,
+        gauges: Arc<DrainGauges>,
+    ) -> Drain<S> {
+        Drain {
+            committed: spool.subscribe(),
+            topics_ready: sink.topics_ready(),
+            deletes: PendingDeletes::new(settings.delete_batch, settings.delete_interval),
+            spool,
+            sink,
             metrics,
             settings,
             gauges,
             cursor: None,
             buffer: VecDeque::new(),
-            retries: VecDeque::new(),
+            retries: Retries::default(),
             in_flight: FuturesUnordered::new(),
             in_flight_bytes: 0,
             topics: TopicShares::default(),
             queue_full: false,
-            to_delete: Vec::new(),
-            oldest_pending_delete: None,
-            deleting: JoinSet::new(),
             to_park: Vec::new(),
             to_unpark: Vec::new(),
             log_throttle: LogThrottle::new(LOG_EVERY),
@@ -263,7 +270,8 @@ impl Drain {
         let mut armed: Option<Instant> = None;
         loop {
             self.fill().await;
-            self.delete_when_due(stopping);
+            self.deletes
+                .delete_when_due(&self.spool, stopping && self.in_flight.is_empty());
             self.flush_park_marks();
             if self.caught_up() && (stopping || until == Until::Empty) {
                 return self.finish().await;
@@ -302,9 +310,8 @@ impl Drain {
             .queue_full
             .then(|| Instant::now() + Duration::from_millis(5));
         [
-            self.retries.front().map(|r| r.due),
-            self.oldest_pending_delete
-                .map(|t| t + self.settings.delete_interval),
+            self.retries.next_due(),
+            self.deletes.due(),
             queue,
             stop_deadline,
         ]
@@ -329,7 +336,7 @@ impl Drain {
                 (r.seq, message, r.attempt)
             } else if let Some(e) = self
                 .topics
-                .next_waiting(per_topic, |t| self.publisher.topic_is_ready(t))
+                .next_waiting(per_topic, |t| self.sink.topic_is_ready(t))
             {
                 (e.seq, e.message, 0)
             } else if self.topics.waiting_entries >= self.settings.max_waiting
@@ -338,7 +345,7 @@ impl Drain {
                 break;
             } else if let Some(e) = self.buffer.pop_front() {
                 if !self.topics.has_room(&e.message.topic, per_topic)
-                    || !self.publisher.topic_ready(&e.message)
+                    || !self.sink.topic_ready(&e.message)
                 {
                     self.topics.wait(e);
                     continue;
@@ -350,7 +357,7 @@ impl Drain {
             } else {
                 break;
             };
-            match self.publisher.enqueue(&message) {
+            match self.sink.enqueue(&message) {
                 Ok(future) => self.send(future, seq, message, attempt, Attempt::Publish),
                 Err(EnqueueError::QueueFull) => {
                     let entry = Entry { seq, message };
@@ -367,11 +374,7 @@ impl Drain {
     }
 
     fn due_retry(&mut self) -> Option<Retry> {
-        let due = self
-            .retries
-            .front()
-            .is_some_and(|r| r.due <= Instant::now());
-        let r = if due { self.retries.pop_front() } else { None }?;
+        let r = self.retries.pop_due(Instant::now())?;
         if r.parked {
             self.gauges.parked.fetch_sub(1, Ordering::Relaxed);
         }
@@ -462,7 +465,7 @@ impl Drain {
 
     fn send(
         &mut self,
-        future: DeliveryFuture,
+        pending: S::Pending,
         seq: u64,
         message: Message,
         attempt: u32,
@@ -476,9 +479,9 @@ impl Drain {
             attempt,
             kind,
         };
-        self.in_flight.push(Box::pin(async move {
-            (sending, Publisher::delivered(future).await)
-        }));
+        let report = S::report(pending);
+        self.in_flight
+            .push(Box::pin(async move { (sending, report.await) }));
     }
 
     /// One delivery report came back.
@@ -491,20 +494,20 @@ impl Drain {
                 record(&self.metrics, &sent.message, &result);
                 match result {
                     Ok(_) => {
-                        self.publisher.health().mark_up();
+                        self.sink.published();
                         self.gauges.published.fetch_add(1, Ordering::Relaxed);
-                        self.to_delete.push(sent.seq);
+                        self.deletes.push(sent.seq);
                     }
                     Err(e) => self.on_failure(sent.seq, sent.message, sent.attempt, e),
                 }
             }
             (Attempt::DeadLetter { error }, Ok(_)) => {
-                self.dead_letters.confirmed();
+                self.sink.dead_lettered();
                 self.gauges.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 if let Some(held_back) = self.log_throttle.admit("dead_lettered") {
                     tracing::warn!(seq = sent.seq, event_id = sent.message.event_id.as_str(), topic = sent.message.topic.as_str(), %error, similar_since_last_line = held_back, "Kafka refused the event for good; sent to the dead-letter topic");
                 }
-                self.to_delete.push(sent.seq);
+                self.deletes.push(sent.seq);
             }
             (Attempt::DeadLetter { error }, Err(why)) => {
                 self.park(sent.seq, sent.message, sent.attempt, &error, &why)
@@ -515,7 +518,7 @@ impl Drain {
     /// A send failed: dead-letter it when Kafka refuses it for good, else retry with backoff.
     fn on_failure(&mut self, seq: u64, message: Message, attempt: u32, error: KafkaError) {
         if is_permanent(&error) {
-            match self.dead_letters.enqueue(&message, &error) {
+            match self.sink.enqueue_dead_letter(&message, &error) {
                 Ok(future) => {
                     self.send(future, seq, message, attempt, Attempt::DeadLetter { error })
                 }
@@ -523,8 +526,7 @@ impl Drain {
             }
             return;
         }
-        let backoff = self.settings.retry_backoff * 2u32.saturating_pow(attempt.min(6));
-        let backoff = backoff.min(Duration::from_secs(30));
+        let backoff = Retries::backoff(self.settings.retry_backoff, attempt);
         tracing::debug!(seq, error = %error, ?backoff, "delivery failed; will retry");
         self.retry(Retry {
             due: Instant::now() + backoff,
@@ -562,8 +564,7 @@ impl Drain {
     }
 
     fn retry(&mut self, r: Retry) {
-        let at = self.retries.partition_point(|x| x.due <= r.due);
-        self.retries.insert(at, r);
+        self.retries.push(r);
     }
 
     /// Whether nothing is left to send but parked events.
@@ -572,149 +573,12 @@ impl Drain {
             && self.buffer.is_empty()
             && self.topics.waiting_entries == 0
             && *self.committed.borrow() <= self.cursor
-            && self.retries.iter().all(|r| r.parked)
-    }
-
-    /// Deletes confirmed entries once a batch is full, the oldest waited long enough, or the
-    /// drain is stopping with nothing in flight.
-    fn delete_when_due(&mut self, stopping: bool) {
-        if !self.to_delete.is_empty() && self.oldest_pending_delete.is_none() {
-            self.oldest_pending_delete = Some(Instant::now());
-        }
-        if self.to_delete.len() >= self.settings.delete_batch
-            || (stopping && self.in_flight.is_empty() && !self.to_delete.is_empty())
-            || self
-                .oldest_pending_delete
-                .is_some_and(|t| t.elapsed() >= self.settings.delete_interval)
-        {
-            self.flush_deletes();
-            self.oldest_pending_delete = None;
-        }
-    }
-
-    fn flush_deletes(&mut self) {
-        if self.to_delete.is_empty() {
-            return;
-        }
-        let seqs = std::mem::take(&mut self.to_delete);
-        let spool = self.spool.clone();
-        self.deleting.spawn(delete_until_done(spool, seqs));
-        // Reap finished deletes so the set does not grow.
-        while self.deleting.try_join_next().is_some() {}
+            && self.retries.only_parked()
     }
 
     async fn finish(mut self) {
-        self.flush_deletes();
         self.flush_park_marks();
-        while self.deleting.join_next().await.is_some() {}
-    }
-}
-
-/// Messages in flight per topic, and the entries waiting for their topic's share.
-///
-/// Entries wait in spool order per topic, and a topic's waiting entries go before any newer
-/// entry of that topic, so per-key order holds as it does without waiting.
-#[derive(Default)]
-struct TopicShares {
-    in_flight: HashMap<String, usize, TopicHasher>,
-    waiting: HashMap<String, VecDeque<Entry>, TopicHasher>,
-    /// Topics with waiting entries, in the order they started waiting (checked round-robin).
-    order: VecDeque<String>,
-    waiting_entries: usize,
-    waiting_bytes: usize,
-}
-
-impl TopicShares {
-    /// Whether a new entry of `topic` can be sent now: nothing of it waits, and it is below
-    /// its share.
-    fn has_room(&self, topic: &str, per_topic: usize) -> bool {
-        !self.is_waiting(topic) && self.below_share(topic, per_topic)
-    }
-
-    fn below_share(&self, topic: &str, per_topic: usize) -> bool {
-        self.in_flight.get(topic).copied().unwrap_or(0) < per_topic
-    }
-
-    fn is_waiting(&self, topic: &str) -> bool {
-        self.waiting.contains_key(topic)
-    }
-
-    /// Puts `e` behind its topic's waiting entries.
-    fn wait(&mut self, e: Entry) {
-        self.waiting_entries += 1;
-        self.waiting_bytes += e.message.body.len();
-        let topic = e.message.topic.clone();
-        let queue = self.waiting.entry(topic.clone()).or_default();
-        if queue.is_empty() {
-            self.order.push_back(topic);
-        }
-        queue.push_back(e);
-    }
-
-    /// Puts `e` back in front of its topic's waiting entries (it was taken, then not sent).
-    fn wait_first(&mut self, e: Entry) {
-        self.waiting_entries += 1;
-        self.waiting_bytes += e.message.body.len();
-        self.waiting
-            .entry(e.message.topic.clone())
-            .or_default()
-            .push_front(e);
-    }
-
-    /// The first waiting entry of a topic that has room again and is `ready`.
-    fn next_waiting(&mut self, per_topic: usize, ready: impl Fn(&str) -> bool) -> Option<Entry> {
-        for _ in 0..self.order.len() {
-            let topic = self.order.pop_front()?;
-            let room = self.below_share(&topic, per_topic) && ready(&topic);
-            let queue = self.waiting.get_mut(&topic)?;
-            let next = if room { queue.pop_front() } else { None };
-            if queue.is_empty() {
-                self.waiting.remove(&topic);
-            } else {
-                self.order.push_back(topic);
-            }
-            if let Some(e) = next {
-                self.waiting_entries -= 1;
-                self.waiting_bytes -= e.message.body.len();
-                return Some(e);
-            }
-        }
-        None
-    }
-
-    fn sent(&mut self, topic: &str) {
-        *self.in_flight.entry(topic.to_string()).or_default() += 1;
-    }
-
-    fn reported(&mut self, topic: &str) {
-        if let Some(n) = self.in_flight.get_mut(topic) {
-            *n -= 1;
-            if *n == 0 {
-                self.in_flight.remove(topic);
-            }
-        }
-    }
-}
-
-/// Deletes published entries, retrying while the spool cannot write (it heals by itself), so
-/// a published event never stays behind. Only a closed spool ends the retries: the entries
-/// then stay, and the next start's recovery check finds them on Kafka.
-async fn delete_until_done(spool: Spool, seqs: Vec<u64>) {
-    let mut backoff = Duration::from_millis(100);
-    let mut logged = false;
-    loop {
-        match spool.delete(seqs.clone()).await {
-            Ok(()) => return,
-            Err(SpoolError::Closed) => return,
-            Err(e) => {
-                if !logged {
-                    tracing::warn!(error = %crate::problem::with_causes(&e), entries = seqs.len(), "cannot delete published entries from the spool yet; retrying");
-                    logged = true;
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
+        self.deletes.finish(&self.spool).await;
     }
 }
 

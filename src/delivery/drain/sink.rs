@@ -1,0 +1,101 @@
+//! The drain's seam to Kafka: hand a message over, and later hear how it went.
+//!
+//! The drain is a state machine around "enqueue; get a delivery report". Behind [`Sink`] in
+//! production is the idempotent producer ([`KafkaSink`]); the drain's tests put a fake there
+//! that refuses with a full queue, fails deliveries, or holds their reports until released, so
+//! fairness, ordering and the stop deadline are tested in milliseconds of paused time.
+
+use std::future::Future;
+
+use rdkafka::error::KafkaError;
+use rdkafka::producer::DeliveryFuture;
+use tokio::sync::watch;
+
+use crate::delivery::{DeadLetterError, DeadLetters};
+use crate::event::Message;
+use crate::kafka::{Delivered, EnqueueError, Publisher};
+
+/// Where the drain sends messages, and what it asks about their topics.
+pub trait Sink: Send + Sync + 'static {
+    /// A message handed over, its report still to come.
+    type Pending: Send + 'static;
+
+    /// Hands `msg` over for its own topic; never blocks.
+    fn enqueue(&self, msg: &Message) -> Result<Self::Pending, EnqueueError>;
+
+    /// Hands `msg` over for the dead-letter topic, Kafka having refused it for good with
+    /// `error`.
+    fn enqueue_dead_letter(
+        &self,
+        msg: &Message,
+        error: &KafkaError,
+    ) -> Result<Self::Pending, DeadLetterError>;
+
+    /// Waits for the report of a message handed over.
+    fn report(
+        pending: Self::Pending,
+    ) -> impl Future<Output = Result<Delivered, KafkaError>> + Send + 'static;
+
+    /// Whether `msg`'s topic can be written now (starts making it ready if not).
+    fn topic_ready(&self, msg: &Message) -> bool;
+
+    /// Whether `topic` is known ready.
+    fn topic_is_ready(&self, topic: &str) -> bool;
+
+    /// Changes each time a topic becomes ready; `None` when topics are not provisioned.
+    fn topics_ready(&self) -> Option<watch::Receiver<u64>>;
+
+    /// A message reached its own topic: Kafka is up.
+    fn published(&self);
+
+    /// A message reached the dead-letter topic.
+    fn dead_lettered(&self);
+}
+
+/// The real thing: the process's producer and its dead-letter topic.
+pub struct KafkaSink {
+    pub(crate) publisher: Publisher,
+    pub(crate) dead_letters: DeadLetters,
+}
+
+impl Sink for KafkaSink {
+    type Pending = DeliveryFuture;
+
+    fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
+        self.publisher.enqueue(msg)
+    }
+
+    fn enqueue_dead_letter(
+        &self,
+        msg: &Message,
+        error: &KafkaError,
+    ) -> Result<DeliveryFuture, DeadLetterError> {
+        self.dead_letters.enqueue(msg, error)
+    }
+
+    fn report(
+        pending: DeliveryFuture,
+    ) -> impl Future<Output = Result<Delivered, KafkaError>> + Send + 'static {
+        Publisher::delivered(pending)
+    }
+
+    fn topic_ready(&self, msg: &Message) -> bool {
+        self.publisher.topic_ready(msg)
+    }
+
+    fn topic_is_ready(&self, topic: &str) -> bool {
+        self.publisher.topic_is_ready(topic)
+    }
+
+    fn topics_ready(&self) -> Option<watch::Receiver<u64>> {
+        self.publisher.topics_ready()
+    }
+
+    fn published(&self) {
+        self.publisher.health().mark_up();
+    }
+
+    fn dead_lettered(&self) {
+        self.dead_letters.confirmed();
+    }
+}

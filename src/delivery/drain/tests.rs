@@ -1,0 +1,410 @@
+//! The drain alone: a real spool in a temporary directory, a fake [`Sink`] in place of Kafka,
+//! and paused time, so a retry's back-off or a stop's deadline is milliseconds of test.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::dedupe::DedupeSettings;
+use crate::delivery::DeadLetterError;
+use crate::event::tests::sample;
+use crate::spool::SpoolSettings;
+
+type Report = Result<Delivered, KafkaError>;
+
+/// One message handed to the fake: when (paused time), to which topic, and whether it went to
+/// the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Handed {
+    at: Instant,
+    topic: String,
+    id: String,
+    dead_letter: bool,
+}
+
+/// What the fake Kafka does.
+#[derive(Default)]
+struct Script {
+    /// Enqueues (counted from 1, refused ones included) answered "queue full".
+    queue_full_at: HashSet<usize>,
+    enqueues: usize,
+    /// Per event id, what its next deliveries report (then success).
+    outcomes: HashMap<String, VecDeque<RDKafkaErrorCode>>,
+    /// Topics whose reports are held until [`Fake::release`].
+    hold: HashSet<String>,
+    held: Vec<(String, oneshot::Sender<Report>)>,
+    dead_letter_topic: bool,
+    handed: Vec<Handed>,
+    published: usize,
+}
+
+#[derive(Clone, Default)]
+struct Fake(Arc<Mutex<Script>>);
+
+impl Fake {
+    fn with<T>(&self, f: impl FnOnce(&mut Script) -> T) -> T {
+        f(&mut self.0.lock().unwrap())
+    }
+
+    fn handed(&self) -> Vec<Handed> {
+        self.with(|s| s.handed.clone())
+    }
+
+    /// Ids handed to `topic`, in order.
+    fn ids_to(&self, topic: &str) -> Vec<String> {
+        let handed = self.handed();
+        let to_topic = handed.iter().filter(|h| h.topic == topic && !h.dead_letter);
+        to_topic.map(|h| h.id.clone()).collect()
+    }
+
+    /// Lets every held report of `topic` through, successful.
+    fn release(&self, topic: &str) {
+        let held = self.with(|s| {
+            s.hold.remove(topic);
+            std::mem::take(&mut s.held)
+        });
+        for (t, tx) in held {
+            if t == topic {
+                let _ = tx.send(Ok(Delivered {
+                    partition: 0,
+                    offset: 0,
+                }));
+            } else {
+                self.with(|s| s.held.push((t, tx)));
+            }
+        }
+    }
+
+    fn hand(&self, msg: &Message, dead_letter: bool) -> oneshot::Receiver<Report> {
+        let (tx, rx) = oneshot::channel();
+        let mut s = self.0.lock().unwrap();
+        s.handed.push(Handed {
+            at: Instant::now(),
+            topic: msg.topic.clone(),
+            id: msg.event_id.clone(),
+            dead_letter,
+        });
+        let failure = match dead_letter {
+            true => None,
+            false => s
+                .outcomes
+                .get_mut(&msg.event_id)
+                .and_then(VecDeque::pop_front),
+        };
+        match failure {
+            Some(code) => {
+                let _ = tx.send(Err(KafkaError::MessageProduction(code)));
+            }
+            None if s.hold.contains(&msg.topic) => s.held.push((msg.topic.clone(), tx)),
+            None => {
+                let offset = s.handed.len() as i64;
+                let _ = tx.send(Ok(Delivered {
+                    partition: 0,
+                    offset,
+                }));
+            }
+        }
+        rx
+    }
+}
+
+impl Sink for Fake {
+    type Pending = oneshot::Receiver<Report>;
+
+    fn enqueue(&self, msg: &Message) -> Result<Self::Pending, EnqueueError> {
+        let full = self.with(|s| {
+            s.enqueues += 1;
+            s.queue_full_at.contains(&s.enqueues)
+        });
+        match full {
+            true => Err(EnqueueError::QueueFull),
+            false => Ok(self.hand(msg, false)),
+        }
+    }
+
+    fn enqueue_dead_letter(
+        &self,
+        msg: &Message,
+        _error: &KafkaError,
+    ) -> Result<Self::Pending, DeadLetterError> {
+        match self.with(|s| s.dead_letter_topic) {
+            true => Ok(self.hand(msg, true)),
+            false => Err(DeadLetterError::NoTopic),
+        }
+    }
+
+    fn report(pending: Self::Pending) -> impl Future<Output = Report> + Send + 'static {
+        async move { pending.await.unwrap_or(Err(KafkaError::Canceled)) }
+    }
+
+    fn topic_ready(&self, _msg: &Message) -> bool {
+        true
+    }
+
+    fn topic_is_ready(&self, _topic: &str) -> bool {
+        true
+    }
+
+    fn topics_ready(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    fn published(&self) {
+        self.with(|s| s.published += 1);
+    }
+
+    fn dead_lettered(&self) {}
+}
+
+/// A spool in a temporary directory holding one event per (topic, id), in that order.
+async fn spool_with(dir: &std::path::Path, events: &[(&str, String)]) -> Spool {
+    let settings = SpoolSettings {
+        dir: dir.to_path_buf(),
+        min_free_bytes: 0,
+        ..SpoolSettings::default()
+    };
+    let spool = Spool::open(&settings, &DedupeSettings::default()).unwrap();
+    for (topic, id) in events {
+        let mut m = sample();
+        m.topic = topic.to_string();
+        m.event_id = id.clone();
+        spool.append(&m).await.unwrap();
+    }
+    spool
+}
+
+fn events(topic: &str, n: usize) -> Vec<(&str, String)> {
+    (0..n).map(|i| (topic, format!("{topic}-{i}"))).collect()
+}
+
+struct Running {
+    fake: Fake,
+    spool: Spool,
+    gauges: Arc<DrainGauges>,
+    stop: DrainStop,
+    task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+async fn start(events: &[(&str, String)], settings: DrainSettings, fake: Fake) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), events).await;
+    let gauges = Arc::new(DrainGauges::default());
+    let metrics = Arc::new(Metrics::new());
+    let drain = Drain::with_sink(
+        spool.clone(),
+        fake.clone(),
+        metrics,
+        settings,
+        gauges.clone(),
+    );
+    let stop = DrainStop::default();
+    let task = tokio::spawn(drain.run(stop.clone(), Until::Shutdown));
+    Running {
+        fake,
+        spool,
+        gauges,
+        stop,
+        task,
+        _dir: dir,
+    }
+}
+
+/// Waits until `done`. Paused time runs ahead whenever the runtime is idle, as it is while
+/// the spool's writer thread (on the real clock) commits, so the limit is real time.
+async fn until(mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "not within 10 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn settings(max_in_flight: usize, per_topic: usize) -> DrainSettings {
+    DrainSettings {
+        max_in_flight_per_topic: per_topic,
+        ..DrainSettings::new(max_in_flight)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_topic_that_does_not_confirm_holds_its_share_and_the_others_go_on() {
+    let mut spooled = events("slow", 12);
+    spooled.extend(events("fast", 4));
+    let fake = Fake::default();
+    fake.with(|s| s.hold.insert("slow".into()));
+    let run = start(&spooled, settings(8, 2), fake).await;
+
+    until(|| run.fake.ids_to("fast").len() == 4).await;
+    assert_eq!(
+        run.fake.ids_to("fast"),
+        ["fast-0", "fast-1", "fast-2", "fast-3"]
+    );
+    assert_eq!(
+        run.fake.ids_to("slow"),
+        ["slow-0", "slow-1"],
+        "at its share"
+    );
+    until(|| run.spool.stats().depth == 12).await;
+
+    run.fake.release("slow");
+    until(|| run.spool.stats().depth == 0).await;
+    let slow: Vec<String> = (0..12).map(|i| format!("slow-{i}")).collect();
+    assert_eq!(run.fake.ids_to("slow"), slow, "in spool order, each once");
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_producer_queue_loses_no_place_in_the_order() {
+    let spooled = events("t", 10);
+    let fake = Fake::default();
+    fake.with(|s| s.queue_full_at.extend([3, 4, 8]));
+    let run = start(&spooled, settings(16, 16), fake).await;
+    until(|| run.spool.stats().depth == 0).await;
+    let all: Vec<String> = (0..10).map(|i| format!("t-{i}")).collect();
+    assert_eq!(run.fake.ids_to("t"), all, "none skipped, none twice");
+    assert_eq!(
+        run.fake.with(|s| s.enqueues),
+        13,
+        "three refused, then taken"
+    );
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_passing_failure_is_sent_again_after_its_backoff_and_deleted_only_once_confirmed() {
+    let spooled = events("t", 3);
+    let fake = Fake::default();
+    let timeouts = [RDKafkaErrorCode::MessageTimedOut; 2];
+    fake.with(|s| s.outcomes.insert("t-1".into(), VecDeque::from(timeouts)));
+    let run = start(&spooled, settings(8, 8), fake).await;
+
+    until(|| run.fake.ids_to("t").len() == 5).await;
+    let sends: Vec<Instant> = run
+        .fake
+        .handed()
+        .into_iter()
+        .filter(|h| h.id == "t-1")
+        .map(|h| h.at)
+        .collect();
+    assert_eq!(sends.len(), 3);
+    // 500 ms, then twice that (DrainSettings::retry_backoff doubling).
+    let waits = [sends[1] - sends[0], sends[2] - sends[1]];
+    assert!(waits[0] >= Duration::from_millis(500), "{waits:?}");
+    assert!(waits[0] < Duration::from_millis(600), "{waits:?}");
+    assert!(waits[1] >= Duration::from_millis(1000), "{waits:?}");
+    until(|| run.spool.stats().depth == 0).await;
+    assert_eq!(run.gauges.published.load(Ordering::Relaxed), 3);
+
+    // While its report is outstanding an entry stays spooled, however long that takes.
+    run.fake.with(|s| s.hold.insert("t".into()));
+    let mut m = sample();
+    m.topic = "t".into();
+    m.event_id = "late".into();
+    run.spool.append(&m).await.unwrap();
+    until(|| run.fake.ids_to("t").len() == 6).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        run.spool.stats().depth,
+        1,
+        "not deleted before Kafka confirmed it"
+    );
+    run.fake.release("t");
+    until(|| run.spool.stats().depth == 0).await;
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_kafka_refuses_for_good_is_parked_then_sent_again_and_the_rest_go_on() {
+    let spooled = events("t", 4);
+    let fake = Fake::default();
+    let refused = VecDeque::from([RDKafkaErrorCode::MessageSizeTooLarge]);
+    fake.with(|s| s.outcomes.insert("t-0".into(), refused));
+    let settings = DrainSettings {
+        park_retry: Duration::from_secs(60),
+        ..settings(8, 8)
+    };
+    let run = start(&spooled, settings, fake).await;
+
+    // No dead-letter topic: parked, kept in the spool; the others are published meanwhile.
+    until(|| run.spool.stats().depth == 1).await;
+    assert_eq!(run.gauges.parked.load(Ordering::Relaxed), 1);
+    assert_eq!(run.fake.ids_to("t"), ["t-0", "t-1", "t-2", "t-3"]);
+    let parked_at = run.fake.handed()[0].at;
+    // A minute later it is read back from the spool and sent again; this time Kafka takes it.
+    until(|| run.fake.ids_to("t").len() == 5).await;
+    let again = run.fake.handed()[4].clone();
+    assert_eq!(again.id, "t-0");
+    assert!(again.at - parked_at >= Duration::from_secs(60));
+    until(|| run.spool.stats().depth == 0).await;
+    assert_eq!(run.gauges.parked.load(Ordering::Relaxed), 0);
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_a_dead_letter_topic_a_refused_event_goes_there_and_leaves_the_spool() {
+    let spooled = events("t", 2);
+    let fake = Fake::default();
+    let refused = VecDeque::from([RDKafkaErrorCode::TopicAuthorizationFailed]);
+    fake.with(|s| {
+        s.dead_letter_topic = true;
+        s.outcomes.insert("t-1".into(), refused)
+    });
+    let run = start(&spooled, settings(8, 8), fake).await;
+    until(|| run.spool.stats().depth == 0).await;
+    let dead: Vec<String> = run
+        .fake
+        .handed()
+        .into_iter()
+        .filter(|h| h.dead_letter)
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(dead, ["t-1"]);
+    assert_eq!(run.gauges.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(run.gauges.parked.load(Ordering::Relaxed), 0);
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_waits_for_reports_until_its_deadline_then_leaves_the_rest_spooled() {
+    let spooled = events("t", 5);
+    let fake = Fake::default();
+    fake.with(|s| s.hold.insert("t".into()));
+    let run = start(&spooled, settings(8, 8), fake).await;
+    until(|| run.fake.ids_to("t").len() == 5).await;
+
+    let asked = Instant::now();
+    run.stop.stop_by(asked + Duration::from_secs(2));
+    run.task.await.unwrap();
+    let took = Instant::now() - asked;
+    assert!(took >= Duration::from_secs(2), "returned early: {took:?}");
+    assert!(
+        took < Duration::from_millis(2100),
+        "returned late: {took:?}"
+    );
+    assert_eq!(
+        run.spool.stats().depth,
+        5,
+        "unconfirmed entries stay for the next start"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_with_everything_confirmed_returns_at_once_and_deletes_it_all() {
+    let spooled = events("t", 5);
+    let run = start(&spooled, settings(8, 8), Fake::default()).await;
+    until(|| run.fake.ids_to("t").len() == 5).await;
+    let asked = Instant::now();
+    run.stop.stop_by(asked + Duration::from_secs(20));
+    run.task.await.unwrap();
+    assert!(Instant::now() - asked < Duration::from_millis(100));
+    assert_eq!(run.spool.stats().depth, 0);
+}
