@@ -136,8 +136,8 @@ impl Sink for Fake {
         }
     }
 
-    fn report(pending: Self::Pending) -> impl Future<Output = Report> + Send + 'static {
-        async move { pending.await.unwrap_or(Err(KafkaError::Canceled)) }
+    async fn report(pending: Self::Pending) -> Report {
+        pending.await.unwrap_or(Err(KafkaError::Canceled))
     }
 
     fn topic_ready(&self, _msg: &Message) -> bool {
