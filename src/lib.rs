@@ -28,6 +28,8 @@ pub mod kafka;
 pub mod metrics;
 pub mod pipeline;
 pub mod problem;
+#[cfg(test)]
+mod properties;
 pub mod retry;
 pub mod route;
 pub mod secret;

@@ -100,10 +100,11 @@ mod tests {
 
     #[test]
     fn env_and_file_secrets_resolve() {
-        std::env::set_var("EKB_TEST_SECRET_RESOLVE", "from-env");
-        let s = Secret::literal("env:EKB_TEST_SECRET_RESOLVE");
-        assert_eq!(s.resolve().unwrap().expose_secret(), b"from-env");
-        assert_eq!(s.origin(), "env:EKB_TEST_SECRET_RESOLVE");
+        // A variable every test process has (setting one would race with other tests).
+        let path = std::env::var("PATH").expect("PATH is set");
+        let s = Secret::literal("env:PATH");
+        assert_eq!(s.resolve().unwrap().expose_secret(), path.as_bytes());
+        assert_eq!(s.origin(), "env:PATH");
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");

@@ -215,13 +215,7 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Bytes {
-        let root = env!("CARGO_MANIFEST_DIR");
-        let shared = format!("{root}/../shared/fixtures/{name}");
-        let path = if std::path::Path::new(&shared).exists() {
-            shared
-        } else {
-            format!("{root}/examples/payloads/{name}")
-        };
+        let path = format!("{}/examples/payloads/{name}", env!("CARGO_MANIFEST_DIR"));
         Bytes::from(std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}")))
     }
 

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 /// Where `.ci/install-tansu` puts the binary.
 pub fn tansu_binary() -> Option<PathBuf> {
     if let Ok(p) = std::env::var("TANSU_BIN") {
-        return Some(PathBuf::from(p));
+        // Named on purpose: there or not, no other is looked for.
+        return Some(PathBuf::from(p)).filter(|p| p.exists());
     }
     let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
         .join(".cache/eduzz-kafka-bridge/tansu/bin/tansu");

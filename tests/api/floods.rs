@@ -1,12 +1,11 @@
 //! What senders can make the bridge create, and what one slow topic can hold up: made-up slugs
 //! by the hundred, and a topic whose partition has no leader. Loopback and the mock cluster.
 
-mod common;
-
+use crate::harness::Test;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
@@ -26,7 +25,6 @@ fn topics_named(brokers: &str, prefix: &str) -> usize {
         .count()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn made_up_slugs_create_a_bounded_number_of_topics_and_the_rest_overflow() {
     let app =
         TestApp::spawn("[topics]\nmax_dynamic = 40\noverflow_topic = \"flood.overflow\"\n").await;
@@ -83,7 +81,6 @@ async fn made_up_slugs_create_a_bounded_number_of_topics_and_the_rest_overflow()
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_without_a_leader_does_not_hold_up_the_others() {
     let app = TestApp::spawn("[delivery]\nmax_in_flight = 128\n").await;
     let stalled = "stalled.topic";
@@ -124,4 +121,18 @@ async fn a_topic_without_a_leader_does_not_hold_up_the_others() {
     let expected: Vec<String> = (0..200).map(|i| format!("s-{i}")).collect();
     assert_eq!(ids, expected);
     app.shutdown().await;
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "made_up_slugs_create_a_bounded_number_of_topics_and_the_rest_overflow",
+            made_up_slugs_create_a_bounded_number_of_topics_and_the_rest_overflow,
+        ),
+        Test::tokio(
+            "a_topic_without_a_leader_does_not_hold_up_the_others",
+            a_topic_without_a_leader_does_not_hold_up_the_others,
+        ),
+    ]
 }

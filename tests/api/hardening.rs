@@ -1,12 +1,11 @@
 //! The public port under abuse: slow and idle connection floods, oversized and endless
 //! requests, limits, allowlists, TLS. Loopback only, bounded in count and time.
 
-mod common;
-
+use crate::harness::Test;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use eduzz_kafka_bridge::source::auth::sign_hex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -23,7 +22,6 @@ fn signed_request(path: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
     r
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_loris_and_idle_floods_do_not_stop_a_normal_client() {
     // header_timeout is 10 s by default: the floods below stay open through the whole test.
     let app = TestApp::spawn("").await;
@@ -77,7 +75,6 @@ async fn slow_loris_and_idle_floods_do_not_stop_a_normal_client() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
     let app = TestApp::spawn_with(|t| {
         t.replace(
@@ -163,7 +160,6 @@ async fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_do_not() {
     let app = TestApp::spawn_with(published_with("max_connections = 4")).await;
 
@@ -233,7 +229,6 @@ async fn at_the_connection_cap_idle_connections_make_room_and_busy_ones_do_not()
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_counted() {
     let app = TestApp::spawn_with(|t| {
         published_with(
@@ -327,7 +322,6 @@ async fn only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_c
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn floods_of_unauthenticated_connections_never_turn_a_signed_request_away() {
     let app = TestApp::spawn_with(|t| {
         t.replace(
@@ -421,7 +415,6 @@ async fn floods_of_unauthenticated_connections_never_turn_a_signed_request_away(
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published() {
     let app =
         TestApp::spawn_with(|t| t.replace("[server]\n", "[server]\nmax_header_bytes = 16384\n"))
@@ -494,7 +487,6 @@ async fn ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published(
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_signature_header_is_the_only_one_accepted() {
     let app = TestApp::spawn_with(|t| {
         t.replace(
@@ -542,7 +534,6 @@ async fn a_configured_signature_header_is_the_only_one_accepted() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allowlists_trust_forwarded_for_only_from_configured_proxies() {
     let allow = |trusted: &'static str| {
         move |t: String| {
@@ -621,8 +612,7 @@ mod tls {
         Ok((stream, presented))
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tls_serves_webhooks_and_reloads_its_certificate() {
+    pub(super) async fn tls_serves_webhooks_and_reloads_its_certificate() {
         let certs = tempfile::tempdir().unwrap();
         let first = self_signed(certs.path());
         let tls = format!(
@@ -701,7 +691,6 @@ async fn refused_then_next_on_one_connection(app: &TestApp, head: &str) -> Strin
     String::from_utf8_lossy(&out).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_refused_before_its_body_arrived_leaves_the_connection_usable() {
     let app = TestApp::spawn("").await;
     for (head, status) in [
@@ -728,4 +717,50 @@ async fn a_request_refused_before_its_body_arrived_leaves_the_connection_usable(
         );
     }
     app.shutdown().await;
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "slow_loris_and_idle_floods_do_not_stop_a_normal_client",
+            slow_loris_and_idle_floods_do_not_stop_a_normal_client,
+        ),
+        Test::tokio(
+            "idle_and_slow_connections_are_closed_after_the_header_timeout",
+            idle_and_slow_connections_are_closed_after_the_header_timeout,
+        ),
+        Test::tokio(
+            "at_the_connection_cap_idle_connections_make_room_and_busy_ones_do_not",
+            at_the_connection_cap_idle_connections_make_room_and_busy_ones_do_not,
+        ),
+        Test::tokio(
+            "only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_counted",
+            only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_counted,
+        ),
+        Test::tokio(
+            "floods_of_unauthenticated_connections_never_turn_a_signed_request_away",
+            floods_of_unauthenticated_connections_never_turn_a_signed_request_away,
+        ),
+        Test::tokio(
+            "ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published",
+            ambiguous_and_hostile_bodies_are_refused_and_nothing_is_half_published,
+        ),
+        Test::tokio(
+            "a_configured_signature_header_is_the_only_one_accepted",
+            a_configured_signature_header_is_the_only_one_accepted,
+        ),
+        Test::tokio(
+            "allowlists_trust_forwarded_for_only_from_configured_proxies",
+            allowlists_trust_forwarded_for_only_from_configured_proxies,
+        ),
+        Test::tokio(
+            "tls::tls_serves_webhooks_and_reloads_its_certificate",
+            tls::tls_serves_webhooks_and_reloads_its_certificate,
+        ),
+        Test::tokio(
+            "a_request_refused_before_its_body_arrived_leaves_the_connection_usable",
+            a_request_refused_before_its_body_arrived_leaves_the_connection_usable,
+        ),
+    ]
 }

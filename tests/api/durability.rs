@@ -1,21 +1,19 @@
 //! "Acknowledged means safe": fault tests. Each counts what was acknowledged and what arrived
 //! on Kafka, and fails on any difference. All traffic is on loopback and bounded in time.
 
-mod common;
-
+use crate::harness::Test;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::BridgeProcess;
-use common::*;
+use crate::common::process::BridgeProcess;
+use crate::common::*;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const TOPIC: &str = "fault.events";
 const ROUTE: &str = "[default_route]\ntopic = \"fault.events\"\n";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_under_load_loses_nothing_and_duplicates_nothing() {
     let app = TestApp::spawn(ROUTE).await;
 
@@ -58,7 +56,6 @@ async fn broker_down_under_load_loses_nothing_and_duplicates_nothing() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
     let broker = TestBroker::start();
     let brokers = broker.bootstrap();
@@ -147,7 +144,6 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     // Room for a few dozen events only.
     let app = TestApp::spawn_with(|t| {
@@ -217,7 +213,6 @@ async fn a_full_spool_answers_503_loses_nothing_and_recovers() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_broker_errors_cause_no_loss_and_no_duplicates() {
     // librdkafka's mock broker checks idempotent sequence numbers only for transactional
     // producers (rd_kafka_mock_validate_records), so when an injected error fails one request
@@ -277,7 +272,6 @@ async fn injected_broker_errors_cause_no_loss_and_no_duplicates() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
     let body = fixture("nutror.module_completed.json");
 
@@ -326,7 +320,6 @@ async fn the_same_delivery_twice_and_after_a_restart_is_published_once() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_kafka_refuses_for_good_go_to_the_dead_letter_topic_or_stay_spooled() {
     let routes = r#"
 [[routes]]
@@ -385,7 +378,6 @@ dead_letter_topic = "bridge.dead-letters"
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_stats_and_drain_work_while_the_bridge_is_stopped() {
     let broker = TestBroker::start();
     let brokers = broker.bootstrap();
@@ -495,13 +487,11 @@ impl Drop for SmallDisk {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_answers_503_loses_nothing_and_the_spool_heals_without_a_restart() {
     // No free-space reserve: the filesystem really fills and commits fail (ENOSPC).
     small_disk_fills_then_heals(0, "unwritable").await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_free_space_reserve_refuses_events_before_the_disk_is_full() {
     // A reserve of half the disk: events are refused before any write fails.
     small_disk_fills_then_heals(1536 * 1024, "full").await;
@@ -641,7 +631,6 @@ fn damage(file: &std::path::Path, how: Damage) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can() {
     let damages = [
         Damage::ZeroedPage,
@@ -728,7 +717,6 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_events_wait_on_disk_not_in_memory() {
     let broker = TestBroker::start();
     broker
@@ -806,7 +794,6 @@ async fn parked_events_wait_on_disk_not_in_memory() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it() {
     let (broker, dir, sent) = spooled_then_killed("stats", 2, 50).await;
     let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
@@ -857,4 +844,58 @@ async fn spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it(
         admin_metric(second.admin, "eduzz_bridge_spool_damaged_files").await,
         Some(0.0)
     );
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "broker_down_under_load_loses_nothing_and_duplicates_nothing",
+            broker_down_under_load_loses_nothing_and_duplicates_nothing,
+        ),
+        Test::tokio(
+            "sigkill_under_load_then_restart_delivers_every_acknowledged_event",
+            sigkill_under_load_then_restart_delivers_every_acknowledged_event,
+        ),
+        Test::tokio(
+            "a_full_spool_answers_503_loses_nothing_and_recovers",
+            a_full_spool_answers_503_loses_nothing_and_recovers,
+        ),
+        Test::tokio(
+            "injected_broker_errors_cause_no_loss_and_no_duplicates",
+            injected_broker_errors_cause_no_loss_and_no_duplicates,
+        ),
+        Test::tokio(
+            "the_same_delivery_twice_and_after_a_restart_is_published_once",
+            the_same_delivery_twice_and_after_a_restart_is_published_once,
+        ),
+        Test::tokio(
+            "events_kafka_refuses_for_good_go_to_the_dead_letter_topic_or_stay_spooled",
+            events_kafka_refuses_for_good_go_to_the_dead_letter_topic_or_stay_spooled,
+        ),
+        Test::tokio(
+            "spool_stats_and_drain_work_while_the_bridge_is_stopped",
+            spool_stats_and_drain_work_while_the_bridge_is_stopped,
+        ),
+        Test::tokio(
+            "a_full_disk_answers_503_loses_nothing_and_the_spool_heals_without_a_restart",
+            a_full_disk_answers_503_loses_nothing_and_the_spool_heals_without_a_restart,
+        ),
+        Test::tokio(
+            "a_free_space_reserve_refuses_events_before_the_disk_is_full",
+            a_free_space_reserve_refuses_events_before_the_disk_is_full,
+        ),
+        Test::tokio(
+            "a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can",
+            a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can,
+        ),
+        Test::tokio(
+            "parked_events_wait_on_disk_not_in_memory",
+            parked_events_wait_on_disk_not_in_memory,
+        ),
+        Test::tokio(
+            "spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it",
+            spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it,
+        ),
+    ]
 }

@@ -3,13 +3,12 @@
 //! missing and what drifted, `topics apply` creates what is missing and is idempotent, and a
 //! provisioned topic lets a consumer group share the work.
 
-mod common;
-
+use crate::harness::{Test, Tool};
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::tansu::Tansu;
-use common::*;
+use crate::common::tansu::Tansu;
+use crate::common::*;
 use eduzz_kafka_bridge::kafka::{reader, Cluster};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -62,7 +61,6 @@ key = "/data/learner/email"
 partitions = 4
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_the_embedded_broker_creates_topics_with_their_partitions() {
     let app = TestApp::embedded(PROVISIONED).await;
     for (id, slug) in [
@@ -86,7 +84,6 @@ async fn serve_on_the_embedded_broker_creates_topics_with_their_partitions() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_consumers_of_one_group_share_a_provisioned_topic() {
     let app = TestApp::embedded("[topics]\npartitions = 6\n").await;
     let topic = "nutror.lesson_started";
@@ -178,7 +175,6 @@ async fn three_consumers_of_one_group_share_a_provisioned_topic() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_creates_topics_with_their_partitions_on_tansu() {
     let Some(tansu) = Tansu::start() else { return };
     let app = TestApp::on(&tansu.brokers(), PROVISIONED).await;
@@ -194,7 +190,6 @@ async fn serve_creates_topics_with_their_partitions_on_tansu() {
     app.shutdown().await;
 }
 
-#[test]
 fn plan_and_apply_on_tansu_create_once_and_report_drift() {
     let Some(tansu) = Tansu::start() else { return };
     let dir = tempfile::tempdir().unwrap();
@@ -279,8 +274,6 @@ topic = "{{source}}.{{app}}"
     assert_eq!(partitions(&tansu.brokers(), "eduzz.invoices"), Some(4));
 }
 
-#[test]
-#[ignore = "needs a broker with CreatePartitions (Apache Kafka): neither librdkafka's mock cluster nor tansu 0.6 implement it; run with EKB_KAFKA=host:port"]
 fn apply_raises_partitions_on_a_real_kafka() {
     let brokers = std::env::var("EKB_KAFKA").expect("EKB_KAFKA=host:port of an Apache Kafka");
     let dir = tempfile::tempdir().unwrap();
@@ -296,7 +289,6 @@ fn apply_raises_partitions_on_a_real_kafka() {
     assert_eq!(partitions(&brokers, &topic), Some(5));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_on_the_mock_cluster_reports_missing_and_too_few_partitions() {
     let broker = TestBroker::start();
     broker
@@ -332,7 +324,6 @@ async fn plan_on_the_mock_cluster_reports_missing_and_too_few_partitions() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is() {
     // The mock cluster reached by address (what `dev-broker` is) has no admin API: the bridge
     // recognises it and never waits on CreateTopics. A topic an operator made is written as it
@@ -367,4 +358,17 @@ async fn on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is
         "nothing dead-lettered"
     );
     app.shutdown().await;
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio("serve_on_the_embedded_broker_creates_topics_with_their_partitions", serve_on_the_embedded_broker_creates_topics_with_their_partitions),
+        Test::tokio("three_consumers_of_one_group_share_a_provisioned_topic", three_consumers_of_one_group_share_a_provisioned_topic),
+        Test::tokio("serve_creates_topics_with_their_partitions_on_tansu", serve_creates_topics_with_their_partitions_on_tansu).needs(Tool::Tansu),
+        Test::sync("plan_and_apply_on_tansu_create_once_and_report_drift", plan_and_apply_on_tansu_create_once_and_report_drift).needs(Tool::Tansu),
+        Test::sync("apply_raises_partitions_on_a_real_kafka", apply_raises_partitions_on_a_real_kafka).ignored("needs a broker with CreatePartitions (Apache Kafka): neither librdkafka's mock cluster nor tansu 0.6 implement it; run with EKB_KAFKA=host:port"),
+        Test::tokio("plan_on_the_mock_cluster_reports_missing_and_too_few_partitions", plan_on_the_mock_cluster_reports_missing_and_too_few_partitions),
+        Test::tokio("on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is", on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is),
+    ]
 }

@@ -1,8 +1,8 @@
 //! Properties of topic naming and routing, over generated inputs.
 
-use eduzz_kafka_bridge::config::Config;
-use eduzz_kafka_bridge::kafka::topic::{check_topic_name, sanitize_topic, Template, TopicVars};
-use eduzz_kafka_bridge::route::{Decision, Router};
+use crate::config::Config;
+use crate::kafka::topic::{check_topic_name, sanitize_topic, Template, TopicVars};
+use crate::route::{Decision, Router};
 use proptest::prelude::*;
 
 proptest! {

@@ -1,7 +1,6 @@
 //! Test harness: [`TestApp`] owns a bridge on random ports, its broker and its spool, and
 //! offers what tests need (post, readiness, metrics, read a topic back), so a test says what
 //! it checks rather than how things start.
-#![allow(dead_code)]
 
 pub mod load;
 pub mod process;
@@ -70,16 +69,10 @@ pub fn skip_without(tool: &str, how: &str) {
     eprintln!("SKIPPED: {tool} is not installed ({how})");
 }
 
-/// The payload fixtures: `../shared/fixtures` beside the repository (the originals), or the
-/// copies in `examples/payloads` on a clone made elsewhere.
+/// The payload fixtures: the repository's copies (`examples/payloads`) of the documents in
+/// `../shared/fixtures`, byte for byte, so a clone made anywhere runs the same tests.
 pub fn fixtures_dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let shared = root.join("../shared/fixtures");
-    if shared.is_dir() {
-        shared
-    } else {
-        root.join("examples/payloads")
-    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/payloads")
 }
 
 /// Every fixture: (file name, raw bytes).
@@ -178,7 +171,6 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub stop: StopHandle,
     pub task: tokio::task::JoinHandle<anyhow::Result<()>>,
-    pub spool_dir: PathBuf,
     /// The TLS certificate reloader, when the config turns TLS on.
     pub tls: Option<std::sync::Arc<ReloadingCert>>,
     config: String,
@@ -305,7 +297,6 @@ impl TestApp {
         dir: std::sync::Arc<tempfile::TempDir>,
     ) -> TestApp {
         let config = Config::from_toml(&text).unwrap_or_else(|e| panic!("{e}"));
-        let spool_dir = config.spool.dir.clone();
         // EKB_TEST_LOG=debug shows the bridge's logs while debugging a test.
         if let Ok(filter) = std::env::var("EKB_TEST_LOG") {
             eduzz_kafka_bridge::telemetry::init(&LogSettings {
@@ -327,7 +318,6 @@ impl TestApp {
             client: reqwest::Client::new(),
             stop,
             task,
-            spool_dir,
             tls,
             config: text,
             broker,

@@ -1,13 +1,12 @@
 //! Running the bridge in production: shutdown, health, metrics, logs.
 
-mod common;
-
+use crate::harness::Test;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::BridgeProcess;
-use common::*;
+use crate::common::process::BridgeProcess;
+use crate::common::*;
 
 const TOPIC: &str = "life.events";
 const ROUTE: &str = "[default_route]\ntopic = \"life.events\"\n";
@@ -19,7 +18,6 @@ fn write_config(dir: &std::path::Path, brokers: &str, extra: &str) -> std::path:
     path
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknowledged_one() {
     let broker = TestBroker::start();
     let brokers = broker.bootstrap();
@@ -58,7 +56,6 @@ async fn sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknow
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     let app = TestApp::spawn(&format!(
         "{ROUTE}\n[delivery]\nack = \"published\"\npublish_timeout = \"2s\"\n"
@@ -129,7 +126,6 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_secret_is_logged() {
     let broker = TestBroker::start();
     let brokers = broker.bootstrap();
@@ -197,7 +193,6 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
     assert_exactly_once(&records, &result.acked_set());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_without_tls_is_logged_and_the_bridge_keeps_serving() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -292,7 +287,6 @@ async fn wait_parked(admin: std::net::SocketAddr, n: usize) {
     panic!("{n} events were not parked in time");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -323,7 +317,6 @@ async fn a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parked_events_are_logged_once_per_interval_with_a_count() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -344,4 +337,34 @@ async fn parked_events_are_logged_once_per_interval_with_a_count() {
     assert_eq!(parks.len(), 1, "{}", logs.join("\n"));
     assert_eq!(parks[0]["similar_since_last_line"], 0, "{}", parks[0]);
     assert_eq!(parks[0]["level"], "ERROR");
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknowledged_one",
+            sigterm_under_load_answers_in_flight_requests_and_delivers_every_acknowledged_one,
+        ),
+        Test::tokio(
+            "readiness_follows_kafka_and_metrics_describe_the_traffic",
+            readiness_follows_kafka_and_metrics_describe_the_traffic,
+        ),
+        Test::tokio(
+            "an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_secret_is_logged",
+            an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_secret_is_logged,
+        ),
+        Test::tokio(
+            "sighup_without_tls_is_logged_and_the_bridge_keeps_serving",
+            sighup_without_tls_is_logged_and_the_bridge_keeps_serving,
+        ),
+        Test::tokio(
+            "a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line",
+            a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line,
+        ),
+        Test::tokio(
+            "parked_events_are_logged_once_per_interval_with_a_count",
+            parked_events_are_logged_once_per_interval_with_a_count,
+        ),
+    ]
 }

@@ -2,15 +2,14 @@
 //! is the balancer), one broker, one Redis as the shared dedupe index. Every test counts what
 //! was acknowledged and what arrived on Kafka. Loopback only, bounded in count and time.
 
-mod common;
-
+use crate::harness::{Test, Tool};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::process::BridgeProcess;
-use common::redis_server::TestRedis;
-use common::*;
+use crate::common::process::BridgeProcess;
+use crate::common::redis_server::TestRedis;
+use crate::common::*;
 use eduzz_kafka_bridge::source::auth::sign_hex;
 
 const TOPIC: &str = "fleet.events";
@@ -159,7 +158,6 @@ fn assert_once(counts: &HashMap<String, usize>, ids: &HashSet<String>) {
     assert_eq!(counts.len(), ids.len(), "only the posted events arrived");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_posted_to_every_replica_is_published_once() {
     let Some(fleet) = Fleet::start(3, "30s", &[]) else {
         return;
@@ -218,7 +216,6 @@ async fn the_same_event_posted_to_every_replica_is_published_once() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_after_claiming_leaves_the_event_to_a_retry_elsewhere() {
     // Replica 0 holds every event for a minute after claiming it (the fault point
     // `delivery::after_claim`, compiled into test builds only):
@@ -320,7 +317,6 @@ async fn load(
     all
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_events_over_three_replicas_with_retries_arrive_exactly_once() {
     let Some(fleet) = Fleet::start(3, "10s", &[]) else {
         return;
@@ -344,7 +340,6 @@ async fn ten_thousand_events_over_three_replicas_with_retries_arrive_exactly_onc
     assert_once(&fleet.published(ids.len()).await, &ids);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_stopped_and_restarted_under_load_loses_nothing() {
     let Some(mut fleet) = Fleet::start(3, "10s", &[]) else {
         return;
@@ -543,7 +538,6 @@ async fn marks_refused_until_healed(
     fleet.replicas.clear();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marks_refused_by_a_redis_at_maxmemory_are_written_once_it_has_room() {
     marks_refused_until_healed(
         "oom",
@@ -557,7 +551,6 @@ async fn marks_refused_by_a_redis_at_maxmemory_are_written_once_it_has_room() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn marks_refused_by_a_read_only_redis_are_written_once_it_is_primary_again() {
     // A replica of a master that does not answer: read-only, as a demoted primary after a
     // failover, until it is made a primary again.
@@ -572,7 +565,6 @@ async fn marks_refused_by_a_read_only_redis_are_written_once_it_is_primary_again
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_dropping_connections_under_load_publishes_nothing_twice() {
     let Some(fleet) = Fleet::start(3, "10s", &[]) else {
         return;
@@ -633,4 +625,45 @@ async fn redis_dropping_connections_under_load_publishes_nothing_twice() {
         reconnects >= 3.0,
         "reconnects counted: {reconnects}; {claims}"
     );
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "the_same_event_posted_to_every_replica_is_published_once",
+            the_same_event_posted_to_every_replica_is_published_once,
+        )
+        .needs(Tool::Redis),
+        Test::tokio(
+            "a_replica_killed_after_claiming_leaves_the_event_to_a_retry_elsewhere",
+            a_replica_killed_after_claiming_leaves_the_event_to_a_retry_elsewhere,
+        )
+        .needs(Tool::Redis),
+        Test::tokio(
+            "ten_thousand_events_over_three_replicas_with_retries_arrive_exactly_once",
+            ten_thousand_events_over_three_replicas_with_retries_arrive_exactly_once,
+        )
+        .needs(Tool::Redis),
+        Test::tokio(
+            "redis_stopped_and_restarted_under_load_loses_nothing",
+            redis_stopped_and_restarted_under_load_loses_nothing,
+        )
+        .needs(Tool::Redis),
+        Test::tokio(
+            "marks_refused_by_a_redis_at_maxmemory_are_written_once_it_has_room",
+            marks_refused_by_a_redis_at_maxmemory_are_written_once_it_has_room,
+        )
+        .needs(Tool::Redis),
+        Test::tokio(
+            "marks_refused_by_a_read_only_redis_are_written_once_it_is_primary_again",
+            marks_refused_by_a_read_only_redis_are_written_once_it_is_primary_again,
+        )
+        .needs(Tool::Redis),
+        Test::tokio(
+            "redis_dropping_connections_under_load_publishes_nothing_twice",
+            redis_dropping_connections_under_load_publishes_nothing_twice,
+        )
+        .needs(Tool::Redis),
+    ]
 }

@@ -1,12 +1,10 @@
 //! The command line, run as a newcomer would run it.
 
-mod common;
-
+use crate::harness::Test;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
-#[test]
 fn check_config_accepts_the_shipped_configs_and_prints_the_routing_table() {
     for file in ["config/default.toml", "config/example.toml"] {
         let out = bridge()
@@ -38,7 +36,6 @@ fn check_config_accepts_the_shipped_configs_and_prints_the_routing_table() {
     }
 }
 
-#[test]
 fn check_config_reports_every_problem_with_its_key() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
@@ -74,7 +71,6 @@ topic = "eduzz events"
     }
 }
 
-#[test]
 fn env_overrides_the_file() {
     let out = bridge()
         .args(["check-config", "config/default.toml"])
@@ -90,7 +86,6 @@ fn env_overrides_the_file() {
     );
 }
 
-#[test]
 fn help_version_and_sign() {
     let out = bridge().arg("--help").output().unwrap();
     assert!(out.status.success());
@@ -101,7 +96,7 @@ fn help_version_and_sign() {
     let out = bridge().arg("--version").output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 
-    let file = common::fixtures_dir().join("nutror.learner_help.json");
+    let file = crate::common::fixtures_dir().join("nutror.learner_help.json");
     let out = bridge()
         .args(["sign", "--secret", "s3"])
         .arg(&file)
@@ -112,7 +107,6 @@ fn help_version_and_sign() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expected);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tail_prints_what_the_bridge_published() {
     let app = TestApp::spawn("").await;
     let brokers = app.brokers.clone();
@@ -147,7 +141,6 @@ async fn tail_prints_what_the_bridge_published() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_dry_runs_every_fixture_and_publishes_nothing() {
     let broker = TestBroker::start();
     let dir = tempfile::tempdir().unwrap();
@@ -172,7 +165,7 @@ async fn explain_dry_runs_every_fixture_and_publishes_nothing() {
             .args(["check-config"])
             .arg(&config)
             .arg("--explain")
-            .arg(common::fixtures_dir().join(&name))
+            .arg(crate::common::fixtures_dir().join(&name))
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
@@ -213,7 +206,6 @@ async fn explain_dry_runs_every_fixture_and_publishes_nothing() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("no source takes this payload"));
 }
 
-#[test]
 fn check_config_refuses_a_body_limit_the_producer_could_never_publish() {
     let dir = tempfile::tempdir().unwrap();
     let check = |server: &str, kafka: &str| {
@@ -244,4 +236,32 @@ fn check_config_refuses_a_body_limit_the_producer_could_never_publish() {
     let (code, stderr) = check("", "[kafka.properties]\n\"message.max.bytes\" = \"lots\"");
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("message.max.bytes"), "{stderr}");
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::sync(
+            "check_config_accepts_the_shipped_configs_and_prints_the_routing_table",
+            check_config_accepts_the_shipped_configs_and_prints_the_routing_table,
+        ),
+        Test::sync(
+            "check_config_reports_every_problem_with_its_key",
+            check_config_reports_every_problem_with_its_key,
+        ),
+        Test::sync("env_overrides_the_file", env_overrides_the_file),
+        Test::sync("help_version_and_sign", help_version_and_sign),
+        Test::tokio(
+            "tail_prints_what_the_bridge_published",
+            tail_prints_what_the_bridge_published,
+        ),
+        Test::tokio(
+            "explain_dry_runs_every_fixture_and_publishes_nothing",
+            explain_dry_runs_every_fixture_and_publishes_nothing,
+        ),
+        Test::sync(
+            "check_config_refuses_a_body_limit_the_producer_could_never_publish",
+            check_config_refuses_a_body_limit_the_producer_could_never_publish,
+        ),
+    ]
 }

@@ -1,6 +1,5 @@
 //! A `redis-server` of a test's own, on a free loopback port, for the fleet tests.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -119,11 +118,6 @@ impl TestRedis {
             .lines()
             .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
             .unwrap_or(0)
-    }
-
-    /// Where its data lives (for a look after a failure).
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
     }
 }
 

@@ -1,10 +1,9 @@
 //! The core path, black-box: real payloads in over HTTP, the same bytes out of Kafka.
 
-mod common;
-
+use crate::harness::Test;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eduzz_kafka_bridge::source::auth::sign_hex;
 use eduzz_kafka_bridge::source::envelope::body_id;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,7 +14,6 @@ fn json_of(bytes: &[u8]) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_lands_byte_exact_with_headers_and_key() {
     let app = TestApp::spawn("").await;
 
@@ -74,7 +72,6 @@ async fn every_fixture_lands_byte_exact_with_headers_and_key() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn other_eduzz_apps_route_by_rules_with_keys_from_pointers() {
     let app = TestApp::spawn(
         r#"
@@ -145,7 +142,6 @@ topic = "eduzz.other.{slug}"
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_missing_and_rotated_signatures() {
     let app = TestApp::spawn("").await;
     let slug = "nutror.lesson_rated";
@@ -209,7 +205,6 @@ async fn forged_missing_and_rotated_signatures() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
     let app = TestApp::spawn("").await;
 
@@ -290,7 +285,6 @@ async fn bad_input_gets_clear_json_errors_and_publishes_nothing() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_get_413_declared_or_chunked() {
     let app = TestApp::spawn("").await;
 
@@ -345,7 +339,6 @@ async fn oversized_bodies_get_413_declared_or_chunked() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
     let app = TestApp::spawn("[default_route]\ntopic = \"all-events\"\n").await;
 
@@ -382,7 +375,6 @@ async fn ping_and_verify_url_get_2xx_and_ping_is_not_published() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_mode_answers_with_partition_and_offset() {
     let app = TestApp::spawn("[delivery]\nack = \"published\"\n").await;
 
@@ -411,7 +403,6 @@ async fn published_mode_answers_with_partition_and_offset() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn received_mode_answers_at_once_and_still_delivers() {
     let app = TestApp::spawn("[delivery]\nack = \"received\"\n").await;
     let body = eduzz_event("rcv-1", "nutror.comment_created");
@@ -422,7 +413,6 @@ async fn received_mode_answers_at_once_and_still_delivers() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
     let app = TestApp::spawn("").await;
     let body = eduzz_event("weird-1", "nutror.aula iniciada/ção");
@@ -444,7 +434,6 @@ async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_default_serves_and_every_run_starts_clean() {
     // config/default.toml as a newcomer runs it, on random ports.
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
@@ -482,7 +471,6 @@ async fn the_embedded_default_serves_and_every_run_starts_clean() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_kafka_could_never_take_get_413_and_are_not_acknowledged() {
     // The producer takes records of at most 300 000 bytes (key, value and headers), and the
     // body limit is as large: a body just under it cannot be published with its headers.
@@ -531,4 +519,54 @@ async fn events_kafka_could_never_take_get_413_and_are_not_acknowledged() {
     app.wait_spool_empty(WAIT).await;
     assert_eq!(app.metric("eduzz_bridge_parked").await, Some(0.0));
     app.shutdown().await;
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "every_fixture_lands_byte_exact_with_headers_and_key",
+            every_fixture_lands_byte_exact_with_headers_and_key,
+        ),
+        Test::tokio(
+            "other_eduzz_apps_route_by_rules_with_keys_from_pointers",
+            other_eduzz_apps_route_by_rules_with_keys_from_pointers,
+        ),
+        Test::tokio(
+            "forged_missing_and_rotated_signatures",
+            forged_missing_and_rotated_signatures,
+        ),
+        Test::tokio(
+            "bad_input_gets_clear_json_errors_and_publishes_nothing",
+            bad_input_gets_clear_json_errors_and_publishes_nothing,
+        ),
+        Test::tokio(
+            "oversized_bodies_get_413_declared_or_chunked",
+            oversized_bodies_get_413_declared_or_chunked,
+        ),
+        Test::tokio(
+            "ping_and_verify_url_get_2xx_and_ping_is_not_published",
+            ping_and_verify_url_get_2xx_and_ping_is_not_published,
+        ),
+        Test::tokio(
+            "published_mode_answers_with_partition_and_offset",
+            published_mode_answers_with_partition_and_offset,
+        ),
+        Test::tokio(
+            "received_mode_answers_at_once_and_still_delivers",
+            received_mode_answers_at_once_and_still_delivers,
+        ),
+        Test::tokio(
+            "slugs_that_make_illegal_topics_are_sanitised_stably",
+            slugs_that_make_illegal_topics_are_sanitised_stably,
+        ),
+        Test::tokio(
+            "the_embedded_default_serves_and_every_run_starts_clean",
+            the_embedded_default_serves_and_every_run_starts_clean,
+        ),
+        Test::tokio(
+            "events_kafka_could_never_take_get_413_and_are_not_acknowledged",
+            events_kafka_could_never_take_get_413_and_are_not_acknowledged,
+        ),
+    ]
 }

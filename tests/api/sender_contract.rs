@@ -3,14 +3,13 @@
 //! way Eduzz does and check what it would see, and the refusals ordinary clients must be able
 //! to read. All traffic is on loopback and bounded in time.
 
-mod common;
-
+use crate::harness::Test;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::BridgeProcess;
-use common::*;
+use crate::common::process::BridgeProcess;
+use crate::common::*;
 use eduzz_kafka_bridge::source::auth::sign_hex;
 use tokio::sync::{Mutex, Semaphore};
 
@@ -57,7 +56,6 @@ async fn deliver_as_eduzz(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn eduzz_delivers_every_event_at_its_first_attempt_through_an_outage_and_a_sigkill() {
     const EVENTS: usize = 3000;
     let broker = TestBroker::start();
@@ -145,7 +143,6 @@ async fn eduzz_delivers_every_event_at_its_first_attempt_through_an_outage_and_a
     assert!(twice.is_empty(), "published more than once: {twice:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verificar_url_ping_and_toolzz_get_exactly_200_and_json_sources_202() {
     let json_source = r#"
 [sources.generic]
@@ -208,7 +205,6 @@ topic = "contract.events"
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_failing_gauge_counts_how_long_a_source_got_nothing_but_503() {
     // `published` mode with the broker down: every event is refused with 503.
     let app = TestApp::spawn(
@@ -248,7 +244,6 @@ async fn the_failing_gauge_counts_how_long_a_source_got_nothing_but_503() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_urllib_client_posting_just_over_the_limit_reads_a_413() {
     let app = TestApp::spawn("[default_route]\ntopic = \"big.events\"\n").await;
     let script = r#"
@@ -279,7 +274,6 @@ except urllib.error.HTTPError as e:
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_hyper_cannot_parse_get_json_error_bodies() {
     let app = TestApp::spawn("[default_route]\ntopic = \"raw.events\"\n").await;
     let addr = app.addr;
@@ -311,7 +305,6 @@ async fn requests_hyper_cannot_parse_get_json_error_bodies() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv4_clients_of_a_dual_stack_listener_match_ipv4_networks() {
     if std::net::TcpListener::bind("[::]:0").is_err() {
         return skip_without("IPv6", "a kernel with IPv6 enabled");
@@ -358,7 +351,6 @@ async fn ipv4_clients_of_a_dual_stack_listener_match_ipv4_networks() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_on_a_dev_broker_with_provisioning_on_delivers_and_says_why() {
     let mut broker = bridge()
         .arg("dev-broker")
@@ -388,7 +380,6 @@ async fn serve_on_a_dev_broker_with_provisioning_on_delivers_and_says_why() {
     let _ = broker.wait();
 }
 
-#[test]
 fn check_config_into_a_closed_pipe_exits_quietly() {
     let mut child = bridge()
         .args(["check-config", "config/default.toml"])
@@ -402,4 +393,42 @@ fn check_config_into_a_closed_pipe_exits_quietly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "eduzz_delivers_every_event_at_its_first_attempt_through_an_outage_and_a_sigkill",
+            eduzz_delivers_every_event_at_its_first_attempt_through_an_outage_and_a_sigkill,
+        ),
+        Test::tokio(
+            "verificar_url_ping_and_toolzz_get_exactly_200_and_json_sources_202",
+            verificar_url_ping_and_toolzz_get_exactly_200_and_json_sources_202,
+        ),
+        Test::tokio(
+            "the_failing_gauge_counts_how_long_a_source_got_nothing_but_503",
+            the_failing_gauge_counts_how_long_a_source_got_nothing_but_503,
+        ),
+        Test::tokio(
+            "a_python_urllib_client_posting_just_over_the_limit_reads_a_413",
+            a_python_urllib_client_posting_just_over_the_limit_reads_a_413,
+        ),
+        Test::tokio(
+            "requests_hyper_cannot_parse_get_json_error_bodies",
+            requests_hyper_cannot_parse_get_json_error_bodies,
+        ),
+        Test::tokio(
+            "ipv4_clients_of_a_dual_stack_listener_match_ipv4_networks",
+            ipv4_clients_of_a_dual_stack_listener_match_ipv4_networks,
+        ),
+        Test::tokio(
+            "serve_on_a_dev_broker_with_provisioning_on_delivers_and_says_why",
+            serve_on_a_dev_broker_with_provisioning_on_delivers_and_says_why,
+        ),
+        Test::sync(
+            "check_config_into_a_closed_pipe_exits_quietly",
+            check_config_into_a_closed_pipe_exits_quietly,
+        ),
+    ]
 }

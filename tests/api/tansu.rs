@@ -1,13 +1,12 @@
 //! End to end against a separate broker process (tansu): every fixture in, the same bytes
 //! out, read by a consumer group.
 
-mod common;
-
+use crate::harness::{Test, Tool};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use common::tansu::Tansu;
-use common::*;
+use crate::common::tansu::Tansu;
+use crate::common::*;
 use eduzz_kafka_bridge::dedupe::DedupeSettings;
 use eduzz_kafka_bridge::event::{unix_ms, Message as Spooled};
 use eduzz_kafka_bridge::source::envelope::body_id;
@@ -17,7 +16,6 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fixtures_round_trip_through_a_separate_broker_process() {
     let Some(tansu) = Tansu::start() else { return };
     let brokers = tansu.brokers();
@@ -74,7 +72,6 @@ async fn fixtures_round_trip_through_a_separate_broker_process() {
 /// its recovery check still finds the three and does not publish them again. (The recovery
 /// check reads back to their receipt by timestamp, not only a count of messages from the end;
 /// tansu's reads happen to find them either way, so `recover`'s unit tests pin the offsets.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_finds_its_events_behind_other_replicas_messages() {
     let Some(tansu) = Tansu::start() else { return };
     let brokers = tansu.brokers();
@@ -145,4 +142,20 @@ fn spooled(topic: &str, id: &str) -> Spooled {
         body: eduzz_event(id, "myeduzz.invoice_paid").into(),
         cloudevent: None,
     }
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "fixtures_round_trip_through_a_separate_broker_process",
+            fixtures_round_trip_through_a_separate_broker_process,
+        )
+        .needs(Tool::Tansu),
+        Test::tokio(
+            "recovery_finds_its_events_behind_other_replicas_messages",
+            recovery_finds_its_events_behind_other_replicas_messages,
+        )
+        .needs(Tool::Tansu),
+    ]
 }

@@ -2,14 +2,13 @@
 //! from Kafka, and decoded by the official CloudEvents Python SDK (an independent reader, not
 //! the bridge's own): the same event comes out, with the body as its data.
 
-mod common;
-
+use crate::harness::{Test, Tool};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use eduzz_kafka_bridge::source::envelope::body_id;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
@@ -32,15 +31,19 @@ subject = "/data/user/id"
 bridge_headers = false
 "#;
 
-/// The Python of `.ci/install-cloudevents`' virtual environment.
-fn cloudevents_python() -> Option<PathBuf> {
-    let root = std::env::var("CLOUDEVENTS_ROOT")
+/// Where `.ci/install-cloudevents` puts its virtual environment.
+pub(crate) fn cloudevents_root() -> PathBuf {
+    std::env::var("CLOUDEVENTS_ROOT")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default())
                 .join(".cache/eduzz-kafka-bridge/cloudevents")
-        });
-    let python = root.join("bin/python");
+        })
+}
+
+/// The Python of `.ci/install-cloudevents`' virtual environment.
+fn cloudevents_python() -> Option<PathBuf> {
+    let python = cloudevents_root().join("bin/python");
     if python.exists() {
         return Some(python);
     }
@@ -109,7 +112,6 @@ fn expected(body: &[u8]) -> Value {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_reads_back_as_the_same_cloudevent() {
     let app = TestApp::spawn(CLOUDEVENTS).await;
     let mut records = Vec::new();
@@ -163,7 +165,6 @@ async fn every_fixture_reads_back_as_the_same_cloudevent() {
     app.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sources_without_cloudevents_write_no_ce_headers() {
     let app = TestApp::spawn("").await;
     let body = eduzz_event("plain-1", "nutror.lesson_started");
@@ -176,4 +177,19 @@ async fn sources_without_cloudevents_write_no_ce_headers() {
         read[0].headers
     );
     app.shutdown().await;
+}
+
+/// This file's tests, as the harness (tests/api/main.rs) runs them.
+pub(crate) fn tests() -> Vec<Test> {
+    vec![
+        Test::tokio(
+            "every_fixture_reads_back_as_the_same_cloudevent",
+            every_fixture_reads_back_as_the_same_cloudevent,
+        )
+        .needs(Tool::CloudEventsSdk),
+        Test::tokio(
+            "sources_without_cloudevents_write_no_ce_headers",
+            sources_without_cloudevents_write_no_ce_headers,
+        ),
+    ]
 }
