@@ -2,6 +2,7 @@
 //! offers what tests need (post, readiness, metrics, read a topic back), so a test says what
 //! it checks rather than how things start.
 
+pub mod broker;
 pub mod load;
 pub mod process;
 pub mod redis_server;
@@ -18,8 +19,6 @@ use eduzz_kafka_bridge::kafka::{reader, Cluster};
 use eduzz_kafka_bridge::source::auth::sign_hex;
 use eduzz_kafka_bridge::telemetry::LogSettings;
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
 use rdkafka::Offset;
 
 pub const SECRET: &str = "test-secret";
@@ -124,31 +123,31 @@ pub fn eduzz_event(id: &str, slug: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// A Kafka-protocol broker a test owns: librdkafka's mock cluster, in this process, so a test
-/// can take it down, bring it back and inject errors.
+/// A Kafka-protocol broker a test owns: librdkafka's mock cluster, in this process, behind a
+/// proxy (see [`broker`]), so a test can take it down, bring it back and inject errors.
 pub struct TestBroker {
-    cluster: MockCluster<'static, DefaultProducerContext>,
+    mock: broker::ProxiedMock,
     bootstrap: String,
 }
 
 impl TestBroker {
     pub fn start() -> TestBroker {
-        let cluster = MockCluster::new(1).expect("the mock cluster starts");
-        let bootstrap = cluster.bootstrap_servers();
-        TestBroker { cluster, bootstrap }
+        let mock = broker::ProxiedMock::start();
+        let bootstrap = mock.bootstrap();
+        TestBroker { mock, bootstrap }
     }
 
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
 
-    /// The broker stops answering (an outage).
+    /// The broker goes away (an outage): connections cut, new ones refused.
     pub fn down(&self) {
-        self.cluster.broker_down(1).unwrap();
+        self.mock.set_down(true);
     }
 
     pub fn up(&self) {
-        self.cluster.broker_up(1).unwrap();
+        self.mock.set_down(false);
     }
 
     /// Reads `topic` (see [`read_topic`]).
@@ -157,8 +156,8 @@ impl TestBroker {
     }
 
     /// The mock cluster itself, for fault injection.
-    pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
-        &self.cluster
+    pub fn cluster(&self) -> &broker::MockKafka {
+        &self.mock.kafka
     }
 }
 
