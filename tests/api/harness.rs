@@ -20,7 +20,7 @@ pub enum Tool {
 }
 
 impl Tool {
-    /// Why this tool is not there (and how to get it), or `None` when it is.
+    /// What is missing (short, for the test's line), or `None` when the tool is there.
     fn missing(self) -> Option<&'static str> {
         let present = match self {
             Tool::Tansu => crate::common::tansu::tansu_binary().is_some(),
@@ -33,11 +33,20 @@ impl Tool {
                 .exists(),
         };
         let why = match self {
-            Tool::Tansu => "needs tansu: run .ci/install-tansu",
-            Tool::Redis => "needs redis-server: apt-get install redis-server",
-            Tool::CloudEventsSdk => "needs the CloudEvents SDK: run .ci/install-cloudevents",
+            Tool::Tansu => "needs tansu",
+            Tool::Redis => "needs redis-server",
+            Tool::CloudEventsSdk => "needs the CloudEvents SDK",
         };
         (!present).then_some(why)
+    }
+
+    /// How to install it.
+    fn how(self) -> &'static str {
+        match self {
+            Tool::Tansu => "run .ci/install-tansu",
+            Tool::Redis => "apt-get install redis-server",
+            Tool::CloudEventsSdk => "run .ci/install-cloudevents",
+        }
     }
 }
 
@@ -111,6 +120,11 @@ impl Test {
 pub fn run(modules: Vec<(&str, Vec<Test>)>) -> ! {
     let args = libtest_mimic::Arguments::from_args();
     let in_ci = std::env::var_os("CI").is_some();
+    for tool in [Tool::Tansu, Tool::Redis, Tool::CloudEventsSdk] {
+        if let (Some(why), false) = (tool.missing(), in_ci) {
+            eprintln!("tests that {why} are reported ignored: {}", tool.how());
+        }
+    }
     let trials: Vec<Trial> = modules
         .into_iter()
         .flat_map(|(module, tests)| tests.into_iter().map(move |t| t.trial(module, in_ci)))

@@ -92,6 +92,14 @@ async fn readiness_follows_kafka_and_metrics_describe_the_traffic() {
         .await;
     assert_eq!(down.status(), 503);
     assert!(down.headers().contains_key("retry-after"));
+    // The sender is told what is wrong in the bridge's words; librdkafka's (broker
+    // addresses, topic names) stay in the log.
+    let answer: serde_json::Value = down.json().await.unwrap();
+    assert_eq!(answer["error"], "unavailable", "{answer}");
+    let told = answer["message"].as_str().unwrap();
+    for detail in ["Local:", "127.0.0.1", "myeduzz", "Broker"] {
+        assert!(!told.contains(detail), "{detail} in the answer: {told}");
+    }
     app.broker().up();
     let mut ready_again = false;
     for _ in 0..100 {

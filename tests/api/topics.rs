@@ -274,6 +274,8 @@ topic = "{{source}}.{{app}}"
     assert_eq!(partitions(&tansu.brokers(), "eduzz.invoices"), Some(4));
 }
 
+/// Ignored unless asked for: raising partitions needs a broker with CreatePartitions (Apache
+/// Kafka); neither librdkafka's mock cluster nor tansu 0.6 implements it.
 fn apply_raises_partitions_on_a_real_kafka() {
     let brokers = std::env::var("EKB_KAFKA").expect("EKB_KAFKA=host:port of an Apache Kafka");
     let dir = tempfile::tempdir().unwrap();
@@ -363,12 +365,36 @@ async fn on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is
 /// This file's tests, as the harness (tests/api/main.rs) runs them.
 pub(crate) fn tests() -> Vec<Test> {
     vec![
-        Test::tokio("serve_on_the_embedded_broker_creates_topics_with_their_partitions", serve_on_the_embedded_broker_creates_topics_with_their_partitions),
-        Test::tokio("three_consumers_of_one_group_share_a_provisioned_topic", three_consumers_of_one_group_share_a_provisioned_topic),
-        Test::tokio("serve_creates_topics_with_their_partitions_on_tansu", serve_creates_topics_with_their_partitions_on_tansu).needs(Tool::Tansu),
-        Test::sync("plan_and_apply_on_tansu_create_once_and_report_drift", plan_and_apply_on_tansu_create_once_and_report_drift).needs(Tool::Tansu),
-        Test::sync("apply_raises_partitions_on_a_real_kafka", apply_raises_partitions_on_a_real_kafka).ignored("needs a broker with CreatePartitions (Apache Kafka): neither librdkafka's mock cluster nor tansu 0.6 implement it; run with EKB_KAFKA=host:port"),
-        Test::tokio("plan_on_the_mock_cluster_reports_missing_and_too_few_partitions", plan_on_the_mock_cluster_reports_missing_and_too_few_partitions),
-        Test::tokio("on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is", on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is),
+        Test::tokio(
+            "serve_on_the_embedded_broker_creates_topics_with_their_partitions",
+            serve_on_the_embedded_broker_creates_topics_with_their_partitions,
+        ),
+        Test::tokio(
+            "three_consumers_of_one_group_share_a_provisioned_topic",
+            three_consumers_of_one_group_share_a_provisioned_topic,
+        ),
+        Test::tokio(
+            "serve_creates_topics_with_their_partitions_on_tansu",
+            serve_creates_topics_with_their_partitions_on_tansu,
+        )
+        .needs(Tool::Tansu),
+        Test::sync(
+            "plan_and_apply_on_tansu_create_once_and_report_drift",
+            plan_and_apply_on_tansu_create_once_and_report_drift,
+        )
+        .needs(Tool::Tansu),
+        Test::sync(
+            "apply_raises_partitions_on_a_real_kafka",
+            apply_raises_partitions_on_a_real_kafka,
+        )
+        .ignored("needs Apache Kafka: EKB_KAFKA=host:port, --ignored"),
+        Test::tokio(
+            "plan_on_the_mock_cluster_reports_missing_and_too_few_partitions",
+            plan_on_the_mock_cluster_reports_missing_and_too_few_partitions,
+        ),
+        Test::tokio(
+            "on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is",
+            on_a_mock_cluster_by_address_a_topic_metadata_shows_is_written_as_it_is,
+        ),
     ]
 }

@@ -1,6 +1,6 @@
 //! The batcher against a scripted Redis (a map of keys behind the [`RoundTrip`] seam) that
 //! can refuse writes or drop the connection on cue, in paused time: what takes seconds to
-//! stage on a real server (see `tests/fleet.rs`) takes none here.
+//! stage on a real server (see `tests/api/fleet.rs`) takes none here.
 
 use std::collections::HashMap;
 
