@@ -115,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         Drain::new(
             spool.clone(),
             publisher.clone(),
+            eduzz_kafka_bridge::topics::Topics::unprovisioned(),
             dead_letters,
             metrics,
             drain_settings(delivery.max_in_flight),

@@ -27,11 +27,11 @@ use crate::http::webhook::Webhook;
 use crate::http::{serve, ListenerSettings, Server};
 use crate::kafka::admin::Admin;
 use crate::kafka::broker::EmbeddedBroker;
-use crate::kafka::provision::Provisioner;
 use crate::kafka::{Cluster, Publisher};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::spool::Spool;
+use crate::topics::Topics;
 
 /// How often Kafka's reachability is probed (for readiness and outage logging).
 const PROBE_INTERVAL: Duration = Duration::from_secs(2);
@@ -63,6 +63,8 @@ pub struct Application {
     drain: Option<JoinHandle<()>>,
     probe: JoinHandle<()>,
     publisher: Option<Publisher>,
+    /// Topic provisioning in the background, stopped before the producer is flushed.
+    topics: Topics,
     spool: Option<Spool>,
     shared_dedupe: Option<SharedIndex>,
     tls_cert: Option<Arc<ReloadingCert>>,
@@ -109,9 +111,15 @@ impl Application {
         let metrics = Arc::new(Metrics::new());
         let publisher = Publisher::new(&connection, config.delivery.producer_tuning())
             .context("cannot create the Kafka producer")?;
-        let publisher = provision_topics(&config, &connection, embedded.as_ref(), publisher)?;
+        let topics = provision_topics(&config, &connection, embedded.as_ref())?;
         let stop_drain = DrainStop::default();
-        let parts = start_delivery(&config, &connection, &publisher, &metrics, &stop_drain)?;
+        let parts = start_delivery(
+            &config,
+            &connection,
+            (&publisher, &topics),
+            &metrics,
+            &stop_drain,
+        )?;
 
         let Config {
             server,
@@ -166,6 +174,7 @@ impl Application {
             drain: parts.drain,
             probe,
             publisher: Some(publisher),
+            topics,
             spool: parts.spool,
             shared_dedupe,
             tls_cert: server.tls.map(|t| t.cert),
@@ -232,7 +241,7 @@ impl Application {
         let Some(publisher) = self.publisher.take() else {
             return;
         };
-        publisher.stop_provisioning();
+        self.topics.stop();
         if !publisher.flush(left.max(Duration::from_millis(100))).await {
             tracing::warn!(
                 unconfirmed = publisher.queue_depth(),
@@ -287,32 +296,34 @@ fn start_embedded(config: &mut Config) -> anyhow::Result<Option<Embedded>> {
     }))
 }
 
-/// With `topics.provision` on, the producer writes a topic only once it is created with the
+/// With `topics.provision` on, a topic is written only once it is created with the
 /// partitions its route asks for (on the embedded broker, through the broker itself).
 fn provision_topics(
     config: &Config,
     connection: &Cluster,
     embedded: Option<&Embedded>,
-    publisher: Publisher,
-) -> anyhow::Result<Publisher> {
+) -> anyhow::Result<Topics> {
     if !config.router.provisions() {
-        return Ok(publisher);
+        return Ok(Topics::unprovisioned());
     }
     let admin = Admin::new(connection, embedded.map(|e| e.broker.topics()))
         .context("cannot create the Kafka admin client")?;
     let specs = Arc::new(config.router.clone());
-    Ok(publisher.with_provisioner(Provisioner::new(admin, specs)))
+    Ok(Topics::provisioned(admin, specs))
 }
+
+/// The producer, and whether each topic is ready to be written.
+type KafkaParts<'a> = (&'a Publisher, &'a Topics);
 
 /// The ack mode's delivery, claiming events in the shared dedupe index when one is set.
 fn start_delivery(
     config: &Config,
     connection: &Cluster,
-    publisher: &Publisher,
+    kafka: KafkaParts<'_>,
     metrics: &Arc<Metrics>,
     stop_drain: &DrainStop,
 ) -> anyhow::Result<DeliveryParts> {
-    let mut parts = start_mode(config, connection, publisher, metrics, stop_drain)?;
+    let mut parts = start_mode(config, connection, kafka, metrics, stop_drain)?;
     parts.delivery = parts
         .delivery
         .with_max_record_bytes(config.kafka.max_record_bytes());
@@ -328,7 +339,7 @@ fn start_delivery(
 fn start_mode(
     config: &Config,
     connection: &Cluster,
-    publisher: &Publisher,
+    (publisher, topics): KafkaParts<'_>,
     metrics: &Arc<Metrics>,
     stop_drain: &DrainStop,
 ) -> anyhow::Result<DeliveryParts> {
@@ -343,6 +354,7 @@ fn start_mode(
         let delivery = Delivery::direct(
             d.ack,
             publisher.clone(),
+            topics.clone(),
             dead_letters,
             d.publish_timeout,
             metrics.clone(),
@@ -375,6 +387,7 @@ fn start_mode(
     let drain = Drain::new(
         spool.clone(),
         publisher.clone(),
+        topics.clone(),
         dead_letters,
         metrics.clone(),
         settings,

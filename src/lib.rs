@@ -37,3 +37,4 @@ pub(crate) mod slugs;
 pub mod source;
 pub mod spool;
 pub mod telemetry;
+pub mod topics;

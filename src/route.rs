@@ -13,7 +13,7 @@
 //! the `overflow_topic` (their slug is still in the `event` header) and are counted.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
@@ -24,6 +24,10 @@ use crate::kafka::topic::{Template, TopicVars};
 use crate::kafka::PropertyValue;
 use crate::problem::Problems;
 use crate::source::check_pointer;
+use crate::topics::budget::TopicBudget;
+pub use crate::topics::plan::{DynamicRule, WantedTopic};
+use crate::topics::settings::spec_of;
+pub use crate::topics::settings::TopicSettings;
 
 /// `[[routes]]`: one routing rule.
 #[derive(Debug, Clone, Deserialize)]
@@ -72,116 +76,6 @@ impl Default for DefaultRouteSettings {
             replication_factor: None,
             topic_config: BTreeMap::new(),
         }
-    }
-}
-
-/// `[topics]`: how the topics the bridge writes are made, and how many of them senders can
-/// make it create.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TopicSettings {
-    /// Most topics named after slugs outside the documented catalogue (by templates with
-    /// `{slug}` or `{app}`), per process; past it, such events go to `overflow_topic`.
-    pub max_dynamic: usize,
-    /// Where events go once `max_dynamic` topics are taken.
-    pub overflow_topic: String,
-    /// `serve` creates each topic before its first write (else: the broker's auto-creation).
-    pub provision: bool,
-    /// Partitions of a topic the bridge creates: the most consumers of one group that can
-    /// share its events.
-    pub partitions: i32,
-    /// Replication factor of a topic the bridge creates; unset: the broker's default.
-    pub replication_factor: Option<i32>,
-    /// Topic configs of a topic the bridge creates (`retention.ms`, `cleanup.policy`…).
-    pub config: BTreeMap<String, PropertyValue>,
-}
-
-impl Default for TopicSettings {
-    fn default() -> Self {
-        Self {
-            max_dynamic: 1000,
-            overflow_topic: "eduzz-bridge.overflow".into(),
-            provision: true,
-            partitions: 6,
-            replication_factor: None,
-            config: BTreeMap::new(),
-        }
-    }
-}
-
-/// Most partitions the bridge asks for (a typo like 60000 should not reach the cluster).
-const MAX_PARTITIONS: i32 = 10_000;
-
-impl TopicSettings {
-    /// The spec of topics no rule says more about; problems under `topics.…`.
-    fn defaults(&self, problems: &mut Problems) -> TopicSpec {
-        spec_of(
-            "topics",
-            None,
-            Some(self.partitions),
-            self.replication_factor,
-            &self.config,
-            problems,
-        )
-    }
-}
-
-/// `base` with a rule's overrides, checked; problems under `key`.
-fn spec_of(
-    key: &str,
-    base: Option<&TopicSpec>,
-    partitions: Option<i32>,
-    replication_factor: Option<i32>,
-    config: &BTreeMap<String, PropertyValue>,
-    problems: &mut Problems,
-) -> TopicSpec {
-    // Only what this level sets is checked here: an inherited value was checked where it is set.
-    problems.require(
-        partitions.is_none_or(|p| (1..=MAX_PARTITIONS).contains(&p)),
-        format!("{key}.partitions"),
-        format!("must be between 1 and {MAX_PARTITIONS}"),
-    );
-    problems.require(
-        replication_factor.is_none_or(|r| (1..=32).contains(&r)),
-        format!("{key}.replication_factor"),
-        "must be between 1 and 32 (remove it for the broker's default)",
-    );
-    let mut merged = base.map(|b| b.config.clone()).unwrap_or_default();
-    merged.extend(config.iter().map(|(k, v)| (k.clone(), v.to_string())));
-    TopicSpec {
-        partitions: partitions.or(base.map(|b| b.partitions)).unwrap_or(1),
-        replication_factor: replication_factor.or(base.and_then(|b| b.replication_factor)),
-        config: merged,
-    }
-}
-
-/// The topics named after undocumented slugs so far, and where the rest go.
-#[derive(Debug)]
-struct TopicBudget {
-    max: usize,
-    overflow: String,
-    taken: Mutex<HashSet<String>>,
-}
-
-impl TopicBudget {
-    /// Whether `topic` may be used: it already is, or there is room for one more.
-    fn admit(&self, topic: &str) -> bool {
-        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        if taken.contains(topic) {
-            return true;
-        }
-        if taken.len() >= self.max {
-            return false;
-        }
-        taken.insert(topic.to_string());
-        if taken.len() == self.max {
-            tracing::warn!(
-                limit = self.max,
-                overflow_topic = %self.overflow,
-                "topics.max_dynamic reached: events with new undocumented slugs now go to the overflow topic"
-            );
-        }
-        true
     }
 }
 
@@ -308,11 +202,10 @@ impl Router {
             "topics.overflow_topic",
             crate::kafka::topic::check_topic_name(&topics.overflow_topic),
         );
-        let budget = Arc::new(TopicBudget {
-            max: topics.max_dynamic,
-            overflow: topics.overflow_topic.clone(),
-            taken: Mutex::default(),
-        });
+        let budget = Arc::new(TopicBudget::new(
+            topics.max_dynamic,
+            topics.overflow_topic.clone(),
+        ));
         let defaults = topics.defaults(problems);
         let mut globs = GlobSetBuilder::new();
         let mut rules = Vec::with_capacity(routes.len());
@@ -509,26 +402,6 @@ impl DefaultRouteSettings {
             action: action?,
         })
     }
-}
-
-/// A topic the routes write, as `topics plan` lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WantedTopic {
-    pub topic: String,
-    pub spec: Arc<TopicSpec>,
-    /// The rule that names it (`routes[1] nutror.*`).
-    pub rule: String,
-    /// What its messages are keyed by (`/data/learner/email`, `event id`).
-    pub key: String,
-}
-
-/// A rule whose template names topics after slugs, so it also makes topics for slugs first
-/// seen at run time.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DynamicRule {
-    pub rule: String,
-    pub template: String,
-    pub spec: Arc<TopicSpec>,
 }
 
 impl Router {

@@ -121,9 +121,11 @@ async fn drain(config: &Config, spool: Spool) -> anyhow::Result<i32> {
     );
     let gauges = Arc::new(DrainGauges::default());
     let settings = crate::app::drain_settings(config, &connection);
+    // Topics are not provisioned here: the ones spooled events go to were made by `serve`.
     Drain::new(
         spool.clone(),
         publisher.clone(),
+        crate::topics::Topics::unprovisioned(),
         dead_letters,
         metrics,
         settings,

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
-use crate::kafka::admin::{Admin, AdminError, Created, Existing, TopicSpec};
-use crate::route::{DynamicRule, WantedTopic};
+use crate::kafka::admin::{Admin, AdminError, Created, Existing};
+use crate::topics::plan::{changes, describe, Change, DynamicRule, WantedTopic};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -30,76 +30,6 @@ pub struct TopicsArgs {
     /// Brokers to ask (default: kafka.brokers of the config).
     #[arg(long)]
     brokers: Option<String>,
-}
-
-/// What a topic needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Change {
-    Create,
-    Raise {
-        from: i32,
-        to: i32,
-    },
-    /// More partitions than wanted: left as they are.
-    MoreThanWanted {
-        has: i32,
-        wants: i32,
-    },
-    Drift {
-        key: String,
-        has: Option<String>,
-        wants: String,
-    },
-    ConfigsUnread(String),
-}
-
-/// The changes that take `existing` to `spec`.
-fn changes(spec: &TopicSpec, existing: Option<&Existing>) -> Vec<Change> {
-    let Some(existing) = existing else {
-        return vec![Change::Create];
-    };
-    let mut out = Vec::new();
-    if existing.partitions < spec.partitions {
-        out.push(Change::Raise {
-            from: existing.partitions,
-            to: spec.partitions,
-        });
-    } else if existing.partitions > spec.partitions {
-        out.push(Change::MoreThanWanted {
-            has: existing.partitions,
-            wants: spec.partitions,
-        });
-    }
-    match &existing.config {
-        Ok(config) => out.extend(spec.config.iter().filter_map(|(key, wants)| {
-            let has = config.get(key);
-            (has != Some(wants)).then(|| Change::Drift {
-                key: key.clone(),
-                has: has.cloned(),
-                wants: wants.clone(),
-            })
-        })),
-        Err(why) if !spec.config.is_empty() => out.push(Change::ConfigsUnread(why.clone())),
-        Err(_) => {}
-    }
-    out
-}
-
-fn describe(change: &Change, key: &str) -> String {
-    match change {
-        Change::Create => "missing: create".into(),
-        Change::Raise { from, to } => format!(
-            "raise partitions {from} -> {to}; WARNING: messages are keyed by {key}, and keys move to other partitions (per-key order holds only within the old and within the new layout)"
-        ),
-        Change::MoreThanWanted { has, wants } => {
-            format!("has {has} partitions, routes want {wants}: kept (a partition count is never lowered)")
-        }
-        Change::Drift { key, has, wants } => format!(
-            "config drift: {key} is {}, routes want {wants} (reported; apply does not change configs)",
-            has.as_deref().unwrap_or("unset")
-        ),
-        Change::ConfigsUnread(why) => format!("configs not checked: {why}"),
-    }
 }
 
 pub(super) fn run(config: &Path, command: TopicsCommand) -> anyhow::Result<i32> {
@@ -289,65 +219,5 @@ impl Tally {
         say!(
             "never done: deleting a topic, lowering a partition count, changing a topic's configs"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(partitions: i32, config: &[(&str, &str)]) -> TopicSpec {
-        TopicSpec {
-            partitions,
-            replication_factor: None,
-            config: config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        }
-    }
-
-    fn existing(partitions: i32, config: &[(&str, &str)]) -> Existing {
-        Existing {
-            partitions,
-            config: Ok(config
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()),
-        }
-    }
-
-    #[test]
-    fn plans_create_raise_keep_and_drift() {
-        let want = spec(6, &[("retention.ms", "1000")]);
-        assert_eq!(changes(&want, None), [Change::Create]);
-        assert_eq!(
-            changes(&want, Some(&existing(6, &[("retention.ms", "1000")]))),
-            []
-        );
-        assert_eq!(
-            changes(&want, Some(&existing(2, &[("retention.ms", "5")]))),
-            [
-                Change::Raise { from: 2, to: 6 },
-                Change::Drift {
-                    key: "retention.ms".into(),
-                    has: Some("5".into()),
-                    wants: "1000".into()
-                }
-            ]
-        );
-        assert_eq!(
-            changes(&want, Some(&existing(8, &[("retention.ms", "1000")]))),
-            [Change::MoreThanWanted { has: 8, wants: 6 }]
-        );
-        let unread = Existing {
-            partitions: 6,
-            config: Err("no configs".into()),
-        };
-        assert_eq!(
-            changes(&want, Some(&unread)),
-            [Change::ConfigsUnread("no configs".into())]
-        );
-        assert_eq!(changes(&spec(6, &[]), Some(&unread)), []);
     }
 }

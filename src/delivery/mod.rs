@@ -32,6 +32,7 @@ use crate::metrics::{ErrorLabels, Metrics, SourceLabels};
 use crate::problem::Problems;
 use crate::spool::{Appended, Spool, SpoolError};
 use crate::telemetry::LogThrottle;
+use crate::topics::Topics;
 pub use dead_letter::{DeadLetterError, DeadLetters};
 
 /// When the bridge answers 2xx, and so what a 2xx promises.
@@ -176,20 +177,19 @@ pub struct Delivery {
 
 #[derive(Clone)]
 enum Mode {
-    Received {
-        publisher: Publisher,
-        dead_letters: DeadLetters,
-        /// How long a request waits for its topic to be created.
-        timeout: Duration,
-    },
-    Published {
-        publisher: Publisher,
-        dead_letters: DeadLetters,
-        timeout: Duration,
-    },
-    Spooled {
-        spool: Spool,
-    },
+    Received(Direct),
+    Published(Direct),
+    Spooled { spool: Spool },
+}
+
+/// What the modes without a spool write through.
+#[derive(Clone)]
+struct Direct {
+    publisher: Publisher,
+    topics: Topics,
+    dead_letters: DeadLetters,
+    /// How long a request waits for its topic to be created (and, `published`, confirmed).
+    timeout: Duration,
 }
 
 impl Delivery {
@@ -207,21 +207,20 @@ impl Delivery {
     pub(crate) fn direct(
         ack: AckMode,
         publisher: Publisher,
+        topics: Topics,
         dead_letters: DeadLetters,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Delivery {
+        let direct = Direct {
+            publisher,
+            topics,
+            dead_letters,
+            timeout,
+        };
         let mode = match ack {
-            AckMode::Published => Mode::Published {
-                publisher,
-                dead_letters,
-                timeout,
-            },
-            _ => Mode::Received {
-                publisher,
-                dead_letters,
-                timeout,
-            },
+            AckMode::Published => Mode::Published(direct),
+            _ => Mode::Received(direct),
         };
         Delivery {
             mode,
@@ -300,16 +299,8 @@ impl Delivery {
     async fn take(&self, msg: Message) -> Result<Accepted, Refusal> {
         match &self.mode {
             Mode::Spooled { spool } => self.spool(spool, msg).await,
-            Mode::Received {
-                publisher,
-                dead_letters,
-                timeout,
-            } => self.queue(publisher, dead_letters, *timeout, msg).await,
-            Mode::Published {
-                publisher,
-                dead_letters,
-                timeout,
-            } => self.publish(publisher, dead_letters, *timeout, msg).await,
+            Mode::Received(direct) => self.queue(direct, msg).await,
+            Mode::Published(direct) => self.publish(direct, msg).await,
         }
     }
 
@@ -325,16 +316,10 @@ impl Delivery {
         }
     }
 
-    async fn queue(
-        &self,
-        publisher: &Publisher,
-        dead_letters: &DeadLetters,
-        timeout: Duration,
-        msg: Message,
-    ) -> Result<Accepted, Refusal> {
-        topic_ready(publisher, &msg, timeout).await?;
-        let future = enqueue(publisher, &msg)?;
-        let (metrics, dead_letters) = (self.metrics.clone(), dead_letters.clone());
+    async fn queue(&self, direct: &Direct, msg: Message) -> Result<Accepted, Refusal> {
+        topic_ready(&direct.topics, &msg, direct.timeout).await?;
+        let future = enqueue(&direct.publisher, &msg)?;
+        let (metrics, dead_letters) = (self.metrics.clone(), direct.dead_letters.clone());
         // The sender already has its answer; the report only feeds metrics and logs.
         tokio::spawn(async move {
             let result = Publisher::delivered(future).await;
@@ -354,15 +339,10 @@ impl Delivery {
         Ok(Accepted::Queued)
     }
 
-    async fn publish(
-        &self,
-        publisher: &Publisher,
-        dead_letters: &DeadLetters,
-        timeout: Duration,
-        msg: Message,
-    ) -> Result<Accepted, Refusal> {
-        topic_ready(publisher, &msg, timeout).await?;
-        let future = enqueue(publisher, &msg)?;
+    async fn publish(&self, direct: &Direct, msg: Message) -> Result<Accepted, Refusal> {
+        let timeout = direct.timeout;
+        topic_ready(&direct.topics, &msg, timeout).await?;
+        let future = enqueue(&direct.publisher, &msg)?;
         let Ok(result) = tokio::time::timeout(timeout, Publisher::delivered(future)).await else {
             return Err(unavailable(
                 "Kafka did not confirm the event in time",
@@ -372,7 +352,7 @@ impl Delivery {
         record(&self.metrics, &msg, &result);
         match result {
             Ok(d) => Ok(Accepted::Published(d)),
-            Err(e) if is_permanent(&e) => match dead_letters.send(&msg, &e).await {
+            Err(e) if is_permanent(&e) => match direct.dead_letters.send(&msg, &e).await {
                 Ok(()) => Ok(Accepted::DeadLettered),
                 Err(why) => {
                     tracing::error!(event_id = msg.event_id.as_str(), error = %e, dead_letter_error = %why, "Kafka refused the event for good; answered 503");
@@ -399,12 +379,8 @@ async fn pause_after_claim() {
 }
 
 /// Waits for the message's topic to exist (created on its first write), up to `timeout`.
-async fn topic_ready(
-    publisher: &Publisher,
-    msg: &Message,
-    timeout: Duration,
-) -> Result<(), Refusal> {
-    match publisher.wait_topic(msg, timeout).await {
+async fn topic_ready(topics: &Topics, msg: &Message, timeout: Duration) -> Result<(), Refusal> {
+    match topics.wait_ready(msg, timeout).await {
         true => Ok(()),
         false => Err(unavailable(
             "the event's topic is not ready yet",

@@ -525,6 +525,7 @@ mod tests {
         let drain = Drain::new(
             spool.clone(),
             publisher.clone(),
+            crate::topics::Topics::unprovisioned(),
             DeadLetters::new(publisher.clone(), None, metrics.clone()),
             metrics,
             DrainSettings::new(8),

@@ -68,8 +68,25 @@ pub trait TopicSpecs: Send + Sync {
 pub struct Existing {
     pub partitions: i32,
     /// Its configs, or why they could not be read (the embedded broker keeps none).
-    pub config: Result<BTreeMap<String, String>, String>,
+    pub config: Result<BTreeMap<String, String>, ConfigsUnread>,
 }
+
+/// Why a topic's configs could not be read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConfigsUnread {
+    #[error("the embedded broker keeps no topic configs")]
+    EmbeddedBroker,
+    #[error("the cluster did not give them: {0}")]
+    Admin(#[source] Arc<AdminError>),
+}
+
+impl PartialEq for ConfigsUnread {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for ConfigsUnread {}
 
 /// Why an admin call did not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -226,8 +243,11 @@ impl Admin {
         };
         let config = match (configs, &self.embedded) {
             (false, _) => Ok(BTreeMap::new()),
-            (true, Some(_)) => Err("the embedded broker keeps no topic configs".to_string()),
-            (true, None) => self.configs(topic).await.map_err(|e| e.to_string()),
+            (true, Some(_)) => Err(ConfigsUnread::EmbeddedBroker),
+            (true, None) => self
+                .configs(topic)
+                .await
+                .map_err(|e| ConfigsUnread::Admin(Arc::new(e))),
         };
         Ok(Some(Existing { partitions, config }))
     }

@@ -11,7 +11,6 @@ pub mod broker;
 pub mod headers;
 mod health;
 mod producer;
-pub mod provision;
 pub mod reader;
 pub mod topic;
 

@@ -14,7 +14,6 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::health::{BridgeContext, KafkaHealth};
-use super::provision::Provisioner;
 use super::{headers, Cluster, ProducerTuning};
 use crate::event::Message;
 
@@ -63,8 +62,6 @@ pub(crate) fn is_permanent(error: &KafkaError) -> bool {
 pub struct Publisher {
     producer: FutureProducer<BridgeContext>,
     health: Arc<KafkaHealth>,
-    /// Creates topics before their first write, when `topics.provision` is on.
-    provisioner: Option<Arc<Provisioner>>,
 }
 
 impl Publisher {
@@ -76,47 +73,7 @@ impl Publisher {
             .create_with_context(BridgeContext {
                 health: health.clone(),
             })?;
-        Ok(Publisher {
-            producer,
-            health,
-            provisioner: None,
-        })
-    }
-
-    /// The same producer, writing a topic only once `provisioner` made it ready.
-    pub fn with_provisioner(mut self, provisioner: Arc<Provisioner>) -> Publisher {
-        self.provisioner = Some(provisioner);
-        self
-    }
-
-    /// Whether `msg`'s topic can be written now (starts making it ready if not).
-    pub(crate) fn topic_ready(&self, msg: &Message) -> bool {
-        self.provisioner.as_ref().is_none_or(|p| p.ready_for(msg))
-    }
-
-    /// Whether `topic` is known ready.
-    pub(crate) fn topic_is_ready(&self, topic: &str) -> bool {
-        self.provisioner.as_ref().is_none_or(|p| p.is_ready(topic))
-    }
-
-    /// Changes each time a topic becomes ready; `None` without provisioning.
-    pub(crate) fn topics_ready(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        self.provisioner.as_ref().map(|p| p.subscribe())
-    }
-
-    /// Waits up to `timeout` for `msg`'s topic to be ready.
-    pub(crate) async fn wait_topic(&self, msg: &Message, timeout: Duration) -> bool {
-        match &self.provisioner {
-            None => true,
-            Some(p) => p.wait_ready(msg, timeout).await,
-        }
-    }
-
-    /// Ends topic provisioning in the background (at shutdown).
-    pub(crate) fn stop_provisioning(&self) {
-        if let Some(p) = &self.provisioner {
-            p.stop();
-        }
+        Ok(Publisher { producer, health })
     }
 
     pub fn health(&self) -> &Arc<KafkaHealth> {

@@ -49,6 +49,7 @@ use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, Spool, SpoolError};
 use crate::telemetry::LogThrottle;
+use crate::topics::Topics;
 use deletes::PendingDeletes;
 use retries::{Retries, Retry};
 use shares::TopicShares;
@@ -211,6 +212,7 @@ impl Drain<KafkaSink> {
     pub fn new(
         spool: Spool,
         publisher: Publisher,
+        topics: Topics,
         dead_letters: DeadLetters,
         metrics: Arc<Metrics>,
         settings: DrainSettings,
@@ -218,6 +220,7 @@ impl Drain<KafkaSink> {
     ) -> Drain<KafkaSink> {
         let sink = KafkaSink {
             publisher,
+            topics,
             dead_letters,
         };
         Drain::with_sink(spool, sink, metrics, settings, gauges)

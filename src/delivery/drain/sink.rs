@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::delivery::{DeadLetterError, DeadLetters};
 use crate::event::Message;
 use crate::kafka::{Delivered, EnqueueError, Publisher};
+use crate::topics::Topics;
 
 /// Where the drain sends messages, and what it asks about their topics.
 pub trait Sink: Send + Sync + 'static {
@@ -55,6 +56,7 @@ pub trait Sink: Send + Sync + 'static {
 /// The real thing: the process's producer and its dead-letter topic.
 pub struct KafkaSink {
     pub(crate) publisher: Publisher,
+    pub(crate) topics: Topics,
     pub(crate) dead_letters: DeadLetters,
 }
 
@@ -80,15 +82,15 @@ impl Sink for KafkaSink {
     }
 
     fn topic_ready(&self, msg: &Message) -> bool {
-        self.publisher.topic_ready(msg)
+        self.topics.ready_for(msg)
     }
 
     fn topic_is_ready(&self, topic: &str) -> bool {
-        self.publisher.topic_is_ready(topic)
+        self.topics.is_ready(topic)
     }
 
     fn topics_ready(&self) -> Option<watch::Receiver<u64>> {
-        self.publisher.topics_ready()
+        self.topics.changes()
     }
 
     fn published(&self) {

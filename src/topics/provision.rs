@@ -22,8 +22,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::admin::{Admin, AdminError, Created, TopicSpec, TopicSpecs};
 use crate::event::Message;
+use crate::kafka::admin::{Admin, AdminError, Created, TopicSpec, TopicSpecs};
+use crate::retry::Backoff;
 
 /// First wait before another attempt at a topic that could not be made ready (doubles).
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -110,11 +111,10 @@ impl Provisioner {
 
     /// Makes `topic` ready, retrying with backoff until it is (or the bridge stops).
     async fn provision(self: Arc<Self>, topic: String, spec: Arc<TopicSpec>) {
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 0u32;
+        let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
-            attempt += 1;
-            match self.ensure(&topic, &spec).await {
+            let attempt = backoff.failures() + 1;
+            let wait = match self.ensure(&topic, &spec).await {
                 Ok(()) => return self.mark_ready(&topic),
                 Err(e) if e.is_unsupported() => {
                     if !self.unsupported.swap(true, Ordering::Relaxed) {
@@ -122,13 +122,16 @@ impl Provisioner {
                     }
                     return self.mark_ready(&topic);
                 }
-                Err(e) => log_failure(&topic, &spec, &e, attempt, backoff),
-            }
+                Err(e) => {
+                    let wait = backoff.fail();
+                    log_failure(&topic, &spec, &e, attempt, wait);
+                    wait
+                }
+            };
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return,
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

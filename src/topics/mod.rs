@@ -1,0 +1,75 @@
+//! One home for topics: which topics the bridge writes, with what partitions, replication and
+//! configs, and whether each is ready to be written.
+//!
+//! Routing ([`crate::route`]) decides a message's topic name; this module owns the rest of a
+//! topic's life: [`Topics`] is what the drain and the ack modes ask before they write ("is this
+//! topic ready?", "wake me when one is"), and [`provision`] creates each topic before its first
+//! write. It sits above [`crate::kafka`], whose admin client it drives, and below the delivery
+//! modes that ask it; the producer itself knows nothing of topic lifecycle.
+
+pub(crate) mod budget;
+pub mod plan;
+pub mod provision;
+pub mod settings;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::event::Message;
+use crate::kafka::admin::{Admin, TopicSpecs};
+use provision::Provisioner;
+
+/// Whether topics are ready to be written: always, when `topics.provision` is off (the
+/// cluster's auto-creation or an operator makes them); once created, when it is on. Cheap to
+/// clone.
+#[derive(Clone, Default)]
+pub struct Topics {
+    provisioner: Option<Arc<Provisioner>>,
+}
+
+impl Topics {
+    /// Topics are not provisioned: every topic counts as ready.
+    pub fn unprovisioned() -> Topics {
+        Topics::default()
+    }
+
+    /// Each topic is created through `admin` with the spec `specs` give it, before its first
+    /// write.
+    pub fn provisioned(admin: Admin, specs: Arc<dyn TopicSpecs>) -> Topics {
+        Topics {
+            provisioner: Some(Provisioner::new(admin, specs)),
+        }
+    }
+
+    /// Whether `msg`'s topic can be written now (starts making it ready if not).
+    pub(crate) fn ready_for(&self, msg: &Message) -> bool {
+        self.provisioner.as_ref().is_none_or(|p| p.ready_for(msg))
+    }
+
+    /// Whether `topic` is known ready.
+    pub(crate) fn is_ready(&self, topic: &str) -> bool {
+        self.provisioner.as_ref().is_none_or(|p| p.is_ready(topic))
+    }
+
+    /// Changes each time a topic becomes ready; `None` without provisioning.
+    pub(crate) fn changes(&self) -> Option<watch::Receiver<u64>> {
+        self.provisioner.as_ref().map(|p| p.subscribe())
+    }
+
+    /// Waits up to `timeout` for `msg`'s topic to be ready.
+    pub(crate) async fn wait_ready(&self, msg: &Message, timeout: Duration) -> bool {
+        match &self.provisioner {
+            None => true,
+            Some(p) => p.wait_ready(msg, timeout).await,
+        }
+    }
+
+    /// Ends provisioning in the background (at shutdown).
+    pub(crate) fn stop(&self) {
+        if let Some(p) = &self.provisioner {
+            p.stop();
+        }
+    }
+}
