@@ -14,7 +14,7 @@
 //! pauses until the slow topic moves again, so memory stays flat, and the start-up recovery
 //! check knows how far past the oldest entry the drain can have gone.
 //!
-//! A topic not yet created (see [`crate::kafka::provision`]) is treated the same way: its
+//! A topic not yet created (see [`crate::topics`]) is treated the same way: its
 //! entries wait aside, in order, until it is ready, and the drain wakes when it is.
 //!
 //! When Kafka refuses a message for good (too large, topic invalid or not authorised), it goes
