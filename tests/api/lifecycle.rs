@@ -171,9 +171,13 @@ async fn an_outage_is_logged_once_when_it_starts_and_once_when_it_ends_and_no_se
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
-    let logs = bridge.drain_logs();
+    // The refusal's line is the last this test waits for; everything before it is in `logs`.
+    let mut logs = Vec::new();
+    assert!(
+        bridge.wait_for_log("webhook refused", Duration::from_secs(5), &mut logs),
+        "the refusal is logged"
+    );
+    logs.extend(bridge.drain_logs());
     let started = logs.iter().filter(|l| l.contains("outage started")).count();
     let ended = logs.iter().filter(|l| l.contains("outage ended")).count();
     assert_eq!(
@@ -335,8 +339,12 @@ async fn parked_events_are_logged_once_per_interval_with_a_count() {
     }
     wait_parked(bridge.admin, 40).await;
     // The 40 parked events are reported by the gauge; the log holds one line, not forty.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let logs = bridge.drain_logs();
+    let mut logs = Vec::new();
+    assert!(
+        bridge.wait_for_log("(parked)", Duration::from_secs(5), &mut logs),
+        "the first park is logged"
+    );
+    logs.extend(bridge.drain_logs());
     let parks: Vec<serde_json::Value> = logs
         .iter()
         .filter(|l| l.contains("(parked)"))
