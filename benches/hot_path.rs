@@ -85,7 +85,7 @@ fn hot_path(c: &mut Criterion) {
     });
     let event = Event {
         source: Arc::from("eduzz"),
-        slug: envelope.slug.clone(),
+        slug: envelope.slug.clone().into(),
         id: envelope.id.clone(),
         doc: envelope.doc.clone(),
         body: body.clone(),
@@ -93,7 +93,7 @@ fn hot_path(c: &mut Criterion) {
         received_at: SystemTime::now(),
         cloudevent: None,
     };
-    let msg = Message::new(&event, "t".into(), b"k".to_vec());
+    let msg = Message::new(&event, "t", b"k".to_vec());
     let encoded = msg.encode();
     g.bench_function("spool encode", |b| b.iter(|| msg.encode()));
     g.bench_function("spool decode", |b| {

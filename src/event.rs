@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct Event {
     pub source: Arc<str>,
-    pub slug: String,
+    pub slug: Slug,
     pub id: String,
     /// The parsed body, for routing (message keys come from it).
     pub doc: serde_json::Value,
@@ -55,6 +55,94 @@ impl Event {
     }
 }
 
+/// Declares a name that travels as text: a newtype over `String` that reads as a `&str`
+/// wherever one is wanted, serialises as the bare string (the spool's format is unchanged),
+/// and cannot be passed where the other kind of name is expected.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_string())
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(n: $name) -> String {
+                n.0
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+
+        impl PartialEq<String> for $name {
+            fn eq(&self, other: &String) -> bool {
+                &self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.0 == *other
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A Kafka topic's name, as routing made it (already checked legal).
+    TopicName
+);
+name_type!(
+    /// An event's slug as its sender named it (`nutror.lesson_started`): what routes match.
+    Slug
+);
+
 /// One event on its way to Kafka.
 ///
 /// A `Message` is what crosses from the request side to the publishing side, whether it goes
@@ -62,10 +150,10 @@ impl Event {
 /// needs and nothing from HTTP. It serialises compactly (postcard) for the spool.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
-    pub topic: String,
+    pub topic: TopicName,
     pub key: Bytes,
     pub source: String,
-    pub slug: String,
+    pub slug: Slug,
     pub event_id: String,
     /// Receive time, milliseconds since the Unix epoch.
     pub received_at_ms: u64,
@@ -92,9 +180,9 @@ struct MessageV1 {
 
 impl Message {
     /// The message for `event`, routed to `topic` under `key`.
-    pub fn new(event: &Event, topic: String, key: Vec<u8>) -> Message {
+    pub fn new(event: &Event, topic: impl Into<TopicName>, key: Vec<u8>) -> Message {
         Message {
-            topic,
+            topic: topic.into(),
             key: Bytes::from(key),
             source: event.source.to_string(),
             slug: event.slug.clone(),
@@ -119,10 +207,10 @@ impl Message {
             Err(postcard::Error::DeserializeUnexpectedEnd) => {
                 let v1: MessageV1 = postcard::from_bytes(bytes)?;
                 Ok(Message {
-                    topic: v1.topic,
+                    topic: v1.topic.into(),
                     key: v1.key,
                     source: v1.source,
-                    slug: v1.slug,
+                    slug: v1.slug.into(),
                     event_id: v1.event_id,
                     received_at_ms: v1.received_at_ms,
                     content_type: v1.content_type,
@@ -265,6 +353,21 @@ pub(crate) mod tests {
             }),
             ..sample()
         }
+    }
+
+    #[test]
+    fn names_are_their_text_on_disk_and_in_comparisons() {
+        let topic = TopicName::from("lms.lessons");
+        let as_string = postcard::to_stdvec(&"lms.lessons".to_string()).unwrap();
+        assert_eq!(
+            postcard::to_stdvec(&topic).unwrap(),
+            as_string,
+            "the spool's format is unchanged"
+        );
+        assert_eq!(topic, "lms.lessons");
+        assert_eq!(topic.len(), 11, "reads as a str");
+        let slug: Slug = "nutror.lesson_started".into();
+        assert_eq!(slug.to_string(), "nutror.lesson_started");
     }
 
     #[test]

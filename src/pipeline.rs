@@ -159,7 +159,7 @@ impl Pipeline {
         } else {
             let er = EventRef {
                 id: event.id.clone(),
-                slug: event.slug.clone(),
+                slug: event.slug.to_string(),
             };
             let decision = self
                 .router
@@ -175,7 +175,7 @@ impl Pipeline {
                 Decision::Drop { rule } => Outcome::Dropped { event: er, rule },
                 Decision::Publish { topic, key } | Decision::Overflow { topic, key } => {
                     let message = Message::new(&event, topic.clone(), key);
-                    taken(er, topic, self.delivery.accept(message).await)
+                    taken(er, topic.into(), self.delivery.accept(message).await)
                 }
             }
         };

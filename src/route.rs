@@ -19,6 +19,7 @@ use globset::{Glob, GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::event::TopicName;
 use crate::kafka::admin::{TopicSpec, TopicSpecs};
 use crate::kafka::topic::{Template, TopicVars};
 use crate::kafka::PropertyValue;
@@ -83,10 +84,10 @@ impl Default for DefaultRouteSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
     /// Publish to `topic` under `key`.
-    Publish { topic: String, key: Vec<u8> },
+    Publish { topic: TopicName, key: Vec<u8> },
     /// Publish to the overflow topic: the rule would have named a new topic after an
     /// undocumented slug, and `topics.max_dynamic` are taken.
-    Overflow { topic: String, key: Vec<u8> },
+    Overflow { topic: TopicName, key: Vec<u8> },
     /// Answer 2xx and publish nothing, because the rule says so.
     Drop { rule: String },
 }
@@ -254,7 +255,10 @@ impl Router {
         match decision {
             Decision::Publish { topic, key } if bounded && !self.budget.admit(&topic) => {
                 let topic = self.budget.overflow.clone();
-                Decision::Overflow { topic, key }
+                Decision::Overflow {
+                    topic: topic.into(),
+                    key,
+                }
             }
             other => other,
         }
@@ -294,7 +298,13 @@ impl Router {
                     .and_then(|p| key_from(doc, p))
                     .unwrap_or_else(|| id.as_bytes().to_vec());
                 let bounded = template.follows_slug() && !crate::slugs::is_documented(slug);
-                (Decision::Publish { topic, key }, bounded)
+                (
+                    Decision::Publish {
+                        topic: topic.into(),
+                        key,
+                    },
+                    bounded,
+                )
             }
         }
     }

@@ -86,7 +86,7 @@ pub(crate) async fn skip_already_published(
             let (topics, why) = summary(&checked.refused);
             tracing::warn!(?topics, reason = %why, "the cluster refuses to let these topics be read; their spooled events are published again (some may be duplicates)");
         }
-        pending.retain(|e| checked.unknown.contains_key(&e.message.topic));
+        pending.retain(|e| checked.unknown.contains_key(e.message.topic.as_str()));
         if pending.is_empty() {
             return;
         }
@@ -122,11 +122,13 @@ pub(crate) async fn published_of(r: &Recovery, entries: Vec<Entry>) -> Vec<u64> 
 async fn check_once(r: &Recovery, entries: Vec<Entry>) -> Checked {
     let (reader, budget, lookback) = (r.reader.clone(), Budget::of(r), r.lookback);
     // Only for a check that panicked: then every topic counts as unchecked.
-    let topics: std::collections::HashSet<String> =
-        entries.iter().map(|e| e.message.topic.clone()).collect();
+    let topics: std::collections::HashSet<String> = entries
+        .iter()
+        .map(|e| e.message.topic.to_string())
+        .collect();
     tokio::task::spawn_blocking(move || already_published(&reader, &entries, lookback, &budget))
         .await
-        .unwrap_or_else(|e| Checked::nothing(&topics, e.to_string()))
+        .unwrap_or_else(|e| Checked::nothing(topics.iter().map(String::as_str), e.to_string()))
 }
 
 /// For a log line: the first ten topics of `by_topic`, and one of the reasons.
@@ -179,10 +181,10 @@ pub(crate) struct Checked {
 
 impl Checked {
     /// Nothing could be checked, for `why`.
-    fn nothing<'a>(topics: impl IntoIterator<Item = &'a String>, why: String) -> Checked {
+    fn nothing<'a>(topics: impl IntoIterator<Item = &'a str>, why: String) -> Checked {
         let unknown = topics
             .into_iter()
-            .map(|topic| (topic.clone(), why.clone()))
+            .map(|topic| (topic.to_string(), why.clone()))
             .collect();
         Checked {
             unknown,
@@ -203,7 +205,7 @@ pub(crate) fn already_published(
     {
         Ok(c) => c,
         Err(e) => {
-            let topics = entries.iter().map(|e| &e.message.topic);
+            let topics = entries.iter().map(|e| e.message.topic.as_str());
             return Checked::nothing(topics, ReadError::Create(e).to_string());
         }
     };

@@ -183,7 +183,7 @@ impl Source {
             .to_string();
         Ok(Event {
             source: self.name.clone(),
-            slug: envelope.slug,
+            slug: envelope.slug.into(),
             id: envelope.id,
             doc: envelope.doc,
             body,

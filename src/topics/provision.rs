@@ -63,12 +63,12 @@ impl Provisioner {
             return true;
         }
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ready) = topics.get(&msg.topic) {
+        if let Some(ready) = topics.get(msg.topic.as_str()) {
             return *ready;
         }
-        topics.insert(msg.topic.clone(), false);
+        topics.insert(msg.topic.to_string(), false);
         let spec = self.specs.spec(&msg.source, &msg.slug, &msg.topic);
-        tokio::spawn(self.clone().provision(msg.topic.clone(), spec));
+        tokio::spawn(self.clone().provision(msg.topic.to_string(), spec));
         false
     }
 

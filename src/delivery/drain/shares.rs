@@ -43,7 +43,7 @@ impl TopicShares {
     pub(super) fn wait(&mut self, e: Entry) {
         self.waiting_entries += 1;
         self.waiting_bytes += e.message.body.len();
-        let topic = e.message.topic.clone();
+        let topic = e.message.topic.to_string();
         let queue = self.waiting.entry(topic.clone()).or_default();
         if queue.is_empty() {
             self.order.push_back(topic);
@@ -56,7 +56,7 @@ impl TopicShares {
         self.waiting_entries += 1;
         self.waiting_bytes += e.message.body.len();
         self.waiting
-            .entry(e.message.topic.clone())
+            .entry(e.message.topic.to_string())
             .or_default()
             .push_front(e);
     }

@@ -83,7 +83,7 @@ impl Fake {
         let mut s = self.0.lock().unwrap();
         s.handed.push(Handed {
             at: Instant::now(),
-            topic: msg.topic.clone(),
+            topic: msg.topic.to_string(),
             id: msg.event_id.clone(),
             dead_letter,
         });
@@ -98,7 +98,7 @@ impl Fake {
             Some(code) => {
                 let _ = tx.send(Err(KafkaError::MessageProduction(code)));
             }
-            None if s.hold.contains(&msg.topic) => s.held.push((msg.topic.clone(), tx)),
+            None if s.hold.contains(msg.topic.as_str()) => s.held.push((msg.topic.to_string(), tx)),
             None => {
                 let offset = s.handed.len() as i64;
                 let _ = tx.send(Ok(Delivered {
@@ -169,7 +169,7 @@ async fn spool_with(dir: &std::path::Path, events: &[(&str, String)]) -> Spool {
     let spool = Spool::open(&settings, &DedupeSettings::default()).unwrap();
     for (topic, id) in events {
         let mut m = sample();
-        m.topic = topic.to_string();
+        m.topic = (*topic).into();
         m.event_id = id.clone();
         spool.append(&m).await.unwrap();
     }
