@@ -322,6 +322,38 @@ async fn only_authenticated_requests_hold_in_flight_slots_and_every_refusal_is_c
     app.shutdown().await;
 }
 
+/// Attacker `i`: from 127.0.0.2-4, connects and sends nothing (even `i`) or a head announcing
+/// a body it never sends (odd), and reconnects as soon as it is closed, until `stop`; how many
+/// times it was closed.
+async fn attacker(
+    i: u32,
+    addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+) -> u32 {
+    let from = std::net::SocketAddr::from(([127, 0, 0, 2 + (i % 3) as u8], 0));
+    let head: &[u8] = if i % 2 == 0 {
+        b""
+    } else {
+        b"POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
+    };
+    let mut reconnects = 0u32;
+    while !stop.is_cancelled() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(from).unwrap();
+        let Ok(mut s) = socket.connect(addr).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let _ = s.write_all(head).await;
+        let mut buf = [0u8; 512];
+        tokio::select! {
+            _ = s.read(&mut buf) => reconnects += 1,
+            _ = stop.cancelled() => {}
+        }
+    }
+    reconnects
+}
+
 async fn floods_of_unauthenticated_connections_never_turn_a_signed_request_away() {
     let app = TestApp::spawn_with(|t| {
         t.replace(
@@ -337,31 +369,7 @@ async fn floods_of_unauthenticated_connections_never_turn_a_signed_request_away(
     let stop = tokio_util::sync::CancellationToken::new();
     let mut attackers = tokio::task::JoinSet::new();
     for i in 0..300u32 {
-        let stop = stop.clone();
-        let from = std::net::SocketAddr::from(([127, 0, 0, 2 + (i % 3) as u8], 0));
-        attackers.spawn(async move {
-            let head: &[u8] = if i % 2 == 0 {
-                b""
-            } else {
-                b"POST /webhooks/eduzz HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n"
-            };
-            let mut reconnects = 0u32;
-            while !stop.is_cancelled() {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.bind(from).unwrap();
-                let Ok(mut s) = socket.connect(addr).await else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let _ = s.write_all(head).await;
-                let mut buf = [0u8; 512];
-                tokio::select! {
-                    _ = s.read(&mut buf) => reconnects += 1,
-                    _ = stop.cancelled() => {}
-                }
-            }
-            reconnects
-        });
+        attackers.spawn(attacker(i, addr, stop.clone()));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let client = reqwest::Client::builder()

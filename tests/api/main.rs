@@ -2,6 +2,8 @@
 //! from Kafka and compared byte for byte. One program (one link, one harness: see
 //! [`harness`]); each file is one area of behaviour.
 
+#![warn(clippy::too_many_lines)]
+
 mod common;
 mod harness;
 

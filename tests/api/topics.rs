@@ -84,6 +84,39 @@ async fn serve_on_the_embedded_broker_creates_topics_with_their_partitions() {
     app.shutdown().await;
 }
 
+/// `n` members of one consumer group on `topic`, returned once they hold its `partitions`
+/// between them (each some) and each member's position is fixed.
+fn settled_group(brokers: &str, topic: &str, n: usize, partitions: usize) -> Vec<BaseConsumer> {
+    let members: Vec<BaseConsumer> = (0..n)
+        .map(|i| {
+            let c: BaseConsumer = Cluster::to(brokers)
+                .reader_config("downstream-team")
+                .set("client.id", format!("member-{i}"))
+                .set("auto.offset.reset", "latest")
+                .set("session.timeout.ms", "6000")
+                .create()
+                .unwrap();
+            c.subscribe(&[topic]).unwrap();
+            c
+        })
+        .collect();
+    let assigned = |m: &BaseConsumer| m.assignment().map_or(0, |a| a.count());
+    let started = Instant::now();
+    while members.iter().any(|m| assigned(m) == 0)
+        || members.iter().map(assigned).sum::<usize>() != partitions
+    {
+        assert!(started.elapsed() < WAIT, "the group did not settle");
+        for m in &members {
+            let _ = m.poll(Duration::from_millis(50));
+        }
+    }
+    // Assigned at "latest": make sure each member's position is fixed before posting.
+    for m in &members {
+        let _ = m.poll(Duration::from_millis(200));
+    }
+    members
+}
+
 async fn three_consumers_of_one_group_share_a_provisioned_topic() {
     let app = TestApp::embedded("[topics]\npartitions = 6\n").await;
     let topic = "nutror.lesson_started";
@@ -97,40 +130,7 @@ async fn three_consumers_of_one_group_share_a_provisioned_topic() {
     assert_eq!(app.read_topic(topic, 1, WAIT).await.len(), 1);
     assert_eq!(partitions(&app.brokers, topic), Some(6));
 
-    let brokers = app.brokers.clone();
-    let members: Vec<BaseConsumer> = (0..3)
-        .map(|i| {
-            let c: BaseConsumer = Cluster::to(&brokers)
-                .reader_config("downstream-team")
-                .set("client.id", format!("member-{i}"))
-                .set("auto.offset.reset", "latest")
-                .set("session.timeout.ms", "6000")
-                .create()
-                .unwrap();
-            c.subscribe(&[topic]).unwrap();
-            c
-        })
-        .collect();
-    // Every member holds partitions before the events are posted.
-    let started = Instant::now();
-    while members
-        .iter()
-        .any(|m| m.assignment().map_or(0, |a| a.count()) == 0)
-        || members
-            .iter()
-            .map(|m| m.assignment().unwrap().count())
-            .sum::<usize>()
-            != 6
-    {
-        assert!(started.elapsed() < WAIT, "the group did not settle");
-        for m in &members {
-            let _ = m.poll(Duration::from_millis(50));
-        }
-    }
-    // Assigned at "latest": make sure each member's position is fixed before posting.
-    for m in &members {
-        let _ = m.poll(Duration::from_millis(200));
-    }
+    let members = settled_group(&app.brokers, topic, 3, 6);
 
     let mut posted = HashSet::new();
     for i in 0..600 {
