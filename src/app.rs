@@ -303,12 +303,12 @@ fn provision_topics(
     connection: &Cluster,
     embedded: Option<&Embedded>,
 ) -> anyhow::Result<Topics> {
-    if !config.router.provisions() {
+    if !config.topics.provisions() {
         return Ok(Topics::unprovisioned());
     }
     let admin = Admin::new(connection, embedded.map(|e| e.broker.topics()))
         .context("cannot create the Kafka admin client")?;
-    let specs = Arc::new(config.router.clone());
+    let specs = config.topics.with_routes(Arc::new(config.router.clone()));
     Ok(Topics::provisioned(admin, specs))
 }
 

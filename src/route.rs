@@ -10,9 +10,15 @@
 //! create topics without end, and every topic costs the producer, the broker and the health
 //! checks. So `[topics]` bounds it: slugs of the documented catalogue always get their topic,
 //! and at most `max_dynamic` other topics are named after slugs; past that, such events go to
-//! the `overflow_topic` (their slug is still in the `event` header) and are counted.
+//! the `overflow_topic` (their slug is still in the `event` header) and are counted. The
+//! count itself is [`crate::topics`]'s budget; the router only asks it.
+//!
+//! Only matching, rendering and key picking live here. How each rule's topics are made
+//! (partitions, replication, configs) is [`crate::topics::TopicLayout`]'s, which knows the
+//! routing table only through [`RouteRules`]: the router says which rule a slug follows,
+//! the layout what spec that rule's topics get.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -20,15 +26,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::event::TopicName;
-use crate::kafka::admin::{TopicSpec, TopicSpecs};
 use crate::kafka::topic::{Template, TopicVars};
 use crate::kafka::PropertyValue;
 use crate::problem::Problems;
 use crate::source::check_pointer;
 use crate::topics::budget::TopicBudget;
-pub use crate::topics::plan::{DynamicRule, WantedTopic};
-use crate::topics::settings::spec_of;
-pub use crate::topics::settings::TopicSettings;
+use crate::topics::layout::{RouteRules, RuleId, RuleTopicSettings, SlugNamed, Target};
 
 /// `[[routes]]`: one routing rule.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,6 +97,7 @@ pub enum Decision {
 
 #[derive(Debug, Clone)]
 struct Rule {
+    id: RuleId,
     /// How the rule is named in logs and `check-config` (`routes[2] nutror.*`).
     label: String,
     source: Option<String>,
@@ -105,66 +109,26 @@ enum Action {
     Publish {
         template: Template,
         key_pointer: Option<String>,
-        spec: Arc<TopicSpec>,
     },
     Drop,
 }
 
-/// What a publishing rule says: topic template, key pointer and how its topics are made.
-struct PublishSettings<'a> {
-    topic: &'a str,
-    key_pointer: Option<&'a str>,
-    partitions: Option<i32>,
-    replication_factor: Option<i32>,
-    topic_config: &'a BTreeMap<String, PropertyValue>,
-}
-
 impl Action {
-    /// Publishing as `rule` says, over the topic `defaults`; problems under `key`.
+    /// Publishing to `topic` under the key at `key_pointer`; problems under `key`.
     fn publish(
         key: &str,
-        rule: PublishSettings<'_>,
-        defaults: &TopicSpec,
+        topic: &str,
+        key_pointer: Option<&str>,
         problems: &mut Problems,
     ) -> Option<Action> {
-        if let Some(p) = rule.key_pointer {
+        if let Some(p) = key_pointer {
             check_pointer(format!("{key}.key"), p, problems);
         }
-        let spec = spec_of(
-            key,
-            Some(defaults),
-            rule.partitions,
-            rule.replication_factor,
-            rule.topic_config,
-            problems,
-        );
-        let template = problems.check(format!("{key}.topic"), Template::parse(rule.topic))?;
+        let template = problems.check(format!("{key}.topic"), Template::parse(topic))?;
         Some(Action::Publish {
             template,
-            key_pointer: rule.key_pointer.map(str::to_string),
-            spec: Arc::new(spec),
+            key_pointer: key_pointer.map(str::to_string),
         })
-    }
-}
-
-/// Problems for topic settings on a rule that publishes nothing.
-fn no_topic_settings(
-    key: &str,
-    partitions: Option<i32>,
-    replication_factor: Option<i32>,
-    topic_config: &BTreeMap<String, PropertyValue>,
-    problems: &mut Problems,
-) {
-    for (field, set) in [
-        ("partitions", partitions.is_some()),
-        ("replication_factor", replication_factor.is_some()),
-        ("topic_config", !topic_config.is_empty()),
-    ] {
-        problems.require(
-            !set,
-            format!("{key}.{field}"),
-            "a rule with drop = true writes no topic",
-        );
     }
 }
 
@@ -174,10 +138,8 @@ pub struct Router {
     globs: GlobSet,
     rules: Vec<Rule>,
     default: Rule,
+    /// Room for topics named after undocumented slugs (owned by [`crate::topics`]).
     budget: Arc<TopicBudget>,
-    /// The spec of topics no rule says more about (the overflow topic, the dead letters).
-    defaults: Arc<TopicSpec>,
-    provision: bool,
 }
 
 /// One row of the routing table as `check-config` prints it.
@@ -190,24 +152,16 @@ pub(crate) struct RouteRow {
 
 impl Router {
     /// Compiles the rules; problems go to `problems` under `routes[i].…` and
-    /// `default_route.…`. `is_source` says whether a source of that name exists.
+    /// `default_route.…`. `is_source` says whether a source of that name exists; topics
+    /// named after undocumented slugs are admitted by `budget`.
     pub(crate) fn build(
         routes: &[RouteSettings],
         default: &DefaultRouteSettings,
-        topics: &TopicSettings,
+        budget: Arc<TopicBudget>,
         is_source: impl Fn(&str) -> bool,
         problems: &mut Problems,
     ) -> Option<Router> {
         let mark = problems.mark();
-        problems.check(
-            "topics.overflow_topic",
-            crate::kafka::topic::check_topic_name(&topics.overflow_topic),
-        );
-        let budget = Arc::new(TopicBudget::new(
-            topics.max_dynamic,
-            topics.overflow_topic.clone(),
-        ));
-        let defaults = topics.defaults(problems);
         let mut globs = GlobSetBuilder::new();
         let mut rules = Vec::with_capacity(routes.len());
         for (i, r) in routes.iter().enumerate() {
@@ -221,22 +175,21 @@ impl Router {
                     format!("no source is named '{source}'"),
                 );
             }
-            let action = r.action(&key, &defaults, problems);
+            let action = r.action(&key, problems);
             rules.extend(action.map(|action| Rule {
+                id: RuleId::Route(i),
                 label: format!("{key} {}", r.pattern),
                 source: r.source.clone(),
                 action,
             }));
         }
-        let default = default.rule(&defaults, problems)?;
+        let default = default.rule(problems)?;
         let globs = problems.check("routes", globs.build())?;
         problems.none_since(mark).then_some(Router {
             globs,
             rules,
             default,
             budget,
-            defaults: Arc::new(defaults),
-            provision: topics.provision,
         })
     }
 
@@ -337,17 +290,9 @@ impl Router {
 }
 
 impl RouteSettings {
-    /// What this rule does; problems under `key`.
-    fn action(&self, key: &str, defaults: &TopicSpec, problems: &mut Problems) -> Option<Action> {
-        if self.drop {
-            no_topic_settings(
-                key,
-                self.partitions,
-                self.replication_factor,
-                &self.topic_config,
-                problems,
-            );
-        }
+    /// What this rule does; problems under `key` (its topic settings are
+    /// [`crate::topics`]'s).
+    fn action(&self, key: &str, problems: &mut Problems) -> Option<Action> {
         match (&self.topic, self.drop) {
             (None, false) => {
                 problems.push(
@@ -364,133 +309,82 @@ impl RouteSettings {
                 None
             }
             (None, true) => Some(Action::Drop),
-            (Some(topic), false) => {
-                let rule = PublishSettings {
-                    topic,
-                    key_pointer: self.key.as_deref(),
-                    partitions: self.partitions,
-                    replication_factor: self.replication_factor,
-                    topic_config: &self.topic_config,
-                };
-                Action::publish(key, rule, defaults, problems)
-            }
+            (Some(topic), false) => Action::publish(key, topic, self.key.as_deref(), problems),
+        }
+    }
+
+    /// What [`crate::topics`] reads of this rule: how its topics are made.
+    pub(crate) fn topic_settings(&self) -> RuleTopicSettings<'_> {
+        RuleTopicSettings {
+            publishes: !self.drop && self.topic.is_some(),
+            drop: self.drop,
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            topic_config: &self.topic_config,
         }
     }
 }
 
 impl DefaultRouteSettings {
     /// The rule for slugs no other rule matches; problems under `default_route.…`.
-    fn rule(&self, defaults: &TopicSpec, problems: &mut Problems) -> Option<Rule> {
+    fn rule(&self, problems: &mut Problems) -> Option<Rule> {
         let action = match self.drop {
             true => {
                 if let Some(p) = &self.key {
                     check_pointer("default_route.key".into(), p, problems);
                 }
-                no_topic_settings(
-                    "default_route",
-                    self.partitions,
-                    self.replication_factor,
-                    &self.topic_config,
-                    problems,
-                );
                 Some(Action::Drop)
             }
-            false => {
-                let rule = PublishSettings {
-                    topic: &self.topic,
-                    key_pointer: self.key.as_deref(),
-                    partitions: self.partitions,
-                    replication_factor: self.replication_factor,
-                    topic_config: &self.topic_config,
-                };
-                Action::publish("default_route", rule, defaults, problems)
-            }
+            false => Action::publish("default_route", &self.topic, self.key.as_deref(), problems),
         };
         Some(Rule {
+            id: RuleId::Default,
             label: "default_route".into(),
             source: None,
             action: action?,
         })
     }
+
+    /// What [`crate::topics`] reads of this rule: how its topics are made.
+    pub(crate) fn topic_settings(&self) -> RuleTopicSettings<'_> {
+        RuleTopicSettings {
+            publishes: !self.drop,
+            drop: self.drop,
+            partitions: self.partitions,
+            replication_factor: self.replication_factor,
+            topic_config: &self.topic_config,
+        }
+    }
 }
 
-impl Router {
-    /// Whether `serve` creates topics before their first write.
-    pub fn provisions(&self) -> bool {
-        self.provision
+impl RouteRules for Router {
+    fn rule_of(&self, source: &str, slug: &str) -> RuleId {
+        self.rule_for(source, slug).id
     }
 
-    /// The spec of topics no rule says more about.
-    pub fn default_spec(&self) -> &Arc<TopicSpec> {
-        &self.defaults
+    fn target(&self, source: &str, slug: &str) -> Option<Target> {
+        let row = self.explain(source, slug);
+        Some(Target {
+            rule: self.rule_of(source, slug),
+            label: row.rule,
+            topic: row.topic?,
+            key: row.key,
+        })
     }
 
-    /// Every topic the rules make of the `slugs` each source may send (the documented
-    /// catalogue), the overflow topic when a rule names topics after slugs, and those rules.
-    pub fn wanted_topics(
-        &self,
-        slugs: &[(&str, Vec<String>)],
-    ) -> (Vec<WantedTopic>, Vec<DynamicRule>) {
-        let mut topics: Vec<WantedTopic> = Vec::new();
-        let mut seen = HashSet::new();
-        for (source, slugs) in slugs {
-            for slug in slugs {
-                let rule = self.rule_for(source, slug);
-                let Action::Publish {
-                    template,
-                    key_pointer,
-                    spec,
-                } = &rule.action
-                else {
-                    continue;
-                };
-                let topic = template.render(TopicVars { slug, source });
-                if seen.insert(topic.clone()) {
-                    topics.push(WantedTopic {
-                        topic,
-                        spec: spec.clone(),
-                        rule: rule.label.clone(),
-                        key: key_pointer.clone().unwrap_or_else(|| "event id".into()),
-                    });
-                }
-            }
-        }
-        let dynamic: Vec<DynamicRule> = self
-            .rules
+    fn slug_named(&self) -> Vec<SlugNamed> {
+        self.rules
             .iter()
             .chain([&self.default])
             .filter_map(|r| match &r.action {
-                Action::Publish { template, spec, .. } if template.follows_slug() => {
-                    Some(DynamicRule {
-                        rule: r.label.clone(),
-                        template: template.as_str().to_string(),
-                        spec: spec.clone(),
-                    })
-                }
+                Action::Publish { template, .. } if template.follows_slug() => Some(SlugNamed {
+                    rule: r.id,
+                    label: r.label.clone(),
+                    template: template.as_str().to_string(),
+                }),
                 _ => None,
             })
-            .collect();
-        if !dynamic.is_empty() && seen.insert(self.budget.overflow.clone()) {
-            topics.push(WantedTopic {
-                topic: self.budget.overflow.clone(),
-                spec: self.defaults.clone(),
-                rule: "topics.overflow_topic".into(),
-                key: "as the rule it overflows from".into(),
-            });
-        }
-        (topics, dynamic)
-    }
-}
-
-impl TopicSpecs for Router {
-    fn spec(&self, source: &str, slug: &str, topic: &str) -> Arc<TopicSpec> {
-        if topic == self.budget.overflow {
-            return self.defaults.clone();
-        }
-        match &self.rule_for(source, slug).action {
-            Action::Publish { spec, .. } => spec.clone(),
-            Action::Drop => self.defaults.clone(),
-        }
+            .collect()
     }
 }
 
@@ -510,13 +404,6 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const SOURCES: &str = r#"
-[sources.eduzz]
-path = "/e"
-format = "eduzz"
-auth = { type = "hmac-sha256", secrets = ["k"] }
-"#;
-
     #[derive(serde::Deserialize)]
     struct Rules {
         #[serde(default)]
@@ -529,10 +416,11 @@ auth = { type = "hmac-sha256", secrets = ["k"] }
         let router = Router::build(
             &rules.routes,
             &DefaultRouteSettings::default(),
-            &TopicSettings {
+            crate::topics::settings::TopicSettings {
                 max_dynamic: 3,
                 ..Default::default()
-            },
+            }
+            .budget(),
             |s| s == "eduzz" || s == "toolzz",
             &mut problems,
         );
@@ -675,73 +563,5 @@ topic = "fixed"
             }
             other => panic!("{other:?}"),
         }
-    }
-
-    #[test]
-    fn topic_specs_take_the_defaults_and_each_rule_overrides() {
-        let toml = r#"
-[topics]
-partitions = 4
-replication_factor = 3
-config = { "retention.ms" = 86400000, "cleanup.policy" = "delete" }
-
-[[routes]]
-match = "myeduzz.invoice_*"
-topic = "eduzz.invoices"
-key = "/data/learner/email"
-partitions = 12
-topic_config = { "retention.ms" = "604800000" }
-
-[default_route]
-topic = "{slug}"
-"#;
-        let cfg = crate::config::Config::from_toml(&format!("{toml}{SOURCES}")).unwrap();
-        let r = &cfg.router;
-        let invoices = r.spec("eduzz", "myeduzz.invoice_paid", "eduzz.invoices");
-        assert_eq!(invoices.partitions, 12);
-        assert_eq!(invoices.replication_factor, Some(3));
-        assert_eq!(invoices.config["retention.ms"], "604800000");
-        assert_eq!(invoices.config["cleanup.policy"], "delete");
-        let other = r.spec("eduzz", "nutror.lesson_started", "nutror.lesson_started");
-        assert_eq!(other.partitions, 4);
-        assert_eq!(other.config["retention.ms"], "86400000");
-        let (wanted, dynamic) = r.wanted_topics(&[(
-            "eduzz",
-            vec![
-                "myeduzz.invoice_paid".into(),
-                "nutror.lesson_started".into(),
-            ],
-        )]);
-        let names: Vec<&str> = wanted.iter().map(|w| w.topic.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "eduzz.invoices",
-                "nutror.lesson_started",
-                "eduzz-bridge.overflow"
-            ]
-        );
-        assert_eq!(wanted[0].key, "/data/learner/email");
-        assert_eq!(
-            dynamic.len(),
-            1,
-            "the default route names topics after slugs"
-        );
-    }
-
-    #[test]
-    fn topic_settings_are_checked() {
-        let toml = r#"
-[topics]
-partitions = 0
-
-[[routes]]
-match = "x.*"
-drop = true
-partitions = 3
-"#;
-        let err = crate::config::Config::from_toml(&format!("{toml}{SOURCES}")).unwrap_err();
-        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
-        assert_eq!(keys, ["topics.partitions", "routes[0].partitions"]);
     }
 }

@@ -9,7 +9,6 @@ use rdkafka::message::Headers;
 
 use crate::config::Config;
 use crate::event::Message;
-use crate::kafka::admin::TopicSpecs;
 use crate::route::Decision;
 use crate::source::Source;
 
@@ -147,13 +146,15 @@ fn print_record(config: &Config, source: &Source, event: &crate::event::Event) {
         }
         Decision::Publish { topic, key } | Decision::Overflow { topic, key } => (topic, key),
     };
-    let spec = config.router.spec(&source.name, &event.slug, &topic);
+    let spec = config
+        .topics
+        .spec(&config.router, &source.name, &event.slug, &topic);
     say!("  topic:      {topic}");
     say!("  key:        {}", String::from_utf8_lossy(&key));
     say!(
         "  partitions: {} ({}created on first write)",
         spec.partitions,
-        if config.router.provisions() {
+        if config.topics.provisions() {
             ""
         } else {
             "not "

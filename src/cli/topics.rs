@@ -15,7 +15,7 @@ use std::sync::Arc;
 use clap::{Args, Subcommand};
 
 use crate::kafka::admin::{Admin, AdminError, Created, Existing};
-use crate::topics::plan::{changes, describe, Change, DynamicRule, WantedTopic};
+use crate::topics::plan::{self, changes, describe, Change, DynamicRule, WantedTopic};
 
 #[derive(Debug, Subcommand)]
 pub enum TopicsCommand {
@@ -95,11 +95,11 @@ fn wanted(config: &crate::config::Config) -> (Vec<WantedTopic>, Vec<DynamicRule>
             (&*s.name, slugs)
         })
         .collect();
-    let (mut wanted, dynamic) = config.router.wanted_topics(&slugs);
+    let (mut wanted, dynamic) = plan::wanted_topics(&config.router, &config.topics, &slugs);
     if let Some(dlq) = &config.delivery.dead_letter_topic {
         wanted.push(WantedTopic {
             topic: dlq.clone(),
-            spec: Arc::clone(config.router.default_spec()),
+            spec: Arc::clone(config.topics.defaults()),
             rule: "delivery.dead_letter_topic".into(),
             key: "the original key".into(),
         });

@@ -28,10 +28,12 @@ use crate::delivery::DeliverySettings;
 use crate::http::{AdminSettings, Server, ServerSettings};
 use crate::kafka::{Kafka, KafkaSettings};
 use crate::problem::{Problem, Problems};
-use crate::route::{DefaultRouteSettings, RouteSettings, Router, TopicSettings};
+use crate::route::{DefaultRouteSettings, RouteSettings, Router};
 use crate::source::{SourceSettings, Sources};
 use crate::spool::SpoolSettings;
 use crate::telemetry::LogSettings;
+use crate::topics::layout::{RuleId, TopicLayout};
+use crate::topics::settings::TopicSettings;
 
 /// Prefix of environment variables that override the file (`EKB__SECTION__KEY`).
 pub const ENV_PREFIX: &str = "EKB";
@@ -74,6 +76,8 @@ pub struct Config {
     pub log: LogSettings,
     pub sources: Sources,
     pub router: Router,
+    /// The spec of each topic the routes write, and whether `serve` creates them.
+    pub topics: TopicLayout,
 }
 
 /// Every problem found in a configuration.
@@ -179,10 +183,17 @@ impl Settings {
             );
         }
         let is_source = |name: &str| self.sources.contains_key(name);
+        let rules = self.routes.iter().enumerate();
+        let rules = rules
+            .map(|(i, r)| (RuleId::Route(i), r.topic_settings()))
+            .chain([(RuleId::Default, self.default_route.topic_settings())]);
+        // One budget: the router spends it, the layout knows where its overflow goes.
+        let budget = self.topics.budget();
+        let topics = TopicLayout::build(&self.topics, budget.clone(), rules, problems);
         let router = Router::build(
             &self.routes,
             &self.default_route,
-            &self.topics,
+            budget,
             is_source,
             problems,
         );
@@ -197,6 +208,7 @@ impl Settings {
             log: self.log.clone(),
             sources: sources?,
             router: router?,
+            topics: topics?,
         })
     }
 }

@@ -56,13 +56,6 @@ impl TopicSpec {
     }
 }
 
-/// Says what [`TopicSpec`] a topic about to be written should get.
-///
-/// Implemented by the router (which knows the rules); the Kafka side only asks.
-pub trait TopicSpecs: Send + Sync {
-    fn spec(&self, source: &str, slug: &str, topic: &str) -> Arc<TopicSpec>;
-}
-
 /// A topic as the cluster has it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Existing {

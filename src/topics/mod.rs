@@ -2,12 +2,23 @@
 //! configs, and whether each is ready to be written.
 //!
 //! Routing ([`crate::route`]) decides a message's topic name; this module owns the rest of a
-//! topic's life: [`Topics`] is what the drain and the ack modes ask before they write ("is this
-//! topic ready?", "wake me when one is"), and [`provision`] creates each topic before its first
-//! write. It sits above [`crate::kafka`], whose admin client it drives, and below the delivery
-//! modes that ask it; the producer itself knows nothing of topic lifecycle.
+//! topic's life:
+//! - [`settings`]: `[topics]` and the merging of a rule's overrides onto it;
+//! - [`layout`]: the spec of every topic a config writes ([`TopicLayout`]), checked once;
+//! - `budget`: how many topics senders can make the bridge create;
+//! - [`plan`]: what `topics plan` / `topics apply` would change on the cluster;
+//! - [`provision`]: creating each topic before its first write, in `serve`;
+//! - [`Topics`]: what the drain and the ack modes ask before they write ("is this topic
+//!   ready?", "wake me when one is").
+//!
+//! Where it sits: above [`crate::kafka`], whose admin client it drives, and below routing and
+//! the delivery modes, which ask it. The router spends the budget and the delivery modes ask
+//! [`Topics`], so this module must not name either: it knows routing only through
+//! [`layout::RouteRules`], a trait the router implements, and the producer knows nothing of
+//! topic lifecycle.
 
 pub(crate) mod budget;
+pub mod layout;
 pub mod plan;
 pub mod provision;
 pub mod settings;
@@ -18,7 +29,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::event::Message;
-use crate::kafka::admin::{Admin, TopicSpecs};
+use crate::kafka::admin::Admin;
+pub use layout::{TopicLayout, TopicSpecs};
 use provision::Provisioner;
 
 /// Whether topics are ready to be written: always, when `topics.provision` is off (the

@@ -3,8 +3,10 @@
 //! cannot lower one, and a delete loses data); config drift is reported, not changed, because
 //! an operator may have tuned a topic on purpose.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
+use super::layout::{RouteRules, TopicLayout};
 use crate::kafka::admin::{ConfigsUnread, Existing, TopicSpec};
 
 /// A topic the routes write, as `topics plan` lists it.
@@ -25,6 +27,48 @@ pub struct DynamicRule {
     pub rule: String,
     pub template: String,
     pub spec: Arc<TopicSpec>,
+}
+
+/// Every topic the rules make of the `slugs` each source may send (the documented
+/// catalogue), the overflow topic when a rule names topics after slugs, and those rules.
+pub fn wanted_topics(
+    routes: &dyn RouteRules,
+    layout: &TopicLayout,
+    slugs: &[(&str, Vec<String>)],
+) -> (Vec<WantedTopic>, Vec<DynamicRule>) {
+    let mut topics: Vec<WantedTopic> = Vec::new();
+    let mut seen = HashSet::new();
+    for (source, slugs) in slugs {
+        for target in slugs.iter().filter_map(|slug| routes.target(source, slug)) {
+            if seen.insert(target.topic.clone()) {
+                topics.push(WantedTopic {
+                    topic: target.topic,
+                    spec: layout.rule_spec(target.rule).clone(),
+                    rule: target.label,
+                    key: target.key,
+                });
+            }
+        }
+    }
+    let dynamic: Vec<DynamicRule> = routes
+        .slug_named()
+        .into_iter()
+        .map(|r| DynamicRule {
+            spec: layout.rule_spec(r.rule).clone(),
+            rule: r.label,
+            template: r.template,
+        })
+        .collect();
+    let overflow = layout.overflow_topic();
+    if !dynamic.is_empty() && seen.insert(overflow.to_string()) {
+        topics.push(WantedTopic {
+            topic: overflow.to_string(),
+            spec: layout.defaults().clone(),
+            rule: "topics.overflow_topic".into(),
+            key: "as the rule it overflows from".into(),
+        });
+    }
+    (topics, dynamic)
 }
 
 /// What a topic needs.

@@ -22,8 +22,9 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::layout::TopicSpecs;
 use crate::event::Message;
-use crate::kafka::admin::{Admin, AdminError, Created, TopicSpec, TopicSpecs};
+use crate::kafka::admin::{Admin, AdminError, Created, TopicSpec};
 use crate::retry::Backoff;
 
 /// First wait before another attempt at a topic that could not be made ready (doubles).

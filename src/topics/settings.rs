@@ -1,9 +1,11 @@
 //! `[topics]`: the spec of the topics the bridge creates, and a rule's overrides merged onto it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::Deserialize;
 
+use super::budget::TopicBudget;
 use crate::kafka::admin::TopicSpec;
 use crate::kafka::PropertyValue;
 use crate::problem::Problems;
@@ -46,6 +48,14 @@ impl Default for TopicSettings {
 const MAX_PARTITIONS: i32 = 10_000;
 
 impl TopicSettings {
+    /// How many topics senders can make the bridge create, and where the rest go.
+    pub(crate) fn budget(&self) -> Arc<TopicBudget> {
+        Arc::new(TopicBudget::new(
+            self.max_dynamic,
+            self.overflow_topic.clone(),
+        ))
+    }
+
     /// The spec of topics no rule says more about; problems under `topics.…`.
     pub(crate) fn defaults(&self, problems: &mut Problems) -> TopicSpec {
         spec_of(
