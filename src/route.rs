@@ -146,7 +146,7 @@ pub struct Router {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RouteRow {
     pub rule: String,
-    pub topic: Option<String>,
+    pub topic: Option<TopicName>,
     pub key: String,
 }
 
@@ -208,10 +208,7 @@ impl Router {
         match decision {
             Decision::Publish { topic, key } if bounded && !self.budget.admit(&topic) => {
                 let topic = self.budget.overflow.clone();
-                Decision::Overflow {
-                    topic: topic.into(),
-                    key,
-                }
+                Decision::Overflow { topic, key }
             }
             other => other,
         }
@@ -251,19 +248,13 @@ impl Router {
                     .and_then(|p| key_from(doc, p))
                     .unwrap_or_else(|| id.as_bytes().to_vec());
                 let bounded = template.follows_slug() && !crate::slugs::is_documented(slug);
-                (
-                    Decision::Publish {
-                        topic: topic.into(),
-                        key,
-                    },
-                    bounded,
-                )
+                (Decision::Publish { topic, key }, bounded)
             }
         }
     }
 
     /// The topic events go to once `topics.max_dynamic` is reached.
-    pub fn overflow_topic(&self) -> &str {
+    pub fn overflow_topic(&self) -> &TopicName {
         &self.budget.overflow
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
+use crate::event::TopicName;
 use crate::kafka::admin::{Admin, AdminError, Created, Existing};
 use crate::topics::plan::{self, changes, describe, Change, DynamicRule, WantedTopic};
 
@@ -98,7 +99,7 @@ fn wanted(config: &crate::config::Config) -> (Vec<WantedTopic>, Vec<DynamicRule>
     let (mut wanted, dynamic) = plan::wanted_topics(&config.router, &config.topics, &slugs);
     if let Some(dlq) = &config.delivery.dead_letter_topic {
         wanted.push(WantedTopic {
-            topic: dlq.clone(),
+            topic: TopicName::from(dlq.as_str()),
             spec: Arc::clone(config.topics.defaults()),
             rule: "delivery.dead_letter_topic".into(),
             key: "the original key".into(),

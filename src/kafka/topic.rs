@@ -9,6 +9,8 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::event::TopicName;
+
 /// Longest topic name Kafka accepts.
 pub const MAX_TOPIC_LEN: usize = 249;
 /// Hex characters of the hash appended to a sanitised name.
@@ -181,7 +183,7 @@ impl Template {
     }
 
     /// Renders the template and sanitises the result into a legal topic name.
-    pub fn render(&self, vars: TopicVars<'_>) -> String {
+    pub fn render(&self, vars: TopicVars<'_>) -> TopicName {
         let mut out = String::with_capacity(self.text.len() + vars.slug.len());
         for part in &self.parts {
             match part {
@@ -191,7 +193,7 @@ impl Template {
                 Part::App => out.push_str(app_of(vars.slug)),
             }
         }
-        sanitize_topic(&out)
+        TopicName::from(sanitize_topic(&out))
     }
 }
 

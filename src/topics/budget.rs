@@ -5,17 +5,19 @@
 use std::collections::HashSet;
 use std::sync::Mutex;
 
+use crate::event::TopicName;
+
 /// The topics named after undocumented slugs so far, and where the rest go.
 #[derive(Debug)]
 pub(crate) struct TopicBudget {
     max: usize,
-    pub(crate) overflow: String,
-    taken: Mutex<HashSet<String>>,
+    pub(crate) overflow: TopicName,
+    taken: Mutex<HashSet<TopicName>>,
 }
 
 impl TopicBudget {
     /// At most `max` topics named after undocumented slugs; the rest go to `overflow`.
-    pub(crate) fn new(max: usize, overflow: String) -> TopicBudget {
+    pub(crate) fn new(max: usize, overflow: TopicName) -> TopicBudget {
         TopicBudget {
             max,
             overflow,
@@ -24,7 +26,7 @@ impl TopicBudget {
     }
 
     /// Whether `topic` may be used: it already is, or there is room for one more.
-    pub(crate) fn admit(&self, topic: &str) -> bool {
+    pub(crate) fn admit(&self, topic: &TopicName) -> bool {
         let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
         if taken.contains(topic) {
             return true;
@@ -32,7 +34,7 @@ impl TopicBudget {
         if taken.len() >= self.max {
             return false;
         }
-        taken.insert(topic.to_string());
+        taken.insert(topic.clone());
         if taken.len() == self.max {
             tracing::warn!(
                 limit = self.max,
@@ -50,14 +52,15 @@ mod tests {
 
     #[test]
     fn topics_past_the_budget_are_refused_and_those_admitted_stay_admitted() {
-        let budget = TopicBudget::new(2, "overflow".into());
-        assert!(budget.admit("a"));
-        assert!(budget.admit("b"));
-        assert!(!budget.admit("c"), "past the budget");
+        let topic = TopicName::from;
+        let budget = TopicBudget::new(2, topic("overflow"));
+        assert!(budget.admit(&topic("a")));
+        assert!(budget.admit(&topic("b")));
+        assert!(!budget.admit(&topic("c")), "past the budget");
         assert!(
-            budget.admit("a"),
+            budget.admit(&topic("a")),
             "a topic once admitted is always admitted"
         );
-        assert!(!budget.admit("d"));
+        assert!(!budget.admit(&topic("d")));
     }
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use super::budget::TopicBudget;
 use super::settings::{spec_of, TopicSettings};
+use crate::event::TopicName;
 use crate::kafka::admin::TopicSpec;
 use crate::kafka::PropertyValue;
 use crate::problem::Problems;
@@ -29,7 +30,7 @@ pub struct Target {
     pub rule: RuleId,
     /// How the rule is named (`routes[1] nutror.*`).
     pub label: String,
-    pub topic: String,
+    pub topic: TopicName,
     /// What the messages are keyed by (`/data/learner/email`, `event id`).
     pub key: String,
 }
@@ -146,14 +147,14 @@ impl TopicLayout {
         slug: &str,
         topic: &str,
     ) -> Arc<TopicSpec> {
-        if topic == self.budget.overflow {
+        if self.budget.overflow == topic {
             return self.defaults.clone();
         }
         self.rule_spec(routes.rule_of(source, slug)).clone()
     }
 
     /// The topic events go to once `topics.max_dynamic` is reached.
-    pub fn overflow_topic(&self) -> &str {
+    pub fn overflow_topic(&self) -> &TopicName {
         &self.budget.overflow
     }
 
@@ -214,8 +215,8 @@ mod tests {
         fn target(&self, source: &str, slug: &str) -> Option<Target> {
             let rule = self.rule_of(source, slug);
             let topic = match rule {
-                RuleId::Route(0) => "fixed".to_string(),
-                RuleId::Route(_) => slug.to_string(),
+                RuleId::Route(0) => TopicName::from("fixed"),
+                RuleId::Route(_) => TopicName::from(slug),
                 RuleId::Default => return None,
             };
             Some(Target {

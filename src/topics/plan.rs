@@ -7,12 +7,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::layout::{RouteRules, TopicLayout};
+use crate::event::TopicName;
 use crate::kafka::admin::{ConfigsUnread, Existing, TopicSpec};
 
 /// A topic the routes write, as `topics plan` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WantedTopic {
-    pub topic: String,
+    pub topic: TopicName,
     pub spec: Arc<TopicSpec>,
     /// The rule that names it (`routes[1] nutror.*`).
     pub rule: String,
@@ -60,9 +61,9 @@ pub fn wanted_topics(
         })
         .collect();
     let overflow = layout.overflow_topic();
-    if !dynamic.is_empty() && seen.insert(overflow.to_string()) {
+    if !dynamic.is_empty() && seen.insert(overflow.clone()) {
         topics.push(WantedTopic {
-            topic: overflow.to_string(),
+            topic: overflow.clone(),
             spec: layout.defaults().clone(),
             rule: "topics.overflow_topic".into(),
             key: "as the rule it overflows from".into(),

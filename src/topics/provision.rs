@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::layout::TopicSpecs;
-use crate::event::Message;
+use crate::event::{Message, TopicName};
 use crate::kafka::admin::{Admin, AdminError, Created, TopicSpec};
 use crate::retry::Backoff;
 
@@ -37,7 +37,7 @@ pub struct Provisioner {
     admin: Admin,
     specs: Arc<dyn TopicSpecs>,
     /// Topics ready (`true`) or being provisioned (`false`).
-    topics: Mutex<HashMap<String, bool>>,
+    topics: Mutex<HashMap<TopicName, bool>>,
     /// Bumped each time a topic becomes ready, to wake whoever waits for one.
     ready: watch::Sender<u64>,
     /// The cluster has no CreateTopics: everything is left to auto-creation.
@@ -64,12 +64,12 @@ impl Provisioner {
             return true;
         }
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ready) = topics.get(msg.topic.as_str()) {
+        if let Some(ready) = topics.get(&msg.topic) {
             return *ready;
         }
-        topics.insert(msg.topic.to_string(), false);
+        topics.insert(msg.topic.clone(), false);
         let spec = self.specs.spec(&msg.source, &msg.slug, &msg.topic);
-        tokio::spawn(self.clone().provision(msg.topic.to_string(), spec));
+        tokio::spawn(self.clone().provision(msg.topic.clone(), spec));
         false
     }
 
@@ -111,7 +111,7 @@ impl Provisioner {
     }
 
     /// Makes `topic` ready, retrying with backoff until it is (or the bridge stops).
-    async fn provision(self: Arc<Self>, topic: String, spec: Arc<TopicSpec>) {
+    async fn provision(self: Arc<Self>, topic: TopicName, spec: Arc<TopicSpec>) {
         let mut backoff = Backoff::new(FIRST_BACKOFF, MAX_BACKOFF);
         loop {
             let attempt = backoff.failures() + 1;
@@ -167,11 +167,11 @@ impl Provisioner {
         }
     }
 
-    fn mark_ready(&self, topic: &str) {
+    fn mark_ready(&self, topic: &TopicName) {
         self.topics
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_string(), true);
+            .insert(topic.clone(), true);
         self.ready.send_modify(|n| *n += 1);
     }
 }

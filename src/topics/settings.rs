@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::budget::TopicBudget;
+use crate::event::TopicName;
 use crate::kafka::admin::TopicSpec;
 use crate::kafka::PropertyValue;
 use crate::problem::Problems;
@@ -52,7 +53,7 @@ impl TopicSettings {
     pub(crate) fn budget(&self) -> Arc<TopicBudget> {
         Arc::new(TopicBudget::new(
             self.max_dynamic,
-            self.overflow_topic.clone(),
+            TopicName::from(self.overflow_topic.as_str()),
         ))
     }
 
