@@ -65,7 +65,7 @@ fuzz_target!(|data: &[u8]| {
                     assert!(check_topic_name(&topic).is_ok(), "illegal topic {topic:?}");
                     let event = Event {
                         source: Arc::from(source),
-                        slug: env.slug.clone(),
+                        slug: env.slug.clone().into(),
                         id: env.id.clone(),
                         doc: env.doc.clone(),
                         body: body.clone(),
