@@ -92,6 +92,7 @@ fn hot_path(c: &mut Criterion) {
         content_type: "application/json".into(),
         received_at: SystemTime::now(),
         cloudevent: None,
+        request_headers: Vec::new(),
     };
     let msg = Message::new(&event, "t", b"k".to_vec());
     let encoded = msg.encode();

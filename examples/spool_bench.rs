@@ -32,6 +32,7 @@ fn message(i: usize, body: &Bytes) -> Message {
         content_type: "application/json".into(),
         body: body.clone(),
         cloudevent: None,
+        archive: None,
     }
 }
 

@@ -16,9 +16,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::archive::Archive;
 use crate::config::Config;
 use crate::dedupe::SharedIndex;
-use crate::delivery::drain::{Drain, DrainGauges, DrainSettings, DrainStop, Until};
+use crate::delivery::drain::{Drain, DrainControl, DrainGauges, DrainSettings, DrainStop, Until};
 use crate::delivery::recover::Recovery;
 use crate::delivery::{AckMode, DeadLetters, Delivery};
 use crate::http::admin::{self, AdminState};
@@ -96,6 +97,8 @@ struct DeliveryParts {
     shared_dedupe: Option<SharedIndex>,
     drain: Option<JoinHandle<()>>,
     gauges: Arc<DrainGauges>,
+    /// What the admin listener can ask of the drain.
+    control: Arc<DrainControl>,
 }
 
 impl Application {
@@ -143,6 +146,7 @@ impl Application {
             publisher: publisher.clone(),
             spool: parts.spool.clone(),
             drain: parts.gauges.clone(),
+            control: parts.control.clone(),
             failing: webhook.failing(),
         });
         let (webhook_addr, listener) =
@@ -344,6 +348,15 @@ fn start_mode(
     stop_drain: &DrainStop,
 ) -> anyhow::Result<DeliveryParts> {
     let gauges = Arc::new(DrainGauges::default());
+    let control = Arc::new(DrainControl::default());
+    let archive = config.archive.as_ref().map(|a| {
+        Archive::new(
+            publisher.clone(),
+            a.name.clone(),
+            topics.clone(),
+            metrics.clone(),
+        )
+    });
     let d = &config.delivery;
     let dead_letters = DeadLetters::new(
         publisher.clone(),
@@ -358,13 +371,15 @@ fn start_mode(
             dead_letters,
             d.publish_timeout,
             metrics.clone(),
-        );
+        )
+        .with_archive(archive);
         return Ok(DeliveryParts {
             delivery,
             spool: None,
             shared_dedupe: None,
             drain: None,
             gauges,
+            control,
         });
     }
     let spool = Spool::open(&config.spool, &config.dedupe).context("cannot open the spool")?;
@@ -392,14 +407,17 @@ fn start_mode(
         metrics.clone(),
         settings,
         gauges.clone(),
-    );
+    )
+    .with_archive(archive.clone())
+    .with_control(control.clone());
     let task = tokio::spawn(drain.run(stop_drain.clone(), Until::Shutdown));
     Ok(DeliveryParts {
-        delivery: Delivery::spooled(spool.clone(), metrics.clone()),
+        delivery: Delivery::spooled(spool.clone(), metrics.clone()).with_archive(archive),
         spool: Some(spool),
         shared_dedupe: None,
         drain: Some(task),
         gauges,
+        control,
     })
 }
 

@@ -25,6 +25,8 @@ pub struct Event {
     pub received_at: SystemTime,
     /// The CloudEvents attributes, when the source publishes them (see [`CloudEvent`]).
     pub cloudevent: Option<CloudEvent>,
+    /// The request headers the archive keeps (empty for a source that is not archived).
+    pub request_headers: Vec<(String, String)>,
 }
 
 /// What a source that speaks CloudEvents adds to its messages (the Kafka protocol binding,
@@ -160,9 +162,41 @@ pub struct Message {
     pub content_type: String,
     /// The request body, byte for byte.
     pub body: Bytes,
-    /// CloudEvents attributes, for sources that publish them. Last, so that entries spooled
-    /// before the field existed still decode (see [`Message::decode`]).
+    /// CloudEvents attributes, for sources that publish them. After the fields of the first
+    /// layout, so that entries spooled before it existed still decode (see
+    /// [`Message::decode`]).
     pub cloudevent: Option<CloudEvent>,
+    /// What the archive keeps of the delivery beside the event (see [`Archived`]); `None`
+    /// for a source that is not archived. Last, for the same reason.
+    pub archive: Option<Archived>,
+}
+
+/// What the archive topic keeps of a delivery beyond the event itself: the rule that routed
+/// it, the answer the sender got, and the request headers worth keeping (never a token or a
+/// cookie: see `archive::KEPT_HEADERS`). Decided when the event is taken, like its topic, and
+/// spooled with it, so the archive says what happened then whatever the config says later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Archived {
+    /// The rule as `check-config` names it (`routes[1] nutror.*`).
+    pub rule: String,
+    /// The HTTP status the sender got.
+    pub answer: u16,
+    /// Request headers kept, as (lower-case name, value).
+    pub request_headers: Vec<(String, String)>,
+}
+
+/// A `Message` as spooled before the archive: the same fields without the last one.
+#[derive(Deserialize)]
+struct MessageV2 {
+    topic: TopicName,
+    key: Bytes,
+    source: String,
+    slug: Slug,
+    event_id: String,
+    received_at_ms: u64,
+    content_type: String,
+    body: Bytes,
+    cloudevent: Option<CloudEvent>,
 }
 
 /// A `Message` as spooled before CloudEvents: the same fields without the last one.
@@ -191,6 +225,7 @@ impl Message {
             content_type: event.content_type.clone(),
             body: event.body.clone(),
             cloudevent: event.cloudevent.clone(),
+            archive: None,
         }
     }
 
@@ -200,10 +235,30 @@ impl Message {
     }
 
     /// Reads a spooled message. Postcard is not self-describing, so an entry written by an
-    /// earlier version (without `cloudevent`) ends where the new layout expects one more
-    /// field: such an entry is read with the old layout, so an upgrade never strands a spool.
+    /// earlier version (without `archive`, or without `cloudevent` either) ends where the new
+    /// layout expects one more field: such an entry is read with the layout it was written
+    /// in, so an upgrade never strands a spool.
     pub fn decode(bytes: &[u8]) -> Result<Message, postcard::Error> {
         match postcard::from_bytes(bytes) {
+            Err(postcard::Error::DeserializeUnexpectedEnd) => Self::decode_v2(bytes),
+            other => other,
+        }
+    }
+
+    fn decode_v2(bytes: &[u8]) -> Result<Message, postcard::Error> {
+        match postcard::from_bytes::<MessageV2>(bytes) {
+            Ok(v2) => Ok(Message {
+                topic: v2.topic,
+                key: v2.key,
+                source: v2.source,
+                slug: v2.slug,
+                event_id: v2.event_id,
+                received_at_ms: v2.received_at_ms,
+                content_type: v2.content_type,
+                body: v2.body,
+                cloudevent: v2.cloudevent,
+                archive: None,
+            }),
             Err(postcard::Error::DeserializeUnexpectedEnd) => {
                 let v1: MessageV1 = postcard::from_bytes(bytes)?;
                 Ok(Message {
@@ -216,9 +271,10 @@ impl Message {
                     content_type: v1.content_type,
                     body: v1.body,
                     cloudevent: None,
+                    archive: None,
                 })
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 
@@ -339,6 +395,18 @@ pub(crate) mod tests {
             content_type: "application/json".into(),
             body: Bytes::from_static(b"{\"x\":\"\xc3\xa9\"}"),
             cloudevent: None,
+            archive: None,
+        }
+    }
+
+    pub(crate) fn archived() -> Message {
+        Message {
+            archive: Some(Archived {
+                rule: "routes[0] nutror.*".into(),
+                answer: 200,
+                request_headers: vec![("user-agent".into(), "Eduzz-Webhook/1.0".into())],
+            }),
+            ..with_cloudevent(true)
         }
     }
 
@@ -380,6 +448,20 @@ pub(crate) mod tests {
     fn cloudevent_attributes_round_trip() {
         let m = with_cloudevent(false);
         assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn archive_details_round_trip_and_entries_spooled_before_them_still_decode() {
+        let m = archived();
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        let before = Message {
+            archive: None,
+            ..m.clone()
+        };
+        // The layout before the archive: the same bytes without the last field's tag.
+        let mut old = before.encode();
+        assert_eq!(old.pop(), Some(0), "None is one zero byte");
+        assert_eq!(Message::decode(&old).unwrap(), before);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 #![warn(unreachable_pub)]
 
 pub mod app;
+pub mod archive;
 pub mod cidr;
 pub mod cli;
 pub mod config;

@@ -112,6 +112,8 @@ pub struct Metrics {
     published: Family<TopicLabels, Counter>,
     pub(crate) publish_errors: Family<ErrorLabels, Counter>,
     pub(crate) dead_lettered: Counter,
+    pub(crate) archived: Counter,
+    pub(crate) archive_failed: Counter,
     pub(crate) signature_failures: Family<AuthLabels, Counter>,
     pub(crate) dedupe_hits: Family<SourceLabels, Counter>,
     refusals: Family<RefusalLabels, Counter>,
@@ -198,6 +200,8 @@ impl Metrics {
             published: Family::default(),
             publish_errors: Family::default(),
             dead_lettered: Counter::default(),
+            archived: Counter::default(),
+            archive_failed: Counter::default(),
             signature_failures: Family::default(),
             dedupe_hits: Family::default(),
             refusals: Family::default(),
@@ -258,6 +262,16 @@ impl Metrics {
             "eduzz_bridge_dead_lettered_total",
             "Messages sent to the dead-letter topic",
             self.dead_lettered.clone(),
+        );
+        r.add(
+            "eduzz_bridge_archived_total",
+            "Archive records Kafka confirmed",
+            self.archived.clone(),
+        );
+        r.add(
+            "eduzz_bridge_archive_failed_total",
+            "Archive records Kafka did not take (their events are not affected)",
+            self.archive_failed.clone(),
         );
         r.add(
             "eduzz_bridge_signature_failures_total",

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 
+use crate::archive::Outcome as Answered;
 use crate::delivery::{Accepted, Delivery, Refusal};
-use crate::event::{Event, Message};
+use crate::event::{Archived, Event, Message};
 use crate::kafka::Delivered;
 use crate::metrics::{AuthLabels, Metrics, SourceLabels};
 use crate::route::{Decision, Router};
@@ -146,6 +147,10 @@ impl Pipeline {
             }
             Err(SourceError::Envelope(e)) => return Err(Outcome::Invalid(e)),
         };
+        let mut event = event;
+        if source.archive && self.delivery.archives() {
+            event.request_headers = crate::archive::kept_headers(inbound.headers);
+        }
         let span = tracing::Span::current();
         span.record("slug", event.slug.as_str());
         span.record("event_id", event.id.as_str());
@@ -172,9 +177,17 @@ impl Pipeline {
                     .inc();
             }
             match decision {
-                Decision::Drop { rule } => Outcome::Dropped { event: er, rule },
+                Decision::Drop { rule } => {
+                    let mut message = Message::new(&event, "", event.id.as_bytes().to_vec());
+                    message.archive = self.archived(source, &event, &rule, StatusCode::OK);
+                    self.delivery.archive_answered(&message, Answered::Dropped);
+                    Outcome::Dropped { event: er, rule }
+                }
                 Decision::Publish { topic, key } | Decision::Overflow { topic, key } => {
-                    let message = Message::new(&event, topic.clone(), key);
+                    let mut message = Message::new(&event, topic.clone(), key);
+                    let rule = self.router.rule_label(&source.name, &event.slug);
+                    let answer = self.delivery.taken_status(source.accepted_status);
+                    message.archive = self.archived(source, &event, rule, answer);
                     taken(er, topic.into(), self.delivery.accept(message).await)
                 }
             }
@@ -184,6 +197,21 @@ impl Pipeline {
                 .event(&source.name, &event.slug, outcome.label());
         }
         outcome
+    }
+
+    /// What the archive keeps of `event` beside it, when its source is archived.
+    fn archived(
+        &self,
+        source: &Source,
+        event: &Event,
+        rule: &str,
+        answer: StatusCode,
+    ) -> Option<Archived> {
+        (source.archive && self.delivery.archives()).then(|| Archived {
+            rule: rule.to_string(),
+            answer: answer.as_u16(),
+            request_headers: event.request_headers.clone(),
+        })
     }
 }
 

@@ -202,6 +202,11 @@ impl Router {
             .unwrap_or(&self.default)
     }
 
+    /// How the rule events of `slug` from `source` follow is named (`routes[1] nutror.*`).
+    pub fn rule_label(&self, source: &str, slug: &str) -> &str {
+        &self.rule_for(source, slug).label
+    }
+
     /// Decides where one event goes. `doc` is the parsed body, for key pointers.
     pub fn route(&self, source: &str, slug: &str, id: &str, doc: &Value) -> Decision {
         let (decision, bounded) = self.decide(source, slug, id, doc);

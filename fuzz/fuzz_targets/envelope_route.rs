@@ -72,6 +72,7 @@ fuzz_target!(|data: &[u8]| {
                         content_type: "application/json".into(),
                         received_at: SystemTime::now(),
                         cloudevent: None,
+                        request_headers: Vec::new(),
                     };
                     let msg = Message::new(&event, topic, key);
                     assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);

@@ -12,7 +12,12 @@ macro_rules! say {
     };
 }
 
+mod archive_args;
 mod check;
+mod dead_letters;
+mod events;
+mod parked;
+mod replay;
 mod sign;
 mod spool;
 mod tail;
@@ -68,6 +73,18 @@ pub enum Command {
     /// Inspect or empty the spool (only while the bridge is stopped).
     #[command(subcommand)]
     Spool(spool::SpoolCommand),
+    /// Look up archived deliveries: where each went (see README, "Where is event X").
+    #[command(subcommand)]
+    Events(events::EventsCommand),
+    /// The dead-letter topic: list its events, or send them back once the cause is fixed.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
+    /// The parked events of a running bridge: list, redrive, purge (through its admin
+    /// listener).
+    #[command(subcommand)]
+    Parked(parked::ParkedCommand),
+    /// Send archived deliveries again through today's routes (see README, "Replay").
+    Replay(replay::ReplayArgs),
     /// Run the embedded development broker on its own and print its address, so bridges
     /// (and benchmarks) can restart against a broker that keeps its topics. SIGUSR1 takes it
     /// down (connections refused) and SIGUSR2 brings it back, for trying out an outage.
@@ -97,6 +114,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Tail(args) => tail::run(args),
         Command::Sign(args) => sign::run(args),
         Command::Spool(cmd) => spool::run(&cli.config, cmd),
+        Command::Events(cmd) => events::run(&cli.config, cmd),
+        Command::Replay(args) => replay::run(&cli.config, args),
+        Command::Parked(cmd) => parked::run(&cli.config, cmd),
+        Command::DeadLetters(cmd) => dead_letters::run(&cli.config, cmd),
         Command::DevBroker { brokers } => dev_broker(brokers),
     };
     match result {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Subcommand;
 
+use crate::archive::Archive;
 use crate::config::Config;
 use crate::delivery::drain::{Drain, DrainGauges, DrainStop, Until};
 use crate::delivery::DeadLetters;
@@ -122,15 +123,25 @@ async fn drain(config: &Config, spool: Spool) -> anyhow::Result<i32> {
     let gauges = Arc::new(DrainGauges::default());
     let settings = crate::app::drain_settings(config, &connection);
     // Topics are not provisioned here: the ones spooled events go to were made by `serve`.
+    let topics = crate::topics::Topics::unprovisioned();
+    let archive = config.archive.as_ref().map(|a| {
+        Archive::new(
+            publisher.clone(),
+            a.name.clone(),
+            topics.clone(),
+            metrics.clone(),
+        )
+    });
     Drain::new(
         spool.clone(),
         publisher.clone(),
-        crate::topics::Topics::unprovisioned(),
+        topics,
         dead_letters,
         metrics,
         settings,
         gauges.clone(),
     )
+    .with_archive(archive)
     .run(DrainStop::default(), Until::Empty)
     .await;
     publisher.flush(Duration::from_secs(10)).await;

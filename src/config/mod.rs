@@ -23,6 +23,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::archive::{ArchiveSettings, ArchiveTopic};
 use crate::dedupe::{DedupeSettings, SharedSettings};
 use crate::delivery::DeliverySettings;
 use crate::http::{AdminSettings, Server, ServerSettings};
@@ -59,6 +60,8 @@ pub struct Settings {
     pub default_route: DefaultRouteSettings,
     /// Bounds on the topics senders can make the bridge create.
     pub topics: TopicSettings,
+    /// The archive of deliveries.
+    pub archive: ArchiveSettings,
 }
 
 /// A configuration, built: every part parsed and checked once, ready to run.
@@ -76,8 +79,11 @@ pub struct Config {
     pub log: LogSettings,
     pub sources: Sources,
     pub router: Router,
-    /// The spec of each topic the routes write, and whether `serve` creates them.
+    /// The spec of each topic the routes write (and the archive), and whether `serve`
+    /// creates them.
     pub topics: TopicLayout,
+    /// The archive topic; `None` when archiving is off.
+    pub archive: Option<ArchiveTopic>,
 }
 
 /// Every problem found in a configuration.
@@ -189,7 +195,14 @@ impl Settings {
             .chain([(RuleId::Default, self.default_route.topic_settings())]);
         // One budget: the router spends it, the layout knows where its overflow goes.
         let budget = self.topics.budget();
-        let topics = TopicLayout::build(&self.topics, budget.clone(), rules, problems);
+        let archive = self.archive.build(problems);
+        let topics =
+            TopicLayout::build(&self.topics, budget.clone(), rules, problems).map(|layout| {
+                match &archive {
+                    Some(a) => layout.with_archive(a.name.clone(), a.spec.clone()),
+                    None => layout,
+                }
+            });
         let router = Router::build(
             &self.routes,
             &self.default_route,
@@ -209,6 +222,7 @@ impl Settings {
             sources: sources?,
             router: router?,
             topics: topics?,
+            archive,
         })
     }
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use serde::Deserialize;
 
+use crate::archive::{self, Archive};
 use crate::dedupe::{Claim, SharedIndex};
 use crate::event::Message;
 use crate::kafka::topic::check_topic_name;
@@ -173,6 +174,8 @@ pub struct Delivery {
     shared: Option<SharedIndex>,
     /// The largest record the producer takes (its `message.max.bytes`).
     max_record_bytes: usize,
+    /// The archive of deliveries, when it is on.
+    archive: Option<Archive>,
 }
 
 #[derive(Clone)]
@@ -200,6 +203,7 @@ impl Delivery {
             metrics,
             shared: None,
             max_record_bytes: DEFAULT_MESSAGE_MAX_BYTES,
+            archive: None,
         }
     }
 
@@ -227,6 +231,7 @@ impl Delivery {
             metrics,
             shared: None,
             max_record_bytes: DEFAULT_MESSAGE_MAX_BYTES,
+            archive: None,
         }
     }
 
@@ -244,6 +249,36 @@ impl Delivery {
         Delivery {
             max_record_bytes,
             ..self
+        }
+    }
+
+    /// The same delivery, archiving every delivery of an archived source in `archive` (see
+    /// [`crate::archive`]): in the direct modes here, in `spooled` mode through the drain.
+    pub fn with_archive(self, archive: Option<Archive>) -> Delivery {
+        Delivery { archive, ..self }
+    }
+
+    /// Whether deliveries are archived.
+    pub fn archives(&self) -> bool {
+        self.archive.is_some()
+    }
+
+    /// The status a taken event is answered with, for a source whose sender counts
+    /// `accepted` as success: 200 in `published` mode (it says where the event is), else
+    /// `accepted`.
+    pub fn taken_status(&self, accepted: http::StatusCode) -> http::StatusCode {
+        match self.mode {
+            Mode::Published(_) => http::StatusCode::OK,
+            _ => accepted,
+        }
+    }
+
+    /// Archives a delivery answered without being taken (dropped, or a duplicate): straight
+    /// to the producer, as nothing is spooled for it. A full queue is counted as a record the
+    /// archive did not take.
+    pub fn archive_answered(&self, msg: &Message, outcome: archive::Outcome) {
+        if let Some(archive) = &self.archive {
+            archive.answered(msg, outcome);
         }
     }
 
@@ -266,7 +301,7 @@ impl Delivery {
         let ticket = match index.claim(&msg.event_key()).await {
             Claim::Mine(ticket) => ticket,
             Claim::Taken => {
-                self.duplicate(&msg.source);
+                self.duplicate(&msg);
                 return Ok(Accepted::Duplicate);
             }
             Claim::Leased { retry_after } => return Err(Refusal::InProgress { retry_after }),
@@ -287,13 +322,14 @@ impl Delivery {
             .unwrap_or_else(|e| Err(unavailable("taking the event failed", e)))
     }
 
-    fn duplicate(&self, source: &str) {
+    fn duplicate(&self, msg: &Message) {
         self.metrics
             .dedupe_hits
             .get_or_create(&SourceLabels {
-                source: source.to_string(),
+                source: msg.source.clone(),
             })
             .inc();
+        self.archive_answered(msg, archive::Outcome::Duplicate);
     }
 
     async fn take(&self, msg: Message) -> Result<Accepted, Refusal> {
@@ -308,7 +344,7 @@ impl Delivery {
         match spool.append(&msg).await {
             Ok(Appended::Stored(_)) => Ok(Accepted::Spooled),
             Ok(Appended::Duplicate) => {
-                self.duplicate(&msg.source);
+                self.duplicate(&msg);
                 Ok(Accepted::Duplicate)
             }
             Err(SpoolError::Full) => Err(Refusal::Busy("the spool is full")),
@@ -318,6 +354,7 @@ impl Delivery {
 
     async fn queue(&self, direct: &Direct, msg: Message) -> Result<Accepted, Refusal> {
         topic_ready(&direct.topics, &msg, direct.timeout).await?;
+        self.archive_taken(&msg)?;
         let future = enqueue(&direct.publisher, &msg)?;
         let (metrics, dead_letters) = (self.metrics.clone(), direct.dead_letters.clone());
         // The sender already has its answer; the report only feeds metrics and logs.
@@ -342,6 +379,7 @@ impl Delivery {
     async fn publish(&self, direct: &Direct, msg: Message) -> Result<Accepted, Refusal> {
         let timeout = direct.timeout;
         topic_ready(&direct.topics, &msg, timeout).await?;
+        self.archive_taken(&msg)?;
         let future = enqueue(&direct.publisher, &msg)?;
         let Ok(result) = tokio::time::timeout(timeout, Publisher::delivered(future)).await else {
             return Err(unavailable(
@@ -360,6 +398,16 @@ impl Delivery {
                 }
             },
             Err(e) => Err(unavailable("Kafka did not confirm the event", e)),
+        }
+    }
+
+    /// Archives a taken event just before it is sent (so a full queue refuses both).
+    fn archive_taken(&self, msg: &Message) -> Result<(), Refusal> {
+        match &self.archive {
+            Some(archive) => archive
+                .enqueue(msg, archive::Outcome::Taken)
+                .map_err(|_| Refusal::Busy("the producer queue is full")),
+            None => Ok(()),
         }
     }
 }

@@ -424,6 +424,7 @@ mod tests {
                 content_type: "application/json".into(),
                 body: b"{}".to_vec().into(),
                 cloudevent: None,
+                archive: None,
             },
         }
     }

@@ -1,4 +1,5 @@
-//! The admin endpoints: `/healthz`, `/readyz`, `/metrics`, on their own listener.
+//! The admin endpoints: `/healthz`, `/readyz`, `/metrics`, and the parked events
+//! (`/parked`, see [`super::parked`]), on their own listener.
 //!
 //! Liveness says only that the process answers. Readiness says whether a load balancer
 //! should send webhooks here: Kafka reachable (or, in `spooled` mode, room left in the
@@ -13,7 +14,7 @@ use serde_json::json;
 
 use super::answer::{self, Answer};
 use super::failing::FailingSources;
-use crate::delivery::drain::DrainGauges;
+use crate::delivery::drain::{DrainControl, DrainGauges};
 use crate::kafka::Publisher;
 use crate::metrics::{GaugeValues, Metrics};
 use crate::spool::Spool;
@@ -24,12 +25,21 @@ pub(crate) struct AdminState {
     pub publisher: Publisher,
     pub spool: Option<Spool>,
     pub drain: Arc<DrainGauges>,
+    /// What the parked endpoints ask of the drain.
+    pub control: Arc<DrainControl>,
     /// How long each source has gone without a 2xx.
     pub failing: Arc<FailingSources>,
 }
 
 /// Paths served by the admin listener.
-pub(crate) const ADMIN_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub(crate) const ADMIN_PATHS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/parked",
+    "/parked/redrive",
+    "/parked/purge",
+];
 
 impl AdminState {
     /// Whether this instance should get traffic, and why not.
@@ -91,13 +101,20 @@ pub(crate) async fn handle(
         return answer::error(
             StatusCode::NOT_FOUND,
             "not_found",
-            "try /healthz, /readyz or /metrics",
+            "try /healthz, /readyz, /metrics or /parked",
         );
     }
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return answer::method_not_allowed("GET");
+    let changes_state = path.starts_with("/parked/");
+    match (changes_state, req.method()) {
+        (true, &Method::POST) => {}
+        (true, _) => return answer::method_not_allowed("POST"),
+        (false, &Method::GET | &Method::HEAD) => {}
+        (false, _) => return answer::method_not_allowed("GET"),
     }
     match path {
+        "/parked" => super::parked::list(&state).await,
+        "/parked/redrive" => super::parked::redrive(&state),
+        "/parked/purge" => super::parked::purge(&state, req.uri().query()).await,
         "/healthz" => answer::json(StatusCode::OK, json!({"status": "ok"})),
         "/readyz" => {
             let (ready, body) = state.readiness();

@@ -14,6 +14,7 @@ pub mod client_ip;
 pub(crate) mod connections;
 pub(crate) mod failing;
 mod outcome;
+mod parked;
 mod parse_errors;
 mod settings;
 pub mod tls;

@@ -21,6 +21,15 @@ pub const CONTENT_TYPE: &str = "content-type";
 pub const DLQ_REASON: &str = "dlq-reason";
 /// On dead-lettered messages: the topic it was meant for.
 pub const DLQ_TOPIC: &str = "dlq-original-topic";
+/// On replayed messages (`replay`): when it was replayed.
+pub const REPLAYED_AT: &str = "replayed-at";
+/// On replayed messages: which replay sent it (a resumed replay reads it back).
+pub const REPLAY_ID: &str = "replay-id";
+/// On re-driven dead letters (`dead-letters redrive`): how many times it was sent back.
+pub const REDRIVE_ATTEMPT: &str = "redrive-attempt";
+/// On re-driven dead letters: the dead letter it was sent back from (`topic/partition/offset`),
+/// so a second redrive knows it is done.
+pub const REDRIVEN_FROM: &str = "redriven-from";
 pub const CE_SPECVERSION: &str = "ce_specversion";
 pub const CE_ID: &str = "ce_id";
 pub const CE_SOURCE: &str = "ce_source";
@@ -92,14 +101,19 @@ fn fold<T>(msg: &Message, init: T, mut add: impl FnMut(T, &str, &str) -> T) -> T
     }
 }
 
+/// The bridge's own headers of `msg` (slug, id, source, receive time, content type), whatever
+/// its source writes on its topic: what the dead-letter topic and the archive start from.
+pub(crate) fn named(msg: &Message) -> OwnedHeaders {
+    fold_named(
+        msg,
+        OwnedHeaders::new_with_capacity(12),
+        &mut |h, key, value| h.insert(header(key, value)),
+    )
+}
+
 /// The event's headers plus why it was dead-lettered and where it was meant to go.
 pub(crate) fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
-    let headers = fold_named(
-        msg,
-        OwnedHeaders::new_with_capacity(7),
-        &mut |h, key, value| h.insert(header(key, value)),
-    );
-    headers
+    named(msg)
         .insert(header(DLQ_REASON, reason))
         .insert(header(DLQ_TOPIC, &msg.topic))
 }
@@ -109,10 +123,17 @@ pub(crate) fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
 /// CloudEvents headers were written. Recovery reads it; [`fold_named`] and the CloudEvents
 /// headers write it.
 pub(crate) fn read_key(headers: &BorrowedHeaders) -> Option<EventKey<'static>> {
+    read_key_of(headers.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+}
+
+/// [`read_key`] over headers as (name, value) pairs, for records already read.
+pub fn read_key_of<'a>(
+    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Option<EventKey<'static>> {
     let (mut source, mut id, mut ce_source, mut ce_id) = (None, None, None, None);
-    for header in headers.iter() {
-        let value = header.value.map(String::from_utf8_lossy);
-        match header.key {
+    for (key, value) in headers {
+        let value = Some(String::from_utf8_lossy(value));
+        match key {
             SOURCE => source = value,
             EVENT_ID => id = value,
             CE_SOURCE => ce_source = value,

@@ -12,6 +12,7 @@ pub mod headers;
 mod health;
 mod producer;
 pub mod reader;
+pub mod scan;
 pub mod topic;
 
 use std::collections::BTreeMap;
@@ -223,6 +224,13 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// A scan's settings ([`scan`]): a reader's, told when it reaches a partition's end.
+    pub fn scanner_config(&self, group: &str) -> ClientConfig {
+        let mut c = self.reader_config(group);
+        c.set("enable.partition.eof", "true");
+        c
+    }
+
     /// An admin client's settings: the operator's properties (SASL, TLS…), no topic ever
     /// created by asking for its metadata, librdkafka's own log quiet.
     pub(crate) fn admin_config(&self) -> ClientConfig {

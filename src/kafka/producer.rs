@@ -137,6 +137,19 @@ impl Publisher {
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 
+    /// Asks the cluster for the metadata of every topic, which librdkafka takes into its cache:
+    /// a topic that was refused (not authorised) is written again at once once allowed.
+    pub(crate) async fn refresh_metadata(&self) {
+        let producer = self.producer.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(5))
+                .is_ok()
+        })
+        .await;
+    }
+
     /// Asks the cluster for the metadata of `topic` (one topic, so the probe costs the same
     /// however many topics the cluster holds; a missing topic is still an answer); updates
     /// [`KafkaHealth`] either way.

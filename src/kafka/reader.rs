@@ -39,6 +39,8 @@ pub enum ReadError {
     },
     #[error("cannot assign the partitions")]
     Assign(#[source] KafkaError),
+    #[error("cannot read the topic")]
+    Poll(#[source] KafkaError),
 }
 
 /// The partitions of `topic`, or `None` when the cluster does not have it (yet). Any other
@@ -129,6 +131,12 @@ impl Record {
                 .unwrap_or_default(),
             value: m.payload().unwrap_or_default().to_vec(),
         }
+    }
+
+    /// Which event this record is, as its headers name it (see
+    /// [`super::headers::read_key`]).
+    pub fn event_key(&self) -> Option<crate::event::EventKey<'static>> {
+        super::headers::read_key_of(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
     }
 
     /// A header's value as text (lossy), if present.

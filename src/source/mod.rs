@@ -113,6 +113,8 @@ pub struct SourceSettings {
     /// The status an event taken is answered with (`spooled`, `received`): 200 or 202; unset:
     /// the format's ([`Format::accepted_status`]).
     pub accepted_status: Option<u16>,
+    /// Keep this source's deliveries in the archive (when `[archive]` is enabled); unset: yes.
+    pub archive: Option<bool>,
 }
 
 /// Why a delivery was not taken.
@@ -140,6 +142,8 @@ pub struct Source {
     pub cloudevents: Option<CloudEvents>,
     /// What a taken event is answered with: the sender's own idea of success.
     pub accepted_status: StatusCode,
+    /// Whether its deliveries are archived (when the archive is on).
+    pub archive: bool,
 }
 
 impl Source {
@@ -190,6 +194,7 @@ impl Source {
             content_type,
             received_at,
             cloudevent,
+            request_headers: Vec::new(),
         })
     }
 
@@ -311,6 +316,7 @@ impl SourceSettings {
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
             cloudevents: cloudevents.flatten(),
             accepted_status,
+            archive: self.archive.unwrap_or(true),
         })
     }
 

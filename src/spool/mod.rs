@@ -334,6 +334,12 @@ impl Spool {
         Ok(entries.into_iter().next().and_then(Result::ok))
     }
 
+    /// The parked entries, oldest first, at most `limit` (`parked list`).
+    pub async fn parked(&self, limit: usize) -> Result<Vec<ReadEntry>, SpoolError> {
+        self.read_file(move |db| store::read_parked(db, limit))
+            .await
+    }
+
     /// The oldest `limit` entries that are not parked: what the drain can have sent before
     /// the last stop (for the start-up recovery check).
     pub(crate) async fn recovery_candidates(
@@ -465,6 +471,7 @@ mod tests {
                 content_type: "application/json".into(),
                 body: Bytes::from(vec![b'x'; body_len]),
                 cloudevent: None,
+                archive: None,
             },
         }
     }

@@ -79,6 +79,8 @@ pub struct TopicLayout {
     rules: BTreeMap<RuleId, Arc<TopicSpec>>,
     budget: Arc<TopicBudget>,
     provision: bool,
+    /// The archive topic and its spec, when deliveries are archived.
+    archive: Option<(TopicName, Arc<TopicSpec>)>,
 }
 
 impl TopicLayout {
@@ -121,7 +123,21 @@ impl TopicLayout {
             rules: specs,
             budget,
             provision: topics.provision,
+            archive: None,
         })
+    }
+
+    /// The same layout with the archive topic `name`, created with `spec`.
+    pub fn with_archive(self, name: TopicName, spec: TopicSpec) -> TopicLayout {
+        TopicLayout {
+            archive: Some((name, Arc::new(spec))),
+            ..self
+        }
+    }
+
+    /// The archive topic and its spec, when deliveries are archived.
+    pub fn archive(&self) -> Option<(&TopicName, &Arc<TopicSpec>)> {
+        self.archive.as_ref().map(|(n, s)| (n, s))
     }
 
     /// Whether `serve` creates topics before their first write.
@@ -149,6 +165,11 @@ impl TopicLayout {
     ) -> Arc<TopicSpec> {
         if self.budget.overflow == topic {
             return self.defaults.clone();
+        }
+        if let Some((name, spec)) = &self.archive {
+            if name == topic {
+                return spec.clone();
+            }
         }
         self.rule_spec(routes.rule_of(source, slug)).clone()
     }
@@ -375,10 +396,18 @@ topic = "{slug}"
             [
                 "eduzz.invoices",
                 "nutror.lesson_started",
-                "eduzz-bridge.overflow"
+                "eduzz-bridge.overflow",
+                "eduzz-bridge.archive"
             ]
         );
         assert_eq!(wanted[0].key, "/data/learner/email");
+        let archive = &wanted[3].spec;
+        assert_eq!(
+            (archive.partitions, archive.config["retention.ms"].as_str()),
+            (6, "604800000"),
+            "the archive keeps a week by default, on a spec of its own"
+        );
+        assert_eq!(archive.config["compression.type"], "zstd");
         assert_eq!(
             dynamic.len(),
             1,

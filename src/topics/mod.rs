@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::event::Message;
+use crate::event::{Message, TopicName};
 use crate::kafka::admin::Admin;
 pub use layout::{TopicLayout, TopicSpecs};
 use provision::Provisioner;
@@ -58,6 +58,14 @@ impl Topics {
     /// Whether `msg`'s topic can be written now (starts making it ready if not).
     pub(crate) fn ready_for(&self, msg: &Message) -> bool {
         self.provisioner.as_ref().is_none_or(|p| p.ready_for(msg))
+    }
+
+    /// Whether `topic`, written for `slug` from `source`, can be written now (starts making it
+    /// ready if not).
+    pub(crate) fn ready_for_topic(&self, topic: &TopicName, source: &str, slug: &str) -> bool {
+        self.provisioner
+            .as_ref()
+            .is_none_or(|p| p.ready_for_topic(topic, source, slug))
     }
 
     /// Whether `topic` is known ready.

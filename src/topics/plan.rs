@@ -31,7 +31,8 @@ pub struct DynamicRule {
 }
 
 /// Every topic the rules make of the `slugs` each source may send (the documented
-/// catalogue), the overflow topic when a rule names topics after slugs, and those rules.
+/// catalogue), the overflow topic when a rule names topics after slugs, the archive topic,
+/// and the rules that name topics after slugs.
 pub fn wanted_topics(
     routes: &dyn RouteRules,
     layout: &TopicLayout,
@@ -68,6 +69,16 @@ pub fn wanted_topics(
             rule: "topics.overflow_topic".into(),
             key: "as the rule it overflows from".into(),
         });
+    }
+    if let Some((archive, spec)) = layout.archive() {
+        if seen.insert(archive.clone()) {
+            topics.push(WantedTopic {
+                topic: archive.clone(),
+                spec: spec.clone(),
+                rule: "archive.topic".into(),
+                key: "as the event".into(),
+            });
+        }
     }
     (topics, dynamic)
 }

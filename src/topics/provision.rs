@@ -60,16 +60,22 @@ impl Provisioner {
     /// Whether `msg`'s topic can be written now; if it is not known yet, starts making it
     /// ready in the background.
     pub fn ready_for(self: &Arc<Self>, msg: &Message) -> bool {
+        self.ready_for_topic(&msg.topic, &msg.source, &msg.slug)
+    }
+
+    /// Whether `topic`, written for `slug` from `source`, can be written now; as
+    /// [`Provisioner::ready_for`].
+    pub fn ready_for_topic(self: &Arc<Self>, topic: &TopicName, source: &str, slug: &str) -> bool {
         if self.unsupported.load(Ordering::Relaxed) {
             return true;
         }
         let mut topics = self.topics.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ready) = topics.get(&msg.topic) {
+        if let Some(ready) = topics.get(topic) {
             return *ready;
         }
-        topics.insert(msg.topic.clone(), false);
-        let spec = self.specs.spec(&msg.source, &msg.slug, &msg.topic);
-        tokio::spawn(self.clone().provision(msg.topic.clone(), spec));
+        topics.insert(topic.clone(), false);
+        let spec = self.specs.spec(source, slug, topic);
+        tokio::spawn(self.clone().provision(topic.clone(), spec));
         false
     }
 

@@ -44,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::recover::{self, Recovery};
 use super::{record, DeadLetters};
+use crate::archive::Archive;
 use crate::event::Message;
 use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
 use crate::metrics::Metrics;
@@ -112,6 +113,20 @@ pub struct DrainGauges {
     pub parked: AtomicU64,
     pub published: AtomicU64,
     pub dead_lettered: AtomicU64,
+}
+
+/// What an operator can ask of a running drain (through the admin listener).
+#[derive(Debug, Default)]
+pub struct DrainControl {
+    /// Send every parked entry again now, not at its next park retry (the cause was fixed).
+    redrive_parked: tokio::sync::Notify,
+}
+
+impl DrainControl {
+    /// Asks the drain to send its parked entries again now (and to notice purged ones).
+    pub fn redrive_parked(&self) {
+        self.redrive_parked.notify_one();
+    }
 }
 
 /// When to stop.
@@ -184,6 +199,7 @@ pub struct Drain<S: Sink = KafkaSink> {
     metrics: Arc<Metrics>,
     settings: DrainSettings,
     gauges: Arc<DrainGauges>,
+    control: Arc<DrainControl>,
     committed: watch::Receiver<Option<u64>>,
     /// Changes when a topic becomes ready (`None`: topics are not provisioned).
     topics_ready: Option<watch::Receiver<u64>>,
@@ -222,12 +238,26 @@ impl Drain<KafkaSink> {
             publisher,
             topics,
             dead_letters,
+            archive: None,
         };
         Drain::with_sink(spool, sink, metrics, settings, gauges)
+    }
+
+    /// The same drain, writing each event's archive record just before the event (see
+    /// [`crate::archive`]).
+    pub fn with_archive(mut self, archive: Option<Archive>) -> Drain<KafkaSink> {
+        self.sink.archive = archive;
+        self
     }
 }
 
 impl<S: Sink> Drain<S> {
+    /// The same drain, answering `control` (see [`DrainControl`]).
+    pub fn with_control(mut self, control: Arc<DrainControl>) -> Drain<S> {
+        self.control = control;
+        self
+    }
+
     pub(crate) fn with_sink(
         spool: Spool,
         sink: S,
@@ -244,6 +274,7 @@ impl<S: Sink> Drain<S> {
             metrics,
             settings,
             gauges,
+            control: Arc::default(),
             cursor: None,
             buffer: VecDeque::new(),
             retries: Retries::default(),
@@ -302,8 +333,19 @@ impl<S: Sink> Drain<S> {
                 _ = topic_ready(&mut self.topics_ready), if self.topics.waiting_entries > 0 => {}
                 _ = &mut timer, if armed.is_some() => armed = None,
                 _ = shutdown.cancelled(), if !stopping => stopping = true,
+                _ = self.control.redrive_parked.notified() => self.redrive_parked().await,
             }
         }
+    }
+
+    /// Makes every parked entry due now, on fresh topic metadata.
+    async fn redrive_parked(&mut self) {
+        self.sink.refresh_metadata().await;
+        let parked = self.retries.parked_due_now(Instant::now());
+        tracing::info!(
+            parked,
+            "parked events are being sent again now (asked through the admin listener)"
+        );
     }
 
     /// The earliest of: the next retry, the oldest pending delete, a producer queue that was

@@ -54,6 +54,22 @@ impl Retries {
         }
     }
 
+    /// Makes every parked entry due at `now` (an operator fixed the cause: `parked redrive`),
+    /// keeping their order; returns how many.
+    pub(super) fn parked_due_now(&mut self, now: Instant) -> usize {
+        let (mut parked, rest): (VecDeque<Retry>, VecDeque<Retry>) =
+            self.queue.drain(..).partition(|r| r.parked);
+        let count = parked.len();
+        for r in &mut parked {
+            r.due = r.due.min(now);
+        }
+        self.queue = rest;
+        for r in parked {
+            self.push(r);
+        }
+        count
+    }
+
     /// Whether every retry left is a parked entry (nothing else is owed to Kafka).
     pub(super) fn only_parked(&self) -> bool {
         self.queue.iter().all(|r| r.parked)
@@ -88,6 +104,27 @@ mod tests {
             .collect();
         assert_eq!(due, [2, 1, 3]);
         assert!(r.only_parked());
+    }
+
+    #[test]
+    fn parked_retries_come_due_now_and_the_others_keep_their_time() {
+        let now = Instant::now();
+        let mut retries = Retries::default();
+        let later = now + Duration::from_secs(60);
+        retries.push(Retry {
+            parked: false,
+            ..retry(later, 1)
+        });
+        retries.push(retry(later, 2));
+        retries.push(retry(later + Duration::from_secs(1), 3));
+        assert_eq!(retries.parked_due_now(now), 2);
+        assert_eq!(retries.pop_due(now).map(|r| r.seq), Some(2));
+        assert_eq!(retries.pop_due(now).map(|r| r.seq), Some(3));
+        assert!(
+            retries.pop_due(now).is_none(),
+            "the passing failure keeps its backoff"
+        );
+        assert_eq!(retries.next_due(), Some(later));
     }
 
     #[test]

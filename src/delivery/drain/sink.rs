@@ -11,6 +11,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::DeliveryFuture;
 use tokio::sync::watch;
 
+use crate::archive::{self, Archive};
 use crate::delivery::{DeadLetterError, DeadLetters};
 use crate::event::Message;
 use crate::kafka::{Delivered, EnqueueError, Publisher};
@@ -51,6 +52,10 @@ pub trait Sink: Send + Sync + 'static {
 
     /// A message reached the dead-letter topic.
     fn dead_lettered(&self);
+
+    /// Forgets what the producer learnt of topics (an authorisation error is remembered until
+    /// its next metadata refresh, minutes away): before parked events are sent again.
+    fn refresh_metadata(&self) -> impl Future<Output = ()> + Send;
 }
 
 /// The real thing: the process's producer and its dead-letter topic.
@@ -58,12 +63,20 @@ pub struct KafkaSink {
     pub(crate) publisher: Publisher,
     pub(crate) topics: Topics,
     pub(crate) dead_letters: DeadLetters,
+    /// The archive each event's record goes to first, when it is on.
+    pub(crate) archive: Option<Archive>,
 }
 
 impl Sink for KafkaSink {
     type Pending = DeliveryFuture;
 
+    /// The archive record first: a full queue then refuses both, and an event sent again
+    /// after a failure is archived again (readers drop the repeat), so every event that
+    /// reached its topic is in the archive.
     fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
+        if let Some(archive) = &self.archive {
+            archive.enqueue(msg, archive::Outcome::Taken)?;
+        }
         self.publisher.enqueue(msg)
     }
 
@@ -99,5 +112,9 @@ impl Sink for KafkaSink {
 
     fn dead_lettered(&self) {
         self.dead_letters.confirmed();
+    }
+
+    async fn refresh_metadata(&self) {
+        self.publisher.refresh_metadata().await;
     }
 }

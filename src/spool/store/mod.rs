@@ -257,7 +257,7 @@ mod read;
 
 use commit::{batch_holding, published_in, Tables};
 pub(super) use commit::{commit_batch, Marks};
-pub(super) use read::{live, read_after, read_unparked, Live};
+pub(super) use read::{live, read_after, read_parked, read_unparked, Live};
 pub use read::{Entry, ReadEntry, Undecodable};
 
 #[cfg(test)]

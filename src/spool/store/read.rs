@@ -90,16 +90,37 @@ pub(in crate::spool) fn read_unparked(
     db: &(impl ReadableDatabase + ?Sized),
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    let parked = {
-        let txn = db.begin_read()?;
-        let table = txn.open_table(PARKED)?;
-        let mut parked = std::collections::HashSet::new();
-        for item in table.iter()? {
-            parked.insert(item?.0.value());
-        }
-        parked
-    };
+    let parked = parked_seqs(db)?;
     read_skipping(db, None, limit, &parked)
+}
+
+/// The parked entries (Kafka and the dead-letter topic refused them), oldest first, at most
+/// `limit` (for `parked list`).
+pub(in crate::spool) fn read_parked(
+    db: &(impl ReadableDatabase + ?Sized),
+    limit: usize,
+) -> Result<Vec<ReadEntry>, redb::Error> {
+    let parked = parked_seqs(db)?;
+    let Some(&first) = parked.iter().min() else {
+        return Ok(Vec::new());
+    };
+    let mut out = read_where(db, first.checked_sub(1), usize::MAX, &|seq| {
+        parked.contains(&seq)
+    })?;
+    out.truncate(limit);
+    Ok(out)
+}
+
+fn parked_seqs(
+    db: &(impl ReadableDatabase + ?Sized),
+) -> Result<std::collections::HashSet<u64>, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(PARKED)?;
+    let mut parked = std::collections::HashSet::new();
+    for item in table.iter()? {
+        parked.insert(item?.0.value());
+    }
+    Ok(parked)
 }
 
 fn read_skipping(
@@ -107,6 +128,17 @@ fn read_skipping(
     after: Option<u64>,
     limit: usize,
     skip: &std::collections::HashSet<u64>,
+) -> Result<Vec<ReadEntry>, redb::Error> {
+    read_where(db, after, limit, &|seq| !skip.contains(&seq))
+}
+
+/// Up to `limit` entries above `after` whose sequence number `keep` takes, oldest first,
+/// published ones left out.
+fn read_where(
+    db: &(impl ReadableDatabase + ?Sized),
+    after: Option<u64>,
+    limit: usize,
+    keep: &dyn Fn(u64) -> bool,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
     let txn = db.begin_read()?;
     let batches = txn.open_table(BATCHES)?;
@@ -124,7 +156,7 @@ fn read_skipping(
         let published = published_in(&gone, first..first + count)?;
         for (i, part) in record::parts(record).enumerate() {
             let seq = first + i as u64;
-            if seq < start || published.binary_search(&seq).is_ok() || skip.contains(&seq) {
+            if seq < start || published.binary_search(&seq).is_ok() || !keep(seq) {
                 continue;
             }
             if out.len() == limit {

@@ -12,6 +12,7 @@ fn message(id: &str) -> Message {
         content_type: "application/json".into(),
         body: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
         cloudevent: None,
+        archive: None,
     }
 }
 
