@@ -7,6 +7,7 @@
 mod common;
 mod harness;
 
+mod archive;
 mod cli;
 mod cloudevents;
 mod deploy;
@@ -22,6 +23,7 @@ mod webhooks;
 
 fn main() {
     harness::run(vec![
+        ("archive", archive::tests()),
         ("cli", cli::tests()),
         ("cloudevents", cloudevents::tests()),
         ("deploy", deploy::tests()),

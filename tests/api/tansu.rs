@@ -141,6 +141,7 @@ fn spooled(topic: &str, id: &str) -> Spooled {
         content_type: "application/json".into(),
         body: eduzz_event(id, "myeduzz.invoice_paid").into(),
         cloudevent: None,
+        archive: None,
     }
 }
 
