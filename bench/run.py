@@ -91,7 +91,7 @@ class Server:
     """`dedupe`: None (off: oha repeats one body), "local" (each replica's spool), or a Redis
     URL (local + the shared index)."""
 
-    def __init__(self, contender, brokers, port, dedupe=None, admin_port=None):
+    def __init__(self, contender, brokers, port, dedupe=None, admin_port=None, archive=False, extra=""):
         self.port = port
         admin = f"127.0.0.1:{admin_port}" if admin_port else ""
         if dedupe is None:
@@ -133,6 +133,10 @@ max_bytes = 17179869184
 {dedupe_toml}
 [log]
 filter = "warn"
+[archive]
+# Off unless a point measures it (bench/archive.py): the other points stay comparable with
+# runs from before the archive existed.
+enabled = {"true" if archive else "false"}
 [topics]
 # dev-broker is librdkafka's mock cluster: it answers no admin requests, so topics are left
 # to its auto-creation.
@@ -141,6 +145,7 @@ provision = false
 path = "/webhooks/eduzz"
 format = "eduzz"
 auth = {{ type = "hmac-sha256", secrets = ["bench-secret"] }}
+{extra}
 """)
             cmd = [BIN, "--config", config, "serve"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

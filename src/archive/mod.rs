@@ -111,3 +111,40 @@ impl ArchiveSettings {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::MINIMAL;
+    use crate::config::Config;
+
+    #[test]
+    fn the_archive_is_on_by_default_and_a_source_can_opt_out() {
+        let c = Config::from_toml(MINIMAL).unwrap();
+        let a = c.archive.expect("on by default");
+        assert_eq!(a.name, "eduzz-bridge.archive");
+        assert_eq!(a.spec.config["compression.type"], "zstd");
+        let text = format!("{MINIMAL}archive = false\n");
+        let c = Config::from_toml(&text).unwrap();
+        let (eduzz, _) = c.sources.lookup("/webhooks/eduzz").unwrap();
+        assert!(!eduzz.archive);
+        let off = Config::from_toml(&format!("[archive]\nenabled = false\n{MINIMAL}")).unwrap();
+        assert!(off.archive.is_none());
+    }
+
+    #[test]
+    fn archive_settings_are_checked_with_their_keys() {
+        let text = format!(
+            "[archive]\npartitions = 0\ncompression = \"brotli\"\nretention = \"1s\"\ntopic = \"a b\"\n{MINIMAL}"
+        );
+        let e = Config::from_toml(&text).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "archive.topic",
+            "archive.partitions",
+            "archive.compression",
+            "archive.retention",
+        ] {
+            assert!(keys.contains(&key), "{key} in {keys:?}");
+        }
+    }
+}

@@ -40,6 +40,7 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
             (None, false) => "off".into(),
         }
     );
+    say!("archive: {}", describe_archive(&config));
     for source in sources.iter() {
         say!();
         say!(
@@ -188,4 +189,22 @@ fn print_message(config: &Config, source: &Source, message: &Message) {
         "  answer:     {} (taken), 200 if it is a repeat within the dedupe window",
         source.accepted_status.as_u16()
     );
+}
+
+/// Where deliveries are archived, and which sources are not.
+fn describe_archive(config: &crate::config::Config) -> String {
+    let Some(a) = &config.archive else {
+        return "off".into();
+    };
+    let off: Vec<&str> = config
+        .sources
+        .iter()
+        .filter(|s| !s.archive)
+        .map(|s| &*s.name)
+        .collect();
+    let off = match off.is_empty() {
+        true => String::new(),
+        false => format!("; not archived: {}", off.join(", ")),
+    };
+    format!("{} ({}){off}", a.name, a.spec.describe())
 }

@@ -33,6 +33,11 @@ fn check_config_accepts_the_shipped_configs_and_prints_the_routing_table() {
             );
         }
         assert!(!stdout.contains("dev-secret"), "secrets never printed");
+        assert!(
+            stdout.contains("archive: eduzz-bridge.archive (6 partitions")
+                && stdout.contains("retention.ms=604800000"),
+            "{file}: the archive and its spec\n{stdout}"
+        );
     }
 }
 
