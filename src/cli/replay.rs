@@ -238,14 +238,17 @@ impl Replay<'_> {
     ) -> anyhow::Result<BTreeMap<i32, i64>> {
         let mut failed = None;
         let scanned = scan(consumer, archive, start, None, |s| {
-            self.one(&s.record, s.timestamp_ms, state);
-            if self.pending.len() >= BATCH {
-                if let Err(e) = self.checkpoint(state, path) {
+            let mut step = self.one(&s.record, s.timestamp_ms, state, path);
+            if step.is_ok() && self.pending.len() >= BATCH {
+                step = self.checkpoint(state, path);
+            }
+            match step {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
                     failed = Some(e);
-                    return ControlFlow::Break(());
+                    ControlFlow::Break(())
                 }
             }
-            ControlFlow::Continue(())
         });
         if let Some(e) = failed {
             return Err(e);
@@ -276,14 +279,20 @@ impl Replay<'_> {
     }
 
     /// Handles one archive record: sends it (or counts it, dry run) or says why not.
-    fn one(&mut self, record: &crate::kafka::reader::Record, timestamp_ms: i64, state: &mut State) {
+    fn one(
+        &mut self,
+        record: &crate::kafka::reader::Record,
+        timestamp_ms: i64,
+        state: &mut State,
+        path: &Path,
+    ) -> anyhow::Result<()> {
         self.progress.inc(1);
         self.positions.insert(record.partition, record.offset + 1);
         let Some(d) = ArchivedDelivery::read(record, timestamp_ms) else {
             return self.skip("not_an_archive_record");
         };
         if !self.filter.matches(&d) {
-            return;
+            return Ok(());
         }
         if d.outcome == Outcome::Duplicate {
             return self.skip("repeat_answered_duplicate");
@@ -303,15 +312,22 @@ impl Replay<'_> {
         }
         *self.by_topic.entry(msg.topic.to_string()).or_default() += 1;
         if self.apply {
+            // A topic is in the state before anything is sent to it: a resume reads back
+            // every topic this replay may have written.
+            if state.topics.insert(msg.topic.to_string()) {
+                state.save(path)?;
+            }
             self.pace.wait();
-            state.topics.insert(msg.topic.to_string());
             let future = self.send(&msg);
             self.pending.push(future);
         }
+        Ok(())
     }
 
-    fn skip(&mut self, why: &'static str) {
+    /// Counts a delivery not sent, by why.
+    fn skip(&mut self, why: &'static str) -> anyhow::Result<()> {
         *self.skipped.entry(why).or_default() += 1;
+        Ok(())
     }
 
     /// The archived delivery as its source reads it and today's routes send it.
