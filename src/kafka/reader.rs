@@ -41,6 +41,13 @@ pub enum ReadError {
     Assign(#[source] KafkaError),
     #[error("cannot read the topic")]
     Poll(#[source] KafkaError),
+    #[error("{topic}/{partition} sends nothing past offset {offset}, though its end is {end}")]
+    Stalled {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        end: i64,
+    },
 }
 
 /// The partitions of `topic`, or `None` when the cluster does not have it (yet). Any other

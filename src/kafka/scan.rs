@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::ControlFlow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
@@ -18,6 +18,9 @@ use super::reader::{self, ReadError, Record};
 
 /// How long one metadata or offsets request may take.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a scan waits for a record the partition's end says is there, before it says so
+/// rather than hang.
+const STALL: Duration = Duration::from_secs(15);
 
 /// Where a scan starts.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,9 +40,15 @@ pub struct Scanned {
     pub timestamp_ms: i64,
 }
 
-/// Reads `topic` from `start` up to the end each partition had when the scan began (or, with
-/// `until_ms`, its first record stamped later), handing each record to `each` (which can stop
-/// the scan). Returns where each partition ended (the next offset to read).
+/// Reads `topic` from `start` up to the end each partition had when the scan began, and on
+/// past it while records stamped before `until_ms` (default: the scan's start) still come,
+/// handing each record to `each` (which can stop the scan). Returns where each partition
+/// ended (the next offset to read).
+///
+/// A partition is done at its first record stamped after `until_ms`, or once read to its end
+/// and quiet. Records past the end are read because a broker can name an end short of what it
+/// holds (tansu 0.6 does, for a partition of several batches); the time bound keeps a scan of
+/// a topic written all along from running for ever.
 pub fn scan<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
@@ -67,31 +76,44 @@ pub fn scan<C: ConsumerContext>(
         return Ok(next);
     }
     consumer.assign(&tpl).map_err(ReadError::Assign)?;
+    let until = until_ms.unwrap_or_else(|| jiff::Timestamp::now().as_millisecond());
+    let mut last_record = Instant::now();
     while !open.is_empty() {
         let Some(polled) = consumer.poll(Duration::from_millis(500)) else {
-            // Nothing more arrives: what is left was compacted away or is a transaction marker.
+            // Quiet: a partition read to its end is done; one short of it waits (a slow
+            // broker), unless what is left was compacted away or is a transaction marker.
             open.retain(|p| next[p] < ends[p] && still_behind(consumer, topic, *p, next[p]));
+            if !open.is_empty() && last_record.elapsed() > STALL {
+                let p = open[0];
+                return Err(ReadError::Stalled {
+                    topic: topic.to_string(),
+                    partition: p,
+                    offset: next[&p],
+                    end: ends[&p],
+                });
+            }
             continue;
         };
+        last_record = Instant::now();
         let m = match polled {
             Ok(m) => m,
+            // The end as the broker's last fetch answer saw it: trusted only once the
+            // scan has read up to the end it took at the start (tansu reports a stale end).
             Err(KafkaError::PartitionEOF(p)) => {
-                open.retain(|q| *q != p);
-                next.insert(p, ends[&p]);
+                if next.get(&p).is_some_and(|n| n >= &ends[&p]) {
+                    open.retain(|q| *q != p);
+                }
                 continue;
             }
             Err(e) => return Err(ReadError::Poll(e)),
         };
         let p = m.partition();
         let timestamp_ms = m.timestamp().to_millis().unwrap_or(0);
-        if m.offset() >= ends[&p] || until_ms.is_some_and(|u| timestamp_ms > u) {
+        if timestamp_ms > until || !open.contains(&p) {
             open.retain(|q| *q != p);
             continue;
         }
         next.insert(p, m.offset() + 1);
-        if next[&p] >= ends[&p] {
-            open.retain(|q| *q != p);
-        }
         if matches!(start, ScanStart::Time(from) if timestamp_ms < *from) {
             continue; // read from the beginning on a cluster that cannot look times up
         }

@@ -80,6 +80,8 @@ async fn a_lost_day_is_found_and_replayed_through_a_route_added_later() {
         .unwrap();
     assert_eq!(again["status"], "duplicate");
     app.wait_spool_empty(Duration::from_secs(30)).await;
+    let archived = (posted.len() + 1) as f64; // and the repeat
+    wait_metric(&app, "eduzz_bridge_archived_total", archived).await;
     let dir = tempfile::tempdir().unwrap();
     let config = operator_config(dir.path(), &app.brokers, "");
 
@@ -467,10 +469,22 @@ async fn archive_find_and_replay_on_tansu() {
     let app = TestApp::on(&brokers, "").await;
     let posted = post_fixtures(&app).await;
     app.wait_spool_empty(Duration::from_secs(60)).await;
+    // The archive record goes out just before its event, on another partition: confirmed
+    // a moment apart.
+    wait_metric(&app, "eduzz_bridge_archived_total", posted.len() as f64).await;
     let dir = tempfile::tempdir().unwrap();
     let config = operator_config(dir.path(), &brokers, "");
-    let (code, found) = operator(&config, &["events", "find", "--slug", "*", "--json"]);
-    assert_eq!(code, 0);
+    // tansu's end offsets trail a confirmed write by a moment: ask until it shows them all.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        let (code, lines) = operator(&config, &["events", "find", "--slug", "*", "--json"]);
+        assert_eq!(code, 0);
+        found = lines;
+        if found.len() == posted.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let published: HashMap<&str, &Value> = found
         .iter()
         .map(|f| (f["id"].as_str().unwrap(), &f["where"]))
