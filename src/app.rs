@@ -349,14 +349,7 @@ fn start_mode(
 ) -> anyhow::Result<DeliveryParts> {
     let gauges = Arc::new(DrainGauges::default());
     let control = Arc::new(DrainControl::default());
-    let archive = config.archive.as_ref().map(|a| {
-        Archive::new(
-            publisher.clone(),
-            a.name.clone(),
-            topics.clone(),
-            metrics.clone(),
-        )
-    });
+    let archive = Archive::of(config.archive.as_ref(), publisher, topics, metrics);
     let d = &config.delivery;
     let dead_letters = DeadLetters::new(
         publisher.clone(),

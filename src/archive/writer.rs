@@ -38,6 +38,23 @@ impl Archive {
         }
     }
 
+    /// The archive of a config's `[archive]` (`None`: archiving is off).
+    pub fn of(
+        topic: Option<&super::ArchiveTopic>,
+        publisher: &Publisher,
+        topics: &Topics,
+        metrics: &Arc<Metrics>,
+    ) -> Option<Archive> {
+        topic.map(|t| {
+            Archive::new(
+                publisher.clone(),
+                t.name.clone(),
+                topics.clone(),
+                metrics.clone(),
+            )
+        })
+    }
+
     /// The archive topic.
     pub fn topic(&self) -> &TopicName {
         &self.topic

@@ -124,14 +124,7 @@ async fn drain(config: &Config, spool: Spool) -> anyhow::Result<i32> {
     let settings = crate::app::drain_settings(config, &connection);
     // Topics are not provisioned here: the ones spooled events go to were made by `serve`.
     let topics = crate::topics::Topics::unprovisioned();
-    let archive = config.archive.as_ref().map(|a| {
-        Archive::new(
-            publisher.clone(),
-            a.name.clone(),
-            topics.clone(),
-            metrics.clone(),
-        )
-    });
+    let archive = Archive::of(config.archive.as_ref(), &publisher, &topics, &metrics);
     Drain::new(
         spool.clone(),
         publisher.clone(),

@@ -148,13 +148,37 @@ fn ends_of<C: ConsumerContext>(
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, ReadError> {
+    Ok(watermarks(consumer, topic, partitions)?
+        .into_iter()
+        .map(|(p, (_, high))| (p, high))
+        .collect())
+}
+
+/// The first offset still held in each partition.
+fn lows_of<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, i64>, ReadError> {
+    Ok(watermarks(consumer, topic, partitions)?
+        .into_iter()
+        .map(|(p, (low, _))| (p, low))
+        .collect())
+}
+
+/// Each partition's (first offset held, end).
+fn watermarks<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<BTreeMap<i32, (i64, i64)>, ReadError> {
     partitions
         .iter()
         .map(|&p| {
-            let (_, high) = consumer
+            let marks = consumer
                 .fetch_watermarks(topic, p, TIMEOUT)
                 .map_err(|source| offsets_error(topic, p, source))?;
-            Ok((p, high))
+            Ok((p, marks))
         })
         .collect()
 }
@@ -242,23 +266,6 @@ fn offsets_at<C: ConsumerContext>(
             _ => (e.partition(), None),
         })
         .collect())
-}
-
-/// The first offset still held in each partition.
-fn lows_of<C: ConsumerContext>(
-    consumer: &BaseConsumer<C>,
-    topic: &str,
-    partitions: &[i32],
-) -> Result<BTreeMap<i32, i64>, ReadError> {
-    partitions
-        .iter()
-        .map(|&p| {
-            let (low, _) = consumer
-                .fetch_watermarks(topic, p, TIMEOUT)
-                .map_err(|source| offsets_error(topic, p, source))?;
-            Ok((p, low))
-        })
-        .collect()
 }
 
 fn offsets_error(topic: &str, partition: i32, source: KafkaError) -> ReadError {
