@@ -148,10 +148,7 @@ fn ends_of<C: ConsumerContext>(
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, ReadError> {
-    Ok(watermarks(consumer, topic, partitions)?
-        .into_iter()
-        .map(|(p, (_, high))| (p, high))
-        .collect())
+    watermarks(consumer, topic, partitions, |(_, high)| high)
 }
 
 /// The first offset still held in each partition.
@@ -160,25 +157,23 @@ fn lows_of<C: ConsumerContext>(
     topic: &str,
     partitions: &[i32],
 ) -> Result<BTreeMap<i32, i64>, ReadError> {
-    Ok(watermarks(consumer, topic, partitions)?
-        .into_iter()
-        .map(|(p, (low, _))| (p, low))
-        .collect())
+    watermarks(consumer, topic, partitions, |(low, _)| low)
 }
 
-/// Each partition's (first offset held, end).
+/// One of each partition's watermarks, as `pick` takes it from (first offset held, end).
 fn watermarks<C: ConsumerContext>(
     consumer: &BaseConsumer<C>,
     topic: &str,
     partitions: &[i32],
-) -> Result<BTreeMap<i32, (i64, i64)>, ReadError> {
+    pick: fn((i64, i64)) -> i64,
+) -> Result<BTreeMap<i32, i64>, ReadError> {
     partitions
         .iter()
         .map(|&p| {
             let marks = consumer
                 .fetch_watermarks(topic, p, TIMEOUT)
                 .map_err(|source| offsets_error(topic, p, source))?;
-            Ok((p, marks))
+            Ok((p, pick(marks)))
         })
         .collect()
 }
