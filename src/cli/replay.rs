@@ -174,6 +174,9 @@ pub(super) fn run(config_path: &Path, args: ReplayArgs) -> anyhow::Result<i32> {
     if args.apply && args.resume.is_none() {
         state.save(&path)?;
     }
+    if args.apply {
+        eprintln!("replay {}: dedupe is bypassed on purpose (a replay sends again what was sent before; consumers dedupe on event-id); state in {}", state.replay_id, path.display());
+    }
     let started = Instant::now();
     let consumer: BaseConsumer = cluster
         .scanner_config("eduzz-kafka-bridge-replay")
@@ -269,6 +272,7 @@ impl Replay<'_> {
         serde_json::json!({
             "replay_id": state.replay_id,
             "mode": if self.apply { "apply" } else { "dry-run" },
+            "dedupe": "bypassed",
             "by_topic": self.by_topic,
             "skipped": self.skipped,
             "sent": if self.apply { sent } else { 0 },

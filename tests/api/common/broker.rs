@@ -153,16 +153,28 @@ impl Proxy {
                     open.push(client.try_clone().unwrap());
                     open.push(server.try_clone().unwrap());
                 }
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    Some(down.clone()),
+                );
+                pipe(server, client, None);
             }
         });
         proxy
     }
 
+    /// Going down: no request is passed on any more, the answers to those already passed on
+    /// get a moment to come back, then every connection is cut.
+    ///
+    /// Why not cut at once: a request the mock broker took whose answer is lost is sent again,
+    /// and a real broker knows the repeat by its idempotent sequence number while the mock
+    /// appends it again (it checks sequences only for transactional producers), which would
+    /// show as a duplicate the bridge did not make.
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         if down {
+            std::thread::sleep(std::time::Duration::from_millis(300));
             for s in self.open.lock().unwrap().drain(..) {
                 let _ = s.shutdown(Shutdown::Both);
             }
@@ -170,13 +182,15 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until either end closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread of its own until either end closes, or (with `gate`)
+/// until the proxy goes down: what arrives then is not passed on.
+fn pipe(mut from: TcpStream, mut to: TcpStream, gate: Option<Arc<AtomicBool>>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if gate.as_ref().is_some_and(|g| g.load(Ordering::SeqCst)) => break,
                 Ok(n) => {
                     if to.write_all(&buf[..n]).is_err() {
                         break;
