@@ -623,21 +623,46 @@ enum Damage {
     Emptied,
 }
 
-fn damage(file: &std::path::Path, how: Damage) {
-    use std::os::unix::fs::FileExt;
+fn damage(file: &std::path::Path, config: &std::path::Path, how: Damage) {
     let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
     let len = f.metadata().unwrap().len();
     match how {
-        Damage::ZeroedPage => {
-            let bytes = std::fs::read(file).unwrap();
-            let at: Vec<usize> = memchr::memmem::find_iter(&bytes, b"dmg-").collect();
-            let middle = at[at.len() / 2] as u64;
-            f.write_all_at(&[0u8; 4096], middle & !4095).unwrap();
-        }
+        Damage::ZeroedPage => zero_a_live_page(file, config),
         Damage::CutByOne => f.set_len(len - 1).unwrap(),
         Damage::CutToHalf => f.set_len(len / 2).unwrap(),
         Damage::Emptied => f.set_len(0).unwrap(),
     }
+}
+
+/// Zeroes one 4 KiB page holding a spooled event that the spool still reads. redb writes a
+/// page anew when it changes, so a file also holds stale copies, and zeroing one of those is
+/// no damage at all: pages are tried from the middle occurrence of the events' ids outwards,
+/// each put back unless `spool stats` (which verifies every live page) then finds damage.
+fn zero_a_live_page(file: &std::path::Path, config: &std::path::Path) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    let bytes = std::fs::read(file).unwrap();
+    let mut pages: Vec<usize> = memchr::memmem::find_iter(&bytes, b"dmg-")
+        .map(|at| at & !4095)
+        .collect();
+    pages.dedup();
+    let middle = pages[pages.len() / 2];
+    pages.sort_by_key(|p| p.abs_diff(middle));
+    for page in pages.into_iter().take(40) {
+        f.write_all_at(&[0u8; 4096], page as u64).unwrap();
+        let stats = bridge()
+            .arg("-c")
+            .arg(config)
+            .args(["spool", "stats"])
+            .output()
+            .unwrap();
+        if !stats.status.success() {
+            return; // damage the spool reads
+        }
+        f.write_all_at(&bytes[page..page + 4096], page as u64)
+            .unwrap();
+    }
+    panic!("no page of a spooled event is one the spool reads");
 }
 
 async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can() {
@@ -650,7 +675,7 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
     for how in damages {
         let (broker, dir, before) = spooled_then_killed("dmg", 4, 100).await;
         let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
-        damage(&spool.join("spool.redb"), how);
+        damage(&spool.join("spool.redb"), &config, how);
         broker.up();
 
         // It starts at once, on a fresh spool, and takes new events.
