@@ -158,7 +158,7 @@ impl Pipeline {
     }
 
     /// Answers pings, routes an authenticated event and hands it to the delivery mode.
-    pub async fn deliver(&self, source: &Source, event: Event) -> Outcome {
+    pub async fn deliver(&self, source: &Source, mut event: Event) -> Outcome {
         let outcome = if event.is_ping() && !source.publish_ping {
             Outcome::Ping
         } else {
@@ -179,7 +179,8 @@ impl Pipeline {
             match decision {
                 Decision::Drop { rule } => {
                     let mut message = Message::new(&event, "", event.id.as_bytes().to_vec());
-                    message.archive = self.archived(source, &event, &rule, StatusCode::OK);
+                    let kept = std::mem::take(&mut event.request_headers);
+                    message.archive = self.archived(source, kept, &rule, StatusCode::OK);
                     self.delivery.archive_answered(&message, Answered::Dropped);
                     Outcome::Dropped { event: er, rule }
                 }
@@ -187,7 +188,8 @@ impl Pipeline {
                     let mut message = Message::new(&event, topic.clone(), key);
                     let rule = self.router.rule_label(&source.name, &event.slug);
                     let answer = self.delivery.taken_status(source.accepted_status);
-                    message.archive = self.archived(source, &event, rule, answer);
+                    let kept = std::mem::take(&mut event.request_headers);
+                    message.archive = self.archived(source, kept, rule, answer);
                     taken(er, topic.into(), self.delivery.accept(message).await)
                 }
             }
@@ -199,18 +201,19 @@ impl Pipeline {
         outcome
     }
 
-    /// What the archive keeps of `event` beside it, when its source is archived.
+    /// What the archive keeps of an event beside it (its rule, its answer, the request
+    /// headers kept), when its source is archived.
     fn archived(
         &self,
         source: &Source,
-        event: &Event,
+        request_headers: Vec<(String, String)>,
         rule: &str,
         answer: StatusCode,
     ) -> Option<Archived> {
         (source.archive && self.delivery.archives()).then(|| Archived {
             rule: rule.to_string(),
             answer: answer.as_u16(),
-            request_headers: event.request_headers.clone(),
+            request_headers,
         })
     }
 }

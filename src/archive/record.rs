@@ -2,7 +2,7 @@
 //! and how a record read back becomes an [`ArchivedDelivery`] again.
 
 use http::HeaderMap;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 
 use crate::event::{rfc3339_ms, Message};
 use crate::kafka::headers;
@@ -78,24 +78,18 @@ const REQUEST_PREFIX: &str = "request-";
 /// The headers of `msg`'s archive record: the bridge's own event headers (always by name,
 /// whatever the source writes on its topic), then what became of it.
 pub(crate) fn headers_of(msg: &Message, outcome: Outcome) -> OwnedHeaders {
-    let mut out = headers::named(msg);
-    let h = |key: &'static str, value: &str| -> (String, String) { (key.into(), value.into()) };
-    let mut extra = vec![h(OUTCOME, outcome.as_str())];
+    use headers::header;
+    let mut out = headers::named(msg).insert(header(OUTCOME, outcome.as_str()));
     if outcome == Outcome::Taken {
-        extra.push(h(TOPIC, &msg.topic));
+        out = out.insert(header(TOPIC, &msg.topic));
     }
     if let Some(a) = &msg.archive {
-        extra.push(h(RULE, &a.rule));
-        extra.push(h(ANSWER, &a.answer.to_string()));
+        out = out
+            .insert(header(RULE, &a.rule))
+            .insert(header(ANSWER, &a.answer.to_string()));
         for (name, value) in &a.request_headers {
-            extra.push((format!("{REQUEST_PREFIX}{name}"), value.clone()));
+            out = out.insert(header(&format!("{REQUEST_PREFIX}{name}"), value));
         }
-    }
-    for (key, value) in &extra {
-        out = out.insert(Header {
-            key: key.as_str(),
-            value: Some(value.as_str()),
-        });
     }
     out
 }

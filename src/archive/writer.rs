@@ -55,11 +55,6 @@ impl Archive {
         })
     }
 
-    /// The archive topic.
-    pub fn topic(&self) -> &TopicName {
-        &self.topic
-    }
-
     /// Hands the archive record of `msg` to the producer, when its source is archived
     /// (`msg.archive` is set), and counts its report when it comes. Only a full producer
     /// queue is an error, so that the caller backs off before sending the event itself.
@@ -102,17 +97,14 @@ impl Archive {
         if let Some(a) = &mut msg.archive {
             a.answer = 200;
         }
-        if self.enqueue(&msg, outcome).is_err() {
-            let e = rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            );
+        if let Err(e) = self.enqueue(&msg, outcome) {
             self.failed(&msg.event_id, &e);
         }
     }
 
     /// Counts a record the archive did not take; the line is throttled (one a minute says
     /// as much as one per event when the archive topic is refused).
-    fn failed(&self, id: &str, error: &rdkafka::error::KafkaError) {
+    fn failed(&self, id: &str, error: &dyn std::fmt::Display) {
         static THROTTLE: std::sync::LazyLock<LogThrottle> =
             std::sync::LazyLock::new(|| LogThrottle::new(std::time::Duration::from_secs(60)));
         self.metrics.archive_failed.inc();

@@ -10,12 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::ControlFlow;
-use std::time::Duration;
 
 use clap::{Args, Subcommand};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use serde_json::json;
 
 use super::archive_args::{parse_time, ClusterArgs};
@@ -27,8 +26,8 @@ use crate::kafka::headers::{
     REDRIVE_ATTEMPT, SOURCE,
 };
 use crate::kafka::reader::{ReadError, Record};
-use crate::kafka::scan::{scan, ScanStart, Scanned};
-use crate::kafka::{is_permanent, EnqueueError, Publisher};
+use crate::kafka::scan::{scan_if_there, ScanStart, Scanned};
+use crate::kafka::{is_permanent, Publisher};
 
 #[derive(Debug, Subcommand)]
 pub enum DeadLettersCommand {
@@ -145,7 +144,7 @@ fn read_dead_letters(
 ) -> anyhow::Result<(Vec<DeadLetter>, HashSet<String>)> {
     let (mut letters, mut handled) = (Vec::new(), HashSet::new());
     let start = which.from.map_or(ScanStart::Beginning, ScanStart::Time);
-    let result = scan(consumer, dlq, &start, None, |scanned| {
+    scan_if_there(consumer, dlq, &start, None, |scanned| {
         let d = DeadLetter {
             scanned,
             topic: dlq.to_string(),
@@ -165,11 +164,8 @@ fn read_dead_letters(
             letters.push(d);
         }
         ControlFlow::Continue(())
-    });
-    match result {
-        Ok(_) | Err(ReadError::NoTopic(_)) => Ok((letters, handled)),
-        Err(e) => Err(e.into()),
-    }
+    })?;
+    Ok((letters, handled))
 }
 
 /// The `redriven-from` marks on `topics` since shortly before `since_ms`.
@@ -181,14 +177,14 @@ fn redriven_marks(
     let mut marks = HashSet::new();
     for topic in topics {
         let start = ScanStart::Time(since_ms - 60_000);
-        let result = scan(consumer, topic, &start, None, |s| {
+        let result = scan_if_there(consumer, topic, &start, None, |s| {
             if let Some(m) = s.record.header(REDRIVEN_FROM) {
                 marks.insert(m);
             }
             ControlFlow::Continue(())
         });
         match result {
-            Ok(_) | Err(ReadError::NoTopic(_)) => {}
+            Ok(_) => {}
             // A topic the cluster will not even describe took nothing: its dead letters
             // are sent and refused again, and stay dead letters.
             Err(e @ ReadError::Refused { .. }) => {
@@ -322,9 +318,13 @@ impl Redrive<'_> {
         attempt: &str,
         mark: &str,
     ) -> anyhow::Result<()> {
-        let headers = with_redrive(headers::dead_letter(m, &error.to_string()), attempt, mark);
-        let future = publisher.enqueue_to(self.dlq, m, headers)?;
-        Publisher::delivered(future).await.map_err(|e| {
+        let reason = error.to_string();
+        let headers = || with_redrive(headers::dead_letter(m, &reason), attempt, mark);
+        let sent = match publisher.enqueue_when_room(self.dlq, m, headers).await {
+            Ok(future) => Publisher::delivered(future).await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| {
             anyhow::anyhow!("{} was refused again ({error}) and the dead-letter topic did not take it back ({e}); it is still there from before", m.event_id)
         })?;
         eprintln!(
@@ -336,21 +336,16 @@ impl Redrive<'_> {
 }
 
 /// Sends `m` to its topic with the redrive's headers and waits for Kafka's answer (a refusal
-/// when it is handed over counts as Kafka's answer; a full queue is waited out).
+/// when it is handed over counts as Kafka's answer).
 async fn send_once(
     publisher: &Publisher,
     m: &Message,
     attempt: &str,
     mark: &str,
 ) -> Result<(), KafkaError> {
-    loop {
-        let headers = with_redrive(headers::of(m), attempt, mark);
-        match publisher.enqueue_to(&m.topic, m, headers) {
-            Ok(future) => return Publisher::delivered(future).await.map(|_| ()),
-            Err(EnqueueError::QueueFull) => tokio::time::sleep(Duration::from_millis(20)).await,
-            Err(EnqueueError::Refused(e)) => return Err(e),
-        }
-    }
+    let headers = || with_redrive(headers::of(m), attempt, mark);
+    let future = publisher.enqueue_when_room(&m.topic, m, headers).await?;
+    Publisher::delivered(future).await.map(|_| ())
 }
 
 /// A dead letter whose source is no longer configured: sent back as it was recorded.
@@ -370,14 +365,7 @@ fn as_recorded(r: &Record, topic: String, key: Vec<u8>, received_ms: i64) -> Mes
     }
 }
 
-fn with_redrive(headers: OwnedHeaders, attempt: &str, mark: &str) -> OwnedHeaders {
-    headers
-        .insert(Header {
-            key: REDRIVE_ATTEMPT,
-            value: Some(attempt),
-        })
-        .insert(Header {
-            key: REDRIVEN_FROM,
-            value: Some(mark),
-        })
+fn with_redrive(h: OwnedHeaders, attempt: &str, mark: &str) -> OwnedHeaders {
+    h.insert(headers::header(REDRIVE_ATTEMPT, attempt))
+        .insert(headers::header(REDRIVEN_FROM, mark))
 }

@@ -15,7 +15,7 @@ use crate::archive::{record::archived_at, ArchivedDelivery, Outcome};
 use crate::config::Config;
 use crate::kafka::headers::DLQ_REASON;
 use crate::kafka::reader::ReadError;
-use crate::kafka::scan::{scan, ScanStart};
+use crate::kafka::scan::{scan, scan_if_there, ScanStart};
 
 #[derive(Debug, Subcommand)]
 pub enum EventsCommand {
@@ -186,7 +186,7 @@ fn look_on(
     place: impl Fn(&crate::kafka::reader::Record, i32, i64) -> Place,
 ) -> anyhow::Result<()> {
     let mut left: HashSet<PlaceKey> = wanted.iter().map(|d| place_key(d)).collect();
-    let result = scan(consumer, topic, &ScanStart::Time(from), Some(until), |s| {
+    scan_if_there(consumer, topic, &ScanStart::Time(from), Some(until), |s| {
         let Some(key) = s.record.event_key() else {
             return ControlFlow::Continue(());
         };
@@ -198,11 +198,8 @@ fn look_on(
             true => ControlFlow::Break(()),
             false => ControlFlow::Continue(()),
         }
-    });
-    match result {
-        Ok(_) | Err(ReadError::NoTopic(_)) => Ok(()),
-        Err(e) => Err(e.into()),
-    }
+    })?;
+    Ok(())
 }
 
 /// One delivery and where it is, as a JSON object.

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::consumer::BaseConsumer;
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::DeliveryFuture;
 use serde::{Deserialize, Serialize};
 
@@ -30,8 +30,8 @@ use crate::config::Config;
 use crate::event::Message;
 use crate::kafka::headers::{self, REPLAYED_AT, REPLAY_ID};
 use crate::kafka::reader::ReadError;
-use crate::kafka::scan::{scan, ScanStart};
-use crate::kafka::{Cluster, EnqueueError, Publisher};
+use crate::kafka::scan::{scan, scan_if_there, ScanStart};
+use crate::kafka::{Cluster, Publisher};
 use crate::route::Decision;
 
 #[derive(Debug, Args)]
@@ -79,6 +79,7 @@ struct State {
     next: BTreeMap<i32, i64>,
     /// Topics this replay wrote to.
     topics: BTreeSet<String>,
+    /// Sends confirmed, over every run of this replay.
     sent: u64,
     /// When the state was last written (ms).
     checkpoint_ms: i64,
@@ -322,7 +323,7 @@ impl Replay<'_> {
                 state.save(path)?;
             }
             self.pace.wait();
-            let future = self.send(&msg);
+            let future = self.send(&msg)?;
             self.pending.push(future);
         }
         Ok(())
@@ -342,30 +343,32 @@ impl Replay<'_> {
     }
 
     /// Hands `msg` to the producer with its headers and the replay's, waiting out a full
-    /// queue.
-    fn send(&mut self, msg: &Message) -> DeliveryFuture {
+    /// queue. A refusal ends the replay: its state points before this event, so `--resume`
+    /// sends it once the cause is fixed.
+    fn send(&mut self, msg: &Message) -> anyhow::Result<DeliveryFuture> {
         let replayed_at = crate::event::rfc3339_ms(now_ms() as u64);
-        loop {
-            let h = replay_headers(msg, &replayed_at, &self.replay_id);
-            match self.publisher.enqueue_to(&msg.topic, msg, h) {
-                Ok(f) => return f,
-                Err(EnqueueError::QueueFull) => std::thread::sleep(Duration::from_millis(20)),
-                Err(EnqueueError::Refused(e)) => {
-                    eprintln!("the producer refused {}: {e}; retrying", msg.event_id);
-                    std::thread::sleep(Duration::from_secs(1));
-                }
-            }
-        }
+        let headers = || replay_headers(msg, &replayed_at, &self.replay_id);
+        self.rt
+            .block_on(self.publisher.enqueue_when_room(&msg.topic, msg, headers))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "the producer refused {} for {}: {e}; the state points before it: --resume once the cause is fixed",
+                    msg.event_id,
+                    msg.topic
+                )
+            })
     }
 
-    /// Waits for every send so far, then records how far the archive was read.
+    /// Waits for every send so far, then records how far the archive was read (and, over
+    /// every run of the replay, how many sends were confirmed).
     fn checkpoint(&mut self, state: &mut State, path: &Path) -> anyhow::Result<()> {
+        let confirmed = self.pending.len() as u64;
         self.confirm()?;
         if self.apply {
             state
                 .next
                 .extend(self.positions.iter().map(|(p, o)| (*p, *o)));
-            state.sent = self.by_topic.values().sum();
+            state.sent += confirmed;
             state.save(path)?;
         }
         Ok(())
@@ -435,14 +438,8 @@ pub(super) fn route_again(
 /// replay's.
 fn replay_headers(msg: &Message, replayed_at: &str, replay_id: &str) -> OwnedHeaders {
     headers::of(msg)
-        .insert(Header {
-            key: REPLAYED_AT,
-            value: Some(replayed_at),
-        })
-        .insert(Header {
-            key: REPLAY_ID,
-            value: Some(replay_id),
-        })
+        .insert(headers::header(REPLAYED_AT, replayed_at))
+        .insert(headers::header(REPLAY_ID, replay_id))
 }
 
 /// What a resumed replay already sent past its last checkpoint: the events on the topics it
@@ -461,18 +458,14 @@ fn resumed_sends(
         .create()?;
     let since = ScanStart::Time(state.checkpoint_ms - 60_000);
     for topic in &state.topics {
-        let result = scan(&consumer, topic, &since, None, |s| {
+        scan_if_there(&consumer, topic, &since, None, |s| {
             if s.record.header(REPLAY_ID).as_deref() == Some(state.replay_id.as_str()) {
                 if let Some(key) = s.record.event_key() {
                     sent.insert((key.source().to_string(), key.id().to_string()));
                 }
             }
             ControlFlow::Continue(())
-        });
-        match result {
-            Ok(_) | Err(ReadError::NoTopic(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
+        })?;
     }
     Ok(sent)
 }

@@ -123,16 +123,16 @@ pub(crate) fn dead_letter(msg: &Message, reason: &str) -> OwnedHeaders {
 /// CloudEvents headers were written. Recovery reads it; [`fold_named`] and the CloudEvents
 /// headers write it.
 pub(crate) fn read_key(headers: &BorrowedHeaders) -> Option<EventKey<'static>> {
-    read_key_of(headers.iter().map(|h| (h.key, h.value.unwrap_or_default())))
+    read_key_of(headers.iter().map(|h| (h.key, h.value)))
 }
 
 /// [`read_key`] over headers as (name, value) pairs, for records already read.
-pub fn read_key_of<'a>(
-    headers: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+pub(crate) fn read_key_of<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
 ) -> Option<EventKey<'static>> {
     let (mut source, mut id, mut ce_source, mut ce_id) = (None, None, None, None);
     for (key, value) in headers {
-        let value = Some(String::from_utf8_lossy(value));
+        let value = value.map(String::from_utf8_lossy);
         match key {
             SOURCE => source = value,
             EVENT_ID => id = value,
@@ -157,7 +157,8 @@ fn fold_named<T>(msg: &Message, init: T, add: &mut impl FnMut(T, &str, &str) -> 
     add(acc, CONTENT_TYPE, &msg.content_type)
 }
 
-fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+/// One header, for `OwnedHeaders::insert` (which copies it).
+pub(crate) fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
     Header {
         key,
         value: Some(value),

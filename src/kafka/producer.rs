@@ -142,12 +142,29 @@ impl Publisher {
     pub(crate) async fn refresh_metadata(&self) {
         let producer = self.producer.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            producer
+            let _ = producer
                 .client()
-                .fetch_metadata(None, Duration::from_secs(5))
-                .is_ok()
+                .fetch_metadata(None, Duration::from_secs(5));
         })
         .await;
+    }
+
+    /// Hands `msg` to the producer for `topic` with the headers `headers` makes, waiting
+    /// while the queue is full: for the tools that send in bulk (`replay`, `dead-letters
+    /// redrive`), which can wait where a request cannot. A refusal is returned.
+    pub(crate) async fn enqueue_when_room(
+        &self,
+        topic: &str,
+        msg: &Message,
+        headers: impl Fn() -> OwnedHeaders,
+    ) -> Result<DeliveryFuture, KafkaError> {
+        loop {
+            match self.enqueue_to(topic, msg, headers()) {
+                Ok(future) => return Ok(future),
+                Err(EnqueueError::QueueFull) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Err(EnqueueError::Refused(e)) => return Err(e),
+            }
+        }
     }
 
     /// Asks the cluster for the metadata of `topic` (one topic, so the probe costs the same

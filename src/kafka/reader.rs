@@ -143,7 +143,11 @@ impl Record {
     /// Which event this record is, as its headers name it (see
     /// [`super::headers::read_key`]).
     pub fn event_key(&self) -> Option<crate::event::EventKey<'static>> {
-        super::headers::read_key_of(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+        super::headers::read_key_of(
+            self.headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+        )
     }
 
     /// A header's value as text (lossy), if present.

@@ -128,6 +128,20 @@ pub fn scan<C: ConsumerContext>(
     Ok(next)
 }
 
+/// [`scan`] of a topic that may not exist (yet): one that does not holds nothing (`None`).
+pub fn scan_if_there<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+    start: &ScanStart,
+    until_ms: Option<i64>,
+    each: impl FnMut(Scanned) -> ControlFlow<()>,
+) -> Result<Option<BTreeMap<i32, i64>>, ReadError> {
+    match scan(consumer, topic, start, until_ms, each) {
+        Err(ReadError::NoTopic(_)) => Ok(None),
+        other => other.map(Some),
+    }
+}
+
 /// Whether a partition's position is still short of what is there to read (a poll that came
 /// back empty can be a slow broker, not the end).
 fn still_behind<C: ConsumerContext>(
