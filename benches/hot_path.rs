@@ -93,6 +93,7 @@ fn hot_path(c: &mut Criterion) {
         received_at: SystemTime::now(),
         cloudevent: None,
         request_headers: Vec::new(),
+        trace: None,
     };
     let msg = Message::new(&event, "t", b"k".to_vec());
     let encoded = msg.encode();

@@ -33,6 +33,7 @@ fn message(i: usize, body: &Bytes) -> Message {
         body: body.clone(),
         cloudevent: None,
         archive: None,
+        trace: None,
     }
 }
 

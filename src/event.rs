@@ -11,6 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::TraceContext;
+
 /// An authenticated, parsed delivery.
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -27,6 +29,9 @@ pub struct Event {
     pub cloudevent: Option<CloudEvent>,
     /// The request headers the archive keeps (empty for a source that is not archived).
     pub request_headers: Vec<(String, String)>,
+    /// Where the event's trace is: the request's span, or with tracing off an incoming
+    /// context its source trusts; `None` when neither.
+    pub trace: Option<TraceContext>,
 }
 
 /// What a source that speaks CloudEvents adds to its messages (the Kafka protocol binding,
@@ -167,8 +172,12 @@ pub struct Message {
     /// [`Message::decode`]).
     pub cloudevent: Option<CloudEvent>,
     /// What the archive keeps of the delivery beside the event (see [`Archived`]); `None`
-    /// for a source that is not archived. Last, for the same reason.
+    /// for a source that is not archived. After `cloudevent`, for the same reason.
     pub archive: Option<Archived>,
+    /// The trace the event belongs to (its request's span): the publish, whenever it
+    /// happens, is that span's child, and the message's `traceparent` names it. Last, for
+    /// the same reason.
+    pub trace: Option<TraceContext>,
 }
 
 /// What the archive topic keeps of a delivery beyond the event itself: the rule that routed
@@ -183,6 +192,21 @@ pub struct Archived {
     pub answer: u16,
     /// Request headers kept, as (lower-case name, value).
     pub request_headers: Vec<(String, String)>,
+}
+
+/// A `Message` as spooled before traces: the same fields without the last one.
+#[derive(Deserialize)]
+struct MessageV3 {
+    topic: TopicName,
+    key: Bytes,
+    source: String,
+    slug: Slug,
+    event_id: String,
+    received_at_ms: u64,
+    content_type: String,
+    body: Bytes,
+    cloudevent: Option<CloudEvent>,
+    archive: Option<Archived>,
 }
 
 /// A `Message` as spooled before the archive: the same fields without the last one.
@@ -226,6 +250,7 @@ impl Message {
             body: event.body.clone(),
             cloudevent: event.cloudevent.clone(),
             archive: None,
+            trace: event.trace.clone(),
         }
     }
 
@@ -235,13 +260,33 @@ impl Message {
     }
 
     /// Reads a spooled message. Postcard is not self-describing, so an entry written by an
-    /// earlier version (without `archive`, or without `cloudevent` either) ends where the new
-    /// layout expects one more field: such an entry is read with the layout it was written
-    /// in, so an upgrade never strands a spool.
+    /// earlier version (without `trace`, `archive` or `cloudevent`) ends where the new layout
+    /// expects one more field: such an entry is read with the layout it was written in, so
+    /// an upgrade never strands a spool.
     pub fn decode(bytes: &[u8]) -> Result<Message, postcard::Error> {
         match postcard::from_bytes(bytes) {
-            Err(postcard::Error::DeserializeUnexpectedEnd) => Self::decode_v2(bytes),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => Self::decode_v3(bytes),
             other => other,
+        }
+    }
+
+    fn decode_v3(bytes: &[u8]) -> Result<Message, postcard::Error> {
+        match postcard::from_bytes::<MessageV3>(bytes) {
+            Ok(v3) => Ok(Message {
+                topic: v3.topic,
+                key: v3.key,
+                source: v3.source,
+                slug: v3.slug,
+                event_id: v3.event_id,
+                received_at_ms: v3.received_at_ms,
+                content_type: v3.content_type,
+                body: v3.body,
+                cloudevent: v3.cloudevent,
+                archive: v3.archive,
+                trace: None,
+            }),
+            Err(postcard::Error::DeserializeUnexpectedEnd) => Self::decode_v2(bytes),
+            Err(e) => Err(e),
         }
     }
 
@@ -258,6 +303,7 @@ impl Message {
                 body: v2.body,
                 cloudevent: v2.cloudevent,
                 archive: None,
+                trace: None,
             }),
             Err(postcard::Error::DeserializeUnexpectedEnd) => {
                 let v1: MessageV1 = postcard::from_bytes(bytes)?;
@@ -272,6 +318,7 @@ impl Message {
                     body: v1.body,
                     cloudevent: None,
                     archive: None,
+                    trace: None,
                 })
             }
             Err(e) => Err(e),
@@ -396,7 +443,25 @@ pub(crate) mod tests {
             body: Bytes::from_static(b"{\"x\":\"\xc3\xa9\"}"),
             cloudevent: None,
             archive: None,
+            trace: None,
         }
+    }
+
+    /// A message in the trace `4bf92f35…`, at the request span `00f067aa…`, sampled.
+    pub(crate) fn traced() -> Message {
+        Message {
+            trace: Some(TraceContext {
+                trace_id: hex_array("4bf92f3577b34da6a3ce929d0e0e4736"),
+                span_id: hex_array("00f067aa0ba902b7"),
+                flags: 1,
+                state: "congo=t61rcWkgMzE".into(),
+            }),
+            ..archived()
+        }
+    }
+
+    fn hex_array<const N: usize>(text: &str) -> [u8; N] {
+        hex::decode(text).unwrap().try_into().unwrap()
     }
 
     pub(crate) fn archived() -> Message {
@@ -458,9 +523,24 @@ pub(crate) mod tests {
             archive: None,
             ..m.clone()
         };
-        // The layout before the archive: the same bytes without the last field's tag.
+        // The layout before the archive: the same bytes without the last two fields' tags.
         let mut old = before.encode();
         assert_eq!(old.pop(), Some(0), "None is one zero byte");
+        assert_eq!(old.pop(), Some(0), "None is one zero byte");
+        assert_eq!(Message::decode(&old).unwrap(), before);
+    }
+
+    #[test]
+    fn the_trace_round_trips_and_entries_spooled_before_traces_still_decode() {
+        let m = traced();
+        assert_eq!(Message::decode(&m.encode()).unwrap(), m);
+        // What the previous version wrote: the same message without the trace.
+        let before = Message {
+            trace: None,
+            ..m.clone()
+        };
+        let mut old = before.encode();
+        assert_eq!(old.pop(), Some(0), "the trace's None tag");
         assert_eq!(Message::decode(&old).unwrap(), before);
     }
 

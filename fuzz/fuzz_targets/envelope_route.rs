@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
                         received_at: SystemTime::now(),
                         cloudevent: None,
                         request_headers: Vec::new(),
+                        trace: None,
                     };
                     let msg = Message::new(&event, topic, key);
                     assert_eq!(Message::decode(&msg.encode()).unwrap(), msg);

@@ -114,6 +114,8 @@ pub struct ArchivedDelivery {
     pub partition: i32,
     pub offset: i64,
     pub archived_at_ms: i64,
+    /// The trace the delivery belongs to, when it was traced.
+    pub trace: Option<crate::telemetry::TraceContext>,
 }
 
 impl ArchivedDelivery {
@@ -145,6 +147,7 @@ impl ArchivedDelivery {
             partition: record.partition,
             offset: record.offset,
             archived_at_ms: timestamp_ms,
+            trace: record.trace(),
         })
     }
 

@@ -41,6 +41,7 @@ pub(super) fn run(path: &Path) -> anyhow::Result<i32> {
         }
     );
     say!("archive: {}", describe_archive(&config));
+    say!("tracing: {}", describe_tracing(&config));
     for source in sources.iter() {
         say!();
         say!(
@@ -189,6 +190,29 @@ fn print_message(config: &Config, source: &Source, message: &Message) {
         "  answer:     {} (taken), 200 if it is a repeat within the dedupe window",
         source.accepted_status.as_u16()
     );
+}
+
+/// Where traces go, and which sources continue an incoming trace context.
+fn describe_tracing(config: &crate::config::Config) -> String {
+    let trusting: Vec<&str> = config
+        .sources
+        .iter()
+        .filter(|s| s.trust_traceparent)
+        .map(|s| &*s.name)
+        .collect();
+    let trusting = match trusting.is_empty() {
+        true => String::new(),
+        false => format!(
+            "; incoming traceparent continued for {}",
+            trusting.join(", ")
+        ),
+    };
+    match &config.tracing {
+        Some(otlp) => format!("{}{trusting}", otlp.describe()),
+        None => format!(
+            "off (messages carry a traceparent only when a trusted sender sent one){trusting}"
+        ),
+    }
 }
 
 /// Where deliveries are archived, and which sources are not.

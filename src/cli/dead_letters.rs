@@ -276,15 +276,19 @@ impl Redrive<'_> {
             &r.value,
             received,
         );
-        if self.through_routes {
-            return route_again(self.config, &event?);
-        }
-        let topic = d.header(DLQ_TOPIC).ok_or("no_original_topic")?;
-        let key = r.key.clone().unwrap_or_default();
-        Ok(match event {
-            Ok(event) => Message::new(&event, topic, key),
-            Err(_) => as_recorded(r, topic, key, received),
-        })
+        let mut msg = if self.through_routes {
+            route_again(self.config, &event?)?
+        } else {
+            let topic = d.header(DLQ_TOPIC).ok_or("no_original_topic")?;
+            let key = r.key.clone().unwrap_or_default();
+            match event {
+                Ok(event) => Message::new(&event, topic, key),
+                Err(_) => as_recorded(r, topic, key, received),
+            }
+        };
+        // Still in the trace of the request that brought it.
+        msg.trace = r.trace();
+        Ok(msg)
     }
 
     /// Sends `m` back; on a refusal for good, writes it to the dead-letter topic again.
@@ -362,6 +366,7 @@ fn as_recorded(r: &Record, topic: String, key: Vec<u8>, received_ms: i64) -> Mes
         body: r.value.clone().into(),
         cloudevent: None,
         archive: None,
+        trace: None,
     }
 }
 

@@ -156,12 +156,28 @@ fn load(path: &std::path::Path) -> anyhow::Result<crate::config::Config> {
 
 fn serve(config: &std::path::Path) -> anyhow::Result<i32> {
     let config = load(config)?;
-    crate::telemetry::init(&config.log);
+    let runtime = runtime()?;
+    // Inside the runtime: the gRPC exporter's channel lives on it.
+    let telemetry = {
+        let _inside = runtime.enter();
+        crate::telemetry::init_serving(&config.log, config.tracing.as_ref())
+    };
     // Every open connection is a descriptor: use all the hard limit allows.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         tracing::warn!(error = %e, "cannot raise the open-files limit");
     }
-    runtime()?.block_on(async move {
+    let served = serve_on(&runtime, config);
+    // The spans of the last events (their publish at shutdown among them) are exported
+    // while the runtime, and the gRPC channel on it, still runs.
+    telemetry.shutdown();
+    served
+}
+
+fn serve_on(
+    runtime: &tokio::runtime::Runtime,
+    config: crate::config::Config,
+) -> anyhow::Result<i32> {
+    runtime.block_on(async move {
         use tokio::signal::unix::{signal, SignalKind};
         // Taken over before anything else: SIGHUP's default action ends the process, and a
         // `kill -HUP`, logrotate or a closed terminal must never stop the bridge. Signals that

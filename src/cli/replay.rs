@@ -339,7 +339,9 @@ impl Replay<'_> {
     fn message(&self, d: &ArchivedDelivery) -> Result<Message, &'static str> {
         let received = d.received_at_ms().unwrap_or(0);
         let event = read_again(self.config, &d.source, &d.content_type, &d.body, received)?;
-        route_again(self.config, &event)
+        let mut msg = route_again(self.config, &event)?;
+        msg.trace = d.trace.clone();
+        Ok(msg)
     }
 
     /// Hands `msg` to the producer with its headers and the replay's, waiting out a full

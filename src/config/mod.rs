@@ -32,7 +32,7 @@ use crate::problem::{Problem, Problems};
 use crate::route::{DefaultRouteSettings, RouteSettings, Router};
 use crate::source::{SourceSettings, Sources};
 use crate::spool::SpoolSettings;
-use crate::telemetry::LogSettings;
+use crate::telemetry::{LogSettings, Otlp, TelemetrySettings};
 use crate::topics::layout::{RuleId, TopicLayout};
 use crate::topics::settings::TopicSettings;
 
@@ -52,6 +52,8 @@ pub struct Settings {
     pub spool: SpoolSettings,
     pub dedupe: DedupeSettings,
     pub log: LogSettings,
+    /// Traces (`[telemetry.otlp]`); off by default.
+    pub telemetry: TelemetrySettings,
     /// Webhook sources by name; each owns one HTTP path.
     pub sources: BTreeMap<String, SourceSettings>,
     /// Ordered routing rules: the first whose glob matches the slug wins.
@@ -77,6 +79,8 @@ pub struct Config {
     /// The fleet's shared dedupe index, when `dedupe.shared` is set.
     pub shared_dedupe: Option<SharedSettings>,
     pub log: LogSettings,
+    /// Where traces are exported; `None` when tracing is off.
+    pub tracing: Option<Otlp>,
     pub sources: Sources,
     pub router: Router,
     /// The spec of each topic the routes write (and the archive), and whether `serve`
@@ -219,6 +223,7 @@ impl Settings {
             dedupe: self.dedupe.clone(),
             shared_dedupe,
             log: self.log.clone(),
+            tracing: self.telemetry.build(problems),
             sources: sources?,
             router: router?,
             topics: topics?,

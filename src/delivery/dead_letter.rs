@@ -8,10 +8,9 @@
 use std::sync::Arc;
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::DeliveryFuture;
 
 use crate::event::Message;
-use crate::kafka::{headers, EnqueueError, Publisher};
+use crate::kafka::{headers, EnqueueError, Publisher, Sending};
 use crate::metrics::Metrics;
 
 /// Why an event could not be dead-lettered.
@@ -47,11 +46,12 @@ impl DeadLetters {
         &self,
         msg: &Message,
         error: &KafkaError,
-    ) -> Result<DeliveryFuture, DeadLetterError> {
+    ) -> Result<Sending, DeadLetterError> {
         let topic = self.topic.as_deref().ok_or(DeadLetterError::NoTopic)?;
         let headers = headers::dead_letter(msg, &error.to_string());
         self.publisher
             .enqueue_to(topic, msg, headers)
+            .map(Sending::untraced)
             .map_err(DeadLetterError::Enqueue)
     }
 
@@ -63,7 +63,8 @@ impl DeadLetters {
     /// Sends `msg` to the dead-letter topic and waits for Kafka's confirmation.
     pub async fn send(&self, msg: &Message, error: &KafkaError) -> Result<(), DeadLetterError> {
         let future = self.enqueue(msg, error)?;
-        Publisher::delivered(future)
+        future
+            .delivered()
             .await
             .map_err(DeadLetterError::Delivery)?;
         self.confirmed();

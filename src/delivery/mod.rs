@@ -26,13 +26,13 @@ use crate::dedupe::{Claim, SharedIndex};
 use crate::event::Message;
 use crate::kafka::topic::check_topic_name;
 use crate::kafka::{
-    headers, is_permanent, Delivered, EnqueueError, ProducerTuning, Publisher,
+    headers, is_permanent, Delivered, EnqueueError, ProducerTuning, Publisher, Sending,
     DEFAULT_MESSAGE_MAX_BYTES,
 };
 use crate::metrics::{ErrorLabels, Metrics, SourceLabels};
 use crate::problem::Problems;
 use crate::spool::{Appended, Spool, SpoolError};
-use crate::telemetry::LogThrottle;
+use crate::telemetry::{spans, LogThrottle};
 use crate::topics::Topics;
 pub use dead_letter::{DeadLetterError, DeadLetters};
 
@@ -340,8 +340,17 @@ impl Delivery {
         }
     }
 
+    /// Spools `msg`, in a span of its request's trace that lasts until its group commit is
+    /// durable.
     async fn spool(&self, spool: &Spool, msg: Message) -> Result<Accepted, Refusal> {
-        match spool.append(&msg).await {
+        let span = spans::spool_commit(msg.trace.as_ref(), msg.body.len());
+        let appended = spool.append(&msg).await;
+        if let Err(e) = &appended {
+            spans::failed(&span, "spool", e);
+        }
+        // The span ends here, when the entry is durable (or refused).
+        drop(span);
+        match appended {
             Ok(Appended::Stored(_)) => Ok(Accepted::Spooled),
             Ok(Appended::Duplicate) => {
                 self.duplicate(&msg);
@@ -359,7 +368,7 @@ impl Delivery {
         let (metrics, dead_letters) = (self.metrics.clone(), direct.dead_letters.clone());
         // The sender already has its answer; the report only feeds metrics and logs.
         tokio::spawn(async move {
-            let result = Publisher::delivered(future).await;
+            let result = future.delivered().await;
             record(&metrics, &msg, &result);
             match result {
                 Ok(_) => {}
@@ -381,7 +390,7 @@ impl Delivery {
         topic_ready(&direct.topics, &msg, timeout).await?;
         self.archive_taken(&msg)?;
         let future = enqueue(&direct.publisher, &msg)?;
-        let Ok(result) = tokio::time::timeout(timeout, Publisher::delivered(future)).await else {
+        let Ok(result) = tokio::time::timeout(timeout, future.delivered()).await else {
             return Err(unavailable(
                 "Kafka did not confirm the event in time",
                 format!("no delivery report within {timeout:?}"),
@@ -440,10 +449,7 @@ async fn topic_ready(topics: &Topics, msg: &Message, timeout: Duration) -> Resul
     }
 }
 
-fn enqueue(
-    publisher: &Publisher,
-    msg: &Message,
-) -> Result<rdkafka::producer::DeliveryFuture, Refusal> {
+fn enqueue(publisher: &Publisher, msg: &Message) -> Result<Sending, Refusal> {
     publisher.enqueue(msg).map_err(|e| match e {
         EnqueueError::QueueFull => Refusal::Busy("the producer queue is full"),
         EnqueueError::Refused(e) => unavailable("the producer refused the event", e),

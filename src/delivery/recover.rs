@@ -425,6 +425,7 @@ mod tests {
                 body: b"{}".to_vec().into(),
                 cloudevent: None,
                 archive: None,
+                trace: None,
             },
         }
     }
@@ -474,7 +475,7 @@ mod tests {
         // a and b were published before the "crash"; c was not.
         for e in [&entries[0], &entries[2]] {
             let sent = publisher.enqueue(&e.message).unwrap();
-            Publisher::delivered(sent).await.unwrap();
+            sent.delivered().await.unwrap();
         }
         cluster
             .topic_error(
@@ -544,7 +545,10 @@ mod tests {
         for i in 0..5 {
             let e = entry(0, "ok.topic", &format!("s{i}"));
             spool.append(&e.message).await.unwrap();
-            Publisher::delivered(publisher.enqueue(&e.message).unwrap())
+            publisher
+                .enqueue(&e.message)
+                .unwrap()
+                .delivered()
                 .await
                 .unwrap();
         }
@@ -573,7 +577,10 @@ mod tests {
             ce_only(3, "c", false),
         ];
         for e in &entries[..2] {
-            Publisher::delivered(publisher.enqueue(&e.message).unwrap())
+            publisher
+                .enqueue(&e.message)
+                .unwrap()
+                .delivered()
                 .await
                 .unwrap();
         }

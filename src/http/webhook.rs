@@ -30,7 +30,8 @@ use super::outcome::{answer_for, refuse, refuse_closing};
 use crate::metrics::{Metrics, RequestLabels};
 use crate::pipeline::{Inbound, Outcome, Pipeline};
 use crate::source::Source;
-use crate::telemetry::LogThrottle;
+use crate::telemetry::spans::{self, RequestSpan};
+use crate::telemetry::{LogThrottle, TraceContext};
 
 /// The webhook handler: the pipeline, and the limits put on strangers before it.
 pub struct Webhook {
@@ -47,6 +48,16 @@ pub struct Webhook {
     throttle: LogThrottle,
     /// How long each source has gone without a 2xx.
     failing: Arc<FailingSources>,
+    /// `https` when the listener speaks TLS, for the request spans.
+    scheme: &'static str,
+}
+
+/// One request's place in tracing: its server span (disabled when tracing is off), and where
+/// its event's trace is: the span's position, or with tracing off an incoming context the
+/// source trusts, passed on as it came.
+struct RequestTrace {
+    span: tracing::Span,
+    at: Option<TraceContext>,
 }
 
 /// What became of one request: its answer, the outcome logged and counted for it, and
@@ -134,6 +145,11 @@ impl Webhook {
             max_body_bytes: server.max_body_bytes,
             body_timeout: server.body_timeout,
             throttle: LogThrottle::new(Duration::from_secs(10)),
+            scheme: if server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            },
         }
     }
 
@@ -162,6 +178,7 @@ impl Webhook {
         let source = source.clone();
         let token = token.map(str::to_owned);
         let client = self.proxies.client_ip(peer.ip(), req.headers());
+        let trace = self.request_trace(&source, client, &req);
         let span = tracing::info_span!(
             "webhook",
             source = %source.name,
@@ -176,9 +193,10 @@ impl Webhook {
                     reply.answer = self.after_unread_body(req, reply.answer).await;
                     reply
                 }
-                Ok(()) => self.take(&source, token.as_deref(), req).await,
+                Ok(()) => self.take(&source, token.as_deref(), req, &trace).await,
             };
             let status = reply.answer.status();
+            spans::request_answered(&trace.span, status.as_u16(), reply.outcome);
             self.log(status, reply.outcome);
             self.count(&source.name, status, started);
             if status.is_client_error() || status.is_server_error() {
@@ -191,9 +209,43 @@ impl Webhook {
         .await
     }
 
+    /// The request's server span, and where its event's trace is.
+    fn request_trace<B>(
+        &self,
+        source: &Source,
+        client: std::net::IpAddr,
+        req: &Request<B>,
+    ) -> RequestTrace {
+        let incoming = match source.trust_traceparent {
+            true => TraceContext::from_headers(req.headers()),
+            false => None,
+        };
+        let user_agent = req.headers().get(http::header::USER_AGENT);
+        let span = spans::request(
+            &RequestSpan {
+                method: req.method(),
+                route: &source.path,
+                version: req.version(),
+                scheme: self.scheme,
+                client,
+                user_agent: user_agent.and_then(|v| v.to_str().ok()),
+                source: &source.name,
+            },
+            incoming.as_ref(),
+        );
+        let at = spans::position(&span).or(incoming);
+        RequestTrace { span, at }
+    }
+
     /// Reads the body, has the pipeline authenticate it, takes an in-flight slot, and hands
-    /// the event on.
-    async fn take<B>(&self, source: &Source, token: Option<&str>, req: Request<B>) -> Reply
+    /// the event on, in the trace `trace`.
+    async fn take<B>(
+        &self,
+        source: &Source,
+        token: Option<&str>,
+        req: Request<B>,
+        trace: &RequestTrace,
+    ) -> Reply
     where
         B: Body<Data = Bytes> + Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -211,7 +263,7 @@ impl Webhook {
             body,
             received_at,
         };
-        let event = match self.pipeline.authenticate(source, inbound) {
+        let mut event = match self.pipeline.authenticate(source, inbound) {
             Ok(event) => event,
             Err(outcome) => {
                 return Reply {
@@ -221,6 +273,8 @@ impl Webhook {
                 }
             }
         };
+        spans::request_event(&trace.span, &event.id, &event.slug, event.body.len());
+        event.trace = trace.at.clone();
         // From here the connection is not closed to make room for others (unless it already
         // is being closed: then the event is not taken, and the sender retries).
         let connection = parts.extensions.get::<ConnectionState>();

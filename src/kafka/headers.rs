@@ -11,6 +11,7 @@
 use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 
 use crate::event::{EventKey, Message};
+use crate::telemetry::TraceContext;
 
 pub const EVENT: &str = "event";
 pub const EVENT_ID: &str = "event-id";
@@ -36,13 +37,29 @@ pub const CE_SOURCE: &str = "ce_source";
 pub const CE_TYPE: &str = "ce_type";
 pub const CE_TIME: &str = "ce_time";
 pub const CE_SUBJECT: &str = "ce_subject";
+/// The W3C trace context of the message's publish (its producer span), for consumers that
+/// continue the trace.
+pub const TRACEPARENT: &str = crate::telemetry::context::TRACEPARENT;
+pub const TRACESTATE: &str = crate::telemetry::context::TRACESTATE;
+/// The same for CloudEvents sources, as the CloudEvents distributed-tracing extension names
+/// it in the Kafka binding.
+pub const CE_TRACEPARENT: &str = "ce_traceparent";
+pub const CE_TRACESTATE: &str = "ce_tracestate";
 
 /// The headers of a published message: the bridge's own (slug, id, source, receive time,
-/// content type), and the CloudEvents attributes for sources that publish them.
+/// content type), the CloudEvents attributes for sources that publish them, and the trace
+/// context the message was taken in.
 pub fn of(msg: &Message) -> OwnedHeaders {
-    let capacity = if msg.cloudevent.is_some() { 11 } else { 5 };
+    of_traced(msg, msg.trace.as_ref())
+}
+
+/// [`of`], with `trace` (the publish's own position in the message's trace, which differs
+/// from the stored one only in its fixed-width span id and flags) as the trace context.
+pub fn of_traced(msg: &Message, trace: Option<&TraceContext>) -> OwnedHeaders {
+    let capacity = if msg.cloudevent.is_some() { 15 } else { 7 };
     fold(
         msg,
+        trace,
         OwnedHeaders::new_with_capacity(capacity),
         |h, key, value| h.insert(header(key, value)),
     )
@@ -61,7 +78,7 @@ pub const RECORD_OVERHEAD: usize = 36;
 /// Worked out from the same headers [`of`] writes, so the two cannot disagree; checked
 /// against librdkafka itself in the tests below.
 pub fn record_size(msg: &Message) -> usize {
-    let headers = fold(msg, 0, |n, key, value| {
+    let headers = fold(msg, msg.trace.as_ref(), 0, |n, key, value| {
         n + key.len() + value.len() + varint_len(key.len()) + varint_len(value.len())
     });
     RECORD_OVERHEAD + msg.key.len() + msg.body.len() + headers
@@ -79,12 +96,48 @@ fn varint_len(len: usize) -> usize {
 }
 
 /// Folds every header of a published message, in order, as (name, value), into `init`.
-fn fold<T>(msg: &Message, init: T, mut add: impl FnMut(T, &str, &str) -> T) -> T {
+fn fold<T>(
+    msg: &Message,
+    trace: Option<&TraceContext>,
+    init: T,
+    mut add: impl FnMut(T, &str, &str) -> T,
+) -> T {
+    let acc = fold_event(msg, init, &mut add);
+    fold_trace(trace, msg.cloudevent.is_some(), acc, &mut add)
+}
+
+/// The trace context's headers: `traceparent` and `tracestate`, and for CloudEvents their
+/// `ce_` twins too.
+fn fold_trace<T>(
+    trace: Option<&TraceContext>,
+    cloudevent: bool,
+    init: T,
+    add: &mut impl FnMut(T, &str, &str) -> T,
+) -> T {
+    let Some(trace) = trace else {
+        return init;
+    };
+    let parent = trace.traceparent();
+    let mut acc = add(init, TRACEPARENT, &parent);
+    if let Some(state) = trace.tracestate() {
+        acc = add(acc, TRACESTATE, state);
+    }
+    if cloudevent {
+        acc = add(acc, CE_TRACEPARENT, &parent);
+        if let Some(state) = trace.tracestate() {
+            acc = add(acc, CE_TRACESTATE, state);
+        }
+    }
+    acc
+}
+
+/// The event's own headers and its CloudEvents attributes.
+fn fold_event<T>(msg: &Message, init: T, add: &mut impl FnMut(T, &str, &str) -> T) -> T {
     let Some(ce) = &msg.cloudevent else {
-        return fold_named(msg, init, &mut add);
+        return fold_named(msg, init, add);
     };
     let acc = match ce.bridge_headers {
-        true => fold_named(msg, init, &mut add),
+        true => fold_named(msg, init, add),
         false => add(init, CONTENT_TYPE, &msg.content_type),
     };
     let acc = add(acc, CE_SPECVERSION, "1.0");
@@ -101,14 +154,31 @@ fn fold<T>(msg: &Message, init: T, mut add: impl FnMut(T, &str, &str) -> T) -> T
     }
 }
 
-/// The bridge's own headers of `msg` (slug, id, source, receive time, content type), whatever
-/// its source writes on its topic: what the dead-letter topic and the archive start from.
+/// The bridge's own headers of `msg` (slug, id, source, receive time, content type) and its
+/// trace context, whatever its source writes on its topic: what the dead-letter topic and
+/// the archive start from.
 pub(crate) fn named(msg: &Message) -> OwnedHeaders {
-    fold_named(
-        msg,
-        OwnedHeaders::new_with_capacity(12),
-        &mut |h, key, value| h.insert(header(key, value)),
-    )
+    let add = &mut |h: OwnedHeaders, key: &str, value: &str| h.insert(header(key, value));
+    let acc = fold_named(msg, OwnedHeaders::new_with_capacity(14), add);
+    fold_trace(msg.trace.as_ref(), false, acc, add)
+}
+
+/// The trace context a message's headers carry (`traceparent`, `tracestate`), for a message
+/// read back to be sent again (a dead letter re-driven, an archived delivery replayed).
+pub(crate) fn read_trace<'a>(
+    headers: impl IntoIterator<Item = (&'a str, Option<&'a [u8]>)>,
+) -> Option<TraceContext> {
+    let mut map = http::HeaderMap::new();
+    for (key, value) in headers {
+        let name = match key {
+            TRACEPARENT => http::header::HeaderName::from_static(TRACEPARENT),
+            TRACESTATE => http::header::HeaderName::from_static(TRACESTATE),
+            _ => continue,
+        };
+        let value = value.and_then(|v| http::HeaderValue::from_bytes(v).ok())?;
+        map.insert(name, value);
+    }
+    TraceContext::from_headers(&map)
 }
 
 /// The event's headers plus why it was dead-lettered and where it was meant to go.

@@ -25,7 +25,7 @@ use serde::Deserialize;
 use crate::problem::Problems;
 pub use health::KafkaHealth;
 pub(crate) use producer::is_permanent;
-pub use producer::{Delivered, EnqueueError, Publisher};
+pub use producer::{Delivered, EnqueueError, Publisher, Sending};
 
 /// `[kafka]`: where and how to publish.
 #[derive(Debug, Clone, Deserialize, Default)]

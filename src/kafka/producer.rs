@@ -16,6 +16,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use super::health::{BridgeContext, KafkaHealth};
 use super::{headers, Cluster, ProducerTuning};
 use crate::event::Message;
+use crate::telemetry::spans;
 
 /// Where a message landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +58,45 @@ pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     )
 }
 
+/// A message handed to the producer: its delivery report to come, and the producer span of
+/// its publish, which ends with the report.
+pub struct Sending {
+    future: DeliveryFuture,
+    span: tracing::Span,
+}
+
+impl Sending {
+    /// A message sent outside any trace (a dead letter, whose headers keep the event's own
+    /// trace context).
+    pub fn untraced(future: DeliveryFuture) -> Sending {
+        Sending {
+            future,
+            span: tracing::Span::none(),
+        }
+    }
+
+    /// Waits for the delivery report; the span gets the partition and offset, or the error.
+    pub async fn delivered(self) -> Result<Delivered, KafkaError> {
+        let result = Publisher::delivered(self.future).await;
+        match &result {
+            Ok(d) => spans::published(&self.span, d.partition, d.offset),
+            Err(e) => spans::failed(&self.span, error_type(e), e),
+        }
+        result
+    }
+}
+
+/// A low-cardinality name of a Kafka error, for `error.type`.
+fn error_type(e: &KafkaError) -> &'static str {
+    match e.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => "message_size_too_large",
+        Some(RDKafkaErrorCode::MessageTimedOut) => "message_timed_out",
+        Some(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight) => "purged",
+        _ if is_permanent(e) => "refused",
+        _ => "_OTHER",
+    }
+}
+
 /// The process's Kafka producer; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
@@ -85,9 +125,24 @@ impl Publisher {
         self.producer.in_flight_count()
     }
 
-    /// Hands `msg` to the producer queue for its own topic; never blocks.
-    pub(crate) fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
-        self.enqueue_to(&msg.topic, msg, headers::of(msg))
+    /// Hands `msg` to the producer queue for its own topic; never blocks. Its producer span
+    /// starts here, a child of the request that brought the event, and its `traceparent`
+    /// names that span.
+    pub(crate) fn enqueue(&self, msg: &Message) -> Result<Sending, EnqueueError> {
+        let span = spans::publish(&msg.topic, &msg.event_id, msg.trace.as_ref());
+        let at = spans::position(&span);
+        let trace = match (&msg.trace, &at) {
+            (Some(stored), Some(at)) => Some(stored.at(at)),
+            (stored, _) => stored.clone(),
+        };
+        let future = self.enqueue_to(&msg.topic, msg, headers::of_traced(msg, trace.as_ref()));
+        if let Err(e) = &future {
+            spans::failed(&span, "enqueue", e);
+        }
+        Ok(Sending {
+            future: future?,
+            span,
+        })
     }
 
     /// Hands `msg` to the producer queue for `topic` with `headers`; never blocks.

@@ -140,6 +140,16 @@ impl Record {
         }
     }
 
+    /// The trace context its headers carry (`traceparent`, `tracestate`), so an event sent
+    /// again (re-driven, replayed) stays in the trace of the request that brought it.
+    pub fn trace(&self) -> Option<crate::telemetry::TraceContext> {
+        super::headers::read_trace(
+            self.headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), Some(v.as_slice()))),
+        )
+    }
+
     /// Which event this record is, as its headers name it (see
     /// [`super::headers::read_key`]).
     pub fn event_key(&self) -> Option<crate::event::EventKey<'static>> {

@@ -115,6 +115,11 @@ pub struct SourceSettings {
     pub accepted_status: Option<u16>,
     /// Keep this source's deliveries in the archive (when `[archive]` is enabled); unset: yes.
     pub archive: Option<bool>,
+    /// Continue the trace of an incoming W3C `traceparent` (and `tracestate`): for a sender
+    /// that traces its own side. Off, a request starts a trace of its own whatever it sends
+    /// (a stranger cannot attach the bridge's spans to a trace of its choosing).
+    #[serde(default)]
+    pub trust_traceparent: bool,
 }
 
 /// Why a delivery was not taken.
@@ -144,6 +149,8 @@ pub struct Source {
     pub accepted_status: StatusCode,
     /// Whether its deliveries are archived (when the archive is on).
     pub archive: bool,
+    /// Whether an incoming trace context is continued.
+    pub trust_traceparent: bool,
 }
 
 impl Source {
@@ -195,6 +202,7 @@ impl Source {
             received_at,
             cloudevent,
             request_headers: Vec::new(),
+            trace: None,
         })
     }
 
@@ -317,6 +325,7 @@ impl SourceSettings {
             cloudevents: cloudevents.flatten(),
             accepted_status,
             archive: self.archive.unwrap_or(true),
+            trust_traceparent: self.trust_traceparent,
         })
     }
 

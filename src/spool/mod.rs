@@ -472,6 +472,7 @@ mod tests {
                 body: Bytes::from(vec![b'x'; body_len]),
                 cloudevent: None,
                 archive: None,
+                trace: None,
             },
         }
     }

@@ -19,6 +19,7 @@ mod lifecycle;
 mod sender_contract;
 mod tansu;
 mod topics;
+mod tracing;
 mod webhooks;
 
 fn main() {
@@ -35,6 +36,7 @@ fn main() {
         ("sender_contract", sender_contract::tests()),
         ("tansu", tansu::tests()),
         ("topics", topics::tests()),
+        ("tracing", tracing::tests()),
         ("webhooks", webhooks::tests()),
     ]);
 }

@@ -142,6 +142,7 @@ fn spooled(topic: &str, id: &str) -> Spooled {
         body: eduzz_event(id, "myeduzz.invoice_paid").into(),
         cloudevent: None,
         archive: None,
+        trace: None,
     }
 }
 

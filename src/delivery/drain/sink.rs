@@ -8,13 +8,12 @@
 use std::future::Future;
 
 use rdkafka::error::KafkaError;
-use rdkafka::producer::DeliveryFuture;
 use tokio::sync::watch;
 
 use crate::archive::{self, Archive};
 use crate::delivery::{DeadLetterError, DeadLetters};
 use crate::event::Message;
-use crate::kafka::{Delivered, EnqueueError, Publisher};
+use crate::kafka::{Delivered, EnqueueError, Publisher, Sending};
 use crate::topics::Topics;
 
 /// Where the drain sends messages, and what it asks about their topics.
@@ -68,12 +67,12 @@ pub struct KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    type Pending = DeliveryFuture;
+    type Pending = Sending;
 
     /// The archive record first: a full queue then refuses both, and an event sent again
     /// after a failure is archived again (readers drop the repeat), so every event that
     /// reached its topic is in the archive.
-    fn enqueue(&self, msg: &Message) -> Result<DeliveryFuture, EnqueueError> {
+    fn enqueue(&self, msg: &Message) -> Result<Sending, EnqueueError> {
         if let Some(archive) = &self.archive {
             archive.enqueue(msg, archive::Outcome::Taken)?;
         }
@@ -84,14 +83,14 @@ impl Sink for KafkaSink {
         &self,
         msg: &Message,
         error: &KafkaError,
-    ) -> Result<DeliveryFuture, DeadLetterError> {
+    ) -> Result<Sending, DeadLetterError> {
         self.dead_letters.enqueue(msg, error)
     }
 
     fn report(
-        pending: DeliveryFuture,
+        pending: Sending,
     ) -> impl Future<Output = Result<Delivered, KafkaError>> + Send + 'static {
-        Publisher::delivered(pending)
+        pending.delivered()
     }
 
     fn topic_ready(&self, msg: &Message) -> bool {

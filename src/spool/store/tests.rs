@@ -13,6 +13,7 @@ fn message(id: &str) -> Message {
         body: Bytes::from(format!("{{\"id\":\"{id}\"}}")),
         cloudevent: None,
         archive: None,
+        trace: None,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod load;
+pub mod otlp;
 pub mod process;
 pub mod redis_server;
 pub mod tansu;

@@ -1,4 +1,6 @@
-//! Logging setup: `tracing` with a `RUST_LOG`-style filter, pretty or JSON.
+//! Logs and traces: `tracing` with a `RUST_LOG`-style filter, pretty or JSON, and, when
+//! `[telemetry.otlp]` is set, OpenTelemetry traces of each event from its request to its
+//! Kafka message ([`spans`], [`context`], [`otlp`]).
 //!
 //! What a sender controls (event ids, slugs, topics made from slugs) is logged as a plain
 //! `&str` field (`event_id = msg.event_id.as_str()`), never with `%` (Display): the pretty
@@ -6,10 +8,19 @@
 //! start a forged line, while JSON escapes it either way. `%` is for what the bridge itself
 //! made (addresses, errors, the operator's names).
 
+pub mod context;
+pub mod otlp;
+pub mod spans;
+
 use serde::Deserialize;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{fmt, EnvFilter};
+use tracing_subscriber::{fmt, EnvFilter, Layer, Registry};
+
+pub use context::TraceContext;
+pub use otlp::{Otlp, TelemetrySettings};
 
 /// `[log]`: log output.
 #[derive(Debug, Clone, Deserialize)]
@@ -36,37 +47,105 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over `log.filter`.
-/// Calling it twice is harmless (the second call does nothing).
+/// Installs the global subscriber for logs alone (the command-line tools). `RUST_LOG`, when
+/// set, wins over `log.filter`. Calling it twice is harmless (the second call does nothing).
 pub fn init(settings: &LogSettings) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.filter))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = match settings.format {
-        LogFormat::Json => fmt()
-            .with_env_filter(filter)
+    let _ = Registry::default().with(log_layer(settings)).try_init();
+}
+
+/// What `serve` holds while it runs: the trace provider, flushed when the bridge stops.
+#[must_use = "dropping it stops exporting traces"]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether traces are exported.
+    pub fn tracing(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports the spans still queued and stops the exporter (up to its timeout).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            if let Err(e) = provider.shutdown() {
+                tracing::warn!(error = %e, "traces not all exported at shutdown");
+            }
+        }
+    }
+}
+
+/// Installs logs and, with `otlp`, the OpenTelemetry layer for the [`spans::TARGET`] spans.
+/// Call it inside the Tokio runtime (the gRPC exporter's channel lives on it). An exporter
+/// that cannot be built is reported and the bridge runs without traces: traces are never a
+/// reason to refuse events.
+pub fn init_serving(settings: &LogSettings, otlp: Option<&Otlp>) -> Telemetry {
+    let (provider, problem) = match otlp.map(Otlp::tracer_provider) {
+        None => (None, None),
+        Some(Ok(p)) => (Some(p), None),
+        Some(Err(e)) => (None, Some(e)),
+    };
+    let traces = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer("eduzz-kafka-bridge"))
+            .with_location(false)
+            .with_threads(false)
+            .with_tracked_inactivity(false)
+            .with_filter(Targets::new().with_target(spans::TARGET, LevelFilter::TRACE))
+    });
+    let _ = Registry::default()
+        .with(log_layer(settings))
+        .with(traces)
+        .try_init();
+    match (&problem, otlp) {
+        (Some(e), _) => {
+            tracing::error!(error = %e, "traces are off: the OTLP exporter could not be built")
+        }
+        (None, Some(o)) => tracing::info!("traces: {}", o.describe()),
+        (None, None) => {}
+    }
+    Telemetry { provider }
+}
+
+/// The log output: pretty or JSON on stderr, filtered by `RUST_LOG` or `log.filter`; never
+/// the trace spans (their target is off in every filter).
+fn log_layer<S>(settings: &LogSettings) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let filter = log_filter(&settings.filter);
+    match settings.format {
+        LogFormat::Json => fmt::layer()
             .with_writer(std::io::stderr)
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .try_init()
-            .map_err(|e| e.to_string()),
-        LogFormat::Pretty => pretty(filter, std::io::stderr)
-            .try_init()
-            .map_err(|e| e.to_string()),
-    };
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => pretty(std::io::stderr).with_filter(filter).boxed(),
+    }
+}
+
+/// `RUST_LOG` (when set and valid) or the configured filter, with the trace spans' target off.
+fn log_filter(configured: &str) -> EnvFilter {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(configured))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    filter.add_directive(
+        format!("{}=off", spans::TARGET)
+            .parse()
+            .expect("a valid directive"),
+    )
 }
 
 /// The pretty (compact, one line per event) format, writing to `writer`.
-fn pretty<W>(filter: EnvFilter, writer: W) -> impl tracing::Subscriber + Send + Sync
+fn pretty<S, W>(writer: W) -> impl Layer<S> + Send + Sync
 where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
-    fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .compact()
-        .finish()
+    fmt::layer().with_writer(writer).compact()
 }
 
 /// Lets a repeated log line through at most once per interval per kind, and says how many were
@@ -149,7 +228,8 @@ mod tests {
     fn a_newline_in_a_str_field_stays_on_its_line_in_pretty_logs() {
         let out = Captured::default();
         let writer = out.clone();
-        let subscriber = pretty(EnvFilter::new("info"), move || writer.clone());
+        let subscriber = Registry::default()
+            .with(pretty(move || writer.clone()).with_filter(log_filter("info")));
         let id = "evil\n2026-01-01T00:00:00Z  INFO forged";
         tracing::subscriber::with_default(subscriber, || {
             tracing::error!(event_id = id, "parked");
