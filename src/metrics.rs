@@ -11,6 +11,7 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -23,6 +24,13 @@ use std::sync::Mutex;
 pub const MAX_TOPIC_LABELS: usize = 256;
 /// The label value standing for everything outside a bounded set.
 pub const OTHER: &str = "other";
+
+/// The exemplar of a publish latency: the trace of the event (OpenMetrics exemplars, which
+/// Prometheus keeps with `--enable-feature=exemplar-storage` and Grafana links to the trace).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -123,7 +131,7 @@ pub struct Metrics {
     pub(crate) shared_dedupe_reachable: Gauge,
     pub(crate) shared_dedupe_marks_pending: Gauge,
     shared_dedupe_reconnects: Family<ReconnectLabels, Counter>,
-    pub(crate) publish_latency: Histogram,
+    publish_latency: HistogramWithExemplars<TraceExemplar>,
     pub(crate) request_duration: Histogram,
     spool_depth: Gauge,
     spool_bytes: Gauge,
@@ -211,10 +219,13 @@ impl Metrics {
             shared_dedupe_reachable: Gauge::default(),
             shared_dedupe_marks_pending: Gauge::default(),
             shared_dedupe_reconnects: Family::default(),
-            publish_latency: Histogram::new([
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                60.0, 300.0,
-            ]),
+            publish_latency: HistogramWithExemplars::new(
+                [
+                    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0,
+                ]
+                .into_iter(),
+            ),
             request_duration: Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
                 5.0,
@@ -454,6 +465,13 @@ impl Metrics {
             .inc();
     }
 
+    /// One publish confirmed `seconds` after its event was received; `trace_id`, when its
+    /// trace is sampled, becomes the bucket's exemplar.
+    pub(crate) fn publish_latency(&self, seconds: f64, trace_id: Option<String>) {
+        let exemplar = trace_id.map(|trace_id| TraceExemplar { trace_id });
+        self.publish_latency.observe(seconds, exemplar, None);
+    }
+
     /// Counts one message Kafka confirmed on `topic` (past [`MAX_TOPIC_LABELS`] topics, as
     /// `other`).
     pub fn published(&self, topic: &str) {
@@ -488,7 +506,8 @@ mod tests {
                 status: 202,
             })
             .inc();
-        m.publish_latency.observe(0.002);
+        m.publish_latency(0.002, None);
+        m.publish_latency(0.004, Some("4bf92f3577b34da6a3ce929d0e0e4736".into()));
         let text = m.render(GaugeValues {
             spool_depth: Some(3),
             kafka_reachable: true,
@@ -498,6 +517,7 @@ mod tests {
             "eduzz_bridge_http_requests_total{source=\"eduzz\",status=\"202\"} 1",
             "eduzz_bridge_events_total{source=\"eduzz\",slug=\"nutror.lesson_started\",outcome=\"accepted\"} 1",
             "eduzz_bridge_publish_latency_seconds_bucket",
+            "eduzz_bridge_publish_latency_seconds_bucket{le=\"0.005\"} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.004",
             "eduzz_bridge_spool_depth 3",
             "eduzz_bridge_kafka_reachable 1",
             "eduzz_bridge_spool_bytes 0",

@@ -473,7 +473,9 @@ pub(crate) fn record(metrics: &Metrics, msg: &Message, result: &Result<Delivered
     match result {
         Ok(_) => {
             metrics.published(&msg.topic);
-            metrics.publish_latency.observe(msg.age().as_secs_f64());
+            let sampled = msg.trace.as_ref().filter(|t| t.is_sampled());
+            let trace_id = sampled.map(|t| t.trace_id_hex());
+            metrics.publish_latency(msg.age().as_secs_f64(), trace_id);
         }
         Err(e) => {
             metrics

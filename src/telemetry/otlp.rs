@@ -200,6 +200,39 @@ impl Otlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::MINIMAL;
+    use crate::config::Config;
+
+    #[test]
+    fn tracing_is_off_unless_an_endpoint_is_set_and_every_bad_key_is_named() {
+        assert!(Config::from_toml(MINIMAL).unwrap().tracing.is_none());
+        let on = format!(
+            "{MINIMAL}\n[telemetry.otlp]\nendpoint = \"http://collector:4318\"\nprotocol = \"http/protobuf\"\nsampling_ratio = 0.01\n"
+        );
+        let otlp = Config::from_toml(&on).unwrap().tracing.expect("on");
+        assert_eq!(
+            otlp.describe(),
+            "OTLP http/protobuf to http://collector:4318/v1/traces, 1% of new traces sampled, service \"eduzz-kafka-bridge\""
+        );
+        let bad = format!(
+            "{MINIMAL}\n[telemetry.otlp]\nendpoint = \"https://collector:4317\"\nsampling_ratio = 1.5\nservice_name = \" \"\n"
+        );
+        let e = Config::from_toml(&bad).unwrap_err();
+        let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+        for key in [
+            "telemetry.otlp.endpoint",
+            "telemetry.otlp.sampling_ratio",
+            "telemetry.otlp.service_name",
+        ] {
+            assert!(keys.contains(&key), "{key} in {e}");
+        }
+        let unknown =
+            format!("{MINIMAL}\n[telemetry.otlp]\nendpoint = \"http://c:4317\"\nratio = 1\n");
+        assert!(
+            Config::from_toml(&unknown).is_err(),
+            "a stray key is refused"
+        );
+    }
 
     #[test]
     fn an_http_root_gets_the_traces_path_and_a_full_url_is_kept() {

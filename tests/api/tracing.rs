@@ -286,6 +286,21 @@ async fn one_event_is_one_trace_from_the_request_to_the_consumer() {
     assert_eq!(commit.trace_id, server.trace_id);
 
     assert_nothing_secret(&receiver, &body).await;
+    // The latency histogram links to the traces (OpenMetrics exemplars).
+    let metrics = reqwest::get(format!("http://{}/metrics", bridge.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let traces: Vec<String> = receiver.spans().into_iter().map(|s| s.trace_id).collect();
+    let linked = traces.iter().any(|t| {
+        metrics.lines().any(|l| {
+            l.starts_with("eduzz_bridge_publish_latency_seconds_bucket")
+                && l.contains(&format!("# {{trace_id=\"{t}\"}}"))
+        })
+    });
+    assert!(linked, "an exemplar names a trace exported:\n{metrics}");
     assert!(bridge.terminate().success());
 }
 
