@@ -169,7 +169,7 @@ pub struct Message {
     pub body: Bytes,
     /// CloudEvents attributes, for sources that publish them. After the fields of the first
     /// layout, so that entries spooled before it existed still decode (see
-    /// [`Message::decode`]).
+    /// [`Message::decode_unversioned`]).
     pub cloudevent: Option<CloudEvent>,
     /// What the archive keeps of the delivery beside the event (see [`Archived`]); `None`
     /// for a source that is not archived. After `cloudevent`, for the same reason.
@@ -192,6 +192,28 @@ pub struct Archived {
     pub answer: u16,
     /// Request headers kept, as (lower-case name, value).
     pub request_headers: Vec<(String, String)>,
+}
+
+/// The layout [`Message::encode`] writes, as its first byte. Layouts 1–3 were written without
+/// one (spool format 2 and earlier: [`Message::decode_unversioned`]); a new field means a new
+/// number here and a `decode` arm for the old one.
+pub const MESSAGE_LAYOUT: u8 = 4;
+
+/// Why a spooled message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the entry is empty")]
+    Empty,
+    #[error(
+        "layout version {0} is unknown to this version of the bridge (written by a newer one?)"
+    )]
+    UnknownLayout(u8),
+    #[error("the fields do not match the layout")]
+    Fields(#[source] postcard::Error),
+    #[error("{0} bytes are left after the last field")]
+    Trailing(usize),
+    #[error("its checksum does not match: the bytes were damaged on disk")]
+    Damaged,
 }
 
 /// A `Message` as spooled before traces: the same fields without the last one.
@@ -254,20 +276,40 @@ impl Message {
         }
     }
 
-    /// Bytes this message occupies in the spool (what `spool.max_bytes` counts).
+    /// Bytes this message occupies in the spool (what `spool.max_bytes` counts): its layout
+    /// version ([`MESSAGE_LAYOUT`]), then its fields.
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("a Message always serialises")
+        postcard::to_extend(self, vec![MESSAGE_LAYOUT]).expect("a Message always serialises")
     }
 
-    /// Reads a spooled message. Postcard is not self-describing, so an entry written by an
-    /// earlier version (without `trace`, `archive` or `cloudevent`) ends where the new layout
-    /// expects one more field: such an entry is read with the layout it was written in, so
-    /// an upgrade never strands a spool.
-    pub fn decode(bytes: &[u8]) -> Result<Message, postcard::Error> {
+    /// Reads a message written by [`Message::encode`]. The first byte says its layout: a
+    /// layout this version does not know (written by a newer bridge) is refused, never read as
+    /// another, and so is a message with bytes left over after its last field (what a
+    /// truncated newer layout read as an older one would look like).
+    pub fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
+        let (&layout, fields) = bytes.split_first().ok_or(DecodeError::Empty)?;
+        if layout != MESSAGE_LAYOUT {
+            return Err(DecodeError::UnknownLayout(layout));
+        }
+        let (message, rest) =
+            postcard::take_from_bytes::<Message>(fields).map_err(DecodeError::Fields)?;
+        match rest.len() {
+            0 => Ok(message),
+            n => Err(DecodeError::Trailing(n)),
+        }
+    }
+
+    /// Reads a message spooled before layout versions (spool format 2 and earlier).
+    /// Postcard is not self-describing, so an entry written by an earlier version (without
+    /// `trace`, `archive` or `cloudevent`) ends where the new layout expects one more field:
+    /// such an entry is read with the layout it was written in, so an upgrade never strands
+    /// a spool.
+    pub fn decode_unversioned(bytes: &[u8]) -> Result<Message, DecodeError> {
         match postcard::from_bytes(bytes) {
             Err(postcard::Error::DeserializeUnexpectedEnd) => Self::decode_v3(bytes),
             other => other,
         }
+        .map_err(DecodeError::Fields)
     }
 
     fn decode_v3(bytes: &[u8]) -> Result<Message, postcard::Error> {
@@ -524,10 +566,10 @@ pub(crate) mod tests {
             ..m.clone()
         };
         // The layout before the archive: the same bytes without the last two fields' tags.
-        let mut old = before.encode();
+        let mut old = unversioned(&before);
         assert_eq!(old.pop(), Some(0), "None is one zero byte");
         assert_eq!(old.pop(), Some(0), "None is one zero byte");
-        assert_eq!(Message::decode(&old).unwrap(), before);
+        assert_eq!(Message::decode_unversioned(&old).unwrap(), before);
     }
 
     #[test]
@@ -539,9 +581,38 @@ pub(crate) mod tests {
             trace: None,
             ..m.clone()
         };
-        let mut old = before.encode();
+        let mut old = unversioned(&before);
         assert_eq!(old.pop(), Some(0), "the trace's None tag");
-        assert_eq!(Message::decode(&old).unwrap(), before);
+        assert_eq!(Message::decode_unversioned(&old).unwrap(), before);
+    }
+
+    /// What spool format 2 stored: the fields with no layout version before them.
+    fn unversioned(m: &Message) -> Vec<u8> {
+        let encoded = m.encode();
+        assert_eq!(encoded[0], MESSAGE_LAYOUT);
+        encoded[1..].to_vec()
+    }
+
+    #[test]
+    fn a_layout_says_what_it_is_and_a_cut_or_padded_entry_is_refused_not_misread() {
+        let m = with_cloudevent(false);
+        let encoded = m.encode();
+        assert_eq!(encoded[0], MESSAGE_LAYOUT);
+        // Cut where an older layout ended (before `cloudevent`'s attributes): read without a
+        // version this once decoded as that older layout and lost the attributes.
+        let mut cut = encoded.clone();
+        cut.truncate(cut.len() - 3);
+        assert!(matches!(Message::decode(&cut), Err(DecodeError::Fields(_))));
+        let mut padded = encoded.clone();
+        padded.push(0);
+        assert_eq!(Message::decode(&padded), Err(DecodeError::Trailing(1)));
+        let mut newer = encoded;
+        newer[0] = MESSAGE_LAYOUT + 1;
+        assert_eq!(
+            Message::decode(&newer),
+            Err(DecodeError::UnknownLayout(MESSAGE_LAYOUT + 1))
+        );
+        assert_eq!(Message::decode(&[]), Err(DecodeError::Empty));
     }
 
     #[test]
@@ -570,8 +641,8 @@ pub(crate) mod tests {
             body: &m.body,
         })
         .unwrap();
-        assert_eq!(Message::decode(&old).unwrap(), m);
-        assert!(Message::decode(&old[..old.len() - 1]).is_err());
+        assert_eq!(Message::decode_unversioned(&old).unwrap(), m);
+        assert!(Message::decode_unversioned(&old[..old.len() - 1]).is_err());
     }
 
     #[test]

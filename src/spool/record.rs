@@ -6,7 +6,12 @@
 //! then a handful of inserts however many events it carries, and the drain's deletes remove a
 //! whole batch at once. redb stores the value as it is; this is only its framing.
 //!
-//! Format 2 (written since the salvage work):
+//! Format 3 (written since spool format 3, see `store`): as format 2 under its own magic, and
+//! each part of an events record starts with its message's layout version (see
+//! [`crate::event::Message::encode`]), so a reader never guesses a layout from where the bytes
+//! end.
+//!
+//! Format 2 (written since the salvage work, still read):
 //! `magic: 4 bytes`, `first: u64 LE` (the sequence number of the first part), `count: u32 LE`,
 //! `crc32(magic..count): u32 LE`, then `count` times `len: u32 LE`, `crc32(part): u32 LE` and
 //! `len` bytes. The magic, the sequence number and the checksums are for the day redb cannot
@@ -21,10 +26,15 @@
 //! admits it (no intermediate `Vec<Vec<u8>>`), and the reader takes the parts out as slices of
 //! the stored value (no copy before each event's own decode).
 
-/// Opens a format-2 record of events. Read as a format-1 count it is 0xE25C_1DB7.
+/// What every magic starts with; its last byte says what the record holds.
+pub(super) const MAGIC_PREFIX: [u8; 3] = [0xB7, 0x1D, 0x5C];
+/// Opens a format-2 record of events (parts without a layout version). Read as a format-1
+/// count it is 0xE25C_1DB7.
 pub(super) const MAGIC: [u8; 4] = [0xB7, 0x1D, 0x5C, 0xE2];
-/// Opens a format-2 record of dedupe keys (a salvage scan looks for events only).
+/// Opens a record of dedupe keys (a salvage scan looks for events only).
 pub(super) const MAGIC_KEYS: [u8; 4] = [0xB7, 0x1D, 0x5C, 0xE3];
+/// Opens a format-3 record of events: each part starts with its message's layout version.
+pub(super) const MAGIC_V3: [u8; 4] = [0xB7, 0x1D, 0x5C, 0xE4];
 
 /// The parts of a record after its header: where they start, and whether they carry checksums.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +45,10 @@ pub(super) struct Header {
     /// Bytes of the header: where the first part starts.
     pub len: usize,
     pub checked: bool,
+    /// Whether each part starts with its message's layout version (a format-3 events record).
+    pub versioned: bool,
+    /// Whether the parts are events (not dedupe keys).
+    pub events: bool,
 }
 
 impl Header {
@@ -45,13 +59,15 @@ impl Header {
     /// header whose checksum does not match.
     pub(super) fn read(record: &[u8]) -> Option<Header> {
         let head = record.get(..4)?;
-        if head != MAGIC && head != MAGIC_KEYS {
+        if head != MAGIC && head != MAGIC_KEYS && head != MAGIC_V3 {
             let count = u32::from_le_bytes(head.try_into().ok()?);
             return Some(Header {
                 first: 0,
                 count,
                 len: 4,
                 checked: false,
+                versioned: false,
+                events: true,
             });
         }
         let h = record.get(..Self::V2_LEN)?;
@@ -64,6 +80,8 @@ impl Header {
             count: u32::from_le_bytes(h[12..16].try_into().ok()?),
             len: Self::V2_LEN,
             checked: true,
+            versioned: head == MAGIC_V3,
+            events: head != MAGIC_KEYS,
         })
     }
 }
@@ -83,6 +101,15 @@ impl RecordBuilder {
         RecordBuilder::with_capacity(first, 0)
     }
 
+    /// A format-2 record of events, whose parts carry no layout version: for entries moved
+    /// from the format-1 layout as they were written.
+    pub(super) fn unversioned_events(first: u64) -> RecordBuilder {
+        RecordBuilder {
+            magic: MAGIC,
+            ..RecordBuilder::events(first)
+        }
+    }
+
     /// A record of dedupe keys whose first part is dedupe sequence number `first`.
     pub(super) fn keys(first: u64) -> RecordBuilder {
         RecordBuilder {
@@ -98,7 +125,7 @@ impl RecordBuilder {
         buf.extend_from_slice(&[0; Header::V2_LEN]);
         RecordBuilder {
             buf,
-            magic: MAGIC,
+            magic: MAGIC_V3,
             first,
             count: 0,
         }
@@ -195,6 +222,15 @@ mod tests {
         assert_eq!(count(&r), 3);
         let h = Header::read(&r).unwrap();
         assert_eq!((h.first, h.count, h.checked), (7, 3, true));
+        assert!(
+            h.versioned && h.events,
+            "new event records say their parts are versioned"
+        );
+        let old = RecordBuilder::unversioned_events(7).finish();
+        let h = Header::read(&old).unwrap();
+        assert!(!h.versioned && h.events && h.checked);
+        let keys = RecordBuilder::keys(7).finish();
+        assert!(!Header::read(&keys).unwrap().events);
         let got: Vec<_> = parts(&r).collect();
         assert_eq!(got, [Some(&b"one"[..]), Some(b""), Some(b"three")]);
     }

@@ -21,10 +21,9 @@ use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-use super::record::{self, Header, MAGIC};
+use super::record::{self, Header, MAGIC_PREFIX};
 use super::store::{self, Entry, Live};
 use super::unchanged::Unchanged;
-use crate::event::Message;
 
 /// Bytes read per step of the scan.
 const SCAN_CHUNK: usize = 1024 * 1024;
@@ -83,21 +82,21 @@ pub fn scan(
             ..Scanned::default()
         },
     };
-    let mut buf = vec![0u8; SCAN_CHUNK + MAGIC.len()];
+    let mut buf = vec![0u8; SCAN_CHUNK + MAGIC_PREFIX.len()];
     let mut at = 0u64;
     while at < len {
         let n = read_at_most(&f, &mut buf, at).map_err(read_err)?;
-        if n < MAGIC.len() {
+        if n < MAGIC_PREFIX.len() {
             break;
         }
-        for hit in memchr::memmem::find_iter(&buf[..n], &MAGIC) {
+        for hit in memchr::memmem::find_iter(&buf[..n], &MAGIC_PREFIX) {
             s.record_at(at + hit as u64);
             if s.out.len() >= chunk && !each(std::mem::take(&mut s.out)) {
                 return Ok(s.finish());
             }
         }
         // Overlap by the magic's length less one, so a magic across two chunks is found.
-        at += (n - (MAGIC.len() - 1)) as u64;
+        at += (n - (MAGIC_PREFIX.len() - 1)) as u64;
     }
     if !s.out.is_empty() {
         each(std::mem::take(&mut s.out));
@@ -143,7 +142,7 @@ impl Scan<'_> {
         if self.file.read_exact_at(&mut head, offset).is_err() {
             return;
         }
-        let Some(h) = Header::read(&head).filter(|h| h.checked) else {
+        let Some(h) = Header::read(&head).filter(|h| h.checked && h.events) else {
             return;
         };
         let mut pos = offset + h.len as u64;
@@ -161,11 +160,16 @@ impl Scan<'_> {
                 return;
             }
             pos += 8 + len as u64;
-            self.part(h.first + i, &part, crc32fast::hash(&part) == crc);
+            self.part(
+                h.first + i,
+                &part,
+                crc32fast::hash(&part) == crc,
+                h.versioned,
+            );
         }
     }
 
-    fn part(&mut self, seq: u64, bytes: &[u8], intact: bool) {
+    fn part(&mut self, seq: u64, bytes: &[u8], intact: bool, versioned: bool) {
         if self.seen.contains(&seq) {
             return;
         }
@@ -173,7 +177,7 @@ impl Scan<'_> {
             self.stats.stale += 1;
             return;
         }
-        match Message::decode(bytes).ok().filter(|_| intact) {
+        match store::decoder(versioned)(bytes).ok().filter(|_| intact) {
             Some(message) => {
                 self.seen.insert(seq);
                 self.damaged.remove(&seq);
@@ -199,6 +203,7 @@ impl Scan<'_> {
 mod tests {
     use super::*;
     use crate::dedupe::DedupeSettings;
+    use crate::event::Message;
     use crate::spool::{Appended, DamageKind, Spool, SpoolSettings};
     use std::path::PathBuf;
 

@@ -181,7 +181,7 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
         let old = txn.open_table(EVENTS_V1)?;
         for item in old.iter()? {
             let (seq, value) = item?;
-            let mut record = RecordBuilder::events(seq.value());
+            let mut record = RecordBuilder::unversioned_events(seq.value());
             record.push(value.value());
             bytes += t.insert_batch(seq.value(), record)?;
             depth += 1;
@@ -257,7 +257,7 @@ mod read;
 
 use commit::{batch_holding, published_in, Tables};
 pub(super) use commit::{commit_batch, Marks};
-pub(super) use read::{live, read_after, read_parked, read_unparked, Live};
+pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live};
 pub use read::{Entry, ReadEntry, Undecodable};
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub type ReadEntry = Result<Entry, Undecodable>;
 pub struct Undecodable {
     pub seq: u64,
     #[source]
-    pub source: postcard::Error,
+    pub source: crate::event::DecodeError,
 }
 
 /// One spooled message and its sequence number.
@@ -152,7 +152,9 @@ fn read_where(
         let (k, v) = item?;
         let first = k.value();
         let record = v.value();
-        let count = u64::from(record::count(record));
+        let header = record::Header::read(record);
+        let count = u64::from(header.map_or(0, |h| h.count));
+        let decode = decoder(header.is_some_and(|h| h.versioned));
         let published = published_in(&gone, first..first + count)?;
         for (i, part) in record::parts(record).enumerate() {
             let seq = first + i as u64;
@@ -162,14 +164,26 @@ fn read_where(
             if out.len() == limit {
                 return Ok(out);
             }
-            let decoded = part.ok_or(postcard::Error::DeserializeUnexpectedEnd);
+            let decoded = part.ok_or(crate::event::DecodeError::Damaged);
             out.push(
                 decoded
-                    .and_then(Message::decode)
+                    .and_then(decode)
                     .map(|message| Entry { seq, message })
                     .map_err(|source| Undecodable { seq, source }),
             );
         }
     }
     Ok(out)
+}
+
+/// How the parts of a record decode: with their layout version (`versioned`, format 3), or as
+/// spool format 2 wrote them, without one.
+pub(in crate::spool) fn decoder(
+    versioned: bool,
+) -> fn(&[u8]) -> Result<Message, crate::event::DecodeError> {
+    if versioned {
+        Message::decode
+    } else {
+        Message::decode_unversioned
+    }
 }

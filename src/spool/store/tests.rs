@@ -204,7 +204,9 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
             let mut by_time = txn.open_table(DEDUPE_BY_TIME_V1).unwrap();
             let mut meta = txn.open_table(META).unwrap();
             for (seq, id) in [(7u64, "x"), (9, "y")] {
-                events.insert(seq, message(id).encode().as_slice()).unwrap();
+                // What the format-1 layout stored: the fields, without a layout version.
+                let unversioned = &message(id).encode()[1..];
+                events.insert(seq, unversioned).unwrap();
                 let key = format!("eduzz\u{1f}{id}");
                 dedupe.insert(key.as_str(), (1_000, seq)).unwrap();
                 by_time.insert((1_000, seq), key.as_str()).unwrap();
