@@ -110,6 +110,7 @@ pub struct GaugeValues {
     pub kafka_reachable: bool,
     pub parked: u64,
     pub spool_damaged_files: u64,
+    pub spool_quarantined: u64,
 }
 
 /// All metrics of one bridge process.
@@ -137,6 +138,7 @@ pub struct Metrics {
     spool_bytes: Gauge,
     spool_oldest_age: Gauge<f64, AtomicU64>,
     spool_damaged_files: Gauge,
+    spool_quarantined: Gauge,
     spool_salvaged: Family<SalvageLabels, Counter>,
     producer_queue: Gauge,
     kafka_reachable: Gauge,
@@ -234,6 +236,7 @@ impl Metrics {
             spool_bytes: Gauge::default(),
             spool_oldest_age: Gauge::default(),
             spool_damaged_files: Gauge::default(),
+            spool_quarantined: Gauge::default(),
             spool_salvaged: Family::default(),
             producer_queue: Gauge::default(),
             kafka_reachable: Gauge::default(),
@@ -353,6 +356,11 @@ impl Metrics {
             self.spool_damaged_files.clone(),
         );
         r.add(
+            "eduzz_bridge_spool_quarantined",
+            "Spooled events whose bytes were found damaged (checksum or decode) and moved to the quarantine, kept for `spool verify`: alert on any",
+            self.spool_quarantined.clone(),
+        );
+        r.add(
             "eduzz_bridge_spool_salvaged",
             "Events of damaged spool files, by outcome: requeued, already_on_kafka, duplicate (in the spool already), damaged or lost (not recoverable)",
             self.spool_salvaged.clone(),
@@ -402,6 +410,7 @@ impl Metrics {
             .set(values.spool_oldest_age_seconds.unwrap_or(0.0));
         self.spool_damaged_files
             .set(values.spool_damaged_files as i64);
+        self.spool_quarantined.set(values.spool_quarantined as i64);
         self.producer_queue.set(values.producer_queue);
         self.kafka_reachable.set(values.kafka_reachable as i64);
         self.parked.set(values.parked as i64);

@@ -1,4 +1,4 @@
-//! `spool stats`, `spool drain` and `spool salvage`: operator tools that open the spool directly.
+//! `spool stats`, `spool verify`, `spool drain` and `spool salvage`: operator tools that open the spool directly.
 //!
 //! The spool file is locked by the process that has it open, so these refuse to run while
 //! the bridge is running (and cannot corrupt it). `stats` only reads, and leaves the file as it
@@ -24,6 +24,10 @@ pub enum SpoolCommand {
     /// Depth, bytes and the oldest entry's age; reads every entry back to verify the file,
     /// and changes nothing. Exits 1 when the file is damaged.
     Stats,
+    /// Reads every entry back and checks it: the file's format, each entry that does not
+    /// read (where and why), and the quarantine (damaged entries the bridge moved aside, with
+    /// their bytes). Changes nothing. Exits 1 when the file or an entry in it is damaged.
+    Verify,
     /// Publish everything in the spool to kafka.brokers, then exit.
     Drain,
     /// Put the events a damaged spool file still holds back into the spool (those Kafka does
@@ -41,6 +45,7 @@ pub(super) fn run(config: &Path, cmd: SpoolCommand) -> anyhow::Result<i32> {
     super::runtime()?.block_on(async move {
         match cmd {
             SpoolCommand::Stats => stats(&config),
+            SpoolCommand::Verify => verify(&config),
             SpoolCommand::Drain => {
                 drain(&config, Spool::open(&config.spool, &config.dedupe)?).await
             }
@@ -66,12 +71,37 @@ fn stats(config: &Config) -> anyhow::Result<i32> {
             "dedupe_entries": found.dedupe_entries,
             "verified": found.verified,
             "undecodable": found.undecodable,
+            "quarantined": found.quarantined,
+            "format": found.format,
             "needed_recovery": found.needed_recovery,
             "damage": found.damage,
             "unsalvaged": found.unsalvaged,
         })
     );
     Ok(if found.damage.is_some() { 1 } else { 0 })
+}
+
+fn verify(config: &Config) -> anyhow::Result<i32> {
+    let found = crate::spool::inspect(&config.spool.dir)?;
+    let sound = found.damage.is_none() && found.undecodable == 0;
+    say!(
+        "{}",
+        serde_json::json!({
+            "file": found.file,
+            "format": found.format,
+            "sound": sound,
+            "depth": found.depth,
+            "verified": found.verified,
+            "needed_recovery": found.needed_recovery,
+            "damage": found.damage,
+            "undecodable": found.undecodable,
+            "undecodable_entries": found.undecodable_entries,
+            "quarantined": found.quarantined,
+            "quarantine": found.quarantine,
+            "unsalvaged": found.unsalvaged,
+        })
+    );
+    Ok(if sound { 0 } else { 1 })
 }
 
 async fn salvage(config: &Config, file: &Path) -> anyhow::Result<i32> {

@@ -35,6 +35,8 @@ pub struct SalvageReport {
     pub already_on_kafka: u64,
     /// In the live spool already (a salvage run before, or the sender's retry).
     pub duplicate: u64,
+    /// Found damaged and kept in the live spool's quarantine.
+    pub quarantined: u64,
     /// Whether it ran to the end (not cut short by a stop).
     pub complete: bool,
 }
@@ -49,7 +51,7 @@ pub async fn salvage_file(
     let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(2);
     let path = file.to_path_buf();
     let scan = tokio::task::spawn_blocking(move || {
-        salvage::scan(&path, CHUNK, |chunk| tx.blocking_send(chunk).is_ok())
+        salvage::scan_keeping_damage(&path, CHUNK, |chunk| tx.blocking_send(chunk).is_ok())
     });
     let mut report = SalvageReport::default();
     while let Some(chunk) = rx.recv().await {
@@ -59,10 +61,26 @@ pub async fn salvage_file(
             return Ok(report);
         }
     }
-    report.scanned = scan.await.map_err(|e| SalvageError::Read {
+    let (scanned, damaged) = scan.await.map_err(|e| SalvageError::Read {
         path: file.to_path_buf(),
         source: std::io::Error::other(e.to_string()),
     })??;
+    report.scanned = scanned;
+    // The damaged events go to the live spool's quarantine, with their bytes: counted and
+    // listed by `spool verify` there, not only in this file an operator may delete.
+    let quarantined = damaged.len() as u64;
+    loop {
+        match spool.keep_damaged(file, damaged.clone()).await {
+            Ok(()) => break,
+            Err(SpoolError::Closed) => return Ok(report),
+            Err(_) => {}
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.cancelled() => return Ok(report),
+        }
+    }
+    report.quarantined = quarantined;
     report.complete = true;
     Ok(report)
 }
@@ -168,7 +186,7 @@ async fn salvage_one(
     let s = report.scanned;
     let level_error = s.lost > 0 || s.damaged > 0;
     if level_error {
-        tracing::error!(requeued = report.requeued, already_on_kafka = report.already_on_kafka, duplicate = report.duplicate, damaged = s.damaged, lost = s.lost, kept_as = %kept_as.display(), "damaged spool file salvaged; some of its events could not be recovered");
+        tracing::error!(requeued = report.requeued, already_on_kafka = report.already_on_kafka, duplicate = report.duplicate, damaged = s.damaged, quarantined = report.quarantined, lost = s.lost, kept_as = %kept_as.display(), "damaged spool file salvaged; some of its events could not be recovered whole (damaged ones are in the spool's quarantine: `spool verify`)");
     } else {
         tracing::warn!(requeued = report.requeued, already_on_kafka = report.already_on_kafka, duplicate = report.duplicate, index_read = s.index_read, kept_as = %kept_as.display(), "damaged spool file salvaged: its events are published again");
     }

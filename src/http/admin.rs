@@ -86,6 +86,7 @@ impl AdminState {
             kafka_reachable: self.publisher.health().is_reachable(),
             parked: self.drain.parked.load(Ordering::Relaxed),
             spool_damaged_files: self.spool.as_ref().map_or(0, |s| s.damaged_files()),
+            spool_quarantined: self.spool.as_ref().map_or(0, |s| s.quarantined()),
         }
     }
 }

@@ -31,14 +31,32 @@ pub struct Inspection {
     pub oldest_received_ms: Option<u64>,
     /// Whether every entry was read back whole.
     pub verified: bool,
-    /// Entries that could not be decoded (left in place by the drain).
+    /// Entries that could not be decoded (the bridge moves damaged ones to the quarantine).
     pub undecodable: u64,
+    /// The first [`LISTED`] of them: where, and why.
+    pub undecodable_entries: Vec<DamagedEntry>,
+    /// The file's format (`meta.format`; `None` for a file of before formats were written).
+    pub format: Option<u64>,
+    /// Entries in the quarantine (damaged, kept aside with their bytes).
+    pub quarantined: u64,
+    /// The first [`LISTED`] of them.
+    pub quarantine: Vec<super::store::Quarantined>,
     /// The file was not closed cleanly: a copy was repaired and checked instead.
     pub needed_recovery: bool,
     /// Why the file cannot be used, when it cannot: the bridge would move it aside on start.
     pub damage: Option<String>,
     /// Damaged files moved aside in the directory and not salvaged yet.
     pub unsalvaged: Vec<PathBuf>,
+}
+
+/// Entries listed one by one, at most (the counts are whole).
+pub(super) const LISTED: usize = 1000;
+
+/// An entry in the spool that does not read back.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DamagedEntry {
+    pub seq: u64,
+    pub reason: String,
 }
 
 /// Why the spool could not be inspected at all.
@@ -112,10 +130,22 @@ fn verify(db: &dyn ReadableDatabase, found: &mut Inspection) -> Result<(), redb:
                     found.oldest_received_ms = Some(e.message.received_at_ms)
                 }
                 Ok(_) => {}
-                Err(_) => found.undecodable += 1,
+                Err(bad) => {
+                    found.undecodable += 1;
+                    if found.undecodable_entries.len() < LISTED {
+                        found.undecodable_entries.push(DamagedEntry {
+                            seq: bad.seq,
+                            reason: bad.source.to_string(),
+                        });
+                    }
+                }
             }
         }
     }
+    found.format = store::format(db)?;
+    let quarantine = store::quarantined(db)?;
+    found.quarantined = quarantine.len() as u64;
+    found.quarantine = quarantine.into_iter().take(LISTED).collect();
     if entries != depth {
         found.damage = Some(format!(
             "the spool counts {depth} entries but {entries} could be read"

@@ -12,7 +12,9 @@
 //! Readers (the [`drain`](crate::delivery::drain) that publishes, and the `spool` CLI) read
 //! committed entries concurrently; they learn of new ones through [`Spool::subscribe`].
 
+mod ballast;
 mod damage;
+mod ids;
 mod inspect;
 mod recent;
 mod record;
@@ -21,6 +23,8 @@ mod store;
 mod unchanged;
 mod writer;
 
+use ballast::Ballast;
+use ids::Ids;
 use recent::Recent;
 use writer::Writer;
 
@@ -38,8 +42,8 @@ use crate::dedupe::DedupeSettings;
 use crate::event::{unix_ms, Message};
 use crate::retry::Outage;
 pub use damage::{mark_salvaged, unsalvaged, DamageKind, Damaged};
-pub use inspect::{inspect, InspectError, Inspection};
-pub use store::{AppendOutcome, Entry, OpenError, ReadEntry, Undecodable};
+pub use inspect::{inspect, DamagedEntry, InspectError, Inspection};
+pub use store::{AppendOutcome, Entry, OpenError, Quarantined, ReadEntry, Undecodable};
 
 /// `[spool]`: the durable spool used by `ack = "spooled"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -112,6 +116,8 @@ pub(crate) struct SpoolGauges {
     pub dedupe_entries: AtomicU64,
     /// Spool files found damaged since the process started (moved aside, or missing).
     pub damaged_files: AtomicU64,
+    /// Entries in the quarantine (damaged, kept aside).
+    pub quarantined: AtomicU64,
 }
 
 /// A point-in-time copy of the spool's figures.
@@ -145,6 +151,14 @@ enum WriterRequest {
     Close { reply: oneshot::Sender<()> },
     /// A reader found the file damaged: move it aside and go on with a fresh one.
     Damaged { detail: String },
+    /// Entries a read found damaged, to move to the quarantine (see [`Spool::quarantine`]).
+    Quarantine { seqs: Vec<u64> },
+    /// Damaged events of a salvaged file, to keep (see [`Spool::keep_damaged`]).
+    KeepDamaged {
+        file: PathBuf,
+        parts: Vec<salvage::DamagedPart>,
+        reply: oneshot::Sender<Result<(), SpoolError>>,
+    },
 }
 
 /// The open database, shared by the handles until [`Spool::close`] takes it away.
@@ -174,7 +188,9 @@ impl Spool {
     /// Opens the spool in `settings.dir` and starts its writer thread. A damaged spool file is
     /// moved aside and a fresh one started (see [`damage`]); [`Spool::damage`] tells of it.
     pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, OpenError> {
-        let (db, counters, damaged) = damage::open_or_replace(&settings.dir)?;
+        let (db, mut counters, damaged) = damage::open_or_replace(&settings.dir)?;
+        let ids = store::load_ids(&db).map_err(OpenError::Read)?;
+        counters.dedupe_entries = ids.len() as u64;
         let db = Arc::new(db);
         let limits = store::Limits {
             max_bytes: settings.max_bytes,
@@ -203,7 +219,7 @@ impl Spool {
             settings,
             shared.clone(),
             rx,
-            (counters, limits),
+            (counters, ids, limits),
             gauges.clone(),
             committed_tx,
         );
@@ -321,6 +337,37 @@ impl Spool {
         }
     }
 
+    /// Has the writer move entries a read found damaged (checksum or decode) to the
+    /// quarantine, in its next commit, after reading them again itself (see
+    /// `store::quarantine`). Handed back when the writer's queue is full, to send again.
+    pub(crate) fn quarantine(&self, seqs: Vec<u64>) -> Result<(), Vec<u64>> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        match self.tx.try_send(WriterRequest::Quarantine { seqs }) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(WriterRequest::Quarantine { seqs })) => Err(seqs),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Keeps the events a salvage of `file` found damaged in the quarantine, with their bytes
+    /// and where they were; durable once this returns.
+    pub async fn keep_damaged(
+        &self,
+        file: &Path,
+        parts: Vec<salvage::DamagedPart>,
+    ) -> Result<(), SpoolError> {
+        if parts.is_empty() {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let file = file.to_path_buf();
+        let cmd = WriterRequest::KeepDamaged { file, parts, reply };
+        self.tx.send(cmd).await.map_err(|_| SpoolError::Closed)?;
+        rx.await.map_err(|_| SpoolError::Closed)?
+    }
+
     /// One entry, read from the file (a parked entry the drain let go of, to send again);
     /// `None` when it is no longer spooled.
     pub(crate) async fn read_one(&self, seq: u64) -> Result<Option<Entry>, SpoolError> {
@@ -432,6 +479,11 @@ impl Spool {
         self.gauges.damaged_files.load(Ordering::Relaxed)
     }
 
+    /// Entries moved to the quarantine (damaged on disk), in this spool file.
+    pub(crate) fn quarantined(&self) -> u64 {
+        self.gauges.quarantined.load(Ordering::Relaxed)
+    }
+
     /// Age of the oldest entry, if any.
     pub(crate) async fn oldest_age(&self) -> Option<Duration> {
         let oldest = self.first_on_disk(None).await.ok()??;
@@ -449,6 +501,7 @@ fn publish_gauges(g: &SpoolGauges, c: &store::Counters, max_bytes: u64) {
     g.depth.store(c.depth, Ordering::Relaxed);
     g.bytes.store(c.bytes, Ordering::Relaxed);
     g.dedupe_entries.store(c.dedupe_entries, Ordering::Relaxed);
+    g.quarantined.store(c.quarantined, Ordering::Relaxed);
     g.full
         .store(c.bytes + headroom(max_bytes) > max_bytes, Ordering::Relaxed);
 }

@@ -183,6 +183,26 @@ pub(super) fn parts(record: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
     })
 }
 
+/// Part `i` as stored, whatever its checksum says: `(bytes, whether the checksum matches)`;
+/// `None` when the header is damaged or the framing breaks before it (no bytes to keep).
+/// What the quarantine keeps of a damaged entry.
+pub(super) fn part_as_stored(record: &[u8], i: u32) -> Option<(&[u8], bool)> {
+    let header = Header::read(record)?;
+    let mut rest = record.get(header.len..)?;
+    for n in 0..header.count {
+        let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let frame = if header.checked { 8 } else { 4 };
+        let part = rest.get(frame..frame + len)?;
+        if n == i {
+            let good = !header.checked
+                || u32::from_le_bytes(rest[4..8].try_into().ok()?) == crc32fast::hash(part);
+            return Some((part, good));
+        }
+        rest = rest.get(frame + len..)?;
+    }
+    None
+}
+
 /// One part from the start of `r`: `(Some(part) or None when its checksum fails, the rest)`;
 /// `None` when the framing itself is broken.
 fn split_part(r: &[u8], checked: bool) -> Option<(Option<&[u8]>, &[u8])> {

@@ -16,7 +16,7 @@
 //! Records written before the format had a magic number (spools of earlier versions) are not
 //! found by the scan.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -56,13 +56,39 @@ pub struct Scanned {
     pub stale: u64,
 }
 
+/// An event whose bytes a scan found damaged, and never whole: kept for the quarantine of the
+/// live spool (see `store::quarantine`), never just counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamagedPart {
+    pub seq: u64,
+    /// First sequence number of the record it was found in.
+    pub batch: u64,
+    /// Where its bytes start in the file.
+    pub offset: u64,
+    pub reason: String,
+    /// Its bytes as found (empty past [`KEEP_BYTES`] in all).
+    pub bytes: Vec<u8>,
+}
+
+/// Bytes of damaged events a scan keeps in all; past it, only where they were and why.
+const KEEP_BYTES: usize = 64 * 1024 * 1024;
+
 /// Scans `file`, handing the events found to `each` in chunks of up to `chunk`, in file order;
 /// `each` returns false to stop early.
 pub fn scan(
     file: &Path,
     chunk: usize,
-    mut each: impl FnMut(Vec<Entry>) -> bool,
+    each: impl FnMut(Vec<Entry>) -> bool,
 ) -> Result<Scanned, SalvageError> {
+    scan_keeping_damage(file, chunk, each).map(|(scanned, _)| scanned)
+}
+
+/// [`scan`], and the events found damaged and never whole (in sequence order).
+pub fn scan_keeping_damage(
+    file: &Path,
+    chunk: usize,
+    mut each: impl FnMut(Vec<Entry>) -> bool,
+) -> Result<(Scanned, Vec<DamagedPart>), SalvageError> {
     let read_err = |source| SalvageError::Read {
         path: file.to_path_buf(),
         source,
@@ -75,7 +101,8 @@ pub fn scan(
         len,
         live: live.as_ref(),
         seen: HashSet::new(),
-        damaged: HashSet::new(),
+        damaged: BTreeMap::new(),
+        kept_bytes: 0,
         out: Vec::new(),
         stats: Scanned {
             index_read: live.is_some(),
@@ -130,7 +157,8 @@ struct Scan<'a> {
     len: u64,
     live: Option<&'a Live>,
     seen: HashSet<u64>,
-    damaged: HashSet<u64>,
+    damaged: BTreeMap<u64, DamagedPart>,
+    kept_bytes: usize,
     out: Vec<Entry>,
     stats: Scanned,
 }
@@ -159,17 +187,18 @@ impl Scan<'_> {
             if self.file.read_exact_at(&mut part, pos + 8).is_err() {
                 return;
             }
+            let at = Found {
+                seq: h.first + i,
+                batch: h.first,
+                offset: pos + 8,
+            };
             pos += 8 + len as u64;
-            self.part(
-                h.first + i,
-                &part,
-                crc32fast::hash(&part) == crc,
-                h.versioned,
-            );
+            self.part(at, &part, crc32fast::hash(&part) == crc, h.versioned);
         }
     }
 
-    fn part(&mut self, seq: u64, bytes: &[u8], intact: bool, versioned: bool) {
+    fn part(&mut self, at: Found, bytes: &[u8], intact: bool, versioned: bool) {
+        let seq = at.seq;
         if self.seen.contains(&seq) {
             return;
         }
@@ -177,26 +206,53 @@ impl Scan<'_> {
             self.stats.stale += 1;
             return;
         }
-        match store::decoder(versioned)(bytes).ok().filter(|_| intact) {
-            Some(message) => {
+        let decoded = match intact {
+            true => store::decoder(versioned)(bytes),
+            false => Err(crate::event::DecodeError::Damaged),
+        };
+        match decoded {
+            Ok(message) => {
                 self.seen.insert(seq);
-                self.damaged.remove(&seq);
+                if let Some(gone) = self.damaged.remove(&seq) {
+                    self.kept_bytes -= gone.bytes.len();
+                }
                 self.out.push(Entry { seq, message });
             }
-            None => {
-                self.damaged.insert(seq);
+            Err(why) if !self.damaged.contains_key(&seq) => {
+                let room = self.kept_bytes + bytes.len() <= KEEP_BYTES;
+                let bytes = if room { bytes.to_vec() } else { Vec::new() };
+                self.kept_bytes += bytes.len();
+                let part = DamagedPart {
+                    seq,
+                    batch: at.batch,
+                    offset: at.offset,
+                    reason: why.to_string(),
+                    bytes,
+                };
+                self.damaged.insert(seq, part);
             }
+            Err(_) => {}
         }
     }
 
-    fn finish(mut self) -> Scanned {
+    fn finish(mut self) -> (Scanned, Vec<DamagedPart>) {
         self.stats.found = self.seen.len() as u64;
         self.stats.damaged = self.damaged.len() as u64;
         if let Some(live) = self.live {
-            self.stats.lost = live.entries().saturating_sub(self.stats.found);
+            // Damaged events are not lost: the quarantine keeps them.
+            let kept = self.stats.found + self.stats.damaged;
+            self.stats.lost = live.entries().saturating_sub(kept);
         }
-        self.stats
+        (self.stats, self.damaged.into_values().collect())
     }
+}
+
+/// Where a scan found an event.
+#[derive(Debug, Clone, Copy)]
+struct Found {
+    seq: u64,
+    batch: u64,
+    offset: u64,
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ pub(super) struct Writer {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<WriterRequest>,
     counters: store::Counters,
+    /// The dedupe ids of the window (rebuilt from the file at each (re-)open).
+    ids: Ids,
     limits: store::Limits,
     gauges: Arc<SpoolGauges>,
     committed: watch::Sender<Option<u64>>,
@@ -34,6 +36,8 @@ pub(super) struct Writer {
     /// When the whole-file check last found the file sound after a read failed on it: more
     /// failures within a minute are logged, not checked again (a check reads the whole file).
     sound_at: Option<std::time::Instant>,
+    /// Space given up when the disk is full, so deletes can go on (see [`ballast`]).
+    ballast: Ballast,
 }
 
 /// Why one commit attempt failed.
@@ -62,11 +66,14 @@ impl Writer {
         settings: &SpoolSettings,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<WriterRequest>,
-        (counters, limits): (store::Counters, store::Limits),
+        (counters, ids, limits): (store::Counters, Ids, store::Limits),
         gauges: Arc<SpoolGauges>,
         committed: watch::Sender<Option<u64>>,
     ) -> Writer {
+        let ballast = Ballast::new(&settings.dir);
+        ballast.ensure();
         Writer {
+            ballast,
             db: Some(db),
             dir: settings.dir.clone(),
             min_free_bytes: settings.min_free_bytes,
@@ -74,6 +81,7 @@ impl Writer {
             shared,
             rx,
             counters,
+            ids,
             limits,
             gauges,
             committed,
@@ -127,6 +135,8 @@ impl Writer {
         // Last mark per entry wins, in the order the marks were sent.
         let mut park_marks = std::collections::BTreeMap::new();
         let mut damaged = None;
+        let mut quarantined = Vec::new();
+        let mut kept = Vec::new();
         for cmd in batch {
             match cmd {
                 WriterRequest::Append {
@@ -148,6 +158,20 @@ impl Writer {
                     park_marks.extend(p.iter().map(|&seq| (seq, true)));
                 }
                 WriterRequest::Damaged { detail } => damaged = Some(detail.clone()),
+                WriterRequest::Quarantine { seqs } => quarantined.extend_from_slice(seqs),
+                WriterRequest::KeepDamaged { file, parts, .. } => {
+                    kept.extend(parts.iter().map(|p| store::Kept {
+                        seq: p.seq,
+                        batch: p.batch,
+                        reason: format!(
+                            "{}; salvaged from {} (offset {})",
+                            p.reason,
+                            file.display(),
+                            p.offset
+                        ),
+                        bytes: &p.bytes,
+                    }))
+                }
                 WriterRequest::Close { .. } => {}
             }
         }
@@ -167,6 +191,8 @@ impl Writer {
             deleted: &deletes,
             parked: &parked,
             unparked: &unparked,
+            quarantined: &quarantined,
+            kept: &kept,
         };
         match self.commit_once(&appends, &marks) {
             Err(Failure::Damaged(detail)) => {
@@ -190,9 +216,9 @@ impl Writer {
             .ok_or(Failure::Spool(SpoolError::Unwritable))?;
         let limits = self.limits_now(!appends.is_empty());
         let now = unix_ms(SystemTime::now());
-        let c = &mut self.counters;
+        let state = (&mut self.counters, &mut self.ids);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            store::commit_batch(&db, c, &limits, now, appends, marks)
+            store::commit_batch(&db, state, &limits, now, appends, marks)
         }));
         match result {
             Ok(Ok(outcomes)) => {
@@ -203,12 +229,16 @@ impl Writer {
                         failing_seconds = lasted.as_secs_f64(),
                         "spool writable again"
                     );
+                    self.ballast.ensure();
                 }
                 Ok(outcomes)
             }
             Ok(Err(e)) => {
                 // Nothing of this batch was written: every waiting request hears so and
                 // answers non-2xx, so the sender keeps the event and retries.
+                if ballast::is_disk_full(&e) {
+                    self.ballast.release();
+                }
                 self.broke(&e);
                 Err(Failure::Spool(SpoolError::from(e)))
             }
@@ -393,7 +423,18 @@ impl Writer {
                 }
             }
             self.fresh_from = None;
-        } else if counters.next_seq < self.counters.next_seq {
+        }
+        let ids = match store::load_ids(&*db) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::debug!(error = %e, "dedupe ids not read back yet");
+                self.db = Some(db);
+                self.let_go();
+                self.start_broken();
+                return None;
+            }
+        };
+        if counters.next_seq < self.counters.next_seq {
             self.db = Some(db);
             self.replace(format!(
                 "the file went back to an earlier commit (next sequence number {} instead of {})",
@@ -401,7 +442,11 @@ impl Writer {
             ));
             return self.db.clone();
         }
-        self.counters = counters;
+        self.counters = store::Counters {
+            dedupe_entries: ids.len() as u64,
+            ..counters
+        };
+        self.ids = ids;
         self.db = Some(db.clone());
         *self.shared.db.write().unwrap() = Some(db.clone());
         publish_gauges(&self.gauges, &self.counters, self.limits.max_bytes);
@@ -455,13 +500,18 @@ fn settle(
                 };
                 let _ = reply.send(answer);
             }
+            WriterRequest::KeepDamaged { reply, .. } => {
+                let _ = reply.send(failure.clone().map_or(Ok(()), Err));
+            }
             WriterRequest::Delete { reply, .. } => {
                 if let Some(r) = reply {
                     let _ = r.send(failure.clone().map_or(Ok(()), Err));
                 }
             }
             WriterRequest::Close { reply } => *closing = Some(reply),
-            WriterRequest::Damaged { .. } | WriterRequest::Park { .. } => {}
+            WriterRequest::Damaged { .. }
+            | WriterRequest::Park { .. }
+            | WriterRequest::Quarantine { .. } => {}
         }
     }
     stored

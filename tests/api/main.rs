@@ -17,6 +17,7 @@ mod floods;
 mod hardening;
 mod lifecycle;
 mod sender_contract;
+mod spool;
 mod tansu;
 mod topics;
 mod tracing;
@@ -34,6 +35,7 @@ fn main() {
         ("hardening", hardening::tests()),
         ("lifecycle", lifecycle::tests()),
         ("sender_contract", sender_contract::tests()),
+        ("spool", spool::tests()),
         ("tansu", tansu::tests()),
         ("topics", topics::tests()),
         ("tracing", tracing::tests()),

@@ -216,6 +216,8 @@ pub struct Drain<S: Sink = KafkaSink> {
     /// Entries parked, and parked ones sent again, not yet recorded in the spool.
     to_park: Vec<u64>,
     to_unpark: Vec<u64>,
+    /// Entries read back damaged, for the spool to move to its quarantine.
+    to_quarantine: Vec<u64>,
     /// Park and dead-letter lines, at most one per interval of each kind (with the count
     /// held back): thousands of refused events must not bury the log.
     log_throttle: LogThrottle,
@@ -284,6 +286,7 @@ impl<S: Sink> Drain<S> {
             queue_full: false,
             to_park: Vec::new(),
             to_unpark: Vec::new(),
+            to_quarantine: Vec::new(),
             log_throttle: LogThrottle::new(LOG_EVERY),
         }
     }
@@ -452,8 +455,15 @@ impl<S: Sink> Drain<S> {
         }
     }
 
-    /// Records parks in the spool (see [`Spool::mark_parked`]) without waiting for them.
+    /// Records parks in the spool (see [`Spool::mark_parked`]), and hands it the damaged
+    /// entries read (see [`Spool::quarantine`]), without waiting for either.
     fn flush_park_marks(&mut self) {
+        if let Err(seqs) = self
+            .spool
+            .quarantine(std::mem::take(&mut self.to_quarantine))
+        {
+            self.to_quarantine = seqs;
+        }
         if self.to_park.is_empty() && self.to_unpark.is_empty() {
             return;
         }
@@ -490,9 +500,11 @@ impl<S: Sink> Drain<S> {
                             self.buffer.push_back(e);
                         }
                         Err(bad) => {
-                            // Unreadable entries stay where they are, for an operator.
+                            // The spool moves it to its quarantine (and logs it there, once)
+                            // if it is damaged; an entry of an unknown layout stays in place.
                             self.cursor = Some(bad.seq);
-                            tracing::error!(seq = bad.seq, error = %crate::problem::with_causes(&bad), "left in the spool");
+                            tracing::warn!(seq = bad.seq, error = %crate::problem::with_causes(&bad), "a spooled entry does not read back; not published");
+                            self.to_quarantine.push(bad.seq);
                         }
                     }
                 }

@@ -2,6 +2,7 @@
 //! marks, and the counters kept with them.
 
 use super::*;
+use crate::spool::ids::IdChanges;
 
 /// What a commit changes besides appends: entries published (deleted), and parked or no
 /// longer parked.
@@ -10,16 +11,20 @@ pub(in crate::spool) struct Marks<'a> {
     pub deleted: &'a [u64],
     pub parked: &'a [u64],
     pub unparked: &'a [u64],
+    /// Entries a read found damaged: moved to the quarantine if they really are.
+    pub quarantined: &'a [u64],
+    /// Damaged events a salvage found, to keep in the quarantine.
+    pub kept: &'a [quarantine::Kept<'a>],
 }
 
 /// Applies a batch of appends and deletes in one durable transaction: the stored appends
 /// become one record, whatever their number.
 ///
 /// Returns one outcome per append, in order. On error nothing was written, and `counters`
-/// is left as it was.
+/// and `ids` are left as they were.
 pub(in crate::spool) fn commit_batch(
     db: &Database,
-    counters: &mut Counters,
+    (counters, ids): (&mut Counters, &mut Ids),
     limits: &Limits,
     now_ms: u64,
     appends: &[Append<'_>],
@@ -27,28 +32,43 @@ pub(in crate::spool) fn commit_batch(
 ) -> Result<Vec<AppendOutcome>, redb::Error> {
     let mut c = *counters;
     let mut txn = db.begin_write()?;
-    if appends.is_empty() && marks.parked.is_empty() && marks.unparked.is_empty() {
+    if appends.is_empty()
+        && marks.parked.is_empty()
+        && marks.unparked.is_empty()
+        && marks.quarantined.is_empty()
+        && marks.kept.is_empty()
+    {
         // Only deletes of published entries: no fsync of their own. The next append's commit
         // makes them durable; if a crash loses them first, the start-up recovery check finds
         // those entries on Kafka and skips them (see delivery::recover). Parks are fsynced:
         // the recovery check relies on them to know which entries were never sent.
         txn.set_durability(redb::Durability::None)?;
     }
+    let mut changes = IdChanges::default();
     let outcomes = {
         let mut t = Tables::open(&txn)?;
         t.delete(&mut c, marks.deleted)?;
         t.mark_parked(marks)?;
+        // Opened only when used: the table is empty in normal running.
+        let moved = if marks.quarantined.is_empty() && marks.kept.is_empty() {
+            Vec::new()
+        } else {
+            let mut q = txn.open_table(QUARANTINE)?;
+            let mut moved = t.quarantine(&mut q, &mut c, marks.quarantined)?;
+            moved.extend(quarantine::keep(&mut q, &mut c, marks.kept)?);
+            moved
+        };
         let cutoff = limits
             .dedupe
             .map(|d| now_ms.saturating_sub(d.window.as_millis() as u64));
         let mut batch = NewBatch::new(&c, appends);
         let outcomes = appends
             .iter()
-            .map(|a| t.admit(&mut c, limits, cutoff, a, &mut batch))
+            .map(|a| t.admit(&mut c, (limits, cutoff), a, &mut batch, (ids, &mut changes)))
             .collect::<Result<Vec<_>, _>>()?;
-        t.write(batch)?;
+        t.write(batch, &mut changes)?;
         if let (Some(d), Some(cutoff)) = (limits.dedupe, cutoff) {
-            t.forget_old_ids(&mut c, &d, cutoff)?;
+            t.forget_old_ids(&mut c, (&d, cutoff), (ids, &mut changes))?;
         }
         let mut meta = txn.open_table(META)?;
         for (k, v) in [
@@ -60,10 +80,16 @@ pub(in crate::spool) fn commit_batch(
         ] {
             meta.insert(k, v)?;
         }
-        outcomes
+        if c.quarantined != counters.quarantined {
+            meta.insert(QUARANTINED, c.quarantined)?;
+        }
+        (outcomes, moved)
     };
     txn.commit()?;
+    let (outcomes, moved) = outcomes;
+    quarantine::log_moved(&moved);
     *counters = c;
+    ids.apply(changes);
     Ok(outcomes)
 }
 
@@ -99,7 +125,6 @@ pub(super) struct Tables<'txn> {
     pub(super) batches: redb::Table<'txn, u64, &'static [u8]>,
     pub(super) index: redb::Table<'txn, u64, (u64, u64)>,
     pub(super) gone: redb::Table<'txn, u64, ()>,
-    pub(super) dedupe: redb::Table<'txn, &'static str, (u64, u64)>,
     pub(super) dedupe_batches: redb::Table<'txn, (u64, u64), &'static [u8]>,
     pub(super) parked: redb::Table<'txn, u64, ()>,
 }
@@ -111,7 +136,6 @@ impl<'txn> Tables<'txn> {
             batches: txn.open_table(BATCHES)?,
             index: txn.open_table(BATCH_INDEX)?,
             gone: txn.open_table(GONE)?,
-            dedupe: txn.open_table(DEDUPE)?,
             dedupe_batches: txn.open_table(DEDUPE_BATCHES)?,
         })
     }
@@ -198,26 +222,28 @@ impl<'txn> Tables<'txn> {
     }
 
     /// Decides one append: a duplicate, no room, or stored (added to `batch`).
-    fn admit(
+    fn admit<'a>(
         &mut self,
         c: &mut Counters,
-        limits: &Limits,
-        cutoff: Option<u64>,
-        a: &Append<'_>,
+        (limits, cutoff): (&Limits, Option<u64>),
+        a: &Append<'a>,
         batch: &mut NewBatch,
+        (ids, changes): (&Ids, &mut IdChanges<'a>),
     ) -> Result<AppendOutcome, redb::Error> {
-        let key = if limits.dedupe.is_some() {
-            a.dedupe_key
-        } else {
-            None
-        };
+        let key = a.dedupe_key.filter(|_| limits.dedupe.is_some());
+        let digest = key.map(|k| ids.digest(k));
         let mut replaces_stale = false;
-        if let (Some(key), Some(cutoff)) = (key, cutoff) {
-            if let Some(seen) = self.dedupe.get(key)? {
-                if seen.value().0 >= cutoff {
-                    return Ok(AppendOutcome::Duplicate);
+        if let (Some(key), Some(d), Some(cutoff)) = (key, digest, cutoff) {
+            if changes.added(d, key).is_some() {
+                return Ok(AppendOutcome::Duplicate);
+            }
+            if let Some((seen, dseq)) = ids.seen(d) {
+                if self.stored_key(seen, dseq)?.as_deref() == Some(key.as_bytes()) {
+                    if seen.newest_ms >= cutoff {
+                        return Ok(AppendOutcome::Duplicate);
+                    }
+                    replaces_stale = true;
                 }
-                replaces_stale = true;
             }
         }
         let header = if batch.events.count() == 0 {
@@ -234,11 +260,11 @@ impl<'txn> Tables<'txn> {
         c.next_seq += 1;
         c.depth += 1;
         c.bytes += len;
-        if let Some(key) = key {
+        if let (Some(key), Some(d)) = (key, digest) {
             // The key's dedupe seq says which batch of keys it belongs to (see forget_old_ids).
             let dseq = c.dedupe_seq;
             c.dedupe_seq += 1;
-            self.dedupe.insert(key, (a.received_at_ms, dseq))?;
+            changes.add(d, dseq, key);
             batch.keys.push(key.as_bytes());
             batch.newest_ms = batch.newest_ms.max(a.received_at_ms);
             if !replaces_stale {
@@ -248,12 +274,31 @@ impl<'txn> Tables<'txn> {
         Ok(AppendOutcome::Stored { seq })
     }
 
+    /// The key stored under dedupe seq `dseq` of `batch`: what a digest found is confirmed
+    /// against (read only for ids seen before, so only for duplicates, in practice).
+    fn stored_key(&self, batch: IdBatch, dseq: u64) -> Result<Option<Vec<u8>>, redb::Error> {
+        let Some(record) = self.dedupe_batches.get((batch.newest_ms, batch.first))? else {
+            return Ok(None);
+        };
+        let nth = (dseq - batch.first) as usize;
+        let key = record::parts(record.value())
+            .nth(nth)
+            .flatten()
+            .map(<[u8]>::to_vec);
+        Ok(key)
+    }
+
     /// Writes the records of what `admit` stored (nothing when it stored nothing).
-    fn write(&mut self, batch: NewBatch) -> Result<(), redb::Error> {
+    fn write(&mut self, batch: NewBatch, changes: &mut IdChanges<'_>) -> Result<(), redb::Error> {
         if batch.events.count() > 0 {
             self.insert_batch(batch.first_seq, batch.events)?;
         }
         if batch.keys.count() > 0 {
+            changes.stored_batch(IdBatch {
+                first: batch.first_dseq,
+                count: batch.keys.count(),
+                newest_ms: batch.newest_ms,
+            });
             self.dedupe_batches.insert(
                 (batch.newest_ms, batch.first_dseq),
                 batch.keys.finish().as_slice(),
@@ -268,8 +313,8 @@ impl<'txn> Tables<'txn> {
     pub(super) fn forget_old_ids(
         &mut self,
         c: &mut Counters,
-        d: &DedupeLimits,
-        cutoff: u64,
+        (d, cutoff): (&DedupeLimits, u64),
+        (ids, changes): (&Ids, &mut IdChanges<'_>),
     ) -> Result<(), redb::Error> {
         let mut forgotten = 0;
         while forgotten < EXPIRE_PER_COMMIT {
@@ -284,13 +329,12 @@ impl<'txn> Tables<'txn> {
                 break;
             };
             forgotten += record::count(record.value()).max(1) as usize;
+            changes.forget_batch(first_dseq);
             for (i, key) in record::parts(record.value()).enumerate() {
                 let Some(key) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
                     break;
                 };
-                let current = self.dedupe.get(key)?.map(|v| v.value().1);
-                if current == Some(first_dseq + i as u64) {
-                    self.dedupe.remove(key)?;
+                if changes.forget(ids, ids.digest(key), first_dseq + i as u64) {
                     c.dedupe_entries = c.dedupe_entries.saturating_sub(1);
                 }
             }

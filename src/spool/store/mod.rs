@@ -8,11 +8,17 @@
 //! - `batch_index`: first sequence number → (entries, record bytes); what deletes look up.
 //! - `gone`: published entries of batches that still hold unpublished ones. A batch is removed
 //!   as a whole when its last entry is published, with its `gone` entries.
-//! - `dedupe`: `source \x1f event id` → (receive ms, dedupe seq); ids accepted recently.
 //! - `dedupe_batches`: (newest receive ms, first dedupe seq) → record of the keys one commit
-//!   added; to forget the oldest first, a batch at a time.
+//!   added; to forget the oldest first, a batch at a time. The lookup by id is in memory
+//!   ([`super::ids`]), rebuilt from these records on open.
 //! - `parked`: entries the drain parked (never published), for the recovery check.
-//! - `meta`: counters kept in the same transactions as the data they count.
+//! - `quarantine`: damaged entries moved out of the way, with their bytes (see [`quarantine`]).
+//! - `meta`: counters kept in the same transactions as the data they count, and `format`.
+//!
+//! Formats (`meta.format`): 3 since the in-memory ids (no `dedupe` table: a B-tree of random
+//! ids made each commit rewrite one leaf per new id; event records of format 3, see
+//! [`super::record`]); absent in earlier files (format 2), which are upgraded on open; a
+//! newer format than this build knows is refused, never read as if it were this one.
 //!
 //! Everything here is synchronous and runs on the writer thread (or a blocking task for
 //! reads); redb allows one writer at a time and any number of concurrent readers.
@@ -24,6 +30,7 @@ use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition, TableHandle,
 };
 
+use super::ids::{IdBatch, Ids};
 use super::record::{self, RecordBuilder};
 use crate::event::Message;
 
@@ -50,6 +57,8 @@ pub enum OpenError {
     Read(#[source] redb::Error),
     #[error("cannot start the spool writer")]
     Writer(#[source] std::io::Error),
+    #[error("the spool {path} is of format {found}, newer than this build reads (up to {FORMAT}): run the newer version, or move the file away")]
+    Newer { path: PathBuf, found: u64 },
 }
 
 /// First sequence number of a batch → its record of encoded messages.
@@ -59,7 +68,8 @@ const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 const BATCH_INDEX: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_index");
 /// Published entries of batches that still hold unpublished ones.
 const GONE: TableDefinition<u64, ()> = TableDefinition::new("gone");
-const DEDUPE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedupe");
+/// Format 2's index of ids by key, dropped by the upgrade to format 3.
+const DEDUPE_V2: TableDefinition<&str, (u64, u64)> = TableDefinition::new("dedupe");
 /// (newest receive ms of the batch, first dedupe seq) → record of the dedupe keys it added.
 const DEDUPE_BATCHES: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("dedupe_batches");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -77,6 +87,11 @@ const BYTES: &str = "bytes";
 const DEDUPE_SEQ: &str = "dedupe_seq";
 const DEPTH: &str = "depth";
 const DEDUPE_ENTRIES: &str = "dedupe_entries";
+const QUARANTINED: &str = "quarantined";
+const FORMAT_KEY: &str = "format";
+
+/// The format this build writes (see the module's doc).
+pub(super) const FORMAT: u64 = 3;
 
 /// Dedupe keys a transaction forgets before it stops looking (a batch of keys goes as a whole,
 /// so up to one batch more): keeps each commit short, yet every commit can forget at least the
@@ -94,6 +109,8 @@ pub(super) struct Counters {
     pub bytes: u64,
     pub dedupe_seq: u64,
     pub dedupe_entries: u64,
+    /// Entries moved to the quarantine (see [`quarantine`]), ever.
+    pub quarantined: u64,
 }
 
 /// Limits applied inside the transaction.
@@ -145,24 +162,69 @@ pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
                 source: other.into(),
             },
         })?;
-    create_tables(&db).map_err(|source| OpenError::Open { path, source })?;
-    Ok(db)
+    match create_tables(&db) {
+        Ok(None) => Ok(db),
+        Ok(Some(found)) => Err(OpenError::Newer { path, found }),
+        Err(source) => Err(OpenError::Open { path, source }),
+    }
 }
 
-fn create_tables(db: &Database) -> Result<(), redb::Error> {
+/// Creates the tables and upgrades an older file, in one transaction (a crash during it
+/// leaves the old layout whole). `Some(format)`: the file is newer than this build, and
+/// nothing was changed.
+fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
     let txn = db.begin_write()?;
+    let format = txn.open_table(META)?.get(FORMAT_KEY)?.map(|v| v.value());
+    if let Some(found) = format.filter(|&f| f > FORMAT) {
+        txn.abort()?;
+        return Ok(Some(found));
+    }
     {
         txn.open_table(BATCHES)?;
         txn.open_table(BATCH_INDEX)?;
         txn.open_table(GONE)?;
-        txn.open_table(DEDUPE)?;
         txn.open_table(DEDUPE_BATCHES)?;
-        txn.open_table(META)?;
         txn.open_table(PARKED)?;
+        txn.open_table(QUARANTINE)?;
     }
-    migrate_v1(&txn)?;
+    if format != Some(FORMAT) {
+        migrate_v1(&txn)?;
+        upgrade_to_3(&txn)?;
+    }
     txn.commit()?;
+    Ok(None)
+}
+
+/// From format 2: the index of ids by key goes (the ids are in `dedupe_batches` already,
+/// and in memory from now on). Its records of events stay as they are: they say their format.
+fn upgrade_to_3(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+    let had_index = txn.list_tables()?.any(|t| t.name() == DEDUPE_V2.name());
+    if had_index {
+        txn.delete_table(DEDUPE_V2)?;
+        tracing::info!(format = FORMAT, "spool upgraded to format 3");
+    }
+    txn.open_table(META)?.insert(FORMAT_KEY, FORMAT)?;
     Ok(())
+}
+
+/// The ids of the window, from the records of keys (see [`super::ids`]).
+pub(super) fn load_ids(db: &(impl ReadableDatabase + ?Sized)) -> Result<Ids, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = txn.open_table(DEDUPE_BATCHES)?;
+    let mut ids = Ids::default();
+    for item in table.iter()? {
+        let (at, record) = item?;
+        let (newest_ms, first) = at.value();
+        let record = record.value();
+        let keys = record::parts(record).map_while(|k| k.and_then(|k| std::str::from_utf8(k).ok()));
+        let batch = IdBatch {
+            first,
+            count: record::count(record),
+            newest_ms,
+        };
+        ids.load(batch, keys);
+    }
+    Ok(ids)
 }
 
 /// Moves a spool written before batches (one entry per event) into the batch layout, each old
@@ -215,6 +277,13 @@ fn migrate_v1(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
+/// The file's format as `meta` says it (`None`: written before formats were, format 2).
+pub(super) fn format(db: &(impl ReadableDatabase + ?Sized)) -> Result<Option<u64>, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    Ok(meta.get(FORMAT_KEY)?.map(|v| v.value()))
+}
+
 /// Reads the counters as last committed.
 pub(super) fn load_counters(
     db: &(impl ReadableDatabase + ?Sized),
@@ -229,6 +298,7 @@ pub(super) fn load_counters(
         bytes: get(BYTES)?,
         dedupe_seq: get(DEDUPE_SEQ)?,
         dedupe_entries: get(DEDUPE_ENTRIES)?,
+        quarantined: get(QUARANTINED)?,
     })
 }
 
@@ -253,10 +323,14 @@ pub(super) fn continue_from(
 }
 
 mod commit;
+mod quarantine;
 mod read;
 
 use commit::{batch_holding, published_in, Tables};
 pub(super) use commit::{commit_batch, Marks};
+pub use quarantine::Quarantined;
+use quarantine::QUARANTINE;
+pub(super) use quarantine::{quarantined, Kept};
 pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live};
 pub use read::{Entry, ReadEntry, Undecodable};
 

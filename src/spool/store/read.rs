@@ -147,16 +147,23 @@ fn read_where(
     // Reading starts in the batch that holds `start`, if any is still there.
     let from =
         batch_holding(&txn.open_table(BATCH_INDEX)?, start)?.map_or(start, |(first, ..)| first);
+    let index = txn.open_table(BATCH_INDEX)?;
     let mut out = Vec::new();
     for item in batches.range(from..)? {
         let (k, v) = item?;
         let first = k.value();
         let record = v.value();
         let header = record::Header::read(record);
-        let count = u64::from(header.map_or(0, |h| h.count));
         let decode = decoder(header.is_some_and(|h| h.versioned));
+        // A header that fails its checksum says nothing of its parts: the index still says
+        // how many entries the record holds, and each is reported damaged, never skipped.
+        let count = match header {
+            Some(h) => u64::from(h.count),
+            None => index.get(first)?.map_or(0, |v| v.value().0),
+        };
         let published = published_in(&gone, first..first + count)?;
-        for (i, part) in record::parts(record).enumerate() {
+        let parts = record::parts(record).chain(std::iter::repeat(None));
+        for (i, part) in parts.take(count as usize).enumerate() {
             let seq = first + i as u64;
             if seq < start || published.binary_search(&seq).is_ok() || !keep(seq) {
                 continue;

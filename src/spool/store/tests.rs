@@ -21,6 +21,7 @@ struct Store {
     _dir: tempfile::TempDir,
     db: Database,
     c: Counters,
+    ids: Ids,
     limits: Limits,
 }
 
@@ -29,6 +30,7 @@ impl Store {
         let dir = tempfile::tempdir().unwrap();
         let db = open(dir.path(), false).unwrap();
         let c = load_counters(&db).unwrap();
+        let ids = load_ids(&db).unwrap();
         let limits = Limits {
             max_bytes: u64::MAX,
             dedupe,
@@ -37,6 +39,7 @@ impl Store {
             _dir: dir,
             db,
             c,
+            ids,
             limits,
         }
     }
@@ -56,7 +59,7 @@ impl Store {
             .collect();
         commit_batch(
             &self.db,
-            &mut self.c,
+            (&mut self.c, &mut self.ids),
             &self.limits,
             at_ms,
             &appends,
@@ -125,6 +128,7 @@ fn a_partly_published_batch_is_the_same_after_a_reopen() {
     assert_eq!(load_counters(&db).unwrap(), counters);
     let mut s = Store {
         c: counters,
+        ids: Ids::default(),
         db,
         _dir: dir,
         limits: s.limits,
@@ -200,7 +204,7 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
         let txn = db.begin_write().unwrap();
         {
             let mut events = txn.open_table(EVENTS_V1).unwrap();
-            let mut dedupe = txn.open_table(DEDUPE).unwrap();
+            let mut dedupe = txn.open_table(DEDUPE_V2).unwrap();
             let mut by_time = txn.open_table(DEDUPE_BY_TIME_V1).unwrap();
             let mut meta = txn.open_table(META).unwrap();
             for (seq, id) in [(7u64, "x"), (9, "y")] {
@@ -219,6 +223,7 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
     let db = open(dir.path(), false).unwrap();
     let mut s = Store {
         c: load_counters(&db).unwrap(),
+        ids: load_ids(&db).unwrap(),
         db,
         _dir: dir,
         limits: Limits {
@@ -244,4 +249,262 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
             .map(|t| t.name().to_string())
             .collect();
     assert!(!names.iter().any(|n| n == "events" || n == "dedupe_by_time"));
+}
+
+impl Store {
+    /// Closes the file and opens it again, the ids read back from it.
+    fn reopened(self) -> Store {
+        let (dir, limits) = (self._dir, self.limits);
+        drop(self.db);
+        let db = open(dir.path(), false).unwrap();
+        Store {
+            c: load_counters(&db).unwrap(),
+            ids: load_ids(&db).unwrap(),
+            db,
+            _dir: dir,
+            limits,
+        }
+    }
+}
+
+#[test]
+fn ids_are_read_back_on_open_and_still_forgotten_by_batch() {
+    let mut s = Store::new(Some(DedupeLimits {
+        window: Duration::from_millis(100),
+        max_entries: 1_000,
+    }));
+    s.commit(&["a", "b"], 1_000, &[]);
+    s.commit(&["c"], 1_080, &[]);
+    s.commit(&["a"], 1_150, &[]);
+    let mut s = s.reopened();
+    assert_eq!(
+        s.ids.len(),
+        2,
+        "a (accepted again) and c; b went with its batch"
+    );
+    assert_eq!(s.c.dedupe_entries, 2);
+    assert_eq!(
+        s.commit(&["a", "c"], 1_160, &[]),
+        [AppendOutcome::Duplicate; 2]
+    );
+    assert_eq!(
+        s.commit(&["b"], 1_160, &[]),
+        stored(4..5),
+        "b left the window"
+    );
+    let mut s = s.reopened();
+    assert_eq!(
+        s.commit(&["a", "b"], 1_170, &[]),
+        [AppendOutcome::Duplicate; 2]
+    );
+}
+
+#[test]
+fn a_format_2_spool_is_upgraded_on_open_and_its_ids_still_dedupe() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        // What format 2 left: an unversioned events record, its keys' record, the index of
+        // ids by key, and no format in meta.
+        let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = Tables::open(&txn).unwrap();
+            let mut events = RecordBuilder::unversioned_events(0);
+            events.push(&message("x").encode()[1..]);
+            t.insert_batch(0, events).unwrap();
+            let mut keys = RecordBuilder::keys(0);
+            keys.push(b"eduzz\x1fx");
+            t.dedupe_batches
+                .insert((1_000, 0), keys.finish().as_slice())
+                .unwrap();
+            let mut index = txn.open_table(DEDUPE_V2).unwrap();
+            index.insert("eduzz\u{1f}x", (1_000, 0)).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            for (k, v) in [
+                (NEXT_SEQ, 1),
+                (DEDUPE_SEQ, 1),
+                (DEPTH, 1),
+                (DEDUPE_ENTRIES, 1),
+            ] {
+                meta.insert(k, v).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let db = open(dir.path(), false).unwrap();
+    let mut s = Store {
+        c: load_counters(&db).unwrap(),
+        ids: load_ids(&db).unwrap(),
+        db,
+        _dir: dir,
+        limits: Limits {
+            max_bytes: u64::MAX,
+            dedupe: Some(DedupeLimits {
+                window: Duration::from_secs(60),
+                max_entries: 100,
+            }),
+        },
+    };
+    assert_eq!(s.ids_after(None), [(0, "x".into())]);
+    assert_eq!(s.commit(&["x"], 1_050, &[]), [AppendOutcome::Duplicate]);
+    assert_eq!(s.commit(&["y"], 1_050, &[]), stored(1..2));
+    let txn = s.db.begin_write().unwrap();
+    assert!(!txn.list_tables().unwrap().any(|t| t.name() == "dedupe"));
+    let meta = txn.open_table(META).unwrap();
+    let format = meta.get(FORMAT_KEY).unwrap().map(|v| v.value());
+    assert_eq!(format, Some(FORMAT));
+}
+
+#[test]
+fn a_spool_of_a_newer_format_is_refused_and_left_as_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = open(dir.path(), false).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META)
+            .unwrap()
+            .insert(FORMAT_KEY, FORMAT + 1)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let err = open(dir.path(), false).expect_err("refused");
+    assert!(
+        matches!(err, OpenError::Newer { found, .. } if found == FORMAT + 1),
+        "{err}"
+    );
+    assert!(err.to_string().contains("newer than this build"), "{err}");
+    let db = Database::open(dir.path().join(FILE_NAME)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let meta = txn.open_table(META).unwrap();
+    let format = meta.get(FORMAT_KEY).unwrap().map(|v| v.value());
+    assert_eq!(format, Some(FORMAT + 1));
+}
+
+impl Store {
+    /// Rewrites the stored record of the batch starting at `first` through `damage`, as a
+    /// disk that flipped bits under redb would leave it (redb stores the value as it is).
+    fn damage_record(&mut self, first: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+        let txn = self.db.begin_write().unwrap();
+        {
+            let mut batches = txn.open_table(BATCHES).unwrap();
+            let mut record = batches.get(first).unwrap().unwrap().value().to_vec();
+            damage(&mut record);
+            batches.insert(first, record.as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+
+    fn quarantine(&mut self, seqs: &[u64]) {
+        commit_batch(
+            &self.db,
+            (&mut self.c, &mut self.ids),
+            &self.limits,
+            1,
+            &[],
+            &Marks {
+                quarantined: seqs,
+                ..Marks::default()
+            },
+        )
+        .unwrap();
+    }
+
+    /// (seq, whether it reads back) of every spooled entry.
+    fn readable(&self) -> Vec<(u64, bool)> {
+        read_after(&self.db, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| match e {
+                Ok(e) => (e.seq, true),
+                Err(bad) => (bad.seq, false),
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_damaged_entry_is_quarantined_with_its_bytes_and_its_neighbours_still_read() {
+    let mut s = Store::new(None);
+    s.commit(&["a", "b", "c"], 1, &[]);
+    // One byte of b's body flipped: a and c still read, b is reported, never skipped.
+    let b_at = {
+        let t = s.db.begin_read().unwrap();
+        let batches = t.open_table(BATCHES).unwrap();
+        let record = batches.get(0).unwrap().unwrap().value().to_vec();
+        memchr::memmem::find(&record, b"{\"id\":\"b\"}").unwrap()
+    };
+    s.damage_record(0, |r| r[b_at + 2] ^= 0x20);
+    assert_eq!(s.readable(), [(0, true), (1, false), (2, true)]);
+    // Asking to quarantine an intact entry (or an unknown one) moves nothing.
+    s.quarantine(&[0, 42]);
+    assert_eq!((s.c.depth, s.c.quarantined), (3, 0));
+    s.quarantine(&[1]);
+    assert_eq!((s.c.depth, s.c.quarantined), (2, 1));
+    assert_eq!(s.readable(), [(0, true), (2, true)]);
+    let q = quarantined(&s.db).unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!((q[0].seq, q[0].batch), (1, 0));
+    assert!(q[0].reason.contains("checksum"), "{q:?}");
+    let kept_len = message("b").encode().len() as u64;
+    assert_eq!(q[0].bytes, kept_len, "the entry's bytes as stored");
+    // Quarantined once: asked again, nothing changes; the rest publishes and the batch goes.
+    s.quarantine(&[1]);
+    assert_eq!(s.c.quarantined, 1);
+    s.commit(&[], 1, &[0, 2]);
+    assert_eq!((s.c.depth, s.c.bytes), (0, 0));
+    assert_eq!(load_counters(&s.db).unwrap(), s.c, "counters are durable");
+    assert_eq!(quarantined(&s.db).unwrap(), q, "kept after its batch went");
+}
+
+#[test]
+fn a_record_whose_header_is_damaged_has_every_entry_reported_and_quarantined() {
+    let mut s = Store::new(None);
+    s.commit(&["a"], 1, &[]);
+    s.commit(&["b", "c"], 1, &[]);
+    s.commit(&["d"], 1, &[]);
+    let whole = {
+        let t = s.db.begin_read().unwrap();
+        let len = t
+            .open_table(BATCHES)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .unwrap()
+            .value()
+            .len();
+        len as u64
+    };
+    s.damage_record(1, |r| r[13] ^= 1);
+    assert_eq!(
+        s.readable(),
+        [(0, true), (1, false), (2, false), (3, true)],
+        "both entries of the record are reported"
+    );
+    s.quarantine(&[1, 2]);
+    assert_eq!((s.c.depth, s.c.quarantined), (2, 2));
+    assert_eq!(s.readable(), [(0, true), (3, true)]);
+    let q = quarantined(&s.db).unwrap();
+    assert_eq!(
+        q.iter().map(|q| (q.seq, q.bytes)).collect::<Vec<_>>(),
+        [(1, whole), (2, 0)],
+        "the whole record once, with its first entry"
+    );
+    assert!(q[0].reason.contains("header"), "{q:?}");
+}
+
+#[test]
+fn an_entry_of_an_unknown_layout_is_not_damage_and_stays() {
+    let mut s = Store::new(None);
+    s.commit(&["a"], 1, &[]);
+    // A well-framed part whose layout byte is from a later version (its checksum matches).
+    s.damage_record(0, |r| {
+        let mut b = RecordBuilder::events(0);
+        let mut part = message("a").encode();
+        part[0] = 200;
+        b.push(&part);
+        *r = b.finish();
+    });
+    assert_eq!(s.readable(), [(0, false)]);
+    s.quarantine(&[0]);
+    assert_eq!((s.c.depth, s.c.quarantined), (1, 0));
 }
