@@ -126,15 +126,8 @@ async fn sigkill_under_load_then_restart_delivers_every_acknowledged_event() {
 /// once at the end, and nothing arrived that was never sent.
 async fn sigkill_in_a_loop_under_load_loses_nothing_and_duplicates_nothing() {
     const KILLS: usize = 50;
-    let broker = TestBroker::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (broker, dir) = bridge_dir();
     let config = dir.path().join("bridge.toml");
-    let spool = dir.path().join("spool");
-    std::fs::write(
-        &config,
-        without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
-    )
-    .unwrap();
     let mut sent = load::LoadResult::default();
     for round in 0..KILLS {
         let mut bridge = BridgeProcess::start(&config);
@@ -653,6 +646,20 @@ async fn small_disk_fills_then_heals(min_free: u64, spool_state: &str) {
     drop(disk);
 }
 
+/// A broker, and a directory with a bridge's `bridge.toml` (routing to [`TOPIC`]) and the
+/// place of its `spool`.
+fn bridge_dir() -> (TestBroker, tempfile::TempDir) {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    std::fs::write(
+        dir.path().join("bridge.toml"),
+        without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
+    )
+    .unwrap();
+    (broker, dir)
+}
+
 /// A bridge (its own process, `bridge.toml` and `spool` in the returned directory) that took
 /// `workers × per_worker` events while Kafka was away, then was SIGKILLed: they all wait in
 /// its spool. The broker is left down.
@@ -661,15 +668,8 @@ async fn spooled_then_killed(
     workers: usize,
     per_worker: usize,
 ) -> (TestBroker, tempfile::TempDir, load::LoadResult) {
-    let broker = TestBroker::start();
-    let dir = tempfile::tempdir().unwrap();
+    let (broker, dir) = bridge_dir();
     let config = dir.path().join("bridge.toml");
-    let spool = dir.path().join("spool");
-    std::fs::write(
-        &config,
-        without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE)),
-    )
-    .unwrap();
     broker.down();
     let mut first = BridgeProcess::start(&config);
     let url = format!("http://{}/webhooks/eduzz", first.addr);

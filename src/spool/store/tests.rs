@@ -220,20 +220,11 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
         }
         txn.commit().unwrap();
     }
-    let db = open(dir.path(), false).unwrap();
-    let mut s = Store {
-        c: load_counters(&db).unwrap(),
-        ids: load_ids(&db).unwrap(),
-        db,
-        _dir: dir,
-        limits: Limits {
-            max_bytes: u64::MAX,
-            dedupe: Some(DedupeLimits {
-                window: Duration::from_millis(100),
-                max_entries: 100,
-            }),
-        },
+    let dedupe = DedupeLimits {
+        window: Duration::from_millis(100),
+        max_entries: 100,
     };
+    let mut s = Store::open_in(dir, Some(dedupe));
     assert_eq!((s.c.depth, s.c.dedupe_entries, s.c.next_seq), (2, 2, 10));
     assert_eq!(s.ids_after(None), [(7, "x".into()), (9, "y".into())]);
     assert_eq!(s.commit(&["x"], 1_050, &[7]), [AppendOutcome::Duplicate]);
@@ -252,18 +243,26 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
 }
 
 impl Store {
-    /// Closes the file and opens it again, the ids read back from it.
-    fn reopened(self) -> Store {
-        let (dir, limits) = (self._dir, self.limits);
-        drop(self.db);
+    /// The spool in `dir` as `open` leaves it, its counters and ids read back.
+    fn open_in(dir: tempfile::TempDir, dedupe: Option<DedupeLimits>) -> Store {
         let db = open(dir.path(), false).unwrap();
         Store {
             c: load_counters(&db).unwrap(),
             ids: load_ids(&db).unwrap(),
             db,
             _dir: dir,
-            limits,
+            limits: Limits {
+                max_bytes: u64::MAX,
+                dedupe,
+            },
         }
+    }
+
+    /// Closes the file and opens it again, the ids read back from it.
+    fn reopened(self) -> Store {
+        let (dir, dedupe) = (self._dir, self.limits.dedupe);
+        drop(self.db);
+        Store::open_in(dir, dedupe)
     }
 }
 
@@ -331,20 +330,11 @@ fn a_format_2_spool_is_upgraded_on_open_and_its_ids_still_dedupe() {
         }
         txn.commit().unwrap();
     }
-    let db = open(dir.path(), false).unwrap();
-    let mut s = Store {
-        c: load_counters(&db).unwrap(),
-        ids: load_ids(&db).unwrap(),
-        db,
-        _dir: dir,
-        limits: Limits {
-            max_bytes: u64::MAX,
-            dedupe: Some(DedupeLimits {
-                window: Duration::from_secs(60),
-                max_entries: 100,
-            }),
-        },
+    let dedupe = DedupeLimits {
+        window: Duration::from_secs(60),
+        max_entries: 100,
     };
+    let mut s = Store::open_in(dir, Some(dedupe));
     assert_eq!(s.ids_after(None), [(0, "x".into())]);
     assert_eq!(s.commit(&["x"], 1_050, &[]), [AppendOutcome::Duplicate]);
     assert_eq!(s.commit(&["y"], 1_050, &[]), stored(1..2));
