@@ -26,6 +26,8 @@ mod writer;
 use ballast::Ballast;
 use ids::Ids;
 use recent::Recent;
+#[cfg(test)]
+pub(crate) use store::damage_entry;
 use writer::Writer;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};

@@ -189,12 +189,17 @@ struct Running {
     control: Arc<DrainControl>,
     stop: DrainStop,
     task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn start(events: &[(&str, String)], settings: DrainSettings, fake: Fake) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let spool = spool_with(dir.path(), events).await;
+    start_on(spool, dir, settings, fake)
+}
+
+/// A drain on `spool` (whose directory is `dir`).
+fn start_on(spool: Spool, dir: tempfile::TempDir, settings: DrainSettings, fake: Fake) -> Running {
     let gauges = Arc::new(DrainGauges::default());
     let metrics = Arc::new(Metrics::new());
     let control = Arc::new(DrainControl::default());
@@ -215,7 +220,7 @@ async fn start(events: &[(&str, String)], settings: DrainSettings, fake: Fake) -
         control,
         stop,
         task,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -234,6 +239,32 @@ fn settings(max_in_flight: usize, per_topic: usize) -> DrainSettings {
         max_in_flight_per_topic: per_topic,
         ..DrainSettings::new(max_in_flight)
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_damaged_entry_is_quarantined_once_and_every_other_entry_published() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), &events("t", 3)).await;
+    spool.close().await;
+    drop(spool);
+    crate::spool::damage_entry(dir.path(), 1);
+    let reopened = spool_with(dir.path(), &[]).await;
+    assert_eq!(reopened.stats().depth, 3, "redb's own checks pass");
+    let run = start_on(reopened, dir, settings(8, 8), Fake::default());
+
+    until(|| run.spool.stats().depth == 0 && run.spool.quarantined() == 1).await;
+    assert_eq!(
+        run.fake.ids_to("t"),
+        ["t-0", "t-2"],
+        "never the damaged one"
+    );
+    assert_eq!(run.gauges.published.load(Ordering::Relaxed), 2);
+    // Kept, not deleted: after a restart it is still counted, and nothing is sent again.
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+    run.spool.close().await;
+    let again = spool_with(run.dir.path(), &[]).await;
+    assert_eq!((again.stats().depth, again.quarantined()), (0, 1));
 }
 
 #[tokio::test(start_paused = true)]

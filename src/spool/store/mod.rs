@@ -334,5 +334,28 @@ pub(super) use quarantine::{quarantined, Kept};
 pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live};
 pub use read::{Entry, ReadEntry, Undecodable};
 
+/// Test seam: flips one bit of entry `seq`'s stored bytes through redb itself, so that redb's
+/// own checks pass and only the entry's checksum can tell (as memory or a disk controller that
+/// damaged the bytes before redb checksummed its page would leave it).
+#[cfg(test)]
+pub(crate) fn damage_entry(dir: &Path, seq: u64) {
+    let db = Database::open(dir.join(FILE_NAME)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = Tables::open(&txn).unwrap();
+        let (first, ..) = batch_holding(&t.index, seq).unwrap().expect("spooled");
+        let mut record = t.batches.get(first).unwrap().unwrap().value().to_vec();
+        let header = record::Header::read(&record).unwrap();
+        let mut at = header.len;
+        for _ in first..seq {
+            let len = u32::from_le_bytes(record[at..at + 4].try_into().unwrap()) as usize;
+            at += 8 + len;
+        }
+        record[at + 8 + 2] ^= 0x10;
+        t.batches.insert(first, record.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
 #[cfg(test)]
 mod tests;
