@@ -7,14 +7,18 @@
 //! cost in the default configuration). Here the ids live in a hash table instead, rebuilt from
 //! the records when the spool opens, and a commit writes a handful of pages whatever its ids.
 //!
-//! The table holds a 64-bit digest of each key, not the key: 17 bytes a slot, so 18 to 36 MiB
-//! for a window of 1 M ids (the table doubles as it fills).
+//! It holds a 64-bit digest of each key, not the key: 16 bytes an id once it is older than the
+//! newest 65 536 (see [`latest`]), so 16 MiB for a window of 1 M ids.
 //! A digest found is confirmed against the key stored in its record before an event is
 //! called a duplicate, so two ids that share a digest never lose an event: the older of the
 //! two only stops being deduped.
 
+mod latest;
+
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
+
+use latest::Latest;
 
 type Hasher = foldhash::fast::RandomState;
 
@@ -34,7 +38,7 @@ pub(in crate::spool) struct Ids {
     /// Seeded per process: the digests are never stored, so they need not be stable, and a
     /// sender cannot pick ids that collide.
     digests: Hasher,
-    latest: HashMap<u64, u64, Hasher>,
+    latest: Latest,
     batches: BTreeMap<u64, IdBatch>,
 }
 
@@ -56,7 +60,7 @@ impl Ids {
 
     /// The batch `key`'s digest was last accepted in, and its dedupe sequence number.
     pub(super) fn seen(&self, digest: u64) -> Option<(IdBatch, u64)> {
-        let dseq = *self.latest.get(&digest)?;
+        let dseq = self.latest.get(digest)?;
         let (_, batch) = self.batches.range(..=dseq).next_back()?;
         (dseq < batch.first + u64::from(batch.count)).then_some((*batch, dseq))
     }
@@ -71,18 +75,14 @@ impl Ids {
     pub(super) fn load<'k>(&mut self, batch: IdBatch, keys: impl Iterator<Item = &'k str>) {
         for (i, key) in keys.enumerate() {
             let dseq = batch.first + i as u64;
-            let d = self.digest(key);
-            let latest = self.latest.entry(d).or_insert(dseq);
-            *latest = (*latest).max(dseq);
+            self.latest.insert(self.digest(key), dseq);
         }
         self.batches.insert(batch.first, batch);
     }
 
     pub(super) fn apply(&mut self, changes: IdChanges<'_>) {
         for (d, dseq) in changes.gone_ids {
-            if self.latest.get(&d) == Some(&dseq) {
-                self.latest.remove(&d);
-            }
+            self.latest.remove_if(d, dseq);
         }
         if let Some(b) = changes.batch {
             self.batches.insert(b.first, b);
@@ -125,7 +125,7 @@ impl<'a> IdChanges<'a> {
             Some(_) => return false,
             None => {}
         }
-        if ids.latest.get(&digest) != Some(&dseq) {
+        if ids.latest.get(digest) != Some(dseq) {
             return false;
         }
         self.gone_ids.push((digest, dseq));
