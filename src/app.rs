@@ -272,6 +272,9 @@ impl Application {
         } else {
             tracing::info!("stopped");
         }
+        // So do the topic admin's clients: their connections to a broker gone would be
+        // logged as errors after a clean stop.
+        drop(std::mem::take(&mut self.topics));
         self.embedded.take();
     }
 }

@@ -251,6 +251,64 @@ async fn sighup_without_tls_is_logged_and_the_bridge_keeps_serving() {
     assert!(status.success(), "{status:?}");
 }
 
+/// config/default.toml as a newcomer runs it (the embedded broker), on random ports.
+fn default_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let path = dir.join("default.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// On the embedded broker, a stop after an event logs no error: the topic admin's clients
+/// outlived the broker and logged its departure as errors after "stopped" (4 stops of 6).
+async fn a_clean_stop_on_the_embedded_broker_logs_no_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = default_config(dir.path());
+    let body = fixture("nutror.certificate_viewed.json");
+    for run in 0..5 {
+        let mut bridge = BridgeProcess::start(&config);
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}/webhooks/eduzz", bridge.addr))
+            .header(
+                "x-signature",
+                eduzz_kafka_bridge::source::auth::sign_hex(b"dev-secret", &body),
+            )
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "run {run}");
+        let mut logs = Vec::new();
+        let created = tokio::task::block_in_place(|| {
+            bridge.wait_for_log("topic created", Duration::from_secs(10), &mut logs)
+        });
+        assert!(created, "run {run}:\n{}", logs.join("\n"));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let status = tokio::task::block_in_place(|| bridge.terminate());
+        assert!(status.success(), "run {run}: {status:?}");
+        // Every line, up to the end of its log.
+        logs.extend(std::iter::from_fn(|| {
+            bridge.logs.recv_timeout(Duration::from_secs(5)).ok()
+        }));
+        assert!(
+            logs.iter().any(|l| l.contains("\"message\":\"stopped\"")),
+            "run {run}:\n{}",
+            logs.join("\n")
+        );
+        let errors: Vec<_> = logs
+            .iter()
+            .filter(|l| l.contains("\"level\":\"ERROR\""))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "run {run}: errors at a clean stop:\n{errors:#?}"
+        );
+    }
+}
+
 /// A route to a topic the test broker refuses for good, with no dead-letter topic: every
 /// event sent there is parked.
 const REFUSED: &str = "[default_route]\ntopic = \"refused.events\"\n";
@@ -377,6 +435,10 @@ pub(crate) fn tests() -> Vec<Test> {
         Test::tokio(
             "a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line",
             a_newline_in_a_signed_event_id_cannot_forge_a_pretty_log_line,
+        ),
+        Test::tokio(
+            "a_clean_stop_on_the_embedded_broker_logs_no_error",
+            a_clean_stop_on_the_embedded_broker_logs_no_error,
         ),
         Test::tokio(
             "parked_events_are_logged_once_per_interval_with_a_count",
