@@ -109,7 +109,16 @@ fn main() -> anyhow::Result<()> {
 
         // Drain: the whole spool to Kafka.
         let delivery = DeliverySettings::default();
-        let publisher = Publisher::new(&Cluster::to(&brokers), delivery.producer_tuning())?;
+        let mut tuning = delivery.producer_tuning();
+        // `DRAIN_LINGER_MS` overrides the producer's linger (what the drain's rate depends on
+        // with a window of messages in flight: each round waits for its batch).
+        if let Some(ms) = std::env::var("DRAIN_LINGER_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            tuning.linger = std::time::Duration::from_millis(ms);
+        }
+        let publisher = Publisher::new(&Cluster::to(&brokers), tuning)?;
         let metrics = Arc::new(Metrics::new());
         let dead_letters = DeadLetters::new(publisher.clone(), None, metrics.clone());
         let gauges = Arc::new(DrainGauges::default());
