@@ -19,8 +19,20 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// rate at 8 connections for little more memory back.
 const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
+/// Whether the operator set the purge delay, under either of the names mimalloc reads (the
+/// current one and the older `reset_delay`), in any case, as mimalloc compares them.
+fn purge_delay_set_by_operator() -> bool {
+    std::env::vars_os().any(|(name, _)| {
+        name.to_str().is_some_and(|name| {
+            ["MIMALLOC_PURGE_DELAY", "MIMALLOC_RESET_DELAY"]
+                .iter()
+                .any(|known| name.eq_ignore_ascii_case(known))
+        })
+    })
+}
+
 fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    if !purge_delay_set_by_operator() {
         // SAFETY: sets one option's value; mimalloc reads it at its next purge.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
     }
@@ -43,7 +55,7 @@ mod tests {
     fn the_purge_delay_is_the_option_set_and_operators_can_still_set_their_own() {
         // SAFETY: reads options.
         let get = || unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        if !purge_delay_set_by_operator() {
             assert_eq!(
                 get(),
                 1000,
@@ -52,7 +64,7 @@ mod tests {
         }
         let before = get();
         tune_allocator();
-        let expected = if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        let expected = if !purge_delay_set_by_operator() {
             PURGE_DELAY_MS
         } else {
             before
