@@ -251,22 +251,12 @@ async fn sighup_without_tls_is_logged_and_the_bridge_keeps_serving() {
     assert!(status.success(), "{status:?}");
 }
 
-/// config/default.toml as a newcomer runs it (the embedded broker), on random ports.
-fn default_config(dir: &std::path::Path) -> std::path::PathBuf {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
-        .unwrap()
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
-    let path = dir.join("default.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 /// On the embedded broker, a stop after an event logs no error: the topic admin's clients
 /// outlived the broker and logged its departure as errors after "stopped" (4 stops of 6).
 async fn a_clean_stop_on_the_embedded_broker_logs_no_error() {
     let dir = tempfile::tempdir().unwrap();
-    let config = default_config(dir.path());
+    let config = dir.path().join("default.toml");
+    std::fs::write(&config, default_config_on_random_ports()).unwrap();
     let body = fixture("nutror.certificate_viewed.json");
     for run in 0..5 {
         let mut bridge = BridgeProcess::start(&config);

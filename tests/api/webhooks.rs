@@ -435,11 +435,7 @@ async fn slugs_that_make_illegal_topics_are_sanitised_stably() {
 }
 
 async fn the_embedded_default_serves_and_every_run_starts_clean() {
-    // config/default.toml as a newcomer runs it, on random ports.
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
-        .unwrap()
-        .replace("127.0.0.1:8080", "127.0.0.1:0")
-        .replace("127.0.0.1:9090", "127.0.0.1:0");
+    let text = default_config_on_random_ports();
     let body = fixture("nutror.certificate_viewed.json");
     for run in 0..2 {
         let config = eduzz_kafka_bridge::config::Config::from_toml(&text).unwrap();

@@ -334,27 +334,36 @@ pub(super) use quarantine::{quarantined, Kept};
 pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live};
 pub use read::{Entry, ReadEntry, Undecodable};
 
-/// Test seam: flips one bit of entry `seq`'s stored bytes through redb itself, so that redb's
-/// own checks pass and only the entry's checksum can tell (as memory or a disk controller that
-/// damaged the bytes before redb checksummed its page would leave it).
+/// Test seam: rewrites the stored record of the batch starting at `first` through `damage`,
+/// in place through redb, as a disk that flipped bits under redb would leave it: redb's own
+/// checks pass and only the record's checksums can tell.
+#[cfg(test)]
+pub(super) fn damage_record(db: &Database, first: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+    let txn = db.begin_write().unwrap();
+    {
+        let mut batches = txn.open_table(BATCHES).unwrap();
+        let mut record = batches.get(first).unwrap().unwrap().value().to_vec();
+        damage(&mut record);
+        batches.insert(first, record.as_slice()).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+/// Test seam: flips one bit of entry `seq`'s stored bytes (see [`damage_record`]), as memory
+/// or a disk controller that damaged the bytes before redb checksummed its page would leave it.
 #[cfg(test)]
 pub(crate) fn damage_entry(dir: &Path, seq: u64) {
     let db = Database::open(dir.join(FILE_NAME)).unwrap();
-    let txn = db.begin_write().unwrap();
-    {
-        let mut t = Tables::open(&txn).unwrap();
-        let (first, ..) = batch_holding(&t.index, seq).unwrap().expect("spooled");
-        let mut record = t.batches.get(first).unwrap().unwrap().value().to_vec();
-        let header = record::Header::read(&record).unwrap();
-        let mut at = header.len;
-        for _ in first..seq {
-            let len = u32::from_le_bytes(record[at..at + 4].try_into().unwrap()) as usize;
-            at += 8 + len;
-        }
-        record[at + 8 + 2] ^= 0x10;
-        t.batches.insert(first, record.as_slice()).unwrap();
-    }
-    txn.commit().unwrap();
+    let first = {
+        let txn = db.begin_read().unwrap();
+        let index = txn.open_table(BATCH_INDEX).unwrap();
+        batch_holding(&index, seq).unwrap().expect("spooled").0
+    };
+    damage_record(&db, first, |record| {
+        let (part, _) = record::part_as_stored(record, (seq - first) as u32).expect("framed");
+        let at = part.as_ptr() as usize - record.as_ptr() as usize;
+        record[at + 2] ^= 0x10;
+    });
 }
 
 #[cfg(test)]

@@ -371,17 +371,10 @@ fn a_spool_of_a_newer_format_is_refused_and_left_as_it_is() {
 }
 
 impl Store {
-    /// Rewrites the stored record of the batch starting at `first` through `damage`, as a
-    /// disk that flipped bits under redb would leave it (redb stores the value as it is).
+    /// Rewrites the stored record of the batch starting at `first` through `damage` (see
+    /// [`super::damage_record`]).
     fn damage_record(&mut self, first: u64, damage: impl FnOnce(&mut Vec<u8>)) {
-        let txn = self.db.begin_write().unwrap();
-        {
-            let mut batches = txn.open_table(BATCHES).unwrap();
-            let mut record = batches.get(first).unwrap().unwrap().value().to_vec();
-            damage(&mut record);
-            batches.insert(first, record.as_slice()).unwrap();
-        }
-        txn.commit().unwrap();
+        super::damage_record(&self.db, first, damage);
     }
 
     fn quarantine(&mut self, seqs: &[u64]) {

@@ -104,6 +104,14 @@ pub fn bridge() -> std::process::Command {
     c
 }
 
+/// config/default.toml as a newcomer runs it (the embedded broker), on random ports.
+pub fn default_config_on_random_ports() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"))
+        .unwrap()
+        .replace("127.0.0.1:8080", "127.0.0.1:0")
+        .replace("127.0.0.1:9090", "127.0.0.1:0")
+}
+
 pub fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(fixtures_dir().join(name)).unwrap()
 }
