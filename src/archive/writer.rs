@@ -80,7 +80,7 @@ impl Archive {
         let archive = self.clone();
         let id = msg.event_id.clone();
         tokio::spawn(async move {
-            match Publisher::delivered(future).await {
+            match future.await {
                 Ok(_) => {
                     archive.metrics.archived.inc();
                 }

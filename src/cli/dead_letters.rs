@@ -325,7 +325,7 @@ impl Redrive<'_> {
         let reason = error.to_string();
         let headers = || with_redrive(headers::dead_letter(m, &reason), attempt, mark);
         let sent = match publisher.enqueue_when_room(self.dlq, m, headers).await {
-            Ok(future) => Publisher::delivered(future).await,
+            Ok(future) => future.await,
             Err(e) => Err(e),
         };
         sent.map_err(|e| {
@@ -349,7 +349,7 @@ async fn send_once(
 ) -> Result<(), KafkaError> {
     let headers = || with_redrive(headers::of(m), attempt, mark);
     let future = publisher.enqueue_when_room(&m.topic, m, headers).await?;
-    Publisher::delivered(future).await.map(|_| ())
+    future.await.map(|_| ())
 }
 
 /// A dead letter whose source is no longer configured: sent back as it was recorded.

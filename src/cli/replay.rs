@@ -16,12 +16,12 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
+use crate::kafka::Delivery;
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::DeliveryFuture;
 use serde::{Deserialize, Serialize};
 
 use super::archive_args::{ClusterArgs, Filter, FilterArgs};
@@ -215,7 +215,7 @@ struct Replay<'a> {
     publisher: Publisher,
     rt: &'a tokio::runtime::Runtime,
     /// Sends not yet confirmed, with the archive position they came from.
-    pending: Vec<DeliveryFuture>,
+    pending: Vec<Delivery>,
     /// Archive partition → the next offset to read, as far as this run read.
     positions: BTreeMap<i32, i64>,
     replay_id: String,
@@ -347,7 +347,7 @@ impl Replay<'_> {
     /// Hands `msg` to the producer with its headers and the replay's, waiting out a full
     /// queue. A refusal ends the replay: its state points before this event, so `--resume`
     /// sends it once the cause is fixed.
-    fn send(&mut self, msg: &Message) -> anyhow::Result<DeliveryFuture> {
+    fn send(&mut self, msg: &Message) -> anyhow::Result<Delivery> {
         let replayed_at = crate::event::rfc3339_ms(now_ms() as u64);
         let headers = || replay_headers(msg, &replayed_at, &self.replay_id);
         self.rt
@@ -392,7 +392,7 @@ impl Replay<'_> {
     fn confirm(&mut self) -> anyhow::Result<()> {
         for future in self.pending.drain(..) {
             self.rt
-                .block_on(Publisher::delivered(future))
+                .block_on(future)
                 .map_err(|e| anyhow::anyhow!("Kafka refused a replayed event: {e}"))?;
         }
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rdkafka::error::KafkaError;
 
 use crate::event::Message;
-use crate::kafka::{headers, EnqueueError, Publisher, Sending};
+use crate::kafka::{headers, EnqueueError, Publisher, ReportTo, Sending};
 use crate::metrics::Metrics;
 
 /// Why an event could not be dead-lettered.
@@ -47,11 +47,22 @@ impl DeadLetters {
         msg: &Message,
         error: &KafkaError,
     ) -> Result<Sending, DeadLetterError> {
+        let (to, delivery) = ReportTo::waiter();
+        self.enqueue_reporting(msg, error, to)?;
+        Ok(Sending::untraced(delivery))
+    }
+
+    /// [`DeadLetters::enqueue`], reporting to `to`.
+    pub(crate) fn enqueue_reporting(
+        &self,
+        msg: &Message,
+        error: &KafkaError,
+        to: ReportTo,
+    ) -> Result<(), DeadLetterError> {
         let topic = self.topic.as_deref().ok_or(DeadLetterError::NoTopic)?;
         let headers = headers::dead_letter(msg, &error.to_string());
         self.publisher
-            .enqueue_to(topic, msg, headers)
-            .map(Sending::untraced)
+            .send(topic, msg, headers, to)
             .map_err(DeadLetterError::Enqueue)
     }
 

@@ -12,8 +12,6 @@ use std::time::Instant;
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
-use rdkafka::message::DeliveryResult;
-use rdkafka::producer::ProducerContext;
 use rdkafka::types::RDKafkaErrorCode;
 
 /// Shared reachability state of the Kafka cluster.
@@ -70,6 +68,7 @@ impl KafkaHealth {
 
 /// The producer's librdkafka context: routes librdkafka's logs into `tracing` (at debug, as
 /// they repeat per connection attempt) and turns its error callbacks into [`KafkaHealth`].
+/// Its delivery callback is in [`super::report`].
 #[derive(Clone)]
 pub(super) struct BridgeContext {
     pub health: std::sync::Arc<KafkaHealth>,
@@ -100,9 +99,4 @@ impl ClientContext for BridgeContext {
             _ => tracing::warn!(%error, reason, "Kafka client error"),
         }
     }
-}
-
-impl ProducerContext for BridgeContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, _: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {}
 }

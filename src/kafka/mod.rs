@@ -12,6 +12,7 @@ pub mod headers;
 mod health;
 mod producer;
 pub mod reader;
+pub mod report;
 pub mod scan;
 pub mod topic;
 
@@ -25,7 +26,9 @@ use serde::Deserialize;
 use crate::problem::Problems;
 pub use health::KafkaHealth;
 pub(crate) use producer::is_permanent;
+pub(crate) use producer::settle;
 pub use producer::{Delivered, EnqueueError, Publisher, Sending};
+pub use report::{Delivery, Outcome, ReportTo};
 
 /// `[kafka]`: where and how to publish.
 #[derive(Debug, Clone, Deserialize, Default)]

@@ -1,29 +1,26 @@
 //! The producer: one idempotent producer (`enable.idempotence=true`, `acks=all`) for the
 //! whole process.
 //!
-//! [`Publisher::enqueue`] hands a [`Message`] to librdkafka's queue without blocking and
-//! returns the future of its delivery report; what to do with that report depends on the ack
-//! mode and lives with the caller (the delivery modes, or the spool's drain).
+//! [`Publisher::enqueue`] hands a [`Message`] to librdkafka's queue without blocking; its
+//! delivery report goes where the caller says (see [`super::report`]): to a future for a
+//! request in a direct ack mode, or to the drain's queue of reports. What to do with the
+//! report lives with the caller.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use super::health::{BridgeContext, KafkaHealth};
+use super::report::{Delivery, Outcome, ReportTo};
 use super::{headers, Cluster, ProducerTuning};
 use crate::event::Message;
 use crate::telemetry::spans;
 
-/// Where a message landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Delivered {
-    pub partition: i32,
-    pub offset: i64,
-}
+pub use super::report::Delivered;
 
 /// Why a message could not be handed to the producer.
 #[derive(Debug, thiserror::Error)]
@@ -61,28 +58,33 @@ pub(crate) fn is_permanent(error: &KafkaError) -> bool {
 /// A message handed to the producer: its delivery report to come, and the producer span of
 /// its publish, which ends with the report.
 pub struct Sending {
-    future: DeliveryFuture,
+    delivery: Delivery,
     span: tracing::Span,
 }
 
 impl Sending {
     /// A message sent outside any trace (a dead letter, whose headers keep the event's own
     /// trace context).
-    pub fn untraced(future: DeliveryFuture) -> Sending {
+    pub fn untraced(delivery: Delivery) -> Sending {
         Sending {
-            future,
+            delivery,
             span: tracing::Span::none(),
         }
     }
 
     /// Waits for the delivery report; the span gets the partition and offset, or the error.
-    pub async fn delivered(self) -> Result<Delivered, KafkaError> {
-        let result = Publisher::delivered(self.future).await;
-        match &result {
-            Ok(d) => spans::published(&self.span, d.partition, d.offset),
-            Err(e) => spans::failed(&self.span, error_type(e), e),
-        }
-        result
+    pub async fn delivered(self) -> Outcome {
+        let outcome = self.delivery.await;
+        settle(&self.span, &outcome);
+        outcome
+    }
+}
+
+/// Ends the producer span of a message with its outcome.
+pub(crate) fn settle(span: &tracing::Span, outcome: &Outcome) {
+    match outcome {
+        Ok(d) => spans::published(span, d.partition, d.offset),
+        Err(e) => spans::failed(span, error_type(e), e),
     }
 }
 
@@ -100,7 +102,7 @@ fn error_type(e: &KafkaError) -> &'static str {
 /// The process's Kafka producer; cheap to clone.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer<BridgeContext>,
+    producer: ThreadedProducer<BridgeContext>,
     health: Arc<KafkaHealth>,
 }
 
@@ -129,20 +131,30 @@ impl Publisher {
     /// starts here, a child of the request that brought the event, and its `traceparent`
     /// names that span.
     pub(crate) fn enqueue(&self, msg: &Message) -> Result<Sending, EnqueueError> {
+        let (to, delivery) = ReportTo::waiter();
+        let span = self.enqueue_reporting(msg, to)?;
+        Ok(Sending { delivery, span })
+    }
+
+    /// [`Publisher::enqueue`], reporting to `to`; returns the producer span, for the caller
+    /// to [`settle`] with the report.
+    pub(crate) fn enqueue_reporting(
+        &self,
+        msg: &Message,
+        to: ReportTo,
+    ) -> Result<tracing::Span, EnqueueError> {
         let span = spans::publish(&msg.topic, &msg.event_id, msg.trace.as_ref());
         let at = spans::position(&span);
         let trace = match (&msg.trace, &at) {
             (Some(stored), Some(at)) => Some(stored.at(at)),
             (stored, _) => stored.clone(),
         };
-        let future = self.enqueue_to(&msg.topic, msg, headers::of_traced(msg, trace.as_ref()));
-        if let Err(e) = &future {
-            spans::failed(&span, "enqueue", e);
+        let headers = headers::of_traced(msg, trace.as_ref());
+        if let Err(e) = self.send(&msg.topic, msg, headers, to) {
+            spans::failed(&span, "enqueue", &e);
+            return Err(e);
         }
-        Ok(Sending {
-            future: future?,
-            span,
-        })
+        Ok(span)
     }
 
     /// Hands `msg` to the producer queue for `topic` with `headers`; never blocks.
@@ -151,30 +163,32 @@ impl Publisher {
         topic: &str,
         msg: &Message,
         headers: OwnedHeaders,
-    ) -> Result<DeliveryFuture, EnqueueError> {
-        let record = FutureRecord::to(topic)
+    ) -> Result<Delivery, EnqueueError> {
+        let (to, delivery) = ReportTo::waiter();
+        self.send(topic, msg, headers, to)?;
+        Ok(delivery)
+    }
+
+    /// Hands `msg` to the producer queue for `topic` with `headers`, its report to go to
+    /// `to`; never blocks.
+    pub(crate) fn send(
+        &self,
+        topic: &str,
+        msg: &Message,
+        headers: OwnedHeaders,
+        to: ReportTo,
+    ) -> Result<(), EnqueueError> {
+        let record = BaseRecord::with_opaque_to(topic, Box::new(to))
             .payload(msg.body.as_ref())
             .key(msg.key.as_ref())
             .headers(headers);
-        self.producer.send_result(record).map_err(|(e, _)| {
+        self.producer.send(record).map_err(|(e, _)| {
             if e.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                 EnqueueError::QueueFull
             } else {
                 EnqueueError::Refused(e)
             }
         })
-    }
-
-    /// Waits for one delivery report.
-    pub(crate) async fn delivered(future: DeliveryFuture) -> Result<Delivered, KafkaError> {
-        match future.await {
-            Ok(Ok(d)) => Ok(Delivered {
-                partition: d.partition,
-                offset: d.offset,
-            }),
-            Ok(Err((e, _))) => Err(e),
-            Err(_) => Err(KafkaError::Canceled),
-        }
     }
 
     /// Waits up to `timeout` for every queued message to be reported on.
@@ -212,7 +226,7 @@ impl Publisher {
         topic: &str,
         msg: &Message,
         headers: impl Fn() -> OwnedHeaders,
-    ) -> Result<DeliveryFuture, KafkaError> {
+    ) -> Result<Delivery, KafkaError> {
         loop {
             match self.enqueue_to(topic, msg, headers()) {
                 Ok(future) => return Ok(future),

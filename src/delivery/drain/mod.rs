@@ -6,10 +6,16 @@
 //! order and librdkafka's idempotent producer keeps that order per partition, so events with
 //! the same key stay in order, across outages too (messages never time out in this mode).
 //!
-//! One topic cannot take the whole window: each topic has at most `max_in_flight_per_topic`
-//! messages in flight, and entries of a topic at its share wait aside, in order, while the
-//! drain goes on with the others. A topic whose partitions have no leader (or whose broker
-//! is slow) then holds its share, not the whole drain. Entries waiting aside are bounded in
+//! One topic cannot take the whole window: each topic may always have its share
+//! (`max_in_flight_per_topic`) in flight, and borrows past it only while Kafka is confirming
+//! it, no other topic waits and one share stays free ([`shares`]); entries of a topic without
+//! room wait aside, in order, while the drain goes on with the others. A topic whose
+//! partitions have no leader (or whose broker is slow) then holds its share (all but one
+//! share if it stalled while borrowing), never the whole drain.
+//!
+//! Delivery reports come back on one queue, each tagged with the token its send was given,
+//! and are taken up to [`REPORTS_PER_TURN`] at a time: one turn of the loop per batch of
+//! reports rather than a future and a turn per message. Entries waiting aside are bounded in
 //! count (`max_waiting`) and in bytes like the window; once either bound is reached the drain
 //! pauses until the slow topic moves again, so memory stays flat, and the start-up recovery
 //! check knows how far past the oldest entry the drain can have gone.
@@ -29,14 +35,11 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -46,21 +49,24 @@ use super::recover::{self, Recovery};
 use super::{record, DeadLetters};
 use crate::archive::Archive;
 use crate::event::Message;
-use crate::kafka::{is_permanent, Delivered, EnqueueError, Publisher};
+use crate::kafka::report::{report_queue, ReportQueue, Reports};
+use crate::kafka::{is_permanent, EnqueueError, Outcome, Publisher};
 use crate::metrics::Metrics;
 use crate::spool::{Entry, Spool, SpoolError};
 use crate::telemetry::LogThrottle;
 use crate::topics::Topics;
 use deletes::PendingDeletes;
 use retries::{Retries, Retry};
-use shares::TopicShares;
+use shares::{Limits, TopicShares};
 pub use sink::{KafkaSink, Sink};
 
 /// How the drain paces itself.
 #[derive(Debug, Clone)]
 pub struct DrainSettings {
     pub max_in_flight: usize,
-    /// Most messages of one topic in flight (so one stalled topic cannot fill the window).
+    /// Messages of one topic always allowed in flight (its share), whatever the others do; a
+    /// topic borrows past it only while it is confirmed, no other topic waits and a share
+    /// stays free (see [`shares`]), so one stalled topic cannot fill the window.
     pub max_in_flight_per_topic: usize,
     /// Most entries waiting aside for their topic's share.
     pub max_waiting: usize,
@@ -178,15 +184,20 @@ enum Attempt {
 }
 
 /// A send in flight, and what it is about.
-struct Sending {
+struct Sending<P> {
     seq: u64,
     message: Message,
     attempt: u32,
     kind: Attempt,
+    /// What the sink keeps until the report (the producer span).
+    pending: P,
 }
 
-type Report = (Sending, Result<Delivered, KafkaError>);
-type InFlight = Pin<Box<dyn Future<Output = Report> + Send>>;
+/// The in-flight map's hasher: tokens are the drain's own counter, not a stranger's input.
+type TokenHasher = foldhash::fast::RandomState;
+
+/// Delivery reports taken per turn of the drain's loop, at most.
+const REPORTS_PER_TURN: usize = 1024;
 
 /// The drain task's state. [`Drain::run`] returns when told to (see [`Until`]); entries not
 /// confirmed by then stay in the spool for the next start.
@@ -207,7 +218,13 @@ pub struct Drain<S: Sink = KafkaSink> {
     cursor: Option<u64>,
     buffer: VecDeque<Entry>,
     retries: Retries,
-    in_flight: FuturesUnordered<InFlight>,
+    /// Sends in flight, by the token their report comes back with.
+    in_flight: HashMap<u64, Sending<S::Pending>, TokenHasher>,
+    next_token: u64,
+    /// Where every send of this drain reports, and where the drain reads the reports.
+    report_queue: ReportQueue,
+    reports: Reports,
+    report_buf: Vec<(u64, Outcome)>,
     in_flight_bytes: usize,
     /// Per topic: messages in flight, and spooled entries waiting for the topic's share.
     topics: TopicShares,
@@ -267,6 +284,7 @@ impl<S: Sink> Drain<S> {
         settings: DrainSettings,
         gauges: Arc<DrainGauges>,
     ) -> Drain<S> {
+        let (report_queue, reports) = report_queue();
         Drain {
             committed: spool.subscribe(),
             topics_ready: sink.topics_ready(),
@@ -280,7 +298,11 @@ impl<S: Sink> Drain<S> {
             cursor: None,
             buffer: VecDeque::new(),
             retries: Retries::default(),
-            in_flight: FuturesUnordered::new(),
+            in_flight: HashMap::default(),
+            next_token: 0,
+            report_queue,
+            reports,
+            report_buf: Vec::with_capacity(REPORTS_PER_TURN),
             in_flight_bytes: 0,
             topics: TopicShares::default(),
             queue_full: false,
@@ -331,7 +353,7 @@ impl<S: Sink> Drain<S> {
                 armed = wake;
             }
             tokio::select! {
-                Some(report) = self.in_flight.next(), if !self.in_flight.is_empty() => self.on_report(report),
+                _ = self.reports.recv_many(&mut self.report_buf, REPORTS_PER_TURN), if !self.in_flight.is_empty() => self.on_reports(),
                 changed = self.committed.changed(), if !stopping => stopping = changed.is_err(),
                 _ = topic_ready(&mut self.topics_ready), if self.topics.waiting_entries > 0 => {}
                 _ = &mut timer, if armed.is_some() => armed = None,
@@ -372,7 +394,11 @@ impl<S: Sink> Drain<S> {
     /// share, then the spool in order.
     async fn fill(&mut self) {
         self.queue_full = self.queue_full && !self.in_flight.is_empty();
-        let per_topic = self.settings.max_in_flight_per_topic;
+        let limits = Limits {
+            share: self.settings.max_in_flight_per_topic,
+            window: self.settings.max_in_flight,
+        };
+        let now = Instant::now();
         while !self.queue_full
             && self.in_flight.len() < self.settings.max_in_flight
             && self.in_flight_bytes < self.settings.max_in_flight_bytes
@@ -384,7 +410,7 @@ impl<S: Sink> Drain<S> {
                 (r.seq, message, r.attempt)
             } else if let Some(e) = self
                 .topics
-                .next_waiting(per_topic, |t| self.sink.topic_is_ready(t))
+                .next_waiting(limits, now, |t| self.sink.topic_is_ready(t))
             {
                 (e.seq, e.message, 0)
             } else if self.topics.waiting_entries >= self.settings.max_waiting
@@ -392,7 +418,7 @@ impl<S: Sink> Drain<S> {
             {
                 break;
             } else if let Some(e) = self.buffer.pop_front() {
-                if !self.topics.has_room(&e.message.topic, per_topic)
+                if !self.topics.has_room(&e.message.topic, limits, now)
                     || !self.sink.topic_ready(&e.message)
                 {
                     self.topics.wait(e);
@@ -405,8 +431,11 @@ impl<S: Sink> Drain<S> {
             } else {
                 break;
             };
-            match self.sink.enqueue(&message) {
-                Ok(future) => self.send(future, seq, message, attempt, Attempt::Publish),
+            match self
+                .sink
+                .enqueue(&message, self.report_queue.to(self.next_token))
+            {
+                Ok(pending) => self.send(pending, seq, message, attempt, Attempt::Publish),
                 Err(EnqueueError::QueueFull) => {
                     let entry = Entry { seq, message };
                     if attempt == 0 && self.topics.is_waiting(&entry.message.topic) {
@@ -520,6 +549,7 @@ impl<S: Sink> Drain<S> {
         }
     }
 
+    /// Keeps a message handed over under the token it was given (`next_token`).
     fn send(
         &mut self,
         pending: S::Pending,
@@ -535,16 +565,29 @@ impl<S: Sink> Drain<S> {
             message,
             attempt,
             kind,
+            pending,
         };
-        let report = S::report(pending);
-        self.in_flight
-            .push(Box::pin(async move { (sending, report.await) }));
+        self.in_flight.insert(self.next_token, sending);
+        self.next_token += 1;
+    }
+
+    /// Delivery reports came back (in `report_buf`).
+    fn on_reports(&mut self) {
+        let mut reports = std::mem::take(&mut self.report_buf);
+        for (token, result) in reports.drain(..) {
+            match self.in_flight.remove(&token) {
+                Some(sent) => self.on_report(sent, result),
+                None => tracing::debug!(token, "a delivery report for no send in flight"),
+            }
+        }
+        self.report_buf = reports;
     }
 
     /// One delivery report came back.
-    fn on_report(&mut self, (sent, result): Report) {
+    fn on_report(&mut self, sent: Sending<S::Pending>, result: Outcome) {
+        S::settle(sent.pending, &result);
         self.in_flight_bytes -= sent.message.body.len();
-        self.topics.reported(&sent.message.topic);
+        self.topics.reported(&sent.message.topic, Instant::now());
         self.queue_full = false;
         match (sent.kind, result) {
             (Attempt::Publish, result) => {
@@ -575,10 +618,15 @@ impl<S: Sink> Drain<S> {
     /// A send failed: dead-letter it when Kafka refuses it for good, else retry with backoff.
     fn on_failure(&mut self, seq: u64, message: Message, attempt: u32, error: KafkaError) {
         if is_permanent(&error) {
-            match self.sink.enqueue_dead_letter(&message, &error) {
-                Ok(future) => {
-                    self.send(future, seq, message, attempt, Attempt::DeadLetter { error })
-                }
+            let to = self.report_queue.to(self.next_token);
+            match self.sink.enqueue_dead_letter(&message, &error, to) {
+                Ok(pending) => self.send(
+                    pending,
+                    seq,
+                    message,
+                    attempt,
+                    Attempt::DeadLetter { error },
+                ),
                 Err(why) => self.park(seq, message, attempt, &error, &why),
             }
             return;

@@ -1,13 +1,39 @@
 //! One topic cannot take the whole window: messages in flight per topic, and the entries that
 //! wait for their topic's share (or for their topic to be created).
+//!
+//! Each topic may always have its share in flight. A topic that is flowing (Kafka reported on
+//! one of its messages within the last second) may borrow past its share while no other topic
+//! has entries waiting, as long as one share of the window stays free: a drain of one busy
+//! topic (the burst after an outage of a bridge that serves one product) then keeps three
+//! times more in flight, which is what keeps the producer's batches full instead of each round
+//! waiting out `linger.ms` (see BENCHMARKS.md). A topic that stops confirming stops borrowing
+//! a second later, and during an outage nothing borrows (nothing is reported), so the memory
+//! an outage holds is what it was. The cost: a topic that stalls just after it borrowed holds
+//! all but one share until it confirms again; the other topics still flow, through that one
+//! share.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::spool::Entry;
 
 /// Topic names are the drain's keys, looked up several times per event; they come from the
 /// operator's routes, not from strangers, so a fast hash is safe here.
 type TopicHasher = foldhash::fast::RandomState;
+
+/// How long after its last delivery report a topic counts as flowing (and may borrow).
+const FLOWING: Duration = Duration::from_secs(1);
+
+/// How much of the window a topic may have in flight.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Limits {
+    /// What each topic may always have in flight.
+    pub share: usize,
+    /// The whole window (messages in flight, all topics).
+    pub window: usize,
+}
 
 /// Messages in flight per topic, and the entries waiting for their topic's share.
 ///
@@ -20,19 +46,38 @@ pub(super) struct TopicShares {
     waiting: HashMap<String, VecDeque<Entry>, TopicHasher>,
     /// Topics with waiting entries, in the order they started waiting (checked round-robin).
     order: VecDeque<String>,
+    /// Messages in flight, all topics.
+    total_in_flight: usize,
+    /// When each topic last had a delivery report.
+    last_report: HashMap<String, Instant, TopicHasher>,
     pub(super) waiting_entries: usize,
     pub(super) waiting_bytes: usize,
 }
 
 impl TopicShares {
-    /// Whether a new entry of `topic` can be sent now: nothing of it waits, and it is below
-    /// its share.
-    pub(super) fn has_room(&self, topic: &str, per_topic: usize) -> bool {
-        !self.is_waiting(topic) && self.below_share(topic, per_topic)
+    /// Whether a new entry of `topic` can be sent at `now`: nothing of it waits, and it has
+    /// room.
+    pub(super) fn has_room(&self, topic: &str, limits: Limits, now: Instant) -> bool {
+        !self.is_waiting(topic) && self.room(topic, limits, now)
     }
 
-    fn below_share(&self, topic: &str, per_topic: usize) -> bool {
-        self.in_flight.get(topic).copied().unwrap_or(0) < per_topic
+    /// Whether `topic` may have one more in flight: it is below its share, or it is flowing,
+    /// no other topic waits, and one share of the window stays free after it.
+    fn room(&self, topic: &str, limits: Limits, now: Instant) -> bool {
+        let mine = self.in_flight.get(topic).copied().unwrap_or(0);
+        if mine < limits.share {
+            return true;
+        }
+        let others_wait = match self.waiting.len() {
+            0 => false,
+            1 => !self.waiting.contains_key(topic),
+            _ => true,
+        };
+        let flowing = self
+            .last_report
+            .get(topic)
+            .is_some_and(|at| now.saturating_duration_since(*at) < FLOWING);
+        flowing && !others_wait && self.total_in_flight + limits.share < limits.window
     }
 
     pub(super) fn is_waiting(&self, topic: &str) -> bool {
@@ -64,12 +109,13 @@ impl TopicShares {
     /// The first waiting entry of a topic that has room again and is `ready`.
     pub(super) fn next_waiting(
         &mut self,
-        per_topic: usize,
+        limits: Limits,
+        now: Instant,
         ready: impl Fn(&str) -> bool,
     ) -> Option<Entry> {
         for _ in 0..self.order.len() {
             let topic = self.order.pop_front()?;
-            let room = self.below_share(&topic, per_topic) && ready(&topic);
+            let room = self.room(&topic, limits, now) && ready(&topic);
             let queue = self.waiting.get_mut(&topic)?;
             let next = if room { queue.pop_front() } else { None };
             if queue.is_empty() {
@@ -88,11 +134,20 @@ impl TopicShares {
 
     pub(super) fn sent(&mut self, topic: &str) {
         *self.in_flight.entry(topic.to_string()).or_default() += 1;
+        self.total_in_flight += 1;
     }
 
-    pub(super) fn reported(&mut self, topic: &str) {
+    /// A message of `topic` was reported on at `now`.
+    pub(super) fn reported(&mut self, topic: &str, now: Instant) {
+        match self.last_report.get_mut(topic) {
+            Some(at) => *at = now,
+            None => {
+                self.last_report.insert(topic.to_string(), now);
+            }
+        }
         if let Some(n) = self.in_flight.get_mut(topic) {
             *n -= 1;
+            self.total_in_flight -= 1;
             if *n == 0 {
                 self.in_flight.remove(topic);
             }
@@ -104,6 +159,16 @@ impl TopicShares {
 mod tests {
     use super::*;
     use crate::event::tests::sample;
+
+    /// A share of one, and no room to borrow once anything is in flight.
+    const ONE: Limits = Limits {
+        share: 1,
+        window: 2,
+    };
+
+    fn now() -> Instant {
+        Instant::now()
+    }
 
     fn entry(seq: u64, topic: &str) -> Entry {
         let mut message = sample();
@@ -119,7 +184,7 @@ mod tests {
         }
         assert_eq!(shares.waiting_entries, 6);
         let mut served = Vec::new();
-        while let Some(e) = shares.next_waiting(1, |_| true) {
+        while let Some(e) = shares.next_waiting(ONE, now(), |_| true) {
             served.push((e.seq, e.message.topic.clone()));
         }
         let seqs: Vec<u64> = served.iter().map(|(s, _)| *s).collect();
@@ -136,22 +201,91 @@ mod tests {
     fn a_topic_at_its_share_or_not_ready_waits_and_others_go_on() {
         let mut shares = TopicShares::default();
         shares.sent("a");
-        assert!(!shares.has_room("a", 1));
-        assert!(shares.has_room("b", 1));
+        assert!(!shares.has_room("a", ONE, now()));
+        assert!(shares.has_room("b", ONE, now()));
         shares.wait(entry(1, "a"));
         shares.wait(entry(2, "b"));
         shares.wait(entry(3, "c"));
         let not_c = |t: &str| t != "c";
-        assert_eq!(shares.next_waiting(1, not_c).map(|e| e.seq), Some(2));
-        assert_eq!(shares.next_waiting(1, not_c).map(|e| e.seq), None);
-        shares.reported("a");
-        assert_eq!(shares.next_waiting(1, not_c).map(|e| e.seq), Some(1));
+        assert_eq!(
+            shares.next_waiting(ONE, now(), not_c).map(|e| e.seq),
+            Some(2)
+        );
+        assert_eq!(shares.next_waiting(ONE, now(), not_c).map(|e| e.seq), None);
+        shares.reported("a", now());
+        assert_eq!(
+            shares.next_waiting(ONE, now(), not_c).map(|e| e.seq),
+            Some(1)
+        );
         // An entry taken and not sent (a full producer queue) goes back in front of its topic.
         shares.wait(entry(9, "c"));
-        let taken = shares.next_waiting(1, |_| true).unwrap();
+        let taken = shares.next_waiting(ONE, now(), |_| true).unwrap();
         assert_eq!(taken.seq, 3);
         shares.wait_first(taken);
-        assert_eq!(shares.next_waiting(1, |_| true).map(|e| e.seq), Some(3));
-        assert_eq!(shares.next_waiting(1, |_| true).map(|e| e.seq), Some(9));
+        assert_eq!(
+            shares.next_waiting(ONE, now(), |_| true).map(|e| e.seq),
+            Some(3)
+        );
+        assert_eq!(
+            shares.next_waiting(ONE, now(), |_| true).map(|e| e.seq),
+            Some(9)
+        );
+    }
+
+    #[test]
+    fn a_flowing_topic_alone_borrows_all_but_one_share_and_stops_once_another_waits() {
+        let limits = Limits {
+            share: 2,
+            window: 8,
+        };
+        let t0 = Instant::now();
+        let mut shares = TopicShares::default();
+        let fill = |shares: &mut TopicShares, topic: &str, at: Instant| {
+            let mut sent = 0;
+            while shares.has_room(topic, limits, at) {
+                shares.sent(topic);
+                sent += 1;
+            }
+            sent
+        };
+        assert_eq!(fill(&mut shares, "a", t0), 2, "no report yet: its share");
+        shares.reported("a", t0);
+        assert_eq!(
+            fill(&mut shares, "a", t0),
+            5,
+            "flowing: the window less one share"
+        );
+        assert!(
+            shares.has_room("b", limits, t0),
+            "another topic has its share"
+        );
+        assert_eq!(
+            fill(&mut shares, "b", t0),
+            2,
+            "b at its share, the window full"
+        );
+        // b's next entry waits aside; a, back at its share, may not borrow while it does.
+        shares.wait(entry(1, "b"));
+        for _ in 0..4 {
+            shares.reported("a", t0);
+        }
+        assert!(
+            !shares.has_room("a", limits, t0),
+            "a at its share while b waits"
+        );
+        assert!(
+            shares.next_waiting(limits, t0, |_| true).is_none(),
+            "b at its share, and never reported on: it may not borrow"
+        );
+        shares.reported("b", t0);
+        assert_eq!(
+            shares.next_waiting(limits, t0, |_| true).map(|e| e.seq),
+            Some(1)
+        );
+        shares.sent("b");
+        // Nothing waits any more: a borrows again, until it has not been reported on for a
+        // second.
+        assert!(shares.has_room("a", limits, t0));
+        assert!(!shares.has_room("a", limits, t0 + FLOWING), "a stalled");
     }
 }

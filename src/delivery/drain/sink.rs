@@ -1,11 +1,11 @@
 //! The drain's seam to Kafka: hand a message over, and later hear how it went.
 //!
-//! The drain is a state machine around "enqueue; get a delivery report". Behind [`Sink`] in
-//! production is the idempotent producer ([`KafkaSink`]); the drain's tests put a fake there
-//! that refuses with a full queue, fails deliveries, or holds their reports until released, so
-//! fairness, ordering and the stop deadline are tested in milliseconds of paused time.
-
-use std::future::Future;
+//! The drain is a state machine around "enqueue; get a delivery report". Reports come back
+//! on the drain's one queue, tagged with the token it gave each message (see
+//! [`crate::kafka::report`]). Behind [`Sink`] in production is the idempotent producer
+//! ([`KafkaSink`]); the drain's tests put a fake there that refuses with a full queue, fails
+//! deliveries, or holds their reports until released, so fairness, ordering and the stop
+//! deadline are tested in milliseconds of paused time.
 
 use rdkafka::error::KafkaError;
 use tokio::sync::watch;
@@ -13,29 +13,28 @@ use tokio::sync::watch;
 use crate::archive::{self, Archive};
 use crate::delivery::{DeadLetterError, DeadLetters};
 use crate::event::Message;
-use crate::kafka::{Delivered, EnqueueError, Publisher, Sending};
+use crate::kafka::{self, EnqueueError, Outcome, Publisher, ReportTo};
 use crate::topics::Topics;
 
 /// Where the drain sends messages, and what it asks about their topics.
 pub trait Sink: Send + Sync + 'static {
-    /// A message handed over, its report still to come.
+    /// What the drain keeps of a message until its report comes (the producer span).
     type Pending: Send + 'static;
 
-    /// Hands `msg` over for its own topic; never blocks.
-    fn enqueue(&self, msg: &Message) -> Result<Self::Pending, EnqueueError>;
+    /// Hands `msg` over for its own topic, its report to go to `to`; never blocks.
+    fn enqueue(&self, msg: &Message, to: ReportTo) -> Result<Self::Pending, EnqueueError>;
 
     /// Hands `msg` over for the dead-letter topic, Kafka having refused it for good with
-    /// `error`.
+    /// `error`; its report goes to `to`.
     fn enqueue_dead_letter(
         &self,
         msg: &Message,
         error: &KafkaError,
+        to: ReportTo,
     ) -> Result<Self::Pending, DeadLetterError>;
 
-    /// Waits for the report of a message handed over.
-    fn report(
-        pending: Self::Pending,
-    ) -> impl Future<Output = Result<Delivered, KafkaError>> + Send + 'static;
+    /// The report of a message handed over came back.
+    fn settle(pending: Self::Pending, outcome: &Outcome);
 
     /// Whether `msg`'s topic can be written now (starts making it ready if not).
     fn topic_ready(&self, msg: &Message) -> bool;
@@ -54,7 +53,7 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Forgets what the producer learnt of topics (an authorisation error is remembered until
     /// its next metadata refresh, minutes away): before parked events are sent again.
-    fn refresh_metadata(&self) -> impl Future<Output = ()> + Send;
+    fn refresh_metadata(&self) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// The real thing: the process's producer and its dead-letter topic.
@@ -67,30 +66,30 @@ pub struct KafkaSink {
 }
 
 impl Sink for KafkaSink {
-    type Pending = Sending;
+    type Pending = tracing::Span;
 
     /// The archive record first: a full queue then refuses both, and an event sent again
     /// after a failure is archived again (readers drop the repeat), so every event that
     /// reached its topic is in the archive.
-    fn enqueue(&self, msg: &Message) -> Result<Sending, EnqueueError> {
+    fn enqueue(&self, msg: &Message, to: ReportTo) -> Result<tracing::Span, EnqueueError> {
         if let Some(archive) = &self.archive {
             archive.enqueue(msg, archive::Outcome::Taken)?;
         }
-        self.publisher.enqueue(msg)
+        self.publisher.enqueue_reporting(msg, to)
     }
 
     fn enqueue_dead_letter(
         &self,
         msg: &Message,
         error: &KafkaError,
-    ) -> Result<Sending, DeadLetterError> {
-        self.dead_letters.enqueue(msg, error)
+        to: ReportTo,
+    ) -> Result<tracing::Span, DeadLetterError> {
+        self.dead_letters.enqueue_reporting(msg, error, to)?;
+        Ok(tracing::Span::none())
     }
 
-    fn report(
-        pending: Sending,
-    ) -> impl Future<Output = Result<Delivered, KafkaError>> + Send + 'static {
-        pending.delivered()
+    fn settle(span: tracing::Span, outcome: &Outcome) {
+        kafka::settle(&span, outcome);
     }
 
     fn topic_ready(&self, msg: &Message) -> bool {

@@ -5,15 +5,13 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use tokio::sync::oneshot;
 
 use super::*;
 use crate::dedupe::DedupeSettings;
 use crate::delivery::DeadLetterError;
 use crate::event::tests::sample;
+use crate::kafka::{Delivered, ReportTo};
 use crate::spool::SpoolSettings;
-
-type Report = Result<Delivered, KafkaError>;
 
 /// One message handed to the fake: when (paused time), to which topic, and whether it went to
 /// the dead-letter topic.
@@ -35,7 +33,7 @@ struct Script {
     outcomes: HashMap<String, VecDeque<RDKafkaErrorCode>>,
     /// Topics whose reports are held until [`Fake::release`].
     hold: HashSet<String>,
-    held: Vec<(String, oneshot::Sender<Report>)>,
+    held: Vec<(String, ReportTo)>,
     dead_letter_topic: bool,
     handed: Vec<Handed>,
     published: usize,
@@ -66,20 +64,19 @@ impl Fake {
             s.hold.remove(topic);
             std::mem::take(&mut s.held)
         });
-        for (t, tx) in held {
+        for (t, to) in held {
             if t == topic {
-                let _ = tx.send(Ok(Delivered {
+                to.report(Ok(Delivered {
                     partition: 0,
                     offset: 0,
                 }));
             } else {
-                self.with(|s| s.held.push((t, tx)));
+                self.with(|s| s.held.push((t, to)));
             }
         }
     }
 
-    fn hand(&self, msg: &Message, dead_letter: bool) -> oneshot::Receiver<Report> {
-        let (tx, rx) = oneshot::channel();
+    fn hand(&self, msg: &Message, dead_letter: bool, to: ReportTo) {
         let mut s = self.0.lock().unwrap();
         s.handed.push(Handed {
             at: Instant::now(),
@@ -95,50 +92,48 @@ impl Fake {
                 .and_then(VecDeque::pop_front),
         };
         match failure {
-            Some(code) => {
-                let _ = tx.send(Err(KafkaError::MessageProduction(code)));
-            }
-            None if s.hold.contains(msg.topic.as_str()) => s.held.push((msg.topic.to_string(), tx)),
+            Some(code) => to.report(Err(KafkaError::MessageProduction(code))),
+            None if s.hold.contains(msg.topic.as_str()) => s.held.push((msg.topic.to_string(), to)),
             None => {
                 let offset = s.handed.len() as i64;
-                let _ = tx.send(Ok(Delivered {
+                to.report(Ok(Delivered {
                     partition: 0,
                     offset,
                 }));
             }
         }
-        rx
     }
 }
 
 impl Sink for Fake {
-    type Pending = oneshot::Receiver<Report>;
+    type Pending = ();
 
-    fn enqueue(&self, msg: &Message) -> Result<Self::Pending, EnqueueError> {
+    fn enqueue(&self, msg: &Message, to: ReportTo) -> Result<(), EnqueueError> {
         let full = self.with(|s| {
             s.enqueues += 1;
             s.queue_full_at.contains(&s.enqueues)
         });
-        match full {
-            true => Err(EnqueueError::QueueFull),
-            false => Ok(self.hand(msg, false)),
+        if full {
+            return Err(EnqueueError::QueueFull);
         }
+        self.hand(msg, false, to);
+        Ok(())
     }
 
     fn enqueue_dead_letter(
         &self,
         msg: &Message,
         _error: &KafkaError,
-    ) -> Result<Self::Pending, DeadLetterError> {
-        match self.with(|s| s.dead_letter_topic) {
-            true => Ok(self.hand(msg, true)),
-            false => Err(DeadLetterError::NoTopic),
+        to: ReportTo,
+    ) -> Result<(), DeadLetterError> {
+        if !self.with(|s| s.dead_letter_topic) {
+            return Err(DeadLetterError::NoTopic);
         }
+        self.hand(msg, true, to);
+        Ok(())
     }
 
-    async fn report(pending: Self::Pending) -> Report {
-        pending.await.unwrap_or(Err(KafkaError::Canceled))
-    }
+    fn settle((): (), _outcome: &Outcome) {}
 
     fn topic_ready(&self, _msg: &Message) -> bool {
         true
@@ -283,7 +278,7 @@ async fn a_topic_that_does_not_confirm_holds_its_share_and_the_others_go_on() {
     assert_eq!(
         run.fake.ids_to("slow"),
         ["slow-0", "slow-1"],
-        "at its share"
+        "at its share: never reported on, it does not borrow"
     );
     until(|| run.spool.stats().depth == 12).await;
 
@@ -291,6 +286,47 @@ async fn a_topic_that_does_not_confirm_holds_its_share_and_the_others_go_on() {
     until(|| run.spool.stats().depth == 0).await;
     let slow: Vec<String> = (0..12).map(|i| format!("slow-{i}")).collect();
     assert_eq!(run.fake.ids_to("slow"), slow, "in spool order, each once");
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flowing_topic_alone_borrows_all_but_one_share_which_stays_free_for_the_others() {
+    let fake = Fake::default();
+    fake.with(|s| s.hold.insert("busy".into()));
+    let run = start(&events("busy", 20), settings(8, 2), fake).await;
+    until(|| run.fake.ids_to("busy").len() == 2).await;
+
+    // Its first two reports come back, and Kafka stalls again: it was flowing, and alone.
+    run.fake.release("busy");
+    run.fake.with(|s| s.hold.insert("busy".into()));
+    until(|| run.fake.ids_to("busy").len() == 8).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let borrowed: Vec<String> = (0..8).map(|i| format!("busy-{i}")).collect();
+    assert_eq!(
+        run.fake.ids_to("busy"),
+        borrowed,
+        "six in flight: the window less one share, never the whole window"
+    );
+
+    // Another topic's events flow through the share left free.
+    for (topic, id) in events("other", 3) {
+        let mut m = sample();
+        m.topic = topic.into();
+        m.event_id = id;
+        run.spool.append(&m).await.unwrap();
+    }
+    until(|| run.fake.ids_to("other").len() == 3).await;
+    assert_eq!(
+        run.fake.ids_to("busy").len(),
+        8,
+        "stalled, it borrows no more"
+    );
+
+    run.fake.release("busy");
+    until(|| run.spool.stats().depth == 0).await;
+    let all: Vec<String> = (0..20).map(|i| format!("busy-{i}")).collect();
+    assert_eq!(run.fake.ids_to("busy"), all, "in spool order, each once");
     run.stop.stop_by(Instant::now());
     run.task.await.unwrap();
 }
