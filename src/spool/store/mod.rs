@@ -141,6 +141,12 @@ pub(super) struct Append<'a> {
     pub received_at_ms: u64,
 }
 
+/// redb's page cache. Small: appends and the drain touch the newest and oldest pages only,
+/// and the cache shows up as RSS while a broker outage fills the spool. 4 MiB took 26–31 MiB
+/// off the peak RSS of the 500 000-event burst against 16 MiB, with appends and the drain at
+/// the same rate (BENCHMARKS.md, issue 26).
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+
 /// Opens (or creates) the spool database in `dir`; `check` has redb verify the whole file
 /// first (see [`super::damage`]), so a damaged file is refused here rather than met later.
 pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
@@ -149,10 +155,8 @@ pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
         source,
     })?;
     let path = dir.join(FILE_NAME);
-    // A small cache: appends and the drain touch the newest and oldest pages only, and a
-    // large cache shows up as RSS growing while a broker outage fills the spool.
     let db = Database::builder()
-        .set_cache_size(16 * 1024 * 1024)
+        .set_cache_size(CACHE_BYTES)
         .set_check_integrity_on_open(check)
         .create(&path)
         .map_err(|e| match e {

@@ -73,15 +73,20 @@ pub struct Entry {
     pub message: Message,
 }
 
+/// Most bytes of stored messages one [`read_after`] returns, past the record (one group
+/// commit) that crosses it: 1 024 entries of 256 KiB would be 256 MiB read into memory at
+/// once. The drain and `spool verify` read again from where a read stopped.
+pub(in crate::spool) const READ_MAX_BYTES: usize = 4 * 1024 * 1024;
+
 /// Up to `limit` entries with a sequence number above `after` (all when `after` is None),
-/// oldest first, published ones left out. Entries that cannot be decoded are returned as
-/// errors with their seq.
+/// oldest first, published ones left out; the read stops at the end of the record in which
+/// [`READ_MAX_BYTES`] of them were read. Entries that cannot be decoded are returned as errors with their seq.
 pub(in crate::spool) fn read_after(
     db: &(impl ReadableDatabase + ?Sized),
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    read_skipping(db, after, limit, &std::collections::HashSet::new())
+    read_where(db, after, Budget::new(limit, READ_MAX_BYTES), &|_| true)
 }
 
 /// The oldest `limit` entries that are not parked: those the drain can have sent before a
@@ -104,7 +109,8 @@ pub(in crate::spool) fn read_parked(
     let Some(&first) = parked.iter().min() else {
         return Ok(Vec::new());
     };
-    let mut out = read_where(db, first.checked_sub(1), usize::MAX, &|seq| {
+    let everything = Budget::new(usize::MAX, usize::MAX);
+    let mut out = read_where(db, first.checked_sub(1), everything, &|seq| {
         parked.contains(&seq)
     })?;
     out.truncate(limit);
@@ -129,15 +135,31 @@ fn read_skipping(
     limit: usize,
     skip: &std::collections::HashSet<u64>,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    read_where(db, after, limit, &|seq| !skip.contains(&seq))
+    read_where(db, after, Budget::new(limit, usize::MAX), &|seq| {
+        !skip.contains(&seq)
+    })
 }
 
-/// Up to `limit` entries above `after` whose sequence number `keep` takes, oldest first,
-/// published ones left out.
+/// How much one read returns, at most: entries, and bytes of stored messages (checked at the
+/// end of each record).
+#[derive(Clone, Copy)]
+struct Budget {
+    entries: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new(entries: usize, bytes: usize) -> Budget {
+        Budget { entries, bytes }
+    }
+}
+
+/// Entries above `after` whose sequence number `keep` takes, oldest first, published ones left
+/// out, within `budget`.
 fn read_where(
     db: &(impl ReadableDatabase + ?Sized),
     after: Option<u64>,
-    limit: usize,
+    budget: Budget,
     keep: &dyn Fn(u64) -> bool,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
     let txn = db.begin_read()?;
@@ -149,7 +171,13 @@ fn read_where(
         batch_holding(&txn.open_table(BATCH_INDEX)?, start)?.map_or(start, |(first, ..)| first);
     let index = txn.open_table(BATCH_INDEX)?;
     let mut out = Vec::new();
+    let mut bytes = 0usize;
     for item in batches.range(from..)? {
+        // The byte budget is checked between records, never inside one: a record is read
+        // whole anyway, and a read that stopped inside it would read all of it again.
+        if !out.is_empty() && bytes >= budget.bytes {
+            return Ok(out);
+        }
         let (k, v) = item?;
         let first = k.value();
         let record = v.value();
@@ -168,9 +196,10 @@ fn read_where(
             if seq < start || published.binary_search(&seq).is_ok() || !keep(seq) {
                 continue;
             }
-            if out.len() == limit {
+            if out.len() == budget.entries {
                 return Ok(out);
             }
+            bytes += part.map_or(0, <[u8]>::len);
             let decoded = part.ok_or(crate::event::DecodeError::Damaged);
             out.push(
                 decoded

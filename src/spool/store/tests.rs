@@ -1,6 +1,8 @@
 use super::*;
 use bytes::Bytes;
 
+use super::read::READ_MAX_BYTES;
+
 fn message(id: &str) -> Message {
     Message {
         topic: "t".into(),
@@ -79,6 +81,58 @@ impl Store {
             .map(|e| (e.seq, e.message.event_id))
             .collect()
     }
+}
+
+/// One read stops at the end of the record (group commit) in which [`READ_MAX_BYTES`] of
+/// messages were read, whatever its limit in entries: large bodies are not read into memory
+/// by the thousand, and no record is read twice.
+#[test]
+fn a_read_stops_after_the_record_that_crosses_its_byte_budget() {
+    let mut s = Store::new(None);
+    let big = |id: &str| {
+        let mut m = message(id);
+        m.body = Bytes::from(vec![b'x'; READ_MAX_BYTES * 2 / 5]);
+        m.encode()
+    };
+    // Records of two, two, two and one large entries.
+    for ids in [["a", "b"].as_slice(), &["c", "d"], &["e", "f"], &["g"]] {
+        let encoded: Vec<_> = ids.iter().map(|id| big(id)).collect();
+        let appends: Vec<_> = encoded
+            .iter()
+            .map(|e| Append {
+                encoded: e,
+                dedupe_key: None,
+                received_at_ms: 1,
+            })
+            .collect();
+        let marks = Marks::default();
+        commit_batch(
+            &s.db,
+            (&mut s.c, &mut s.ids),
+            &s.limits,
+            1,
+            &appends,
+            &marks,
+        )
+        .unwrap();
+    }
+    let seqs = |after| -> Vec<u64> {
+        let read = read_after(&s.db, after, 1024).unwrap();
+        read.into_iter().map(|e| e.unwrap().seq).collect()
+    };
+    assert_eq!(
+        seqs(None),
+        [0, 1, 2, 3],
+        "the record that crossed it, whole"
+    );
+    assert_eq!(seqs(Some(1)), [2, 3, 4, 5], "from inside a record");
+    assert_eq!(seqs(Some(3)), [4, 5, 6]);
+    assert!(seqs(Some(6)).is_empty());
+    assert_eq!(
+        read_after(&s.db, None, 3).unwrap().len(),
+        3,
+        "entries still bound it"
+    );
 }
 
 fn stored(seqs: std::ops::Range<u64>) -> Vec<AppendOutcome> {
