@@ -38,7 +38,8 @@ fn message(i: usize, body: &Bytes) -> Message {
 }
 
 /// The drain's settings; `DRAIN_TOPIC_SHARE` overrides the per-topic share of the window
-/// (every event here goes to one topic, so the share is what limits the drain).
+/// (every event here goes to one topic, so its share, two while it flows, is what limits
+/// the drain).
 fn drain_settings(max_in_flight: usize) -> DrainSettings {
     let mut s = DrainSettings::new(max_in_flight);
     if let Some(share) = std::env::var("DRAIN_TOPIC_SHARE")

@@ -16,7 +16,6 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use crate::kafka::Delivery;
 use bytes::Bytes;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -31,7 +30,7 @@ use crate::event::Message;
 use crate::kafka::headers::{self, REPLAYED_AT, REPLAY_ID};
 use crate::kafka::reader::ReadError;
 use crate::kafka::scan::{scan, scan_if_there, ScanStart};
-use crate::kafka::{Cluster, Publisher};
+use crate::kafka::{Cluster, Delivery, Publisher};
 use crate::route::Decision;
 
 #[derive(Debug, Args)]

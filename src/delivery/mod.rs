@@ -71,8 +71,9 @@ pub struct DeliverySettings {
     /// Topic for events Kafka refuses for good (too large, not authorised, invalid topic).
     pub dead_letter_topic: Option<String>,
     /// In `spooled` mode: most events handed to the producer and not yet confirmed, all
-    /// topics together; one topic has at most a quarter of it (so one stalled topic cannot
-    /// hold up the others). The drain's rate on one topic follows that share.
+    /// topics together; one topic always may have a quarter of it, and half while Kafka is
+    /// confirming it and no other topic waits (so one stalled topic cannot hold up the others).
+    /// The drain's rate on one topic follows that share.
     pub max_in_flight: usize,
     /// In `spooled` mode, at start-up: look up the oldest spooled events on Kafka and skip
     /// those an earlier run published but could not delete (needs read access to the topics).

@@ -62,7 +62,8 @@ pub struct Delivery(oneshot::Receiver<Outcome>);
 impl Future for Delivery {
     type Output = Outcome;
 
-    /// A report that never comes (the producer was dropped first) is `Canceled`.
+    /// A report whose [`ReportTo`] was dropped without reporting (the message was never
+    /// handed over) is `Canceled`.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         Pin::new(&mut self.0)
             .poll(cx)

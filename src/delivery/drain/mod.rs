@@ -7,11 +7,11 @@
 //! the same key stay in order, across outages too (messages never time out in this mode).
 //!
 //! One topic cannot take the whole window: each topic may always have its share
-//! (`max_in_flight_per_topic`) in flight, and borrows past it only while Kafka is confirming
-//! it, no other topic waits and one share stays free ([`shares`]); entries of a topic without
-//! room wait aside, in order, while the drain goes on with the others. A topic whose
-//! partitions have no leader (or whose broker is slow) then holds its share (all but one
-//! share if it stalled while borrowing), never the whole drain.
+//! (`max_in_flight_per_topic`) in flight, and borrows a second share only while Kafka is
+//! confirming it, no other topic waits and a share stays free ([`shares`]); entries of a topic
+//! without room wait aside, in order, while the drain goes on with the others. A topic whose
+//! partitions have no leader (or whose broker is slow) then holds its share (two if it
+//! stalled while borrowing), never the whole drain.
 //!
 //! Delivery reports come back on one queue, each tagged with the token its send was given,
 //! and are taken up to [`REPORTS_PER_TURN`] at a time: one turn of the loop per batch of
@@ -65,8 +65,8 @@ pub use sink::{KafkaSink, Sink};
 pub struct DrainSettings {
     pub max_in_flight: usize,
     /// Messages of one topic always allowed in flight (its share), whatever the others do; a
-    /// topic borrows past it only while it is confirmed, no other topic waits and a share
-    /// stays free (see [`shares`]), so one stalled topic cannot fill the window.
+    /// topic borrows a second share only while it is confirmed, no other topic waits and a
+    /// share stays free (see [`shares`]), so one stalled topic cannot fill the window.
     pub max_in_flight_per_topic: usize,
     /// Most entries waiting aside for their topic's share.
     pub max_waiting: usize,
@@ -322,8 +322,8 @@ impl<S: Sink> Drain<S> {
         let mut stopping = shutdown.is_cancelled();
         let mut stop_deadline: Option<Instant> = None;
         // One timer for every deadline (retries, pending deletes, a full producer queue, the
-        // stop), re-armed only when the earliest one changes: the loop turns once per
-        // delivery report, and a new timer each turn cost more than the rest of the turn.
+        // stop), re-armed only when the earliest one changes: the loop turns once per batch
+        // of delivery reports, and a new timer each turn cost more than the rest of the turn.
         let timer = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(timer);
         let mut armed: Option<Instant> = None;
@@ -397,6 +397,7 @@ impl<S: Sink> Drain<S> {
         let limits = Limits {
             share: self.settings.max_in_flight_per_topic,
             window: self.settings.max_in_flight,
+            window_bytes: self.settings.max_in_flight_bytes,
         };
         let now = Instant::now();
         while !self.queue_full
@@ -559,7 +560,7 @@ impl<S: Sink> Drain<S> {
         kind: Attempt,
     ) {
         self.in_flight_bytes += message.body.len();
-        self.topics.sent(&message.topic);
+        self.topics.sent(&message.topic, message.body.len());
         let sending = Sending {
             seq,
             message,
@@ -587,13 +588,15 @@ impl<S: Sink> Drain<S> {
     fn on_report(&mut self, sent: Sending<S::Pending>, result: Outcome) {
         S::settle(sent.pending, &result);
         self.in_flight_bytes -= sent.message.body.len();
-        self.topics.reported(&sent.message.topic, Instant::now());
+        self.topics
+            .reported(&sent.message.topic, sent.message.body.len());
         self.queue_full = false;
         match (sent.kind, result) {
             (Attempt::Publish, result) => {
                 record(&self.metrics, &sent.message, &result);
                 match result {
                     Ok(_) => {
+                        self.topics.confirmed(&sent.message.topic, Instant::now());
                         self.sink.published();
                         self.gauges.published.fetch_add(1, Ordering::Relaxed);
                         self.deletes.push(sent.seq);

@@ -1,16 +1,19 @@
 //! One topic cannot take the whole window: messages in flight per topic, and the entries that
 //! wait for their topic's share (or for their topic to be created).
 //!
-//! Each topic may always have its share in flight. A topic that is flowing (Kafka reported on
-//! one of its messages within the last second) may borrow past its share while no other topic
-//! has entries waiting, as long as one share of the window stays free: a drain of one busy
-//! topic (the burst after an outage of a bridge that serves one product) then keeps three
-//! times more in flight, which is what keeps the producer's batches full instead of each round
-//! waiting out `linger.ms` (see BENCHMARKS.md). A topic that stops confirming stops borrowing
-//! a second later, and during an outage nothing borrows (nothing is reported), so the memory
-//! an outage holds is what it was. The cost: a topic that stalls just after it borrowed holds
-//! all but one share until it confirms again; the other topics still flow, through that one
-//! share.
+//! Each topic may always have its share in flight. A topic Kafka is confirming (a successful
+//! delivery report within the last second) may borrow a second share while no other topic has
+//! entries waiting, as long as one share of the window stays free, in messages and in bytes.
+//! A drain of one busy topic (the burst after an outage of a bridge that serves one product)
+//! then keeps twice as much in flight, which is what keeps the producer's batches full instead
+//! of each round waiting out `linger.ms` (see BENCHMARKS.md).
+//!
+//! The cost, and why the borrowing stops at one share: a topic can stall while it borrows, or
+//! stall in part (one partition without a leader, the others confirming, so it keeps
+//! borrowing) until its stuck messages fill both shares. It then holds half of the window
+//! instead of a quarter until it confirms again, and the other topics share the other half.
+//! A topic waiting aside for its creation also stops the others from borrowing; that only
+//! slows them to their shares.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -23,8 +26,11 @@ use crate::spool::Entry;
 /// operator's routes, not from strangers, so a fast hash is safe here.
 type TopicHasher = foldhash::fast::RandomState;
 
-/// How long after its last delivery report a topic counts as flowing (and may borrow).
+/// How long after its last confirmed message a topic counts as flowing (and may borrow).
 const FLOWING: Duration = Duration::from_secs(1);
+
+/// What a flowing topic may have in flight, in shares.
+const MOST_SHARES: usize = 2;
 
 /// How much of the window a topic may have in flight.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +39,17 @@ pub(super) struct Limits {
     pub share: usize,
     /// The whole window (messages in flight, all topics).
     pub window: usize,
+    /// The whole window in bytes of bodies.
+    pub window_bytes: usize,
+}
+
+impl Limits {
+    /// Whether one share of the window stays free: in messages once one more is sent, and in
+    /// bytes now (with `in_flight` messages of `bytes` in flight).
+    fn share_free_after_one_more(&self, in_flight: usize, bytes: usize) -> bool {
+        let share_bytes = self.window_bytes / self.window.max(1) * self.share;
+        in_flight + 1 + self.share <= self.window && bytes + share_bytes < self.window_bytes
+    }
 }
 
 /// Messages in flight per topic, and the entries waiting for their topic's share.
@@ -46,10 +63,11 @@ pub(super) struct TopicShares {
     waiting: HashMap<String, VecDeque<Entry>, TopicHasher>,
     /// Topics with waiting entries, in the order they started waiting (checked round-robin).
     order: VecDeque<String>,
-    /// Messages in flight, all topics.
+    /// Messages in flight, all topics, and their bytes.
     total_in_flight: usize,
-    /// When each topic last had a delivery report.
-    last_report: HashMap<String, Instant, TopicHasher>,
+    total_bytes: usize,
+    /// When a message of each topic was last confirmed.
+    last_confirmed: HashMap<String, Instant, TopicHasher>,
     pub(super) waiting_entries: usize,
     pub(super) waiting_bytes: usize,
 }
@@ -61,8 +79,9 @@ impl TopicShares {
         !self.is_waiting(topic) && self.room(topic, limits, now)
     }
 
-    /// Whether `topic` may have one more in flight: it is below its share, or it is flowing,
-    /// no other topic waits, and one share of the window stays free after it.
+    /// Whether `topic` may have one more in flight: it is below its share, or below two
+    /// shares while it is flowing, no other topic waits, and one share of the window stays
+    /// free after it.
     fn room(&self, topic: &str, limits: Limits, now: Instant) -> bool {
         let mine = self.in_flight.get(topic).copied().unwrap_or(0);
         if mine < limits.share {
@@ -74,10 +93,13 @@ impl TopicShares {
             _ => true,
         };
         let flowing = self
-            .last_report
+            .last_confirmed
             .get(topic)
             .is_some_and(|at| now.saturating_duration_since(*at) < FLOWING);
-        flowing && !others_wait && self.total_in_flight + limits.share < limits.window
+        mine < MOST_SHARES * limits.share
+            && flowing
+            && !others_wait
+            && limits.share_free_after_one_more(self.total_in_flight, self.total_bytes)
     }
 
     pub(super) fn is_waiting(&self, topic: &str) -> bool {
@@ -132,22 +154,29 @@ impl TopicShares {
         None
     }
 
-    pub(super) fn sent(&mut self, topic: &str) {
+    /// A message of `topic` with a body of `bytes` was sent.
+    pub(super) fn sent(&mut self, topic: &str, bytes: usize) {
         *self.in_flight.entry(topic.to_string()).or_default() += 1;
         self.total_in_flight += 1;
+        self.total_bytes += bytes;
     }
 
-    /// A message of `topic` was reported on at `now`.
-    pub(super) fn reported(&mut self, topic: &str, now: Instant) {
-        match self.last_report.get_mut(topic) {
+    /// Kafka confirmed a message of `topic` at `now`: the topic is flowing.
+    pub(super) fn confirmed(&mut self, topic: &str, now: Instant) {
+        match self.last_confirmed.get_mut(topic) {
             Some(at) => *at = now,
             None => {
-                self.last_report.insert(topic.to_string(), now);
+                self.last_confirmed.insert(topic.to_string(), now);
             }
         }
+    }
+
+    /// The report of a message of `topic` with a body of `bytes` came back, whatever it said.
+    pub(super) fn reported(&mut self, topic: &str, bytes: usize) {
         if let Some(n) = self.in_flight.get_mut(topic) {
             *n -= 1;
             self.total_in_flight -= 1;
+            self.total_bytes -= bytes;
             if *n == 0 {
                 self.in_flight.remove(topic);
             }
@@ -164,6 +193,7 @@ mod tests {
     const ONE: Limits = Limits {
         share: 1,
         window: 2,
+        window_bytes: usize::MAX,
     };
 
     fn now() -> Instant {
@@ -200,7 +230,7 @@ mod tests {
     #[test]
     fn a_topic_at_its_share_or_not_ready_waits_and_others_go_on() {
         let mut shares = TopicShares::default();
-        shares.sent("a");
+        shares.sent("a", 1);
         assert!(!shares.has_room("a", ONE, now()));
         assert!(shares.has_room("b", ONE, now()));
         shares.wait(entry(1, "a"));
@@ -212,7 +242,7 @@ mod tests {
             Some(2)
         );
         assert_eq!(shares.next_waiting(ONE, now(), not_c).map(|e| e.seq), None);
-        shares.reported("a", now());
+        shares.reported("a", 1);
         assert_eq!(
             shares.next_waiting(ONE, now(), not_c).map(|e| e.seq),
             Some(1)
@@ -233,28 +263,32 @@ mod tests {
     }
 
     #[test]
-    fn a_flowing_topic_alone_borrows_all_but_one_share_and_stops_once_another_waits() {
+    fn a_flowing_topic_alone_borrows_a_second_share_and_stops_once_another_waits() {
         let limits = Limits {
             share: 2,
             window: 8,
+            window_bytes: usize::MAX,
         };
         let t0 = Instant::now();
         let mut shares = TopicShares::default();
         let fill = |shares: &mut TopicShares, topic: &str, at: Instant| {
             let mut sent = 0;
             while shares.has_room(topic, limits, at) {
-                shares.sent(topic);
+                shares.sent(topic, 1);
                 sent += 1;
             }
             sent
         };
-        assert_eq!(fill(&mut shares, "a", t0), 2, "no report yet: its share");
-        shares.reported("a", t0);
+        assert_eq!(fill(&mut shares, "a", t0), 2, "never confirmed: its share");
+        shares.reported("a", 1);
         assert_eq!(
             fill(&mut shares, "a", t0),
-            5,
-            "flowing: the window less one share"
+            1,
+            "a failure is no confirmation"
         );
+        shares.reported("a", 1);
+        shares.confirmed("a", t0);
+        assert_eq!(fill(&mut shares, "a", t0), 3, "flowing: up to two shares");
         assert!(
             shares.has_room("b", limits, t0),
             "another topic has its share"
@@ -262,30 +296,47 @@ mod tests {
         assert_eq!(
             fill(&mut shares, "b", t0),
             2,
-            "b at its share, the window full"
+            "b at its share, never confirmed"
         );
         // b's next entry waits aside; a, back at its share, may not borrow while it does.
         shares.wait(entry(1, "b"));
-        for _ in 0..4 {
-            shares.reported("a", t0);
-        }
+        shares.reported("a", 1);
+        shares.reported("a", 1);
         assert!(
             !shares.has_room("a", limits, t0),
             "a at its share while b waits"
         );
-        assert!(
-            shares.next_waiting(limits, t0, |_| true).is_none(),
-            "b at its share, and never reported on: it may not borrow"
-        );
-        shares.reported("b", t0);
+        assert!(shares.next_waiting(limits, t0, |_| true).is_none());
+        shares.reported("b", 1);
         assert_eq!(
             shares.next_waiting(limits, t0, |_| true).map(|e| e.seq),
             Some(1)
         );
-        shares.sent("b");
-        // Nothing waits any more: a borrows again, until it has not been reported on for a
+        shares.sent("b", 1);
+        // Nothing waits any more: a borrows again, until it has not been confirmed for a
         // second.
         assert!(shares.has_room("a", limits, t0));
         assert!(!shares.has_room("a", limits, t0 + FLOWING), "a stalled");
+    }
+
+    #[test]
+    fn a_borrowing_topic_leaves_a_share_of_the_bytes_free() {
+        let limits = Limits {
+            share: 2,
+            window: 8,
+            window_bytes: 8_000,
+        };
+        let now = Instant::now();
+        let mut shares = TopicShares::default();
+        shares.confirmed("a", now);
+        let mut sent = 0;
+        while shares.has_room("a", limits, now) {
+            shares.sent("a", 2_500);
+            sent += 1;
+        }
+        assert_eq!(
+            sent, 3,
+            "a fourth would leave less than 2 000 bytes of 8 000"
+        );
     }
 }

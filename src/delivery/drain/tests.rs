@@ -34,6 +34,9 @@ struct Script {
     /// Topics whose reports are held until [`Fake::release`].
     hold: HashSet<String>,
     held: Vec<(String, ReportTo)>,
+    /// Event ids whose reports are held until [`Fake::release`] of their topic (a partition
+    /// without a leader: the topic's other messages are confirmed).
+    hold_ids: HashSet<String>,
     dead_letter_topic: bool,
     handed: Vec<Handed>,
     published: usize,
@@ -62,6 +65,7 @@ impl Fake {
     fn release(&self, topic: &str) {
         let held = self.with(|s| {
             s.hold.remove(topic);
+            s.hold_ids.clear();
             std::mem::take(&mut s.held)
         });
         for (t, to) in held {
@@ -93,7 +97,9 @@ impl Fake {
         };
         match failure {
             Some(code) => to.report(Err(KafkaError::MessageProduction(code))),
-            None if s.hold.contains(msg.topic.as_str()) => s.held.push((msg.topic.to_string(), to)),
+            None if s.hold.contains(msg.topic.as_str()) || s.hold_ids.contains(&msg.event_id) => {
+                s.held.push((msg.topic.to_string(), to))
+            }
             None => {
                 let offset = s.handed.len() as i64;
                 to.report(Ok(Delivered {
@@ -291,37 +297,27 @@ async fn a_topic_that_does_not_confirm_holds_its_share_and_the_others_go_on() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_flowing_topic_alone_borrows_all_but_one_share_which_stays_free_for_the_others() {
+async fn a_flowing_topic_alone_borrows_a_second_share_and_no_more() {
     let fake = Fake::default();
     fake.with(|s| s.hold.insert("busy".into()));
     let run = start(&events("busy", 20), settings(8, 2), fake).await;
     until(|| run.fake.ids_to("busy").len() == 2).await;
 
-    // Its first two reports come back, and Kafka stalls again: it was flowing, and alone.
+    // Its first two are confirmed, and Kafka stalls again: it was flowing, and alone.
     run.fake.release("busy");
     run.fake.with(|s| s.hold.insert("busy".into()));
-    until(|| run.fake.ids_to("busy").len() == 8).await;
+    until(|| run.fake.ids_to("busy").len() == 6).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let borrowed: Vec<String> = (0..8).map(|i| format!("busy-{i}")).collect();
+    let borrowed: Vec<String> = (0..6).map(|i| format!("busy-{i}")).collect();
     assert_eq!(
         run.fake.ids_to("busy"),
         borrowed,
-        "six in flight: the window less one share, never the whole window"
+        "four in flight: two shares"
     );
 
-    // Another topic's events flow through the share left free.
-    for (topic, id) in events("other", 3) {
-        let mut m = sample();
-        m.topic = topic.into();
-        m.event_id = id;
-        run.spool.append(&m).await.unwrap();
-    }
+    // Another topic's events flow through the half left free.
+    append(&run.spool, &events("other", 3)).await;
     until(|| run.fake.ids_to("other").len() == 3).await;
-    assert_eq!(
-        run.fake.ids_to("busy").len(),
-        8,
-        "stalled, it borrows no more"
-    );
 
     run.fake.release("busy");
     until(|| run.spool.stats().depth == 0).await;
@@ -329,6 +325,70 @@ async fn a_flowing_topic_alone_borrows_all_but_one_share_which_stays_free_for_th
     assert_eq!(run.fake.ids_to("busy"), all, "in spool order, each once");
     run.stop.stop_by(Instant::now());
     run.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_topic_not_confirmed_for_a_second_keeps_to_its_share() {
+    let fake = Fake::default();
+    fake.with(|s| s.hold.insert("t".into()));
+    let run = start(&events("t", 2), settings(8, 2), fake).await;
+    until(|| run.fake.ids_to("t").len() == 2).await;
+    run.fake.release("t");
+    run.fake.with(|s| s.hold.insert("t".into()));
+    until(|| run.spool.stats().depth == 0).await;
+
+    // Confirmed, then nothing for five seconds: new events get its share, no more.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let more: Vec<(&str, String)> = (2..8).map(|i| ("t", format!("t-{i}"))).collect();
+    append(&run.spool, &more).await;
+    until(|| run.fake.ids_to("t").len() == 4).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(run.fake.ids_to("t").len(), 4, "t-2 and t-3 only");
+    run.fake.release("t");
+    until(|| run.spool.stats().depth == 0).await;
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+/// One partition without a leader: some of a busy topic's messages are never confirmed while
+/// the rest are, so it keeps flowing and borrowing until its stuck messages fill two shares.
+#[tokio::test(start_paused = true)]
+async fn a_topic_stalled_in_part_holds_two_shares_at_most_and_the_others_go_on() {
+    let fake = Fake::default();
+    let stuck: Vec<String> = (0..20).step_by(4).map(|i| format!("busy-{i}")).collect();
+    fake.with(|s| s.hold_ids.extend(stuck.iter().cloned()));
+    // 20: the seven left wait aside, within `max_waiting` (16 here), so the drain reads on.
+    let run = start(&events("busy", 20), settings(8, 2), fake).await;
+    until(|| run.fake.ids_to("busy").len() == 13).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let handed = run.fake.ids_to("busy");
+    let held: Vec<&String> = handed.iter().filter(|id| stuck.contains(id)).collect();
+    assert_eq!(
+        held,
+        ["busy-0", "busy-4", "busy-8", "busy-12"],
+        "two shares, no more"
+    );
+    assert_eq!(handed.len(), 13, "up to busy-12, the fourth stuck one");
+
+    append(&run.spool, &events("other", 3)).await;
+    until(|| run.fake.ids_to("other").len() == 3).await;
+
+    run.fake.release("busy");
+    until(|| run.spool.stats().depth == 0).await;
+    let all: Vec<String> = (0..20).map(|i| format!("busy-{i}")).collect();
+    assert_eq!(run.fake.ids_to("busy"), all, "in spool order, each once");
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+/// Appends one event per (topic, id) to a running drain's spool.
+async fn append(spool: &Spool, events: &[(&str, String)]) {
+    for (topic, id) in events {
+        let mut m = sample();
+        m.topic = (*topic).into();
+        m.event_id = id.clone();
+        spool.append(&m).await.unwrap();
+    }
 }
 
 #[tokio::test(start_paused = true)]

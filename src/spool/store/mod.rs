@@ -142,7 +142,7 @@ pub(super) struct Append<'a> {
 }
 
 /// redb's page cache. Small: appends and the drain touch the newest and oldest pages only,
-/// and the cache shows up as RSS while a broker outage fills the spool. 4 MiB took 26–31 MiB
+/// and the cache shows up as RSS while a broker outage fills the spool. 4 MiB took 25–33 MiB
 /// off the peak RSS of the 500 000-event burst against 16 MiB, with appends and the drain at
 /// the same rate (BENCHMARKS.md, issue 26).
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
