@@ -389,8 +389,9 @@ impl Spool {
             .await
     }
 
-    /// The oldest `limit` entries that are not parked: what the drain can have sent before
-    /// the last stop (for the start-up recovery check).
+    /// The oldest `limit` entries that are not parked, without their bodies: what the drain
+    /// can have sent before the last stop (for the start-up recovery check, which looks them
+    /// up on Kafka by topic, key and time).
     pub(crate) async fn recovery_candidates(
         &self,
         limit: usize,

@@ -90,13 +90,18 @@ pub(in crate::spool) fn read_after(
 }
 
 /// The oldest `limit` entries that are not parked: those the drain can have sent before a
-/// stop (see delivery::recover).
+/// stop (see delivery::recover), without their bodies. The check looks them up on Kafka by
+/// topic, key and time, and tens of thousands of large bodies would not fit in memory.
 pub(in crate::spool) fn read_unparked(
     db: &(impl ReadableDatabase + ?Sized),
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
     let parked = parked_seqs(db)?;
-    read_skipping(db, None, limit, &parked)
+    let budget = Budget {
+        bodies: false,
+        ..Budget::new(limit, usize::MAX)
+    };
+    read_where(db, None, budget, &|seq| !parked.contains(&seq))
 }
 
 /// The parked entries (Kafka and the dead-letter topic refused them), oldest first, at most
@@ -129,28 +134,22 @@ fn parked_seqs(
     Ok(parked)
 }
 
-fn read_skipping(
-    db: &(impl ReadableDatabase + ?Sized),
-    after: Option<u64>,
-    limit: usize,
-    skip: &std::collections::HashSet<u64>,
-) -> Result<Vec<ReadEntry>, redb::Error> {
-    read_where(db, after, Budget::new(limit, usize::MAX), &|seq| {
-        !skip.contains(&seq)
-    })
-}
-
 /// How much one read returns, at most: entries, and bytes of stored messages (checked at the
-/// end of each record).
+/// end of each record); and whether with the messages' bodies.
 #[derive(Clone, Copy)]
 struct Budget {
     entries: usize,
     bytes: usize,
+    bodies: bool,
 }
 
 impl Budget {
     fn new(entries: usize, bytes: usize) -> Budget {
-        Budget { entries, bytes }
+        Budget {
+            entries,
+            bytes,
+            bodies: true,
+        }
     }
 }
 
@@ -204,7 +203,12 @@ fn read_where(
             out.push(
                 decoded
                     .and_then(decode)
-                    .map(|message| Entry { seq, message })
+                    .map(|mut message| {
+                        if !budget.bodies {
+                            message.body = bytes::Bytes::new();
+                        }
+                        Entry { seq, message }
+                    })
                     .map_err(|source| Undecodable { seq, source }),
             );
         }

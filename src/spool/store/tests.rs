@@ -135,6 +135,42 @@ fn a_read_stops_after_the_record_that_crosses_its_byte_budget() {
     );
 }
 
+/// The recovery check's candidates: the unparked entries, oldest first, with their topics,
+/// ids and times but not their bodies.
+#[test]
+fn recovery_candidates_are_the_unparked_entries_without_their_bodies() {
+    let mut s = Store::new(None);
+    s.commit(&["a", "b", "c"], 7, &[]);
+    let marks = Marks {
+        parked: &[1],
+        ..Marks::default()
+    };
+    commit_batch(&s.db, (&mut s.c, &mut s.ids), &s.limits, 8, &[], &marks).unwrap();
+    let read: Vec<Entry> = read_unparked(&s.db, 10)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .collect();
+    let seen: Vec<(u64, &str, u64, usize)> = read
+        .iter()
+        .map(|e| {
+            (
+                e.seq,
+                e.message.event_id.as_str(),
+                e.message.received_at_ms,
+                e.message.body.len(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, [(0, "a", 1_000, 0), (2, "c", 1_000, 0)]);
+    assert!(
+        !s.ids_after(None).is_empty(),
+        "the drain still reads the bodies"
+    );
+    let full = read_after(&s.db, None, 1).unwrap().remove(0).unwrap();
+    assert_eq!(full.message.body, message("a").body);
+}
+
 fn stored(seqs: std::ops::Range<u64>) -> Vec<AppendOutcome> {
     seqs.map(|seq| AppendOutcome::Stored { seq }).collect()
 }
