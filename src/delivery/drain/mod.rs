@@ -46,7 +46,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::recover::{self, Recovery};
-use super::{record, DeadLetters};
+use super::{record, DeadLetterError, DeadLetters};
 use crate::archive::Archive;
 use crate::event::Message;
 use crate::kafka::report::{report_queue, ReportQueue, Reports};
@@ -630,12 +630,23 @@ impl<S: Sink> Drain<S> {
                     attempt,
                     Attempt::DeadLetter { error },
                 ),
+                // The producer's queue is full for a moment: not a refusal of the dead letter,
+                // so tried again after a back-off like a passing failure, not parked.
+                Err(DeadLetterError::Enqueue(EnqueueError::QueueFull)) => {
+                    self.queue_full = true;
+                    self.retry_later(seq, message, attempt);
+                }
                 Err(why) => self.park(seq, message, attempt, &error, &why),
             }
             return;
         }
+        tracing::debug!(seq, error = %error, "delivery failed; will retry");
+        self.retry_later(seq, message, attempt);
+    }
+
+    /// Sends `message` again after its back-off.
+    fn retry_later(&mut self, seq: u64, message: Message, attempt: u32) {
         let backoff = Retries::backoff(self.settings.retry_backoff, attempt);
-        tracing::debug!(seq, error = %error, ?backoff, "delivery failed; will retry");
         self.retry(Retry {
             due: Instant::now() + backoff,
             seq,

@@ -38,6 +38,8 @@ struct Script {
     /// without a leader: the topic's other messages are confirmed).
     hold_ids: HashSet<String>,
     dead_letter_topic: bool,
+    /// Dead-letter enqueues still to be answered "queue full".
+    dead_letter_queue_full: usize,
     handed: Vec<Handed>,
     published: usize,
 }
@@ -134,6 +136,14 @@ impl Sink for Fake {
     ) -> Result<(), DeadLetterError> {
         if !self.with(|s| s.dead_letter_topic) {
             return Err(DeadLetterError::NoTopic);
+        }
+        let full = self.with(|s| {
+            let full = s.dead_letter_queue_full > 0;
+            s.dead_letter_queue_full = s.dead_letter_queue_full.saturating_sub(1);
+            full
+        });
+        if full {
+            return Err(DeadLetterError::Enqueue(EnqueueError::QueueFull));
         }
         self.hand(msg, true, to);
         Ok(())
@@ -525,6 +535,35 @@ async fn with_a_dead_letter_topic_a_refused_event_goes_there_and_leaves_the_spoo
         .map(|h| h.id)
         .collect();
     assert_eq!(dead, ["t-1"]);
+    assert_eq!(run.gauges.dead_lettered.load(Ordering::Relaxed), 1);
+    assert_eq!(run.gauges.parked.load(Ordering::Relaxed), 0);
+    run.stop.stop_by(Instant::now());
+    run.task.await.unwrap();
+}
+
+/// A full producer queue is no refusal of the dead letter: the event is sent again after its
+/// back-off, not parked for a minute.
+#[tokio::test(start_paused = true)]
+async fn a_dead_letter_met_by_a_full_queue_is_tried_again_not_parked() {
+    let fake = Fake::default();
+    let refused = VecDeque::from([RDKafkaErrorCode::MessageSizeTooLarge; 2]);
+    fake.with(|s| {
+        s.dead_letter_topic = true;
+        s.dead_letter_queue_full = 1;
+        s.outcomes.insert("t-0".into(), refused)
+    });
+    let run = start(&events("t", 1), settings(8, 8), fake).await;
+    let started = Instant::now();
+    until(|| run.spool.stats().depth == 0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "not a park's minute"
+    );
+    assert_eq!(
+        run.fake.ids_to("t"),
+        ["t-0", "t-0"],
+        "sent again after the back-off"
+    );
     assert_eq!(run.gauges.dead_lettered.load(Ordering::Relaxed), 1);
     assert_eq!(run.gauges.parked.load(Ordering::Relaxed), 0);
     run.stop.stop_by(Instant::now());
