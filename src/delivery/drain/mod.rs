@@ -225,8 +225,8 @@ pub struct Drain<S: Sink = KafkaSink> {
     report_queue: ReportQueue,
     reports: Reports,
     report_buf: Vec<(u64, Outcome)>,
-    in_flight_bytes: usize,
-    /// Per topic: messages in flight, and spooled entries waiting for the topic's share.
+    /// Per topic: messages in flight, and spooled entries waiting for the topic's share; also
+    /// the bytes in flight, all topics.
     topics: TopicShares,
     queue_full: bool,
     deletes: PendingDeletes,
@@ -303,7 +303,6 @@ impl<S: Sink> Drain<S> {
             report_queue,
             reports,
             report_buf: Vec::with_capacity(REPORTS_PER_TURN),
-            in_flight_bytes: 0,
             topics: TopicShares::default(),
             queue_full: false,
             to_park: Vec::new(),
@@ -402,7 +401,7 @@ impl<S: Sink> Drain<S> {
         let now = Instant::now();
         while !self.queue_full
             && self.in_flight.len() < self.settings.max_in_flight
-            && self.in_flight_bytes < self.settings.max_in_flight_bytes
+            && self.topics.bytes_in_flight() < self.settings.max_in_flight_bytes
         {
             let (seq, message, attempt) = if let Some(mut r) = self.due_retry() {
                 let Some(message) = self.message_of(&mut r).await else {
@@ -559,7 +558,6 @@ impl<S: Sink> Drain<S> {
         attempt: u32,
         kind: Attempt,
     ) {
-        self.in_flight_bytes += message.body.len();
         self.topics.sent(&message.topic, message.body.len());
         let sending = Sending {
             seq,
@@ -587,7 +585,6 @@ impl<S: Sink> Drain<S> {
     /// One delivery report came back.
     fn on_report(&mut self, sent: Sending<S::Pending>, result: Outcome) {
         S::settle(sent.pending, &result);
-        self.in_flight_bytes -= sent.message.body.len();
         self.topics
             .reported(&sent.message.topic, sent.message.body.len());
         self.queue_full = false;

@@ -102,6 +102,11 @@ impl TopicShares {
             && limits.share_free_after_one_more(self.total_in_flight, self.total_bytes)
     }
 
+    /// Bytes of the bodies in flight, all topics.
+    pub(super) fn bytes_in_flight(&self) -> usize {
+        self.total_bytes
+    }
+
     pub(super) fn is_waiting(&self, topic: &str) -> bool {
         self.waiting.contains_key(topic)
     }
