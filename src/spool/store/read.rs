@@ -80,7 +80,8 @@ pub(in crate::spool) const READ_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// Up to `limit` entries with a sequence number above `after` (all when `after` is None),
 /// oldest first, published ones left out; the read stops at the end of the record in which
-/// [`READ_MAX_BYTES`] of them were read. Entries that cannot be decoded are returned as errors with their seq.
+/// [`READ_MAX_BYTES`] of them were read. Entries that cannot be decoded are returned as errors
+/// with their seq.
 pub(in crate::spool) fn read_after(
     db: &(impl ReadableDatabase + ?Sized),
     after: Option<u64>,
@@ -165,10 +166,9 @@ fn read_where(
     let batches = txn.open_table(BATCHES)?;
     let gone = txn.open_table(GONE)?;
     let start = after.map(|s| s + 1).unwrap_or(0);
-    // Reading starts in the batch that holds `start`, if any is still there.
-    let from =
-        batch_holding(&txn.open_table(BATCH_INDEX)?, start)?.map_or(start, |(first, ..)| first);
     let index = txn.open_table(BATCH_INDEX)?;
+    // Reading starts in the batch that holds `start`, if any is still there.
+    let from = batch_holding(&index, start)?.map_or(start, |(first, ..)| first);
     let mut out = Vec::new();
     let mut bytes = 0usize;
     for item in batches.range(from..)? {
