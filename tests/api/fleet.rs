@@ -521,10 +521,7 @@ async fn marks_refused_until_healed(
         .await;
     assert_eq!(after, Some(0.0), "marks pending once healed");
     let logs = fleet.replicas[0].drain_logs();
-    let errors: Vec<_> = logs
-        .iter()
-        .filter(|l| l.contains("\"level\":\"ERROR\""))
-        .collect();
+    let errors = error_lines(&logs);
     assert_eq!(
         errors.len(),
         1,
@@ -615,10 +612,7 @@ async fn redis_dropping_connections_under_load_publishes_nothing_twice() {
         let series = "eduzz_bridge_shared_dedupe_reconnects_total{reason=\"dropped\"}";
         reconnects += fleet.metric(r, series).await.unwrap_or(0.0);
         let logs = fleet.replicas[r].drain_logs();
-        let errors: Vec<_> = logs
-            .iter()
-            .filter(|l| l.contains("\"level\":\"ERROR\""))
-            .collect();
+        let errors = error_lines(&logs);
         assert!(errors.is_empty(), "replica {r}: {errors:#?}");
     }
     assert!(

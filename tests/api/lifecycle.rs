@@ -288,10 +288,7 @@ async fn a_clean_stop_on_the_embedded_broker_logs_no_error() {
             "run {run}:\n{}",
             logs.join("\n")
         );
-        let errors: Vec<_> = logs
-            .iter()
-            .filter(|l| l.contains("\"level\":\"ERROR\""))
-            .collect();
+        let errors = error_lines(&logs);
         assert!(
             errors.is_empty(),
             "run {run}: errors at a clean stop:\n{errors:#?}"

@@ -71,6 +71,13 @@ pub fn skip_without(tool: &str, how: &str) {
 
 /// The payload fixtures: the repository's copies (`examples/payloads`) of the documents in
 /// `../shared/fixtures`, byte for byte, so a clone made anywhere runs the same tests.
+/// The ERROR lines of a bridge's JSON log.
+pub fn error_lines(logs: &[String]) -> Vec<&String> {
+    logs.iter()
+        .filter(|l| l.contains("\"level\":\"ERROR\""))
+        .collect()
+}
+
 pub fn fixtures_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/payloads")
 }
