@@ -33,16 +33,18 @@ impl Ballast {
 
     /// Allocates the ballast if it is not there and the filesystem has room for it twice
     /// over (never the last free bytes). Best effort: a filesystem that cannot allocate it
-    /// simply has none.
-    pub(super) fn ensure(&self) {
+    /// simply has none. Says whether the ballast is there now: when it is not, the filesystem
+    /// is short of space, and the spool makes every commit durable in its file (see
+    /// `store::wal`: a commit left to a checkpoint holds on to pages a full disk needs).
+    pub(super) fn ensure(&self) -> bool {
         if self.path.exists() {
-            return;
+            return true;
         }
         let room = rustix::fs::statvfs(self.path.parent().unwrap_or(Path::new(".")))
             .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
             .unwrap_or(0);
         if room < 2 * BALLAST_BYTES {
-            return;
+            return false;
         }
         let allocated = std::fs::File::create(&self.path).and_then(|f| {
             rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, BALLAST_BYTES)
@@ -51,7 +53,9 @@ impl Ballast {
         if let Err(e) = allocated {
             tracing::debug!(error = %e, "no ballast beside the spool");
             let _ = std::fs::remove_file(&self.path);
+            return false;
         }
+        true
     }
 
     /// Gives the ballast's space back to the filesystem (the disk is full); says whether there

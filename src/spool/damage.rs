@@ -23,8 +23,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use redb::Database;
-
 use super::store::{self, Counters, OpenError, FILE_NAME};
 use crate::event::unix_ms;
 
@@ -103,7 +101,7 @@ pub(super) fn panic_text(panic: &(dyn std::any::Any + Send)) -> String {
 /// Returns the database, its counters and what was found damaged, if anything.
 pub(super) fn open_or_replace(
     dir: &Path,
-) -> Result<(Database, Counters, Option<Damaged>), OpenError> {
+) -> Result<(store::Opened, Counters, Option<Damaged>), OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
         path: dir.to_path_buf(),
         source,
@@ -129,7 +127,7 @@ pub(super) fn open_or_replace(
     }
     if damaged.is_none() && path.exists() {
         match open_checked(dir, true) {
-            CheckedOpen::Sound(db, counters) => return Ok((db, counters, None)),
+            CheckedOpen::Sound(opened, counters) => return Ok((opened, counters, None)),
             CheckedOpen::Damaged(detail) => {
                 damaged = Some(move_aside(dir, DamageKind::Unopenable, detail))
             }
@@ -144,18 +142,18 @@ pub(super) fn open_or_replace(
             });
         }
     }
-    let db = store::open(dir, false)?;
-    let counters = store::load_counters(&db).map_err(OpenError::Read)?;
+    let opened = store::open(dir, false)?;
+    let counters = store::load_counters(&opened.db).map_err(OpenError::Read)?;
     mark_lived_here(dir);
     if let Some(d) = &damaged {
         report(d, &path);
     }
-    Ok((db, counters, damaged))
+    Ok((opened, counters, damaged))
 }
 
 /// What opening the spool file came to.
 pub(super) enum CheckedOpen {
-    Sound(Database, Counters),
+    Sound(store::Opened, Counters),
     /// redb refuses the file as damaged, or panicked on it: why.
     Damaged(String),
     /// Any other failure (in use, a permission, a full disk): not the file's fault.
@@ -166,12 +164,12 @@ pub(super) enum CheckedOpen {
 /// first), telling a damaged file from any other failure; a panic inside redb is caught.
 pub(super) fn open_checked(dir: &Path, check: bool) -> CheckedOpen {
     let opened = catch_unwind(AssertUnwindSafe(|| {
-        let db = store::open(dir, check)?;
-        let counters = store::load_counters(&db).map_err(OpenError::Read)?;
-        Ok((db, counters))
+        let opened = store::open(dir, check)?;
+        let counters = store::load_counters(&opened.db).map_err(OpenError::Read)?;
+        Ok((opened, counters))
     }));
     match opened {
-        Ok(Ok((db, counters))) => CheckedOpen::Sound(db, counters),
+        Ok(Ok((opened, counters))) => CheckedOpen::Sound(opened, counters),
         Ok(Err(OpenError::Open { source, .. } | OpenError::Read(source))) if is_damage(&source) => {
             CheckedOpen::Damaged(source.to_string())
         }
@@ -188,11 +186,23 @@ pub(super) fn move_aside(dir: &Path, kind: DamageKind, detail: String) -> Damage
         unix_ms(SystemTime::now())
     ));
     match std::fs::rename(&from, &to) {
-        Ok(()) => Damaged {
-            kind,
-            moved_to: Some(to),
-            detail,
-        },
+        Ok(()) => {
+            // The write-ahead log holds the newest commits the file may not: it goes with it,
+            // for the salvage, and the fresh file starts a log of its own.
+            for (name, beside) in store::wal::FILE_NAMES.iter().zip(logs_beside(&to)) {
+                let log = dir.join(name);
+                if let Err(e) = std::fs::rename(&log, beside) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::error!(error = %e, path = %log.display(), "cannot move the damaged spool's write-ahead log aside with it; its newest commits may not be salvaged");
+                    }
+                }
+            }
+            Damaged {
+                kind,
+                moved_to: Some(to),
+                detail,
+            }
+        }
         Err(e) => Damaged {
             kind,
             moved_to: None,
@@ -240,13 +250,29 @@ pub fn unsalvaged(dir: &Path) -> Vec<PathBuf> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.contains(DAMAGED_INFIX) && !n.ends_with(SALVAGED_SUFFIX))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.contains(DAMAGED_INFIX)
+                    && !n.ends_with(SALVAGED_SUFFIX)
+                    && !n.ends_with(LOG_SUFFIX)
+            })
         })
         .collect();
     files.sort();
     files
+}
+
+/// What a moved file's write-ahead log is called beside it.
+const LOG_SUFFIX: &str = ".wal";
+
+/// The write-ahead log's files moved aside with the damaged file `file` (see [`move_aside`]):
+/// `<file>.spool-0.wal` and `<file>.spool-1.wal`.
+pub(super) fn logs_beside(file: &Path) -> [PathBuf; 2] {
+    store::wal::FILE_NAMES.map(|log| {
+        let mut name = file.as_os_str().to_owned();
+        name.push(".");
+        name.push(log);
+        PathBuf::from(name)
+    })
 }
 
 /// Marks a moved file as salvaged (renamed with [`SALVAGED_SUFFIX`]; kept for an operator).

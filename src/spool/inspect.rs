@@ -37,6 +37,9 @@ pub struct Inspection {
     pub undecodable_entries: Vec<DamagedEntry>,
     /// The file's format (`meta.format`; `None` for a file of before formats were written).
     pub format: Option<u64>,
+    /// Events the write-ahead log holds that the file does not yet (a stop without a clean
+    /// close): the bridge applies them at its next start. Not in `depth`.
+    pub in_log: u64,
     /// Entries in the quarantine (damaged, kept aside with their bytes).
     pub quarantined: u64,
     /// The first [`LISTED`] of them.
@@ -85,6 +88,10 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
         Ok(opened) => {
             found.needed_recovery = opened.recovered();
             read_all(opened.db(), &mut found);
+            match store::pending_in_log(opened.db(), dir) {
+                Ok(pending) => in_log(pending, &mut found),
+                Err(e) => found.damage = Some(format!("cannot read the write-ahead log: {e}")),
+            }
         }
         Err(Unopened::InUse) => return Err(InspectError::InUse(file)),
         Err(Unopened::Copy(e)) => return Err(InspectError::Copy(e)),
@@ -94,6 +101,24 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
         }
     }
     Ok(found)
+}
+
+/// Counts what the write-ahead log holds for the next start, and lists its damaged events
+/// with the file's.
+fn in_log(pending: store::InLog, found: &mut Inspection) {
+    found.in_log = pending.events;
+    found.undecodable += pending.damaged.len() as u64;
+    for seq in pending.damaged {
+        if found.undecodable_entries.len() < LISTED {
+            found.undecodable_entries.push(DamagedEntry {
+                seq,
+                reason: format!(
+                    "in the write-ahead log: {}",
+                    crate::event::DecodeError::Damaged
+                ),
+            });
+        }
+    }
 }
 
 /// Reads the counters and every entry back; a failure on the way is the file's damage.

@@ -190,7 +190,8 @@ impl Spool {
     /// Opens the spool in `settings.dir` and starts its writer thread. A damaged spool file is
     /// moved aside and a fresh one started (see [`damage`]); [`Spool::damage`] tells of it.
     pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, OpenError> {
-        let (db, mut counters, damaged) = damage::open_or_replace(&settings.dir)?;
+        let (opened, mut counters, damaged) = damage::open_or_replace(&settings.dir)?;
+        let store::Opened { db, wal } = opened;
         let ids = store::load_ids(&db).map_err(OpenError::Read)?;
         counters.dedupe_entries = ids.len() as u64;
         let db = Arc::new(db);
@@ -217,7 +218,7 @@ impl Spool {
             read_panics: AtomicBool::new(false),
         });
         let writer = Writer::new(
-            db,
+            (db, wal),
             settings,
             shared.clone(),
             rx,
@@ -551,12 +552,16 @@ mod tests {
     async fn a_read_that_finds_the_file_damaged_moves_it_aside_and_goes_on_with_a_fresh_one() {
         let dir = tempfile::tempdir().unwrap();
         let spool = open_in(dir.path());
-        let mut damage = spool.damage();
         for i in 0..10 {
             let mut m = entry(i, 10).message;
             m.event_id = format!("before-{i}");
             assert_eq!(spool.append(&m).await.unwrap(), Appended::Stored(i));
         }
+        // Closed and opened again: the close checkpoints, so the entries are in the file
+        // itself (until a checkpoint they are in its write-ahead log).
+        spool.close().await;
+        let spool = open_in(dir.path());
+        let mut damage = spool.damage();
         // The disk loses the page that holds an entry, and the next read meets it.
         let file = dir.path().join(store::FILE_NAME);
         let bytes = std::fs::read(&file).unwrap();

@@ -96,6 +96,16 @@ pub fn scan_keeping_damage(
     let live = read_index(file);
     let f = std::fs::File::open(file).map_err(read_err)?;
     let len = f.metadata().map_err(read_err)?.len();
+    // The write-ahead log moved aside with the file holds its newest commits, which the file
+    // itself may not (see `store::wal`): scanned after it, the same way.
+    let mut logs = Vec::new();
+    for path in super::damage::logs_beside(file) {
+        match std::fs::File::open(&path) {
+            Ok(log) => logs.push(log),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SalvageError::Read { path, source }),
+        }
+    }
     let mut s = Scan {
         file: &f,
         len,
@@ -109,21 +119,15 @@ pub fn scan_keeping_damage(
             ..Scanned::default()
         },
     };
-    let mut buf = vec![0u8; SCAN_CHUNK + MAGIC_PREFIX.len()];
-    let mut at = 0u64;
-    while at < len {
-        let n = read_at_most(&f, &mut buf, at).map_err(read_err)?;
-        if n < MAGIC_PREFIX.len() {
-            break;
+    if !s.scan_file(chunk, &mut each).map_err(read_err)? {
+        return Ok(s.finish());
+    }
+    for log in &logs {
+        s.file = log;
+        s.len = log.metadata().map_err(read_err)?.len();
+        if !s.scan_file(chunk, &mut each).map_err(read_err)? {
+            return Ok(s.finish());
         }
-        for hit in memchr::memmem::find_iter(&buf[..n], &MAGIC_PREFIX) {
-            s.record_at(at + hit as u64);
-            if s.out.len() >= chunk && !each(std::mem::take(&mut s.out)) {
-                return Ok(s.finish());
-            }
-        }
-        // Overlap by the magic's length less one, so a magic across two chunks is found.
-        at += (n - (MAGIC_PREFIX.len() - 1)) as u64;
     }
     if !s.out.is_empty() {
         each(std::mem::take(&mut s.out));
@@ -164,6 +168,31 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// Scans the whole of `self.file` for records; `false` when `each` asked to stop.
+    fn scan_file(
+        &mut self,
+        chunk: usize,
+        each: &mut impl FnMut(Vec<Entry>) -> bool,
+    ) -> std::io::Result<bool> {
+        let mut buf = vec![0u8; SCAN_CHUNK + MAGIC_PREFIX.len()];
+        let mut at = 0u64;
+        while at < self.len {
+            let n = read_at_most(self.file, &mut buf, at)?;
+            if n < MAGIC_PREFIX.len() {
+                break;
+            }
+            for hit in memchr::memmem::find_iter(&buf[..n], &MAGIC_PREFIX) {
+                self.record_at(at + hit as u64);
+                if self.out.len() >= chunk && !each(std::mem::take(&mut self.out)) {
+                    return Ok(false);
+                }
+            }
+            // Overlap by the magic's length less one, so a magic across two chunks is found.
+            at += (n - (MAGIC_PREFIX.len() - 1)) as u64;
+        }
+        Ok(true)
+    }
+
     /// Reads the record whose magic is at `offset`, if it is one.
     fn record_at(&mut self, offset: u64) {
         let mut head = [0u8; Header::V2_LEN];
@@ -281,6 +310,36 @@ mod tests {
             "x".repeat(900)
         ));
         m
+    }
+
+    /// A crash leaves the newest commits in the write-ahead log only: the salvage of the file
+    /// moved aside reads them from the log moved with it.
+    #[tokio::test]
+    async fn the_log_moved_with_a_damaged_file_is_salvaged_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(&settings(dir.path()), &DedupeSettings::default()).unwrap();
+        for i in 0..20 {
+            let r = spool.append(&message(i)).await.unwrap();
+            assert!(matches!(r, Appended::Stored(_)), "{r:?}");
+        }
+        // Copied while the spool is open: as a kill -9 would leave the two files.
+        let aside = tempfile::tempdir().unwrap();
+        let file = aside.path().join("spool.redb.damaged-1");
+        std::fs::copy(dir.path().join(store::FILE_NAME), &file).unwrap();
+        let logs = super::super::damage::logs_beside(&file);
+        for (name, log) in store::wal::FILE_NAMES.iter().zip(&logs) {
+            std::fs::copy(dir.path().join(name), log).unwrap();
+        }
+        spool.close().await;
+        let (found, stats) = scan_all(&file);
+        assert_eq!(stats.found, 20, "{stats:?}");
+        let want: HashSet<String> = (0..20).map(|i| format!("ev-{i}")).collect();
+        assert_eq!(ids(&found), want);
+        for log in &logs {
+            std::fs::remove_file(log).unwrap();
+        }
+        let (_, without) = scan_all(&file);
+        assert!(without.found < 20, "the file alone lacks them: {without:?}");
     }
 
     /// A spool of `EVENTS` events in commits of 20, the first 100 published; closed.

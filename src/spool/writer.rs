@@ -12,6 +12,8 @@ use super::*;
 pub(super) struct Writer {
     /// `None` only while being re-opened.
     db: Option<Arc<Database>>,
+    /// The file's write-ahead log (see `store::wal`); `None` with `db`.
+    wal: Option<store::Wal>,
     dir: PathBuf,
     min_free_bytes: u64,
     /// While the filesystem has less than `min_free_bytes` free: the spool's size when that
@@ -38,7 +40,20 @@ pub(super) struct Writer {
     sound_at: Option<std::time::Instant>,
     /// Space given up when the disk is full, so deletes can go on (see [`ballast`]).
     ballast: Ballast,
+    /// The filesystem is short of space (no ballast, or below `min_free_bytes`): since when it
+    /// was last looked at. Every commit is then durable in the file itself: pages a commit
+    /// frees are reusable only after a durable commit, and one left to a checkpoint would
+    /// hold on to them (see `store::wal`).
+    tight: Option<std::time::Instant>,
+    /// Free bytes of the filesystem, as last looked at (once per batch with appends).
+    free: u64,
 }
+
+/// Free bytes below which every commit is durable in the file itself (see [`Writer::tight`]):
+/// a checkpoint writes all that the commits since the last one changed, and on a nearly full
+/// disk it must not fail (the commits it held could not be applied from the log again either,
+/// for want of the same room).
+const LOG_NEEDS_FREE: u64 = 256 * 1024 * 1024;
 
 /// Why one commit attempt failed.
 enum Failure {
@@ -62,7 +77,7 @@ const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
     pub(super) fn new(
-        db: Arc<Database>,
+        (db, wal): (Arc<Database>, store::Wal),
         settings: &SpoolSettings,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<WriterRequest>,
@@ -71,10 +86,13 @@ impl Writer {
         committed: watch::Sender<Option<u64>>,
     ) -> Writer {
         let ballast = Ballast::new(&settings.dir);
-        ballast.ensure();
+        let tight = (!ballast.ensure()).then(std::time::Instant::now);
         Writer {
+            free: free_bytes(&settings.dir).unwrap_or(0),
             ballast,
+            tight,
             db: Some(db),
+            wal: Some(wal),
             dir: settings.dir.clone(),
             min_free_bytes: settings.min_free_bytes,
             low_space: None,
@@ -215,10 +233,14 @@ impl Writer {
             .healed_db()
             .ok_or(Failure::Spool(SpoolError::Unwritable))?;
         let limits = self.limits_now(!appends.is_empty());
+        let durable = self.short_of_space();
         let now = unix_ms(SystemTime::now());
-        let state = (&mut self.counters, &mut self.ids);
+        let Some(wal) = self.wal.as_mut() else {
+            return Err(Failure::Spool(SpoolError::Unwritable));
+        };
+        let state = (&mut self.counters, &mut self.ids, wal);
         let result = catch_unwind(AssertUnwindSafe(|| {
-            store::commit_batch(&db, state, &limits, now, appends, marks)
+            store::commit_batch(&db, state, (&limits, durable), now, appends, marks)
         }));
         match result {
             Ok(Ok(outcomes)) => {
@@ -229,7 +251,7 @@ impl Writer {
                         failing_seconds = lasted.as_secs_f64(),
                         "spool writable again"
                     );
-                    self.ballast.ensure();
+                    self.tight = (!self.ballast.ensure()).then(std::time::Instant::now);
                 }
                 Ok(outcomes)
             }
@@ -238,6 +260,7 @@ impl Writer {
                 // answers non-2xx, so the sender keeps the event and retries.
                 if ballast::is_disk_full(&e) {
                     self.ballast.release();
+                    self.tight = Some(std::time::Instant::now());
                 }
                 self.broke(&e);
                 Err(Failure::Spool(SpoolError::from(e)))
@@ -292,13 +315,13 @@ impl Writer {
     /// The limits for this batch: the spool's own, capped at its current size while the
     /// filesystem is short of space (checked once per batch with appends: one statvfs).
     fn limits_now(&mut self, appending: bool) -> store::Limits {
+        let free = appending.then(|| free_bytes(&self.dir)).flatten();
+        if let Some(free) = free {
+            self.free = free;
+        }
         if self.min_free_bytes == 0 {
             return self.limits;
         }
-        let free = appending
-            .then(|| rustix::fs::statvfs(&self.dir).ok())
-            .flatten()
-            .map(|s| s.f_bavail.saturating_mul(s.f_frsize));
         match (free, self.low_space) {
             (Some(free), None) if free < self.min_free_bytes => {
                 tracing::warn!(free_bytes = free, min_free_bytes = self.min_free_bytes, "spool filesystem low on space: new events are refused (503) until the spool shrinks");
@@ -317,6 +340,18 @@ impl Writer {
             },
             None => self.limits,
         }
+    }
+
+    /// Whether the filesystem is short of space (see [`Writer::tight`]): below
+    /// [`LOG_NEEDS_FREE`] or `min_free_bytes`, or without a ballast (looked at again once a
+    /// second, when the ballast is allocated if there is room for it).
+    fn short_of_space(&mut self) -> bool {
+        if let Some(since) = self.tight {
+            if since.elapsed() >= Duration::from_secs(1) {
+                self.tight = (!self.ballast.ensure()).then(std::time::Instant::now);
+            }
+        }
+        self.tight.is_some() || self.low_space.is_some() || self.free < LOG_NEEDS_FREE
     }
 
     /// Records a failed commit; logged once when the failures start.
@@ -364,6 +399,7 @@ impl Writer {
     /// Closes the database, waiting briefly for readers to let go. A database redb panicked
     /// in may panic again as it closes: that is caught, the file is left behind either way.
     fn let_go(&mut self) {
+        self.wal = None;
         let shared = self.shared.db.write().unwrap().take();
         drop(shared);
         if let Some(db) = self.db.take() {
@@ -388,7 +424,7 @@ impl Writer {
     fn reopen_with(&mut self, check: bool) -> Option<Arc<Database>> {
         self.let_go();
         match damage::open_checked(&self.dir, check) {
-            damage::CheckedOpen::Sound(db, counters) => self.install(Arc::new(db), counters),
+            damage::CheckedOpen::Sound(opened, counters) => self.install(opened, counters),
             damage::CheckedOpen::Damaged(detail) => {
                 self.replace(detail);
                 self.db.clone()
@@ -408,9 +444,11 @@ impl Writer {
     /// newest one damaged) is damage too: its newest events are in its bytes, for salvage.
     fn install(
         &mut self,
-        db: Arc<Database>,
+        opened: store::Opened,
         mut counters: store::Counters,
     ) -> Option<Arc<Database>> {
+        let db = Arc::new(opened.db);
+        self.wal = Some(opened.wal);
         if let Some((next_seq, dedupe_seq)) = self.fresh_from {
             match store::continue_from(&db, next_seq, dedupe_seq) {
                 Ok(c) => counters = c,
@@ -464,9 +502,21 @@ impl Writer {
         if let Some(late) = late_close {
             let _ = late.send(());
         }
+        // A clean stop leaves nothing for the next open to apply from the log.
+        if let (Some(db), Some(wal), false) = (&self.db, self.wal.as_mut(), self.broken.is_down()) {
+            if let Err(e) = store::checkpoint(db, wal) {
+                tracing::warn!(error = %crate::problem::with_causes(&e), "spool not checkpointed at its close; the next start applies its write-ahead log");
+            }
+        }
         drop(self.db);
         let _ = reply.send(());
     }
+}
+
+/// Free bytes of the filesystem `dir` is on (for an unprivileged user).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
 }
 
 /// Tells every command of a batch how it went: each append its outcome (in order) when the

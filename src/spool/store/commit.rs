@@ -17,35 +17,32 @@ pub(in crate::spool) struct Marks<'a> {
     pub kept: &'a [quarantine::Kept<'a>],
 }
 
-/// Applies a batch of appends and deletes in one durable transaction: the stored appends
-/// become one record, whatever their number.
+/// Applies a batch of appends and deletes in one transaction, made durable by a frame of the
+/// write-ahead log (see [`super::wal`]) or, when a checkpoint is due, by redb itself: the
+/// stored appends become one record, whatever their number.
+///
+/// `durable`: a checkpoint whatever is due (the filesystem is short of space).
 ///
 /// Returns one outcome per append, in order. On error nothing was written, and `counters`
 /// and `ids` are left as they were.
 pub(in crate::spool) fn commit_batch(
     db: &Database,
-    (counters, ids): (&mut Counters, &mut Ids),
-    limits: &Limits,
+    (counters, ids, wal): (&mut Counters, &mut Ids, &mut Wal),
+    (limits, durable): (&Limits, bool),
     now_ms: u64,
     appends: &[Append<'_>],
     marks: &Marks<'_>,
 ) -> Result<Vec<AppendOutcome>, redb::Error> {
     let mut c = *counters;
     let mut txn = db.begin_write()?;
-    if appends.is_empty()
-        && marks.parked.is_empty()
+    // Parks are made durable by redb at once: the recovery check relies on them to know which
+    // entries were never sent. So is a quarantine (rare, and its bytes are not in the log).
+    let marked = !(marks.parked.is_empty()
         && marks.unparked.is_empty()
         && marks.quarantined.is_empty()
-        && marks.kept.is_empty()
-    {
-        // Only deletes of published entries: no fsync of their own. The next append's commit
-        // makes them durable; if a crash loses them first, the start-up recovery check finds
-        // those entries on Kafka and skips them (see delivery::recover). Parks are fsynced:
-        // the recovery check relies on them to know which entries were never sent.
-        txn.set_durability(redb::Durability::None)?;
-    }
+        && marks.kept.is_empty());
     let mut changes = IdChanges::default();
-    let outcomes = {
+    let (outcomes, moved, written, checkpoint) = {
         let mut t = Tables::open(&txn)?;
         t.delete(&mut c, marks.deleted)?;
         t.mark_parked(marks)?;
@@ -66,10 +63,12 @@ pub(in crate::spool) fn commit_batch(
             .iter()
             .map(|a| t.admit(&mut c, (limits, cutoff), a, &mut batch, (ids, &mut changes)))
             .collect::<Result<Vec<_>, _>>()?;
-        t.write(batch, &mut changes)?;
+        let written = t.write(batch, &mut changes)?;
         if let (Some(d), Some(cutoff)) = (limits.dedupe, cutoff) {
             t.forget_old_ids(&mut c, (&d, cutoff), (ids, &mut changes))?;
         }
+        let checkpoint =
+            durable || marked || wal.checkpoint_due(written.events.len(), written.keys.len());
         let mut meta = txn.open_table(META)?;
         for (k, v) in [
             (NEXT_SEQ, c.next_seq),
@@ -83,14 +82,72 @@ pub(in crate::spool) fn commit_batch(
         if c.quarantined != counters.quarantined {
             meta.insert(QUARANTINED, c.quarantined)?;
         }
-        (outcomes, moved)
+        (outcomes, moved, written, checkpoint)
     };
-    txn.commit()?;
-    let (outcomes, moved) = outcomes;
+    let logged = log_or_checkpoint(&mut txn, wal, &written, (checkpoint, durable))?;
+    if let Err(e) = txn.commit() {
+        // The frame must not bring back, at the next open, a commit answered as failed.
+        if logged.is_some() {
+            wal.retract();
+        }
+        return Err(e.into());
+    }
+    if let Some(end) = logged {
+        wal.advance(end);
+    }
     quarantine::log_moved(&moved);
     *counters = c;
     ids.apply(changes);
     Ok(outcomes)
+}
+
+/// Makes the commit durable: by a frame of the log, redb committing without durability; or,
+/// when `checkpoint` is due (or the log has no room to grow), by redb itself, the commit's
+/// events then the first frame of the next generation. Returns where the log ends after the
+/// frame written, to be taken into use once redb has the commit.
+fn log_or_checkpoint(
+    txn: &mut redb::WriteTransaction,
+    wal: &mut Wal,
+    written: &Written,
+    (checkpoint, durable): (bool, bool),
+) -> Result<Option<u64>, redb::Error> {
+    let mut checkpoint = checkpoint;
+    let mut logged = None;
+    let (events, keys) = (&written.events, &written.keys);
+    // Only deletes of published entries: no frame. A crash that loses them is made good by
+    // the start-up recovery check, which finds those entries on Kafka and skips them.
+    if !checkpoint && !events.is_empty() {
+        match wal.write(written.newest_ms, events, keys) {
+            Ok(end) => logged = Some(end),
+            // A full disk, and the log must grow: redb's own durable commit instead.
+            Err(e) if e.kind() == std::io::ErrorKind::StorageFull => checkpoint = true,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if checkpoint {
+        // The checkpoint's own events are the first frame of the next generation: if redb
+        // ever falls back to the commit before this one, the log still holds them.
+        wal.restart(wal.next_generation());
+        // Not on a disk short of space, where the log's room is better left to the spool.
+        if !durable && !events.is_empty() && wal.takes(events.len(), keys.len()) {
+            match wal.write(written.newest_ms, events, keys) {
+                Ok(end) => logged = Some(end),
+                Err(e) => tracing::debug!(error = %e, "a checkpoint's events not logged"),
+            }
+        }
+        txn.open_table(META)?
+            .insert(WAL_GENERATION, wal.generation())?;
+    } else {
+        txn.set_durability(redb::Durability::None)?;
+    }
+    Ok(logged)
+}
+
+/// The records one commit stored (empty when it stored none), for its frame in the log.
+struct Written {
+    events: Vec<u8>,
+    keys: Vec<u8>,
+    newest_ms: u64,
 }
 
 /// What one commit stores: its events' record and its dedupe keys' record.
@@ -146,10 +203,14 @@ impl<'txn> Tables<'txn> {
         first: u64,
         record: RecordBuilder,
     ) -> Result<u64, redb::Error> {
-        let count = u64::from(record.count());
-        let value = record.finish();
-        let len = value.len() as u64;
-        self.batches.insert(first, value.as_slice())?;
+        self.insert_record(first, &record.finish())
+    }
+
+    /// Stores a finished record of events under `first`; returns its size in bytes.
+    fn insert_record(&mut self, first: u64, record: &[u8]) -> Result<u64, redb::Error> {
+        let count = u64::from(record::count(record));
+        let len = record.len() as u64;
+        self.batches.insert(first, record)?;
         self.index.insert(first, (count, len))?;
         Ok(len)
     }
@@ -288,10 +349,21 @@ impl<'txn> Tables<'txn> {
         Ok(key)
     }
 
-    /// Writes the records of what `admit` stored (nothing when it stored nothing).
-    fn write(&mut self, batch: NewBatch, changes: &mut IdChanges<'_>) -> Result<(), redb::Error> {
+    /// Writes the records of what `admit` stored (nothing when it stored nothing), and hands
+    /// them back for the log.
+    fn write(
+        &mut self,
+        batch: NewBatch,
+        changes: &mut IdChanges<'_>,
+    ) -> Result<Written, redb::Error> {
+        let mut written = Written {
+            events: Vec::new(),
+            keys: Vec::new(),
+            newest_ms: batch.newest_ms,
+        };
         if batch.events.count() > 0 {
-            self.insert_batch(batch.first_seq, batch.events)?;
+            written.events = batch.events.finish();
+            self.insert_record(batch.first_seq, &written.events)?;
         }
         if batch.keys.count() > 0 {
             changes.stored_batch(IdBatch {
@@ -299,12 +371,62 @@ impl<'txn> Tables<'txn> {
                 count: batch.keys.count(),
                 newest_ms: batch.newest_ms,
             });
-            self.dedupe_batches.insert(
-                (batch.newest_ms, batch.first_dseq),
-                batch.keys.finish().as_slice(),
-            )?;
+            written.keys = batch.keys.finish();
+            self.dedupe_batches
+                .insert((batch.newest_ms, batch.first_dseq), written.keys.as_slice())?;
         }
-        Ok(())
+        Ok(written)
+    }
+
+    /// Applies one frame of the write-ahead log at open (see [`super::wal`]): `false` when it
+    /// does not follow on from what the file holds (the log ends there). A frame the file
+    /// holds already is passed over. A damaged frame is stored as it is: its records'
+    /// checksums tell the drain which events to quarantine.
+    pub(super) fn apply_frame(
+        &mut self,
+        c: &mut Counters,
+        frame: &wal::Frame,
+    ) -> Result<bool, redb::Error> {
+        if frame.first < c.next_seq {
+            return Ok(true);
+        }
+        if frame.first != c.next_seq {
+            tracing::warn!(
+                frame = frame.first,
+                next = c.next_seq,
+                "the spool's write-ahead log skips sequence numbers; it is read up to there"
+            );
+            return Ok(false);
+        }
+        let (count, len) = (u64::from(frame.count), frame.events.len() as u64);
+        self.batches.insert(frame.first, frame.events.as_slice())?;
+        self.index.insert(frame.first, (count, len))?;
+        c.next_seq += count;
+        c.depth += count;
+        c.bytes += len;
+        match record::Header::read(&frame.keys) {
+            Some(k) => {
+                self.dedupe_batches
+                    .insert((frame.newest_ms, k.first), frame.keys.as_slice())?;
+                c.dedupe_seq = c.dedupe_seq.max(k.first + u64::from(k.count));
+                // An estimate where a key replaced a stale one; the spool counts its ids at open.
+                c.dedupe_entries += u64::from(k.count);
+            }
+            None if !frame.keys.is_empty() => tracing::error!(
+                first = frame.first,
+                events = count,
+                "the dedupe ids of a commit in the spool's write-ahead log are damaged: a retry of those events would be taken again"
+            ),
+            None => {}
+        }
+        if !frame.intact {
+            tracing::error!(
+                first = frame.first,
+                events = count,
+                "a commit in the spool's write-ahead log is damaged: applied as it is, its damaged events go to the quarantine as the drain meets them"
+            );
+        }
+        Ok(true)
     }
 
     /// Forgets batches of ids that left the window, and the oldest ones while there are more

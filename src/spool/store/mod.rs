@@ -13,9 +13,15 @@
 //!   ([`super::ids`]), rebuilt from these records on open.
 //! - `parked`: entries the drain parked (never published), for the recovery check.
 //! - `quarantine`: damaged entries moved out of the way, with their bytes (see [`quarantine`]).
-//! - `meta`: counters kept in the same transactions as the data they count, and `format`.
+//! - `meta`: counters kept in the same transactions as the data they count, `format`, and the
+//!   [write-ahead log](wal)'s generation.
 //!
-//! Formats (`meta.format`): 3 since the in-memory ids (no `dedupe` table: a B-tree of random
+//! A commit is made durable by the write-ahead log beside the file (`spool.wal`, see [`wal`]):
+//! redb commits it without durability, and a checkpoint now and then is redb's durable commit.
+//!
+//! Formats (`meta.format`): 4 since the write-ahead log (the tables as in 3; a build that does
+//! not know the log would open the file without the commits only the log holds, so the format
+//! says it is there); 3 since the in-memory ids (no `dedupe` table: a B-tree of random
 //! ids made each commit rewrite one leaf per new id; event records of format 3, see
 //! [`super::record`]); absent in earlier files (format 2), which are upgraded on open; a
 //! newer format than this build knows is refused, never read as if it were this one.
@@ -89,9 +95,11 @@ const DEPTH: &str = "depth";
 const DEDUPE_ENTRIES: &str = "dedupe_entries";
 const QUARANTINED: &str = "quarantined";
 const FORMAT_KEY: &str = "format";
+/// The generation of the write-ahead log's frames that the file does not hold yet.
+const WAL_GENERATION: &str = "wal_generation";
 
 /// The format this build writes (see the module's doc).
-pub(super) const FORMAT: u64 = 3;
+pub(super) const FORMAT: u64 = 4;
 
 /// Dedupe keys a transaction forgets before it stops looking (a batch of keys goes as a whole,
 /// so up to one batch more): keeps each commit short, yet every commit can forget at least the
@@ -147,9 +155,17 @@ pub(super) struct Append<'a> {
 /// the same rate (BENCHMARKS.md, issue 26).
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
-/// Opens (or creates) the spool database in `dir`; `check` has redb verify the whole file
-/// first (see [`super::damage`]), so a damaged file is refused here rather than met later.
-pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
+/// A spool file opened for writing, with its write-ahead log.
+#[derive(Debug)]
+pub(super) struct Opened {
+    pub db: Database,
+    pub wal: Wal,
+}
+
+/// Opens (or creates) the spool database in `dir` and applies what its write-ahead log holds
+/// that the file does not; `check` has redb verify the whole file first (see
+/// [`super::damage`]), so a damaged file is refused here rather than met later.
+pub(super) fn open(dir: &Path, check: bool) -> Result<Opened, OpenError> {
     std::fs::create_dir_all(dir).map_err(|source| OpenError::CreateDir {
         path: dir.to_path_buf(),
         source,
@@ -167,10 +183,169 @@ pub(super) fn open(dir: &Path, check: bool) -> Result<Database, OpenError> {
             },
         })?;
     match create_tables(&db) {
-        Ok(None) => Ok(db),
-        Ok(Some(found)) => Err(OpenError::Newer { path, found }),
+        Ok(None) => {}
+        Ok(Some(found)) => return Err(OpenError::Newer { path, found }),
+        Err(source) => return Err(OpenError::Open { path, source }),
+    }
+    match recover_log(&db, dir) {
+        Ok(wal) => Ok(Opened { db, wal }),
         Err(source) => Err(OpenError::Open { path, source }),
     }
+}
+
+/// Applies the write-ahead log's frames the file does not hold yet (see [`wal`]) and
+/// checkpoints them; returns the log, to be written from its start.
+fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
+    let generation = {
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let generation = meta.get(WAL_GENERATION)?.map(|v| v.value());
+        generation
+    };
+    // The file's generation, and the one after it: a file that fell back to its previous
+    // durable commit still says the generation that followed that one (see `wal::FILE_NAMES`).
+    let logs = match generation {
+        Some(g) => vec![
+            (g, wal::read_frames(dir, g)?),
+            (g.wrapping_add(1), wal::read_frames(dir, g.wrapping_add(1))?),
+        ],
+        None => Vec::new(),
+    };
+    // The next generation writes the file the file's own generation did not, so its frames
+    // stay whole until this recovery is durable; unless the generation after it has frames
+    // (the fallback): then past both, so that no frame of theirs is ever taken for a new one.
+    let next = match (generation, logs.get(1)) {
+        (None, _) => wal::first_generation(),
+        (Some(g), Some((_, after))) if after.written() => g.wrapping_add(2),
+        (Some(g), _) => g.wrapping_add(1),
+    };
+    let mut c = load_counters(db)?;
+    let before = c.next_seq;
+    let txn = db.begin_write()?;
+    {
+        let mut t = Tables::open(&txn)?;
+        let frames = logs.iter().flat_map(|(_, log)| &log.frames);
+        for frame in frames {
+            if !t.apply_frame(&mut c, frame)? {
+                break;
+            }
+        }
+        let mut meta = txn.open_table(META)?;
+        if c.next_seq != before {
+            for (k, v) in [
+                (NEXT_SEQ, c.next_seq),
+                (BYTES, c.bytes),
+                (DEDUPE_SEQ, c.dedupe_seq),
+                (DEPTH, c.depth),
+                (DEDUPE_ENTRIES, c.dedupe_entries),
+            ] {
+                meta.insert(k, v)?;
+            }
+        }
+        meta.insert(WAL_GENERATION, next)?;
+    }
+    // Kept aside before the checkpoint lets the log be overwritten.
+    for (g, log) in &logs {
+        if log.past_damage > 0 {
+            keep_damaged_log(&dir.join(wal::file_of(*g)), log.past_damage);
+        }
+    }
+    txn.commit()?;
+    if c.next_seq != before {
+        tracing::info!(
+            events = c.next_seq - before,
+            "spool: commits the file did not hold yet applied from its write-ahead log"
+        );
+    }
+    let torn: u32 = logs.iter().map(|(_, log)| log.torn).sum();
+    if torn > 0 {
+        tracing::warn!(
+            events = torn,
+            "the last commit in the spool's write-ahead log was cut off by the stop (its events were never acknowledged): left out"
+        );
+    }
+    Ok(Wal::open(dir, next)?)
+}
+
+/// Copies a log damaged in its middle aside as `spool-<0|1>.wal.damaged-<unix ms>`, for the
+/// background salvage (see [`wal`]).
+fn keep_damaged_log(path: &Path, frames: usize) {
+    let ms = crate::event::unix_ms(std::time::SystemTime::now());
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".damaged-{ms}"));
+    let to = PathBuf::from(name);
+    match std::fs::copy(path, &to) {
+        Ok(_) => tracing::error!(
+            frames,
+            kept_as = %to.display(),
+            "the spool's write-ahead log is damaged in its middle: the commits after the damage are not applied; the log was copied aside and is salvaged in the background"
+        ),
+        Err(e) => tracing::error!(
+            frames,
+            error = %e,
+            "the spool's write-ahead log is damaged in its middle, and cannot be copied aside: the commits after the damage are not applied"
+        ),
+    }
+}
+
+/// What the write-ahead log holds that the file does not (the next open applies it).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct InLog {
+    pub events: u64,
+    /// Sequence numbers of its events whose bytes fail their checksums.
+    pub damaged: Vec<u64>,
+}
+
+/// What the write-ahead log in `dir` holds that the file does not: for `spool stats`, which
+/// never writes.
+pub(super) fn pending_in_log(
+    db: &(impl ReadableDatabase + ?Sized),
+    dir: &Path,
+) -> Result<InLog, redb::Error> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let Some(generation) = meta.get(WAL_GENERATION)?.map(|v| v.value()) else {
+        return Ok(InLog::default());
+    };
+    let start = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
+    let mut next = start;
+    let mut damaged = Vec::new();
+    let frames = [generation, generation.wrapping_add(1)]
+        .into_iter()
+        .map(|g| wal::read_frames(dir, g))
+        .collect::<Result<Vec<_>, _>>()?;
+    for frame in frames.into_iter().flat_map(|log| log.frames) {
+        if frame.first != next {
+            if frame.first > next {
+                break;
+            }
+            continue;
+        }
+        next += u64::from(frame.count);
+        if !frame.intact {
+            let parts = record::parts(&frame.events).chain(std::iter::repeat(None));
+            let bad = parts.take(frame.count as usize).enumerate();
+            damaged.extend(
+                bad.filter(|(_, p)| p.is_none())
+                    .map(|(i, _)| frame.first + i as u64),
+            );
+        }
+    }
+    Ok(InLog {
+        events: next - start,
+        damaged,
+    })
+}
+
+/// A checkpoint of its own: redb's durable commit of everything committed so far, after which
+/// the log starts over (when the writer closes, so a clean stop leaves nothing to apply).
+pub(super) fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), redb::Error> {
+    let next = wal.next_generation();
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(WAL_GENERATION, next)?;
+    txn.commit()?;
+    wal.restart(next);
+    Ok(())
 }
 
 /// Creates the tables and upgrades an older file, in one transaction (a crash during it
@@ -193,7 +368,7 @@ fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
     }
     if format != Some(FORMAT) {
         migrate_v1(&txn)?;
-        upgrade_to_3(&txn)?;
+        upgrade(&txn)?;
     }
     txn.commit()?;
     Ok(None)
@@ -201,11 +376,12 @@ fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
 
 /// From format 2: the index of ids by key goes (the ids are in `dedupe_batches` already,
 /// and in memory from now on). Its records of events stay as they are: they say their format.
-fn upgrade_to_3(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+/// From format 3: nothing moves; the log's first generation is set by [`recover_log`].
+fn upgrade(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
     let had_index = txn.list_tables()?.any(|t| t.name() == DEDUPE_V2.name());
     if had_index {
         txn.delete_table(DEDUPE_V2)?;
-        tracing::info!(format = FORMAT, "spool upgraded to format 3");
+        tracing::info!(format = FORMAT, "spool upgraded from format 2");
     }
     txn.open_table(META)?.insert(FORMAT_KEY, FORMAT)?;
     Ok(())
@@ -329,6 +505,7 @@ pub(super) fn continue_from(
 mod commit;
 mod quarantine;
 mod read;
+pub(super) mod wal;
 
 use commit::{batch_holding, published_in, Tables};
 pub(super) use commit::{commit_batch, Marks};
@@ -337,6 +514,7 @@ use quarantine::QUARANTINE;
 pub(super) use quarantine::{quarantined, Kept};
 pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live};
 pub use read::{Entry, ReadEntry, Undecodable};
+pub(super) use wal::Wal;
 
 /// Test seam: rewrites the stored record of the batch starting at `first` through `damage`,
 /// in place through redb, as a disk that flipped bits under redb would leave it: redb's own
