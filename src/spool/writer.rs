@@ -40,10 +40,11 @@ pub(super) struct Writer {
     sound_at: Option<std::time::Instant>,
     /// Space given up when the disk is full, so deletes can go on (see [`ballast`]).
     ballast: Ballast,
-    /// The filesystem is short of space (no ballast, or below `min_free_bytes`): since when it
-    /// was last looked at. Every commit is then durable in the file itself: pages a commit
-    /// frees are reusable only after a durable commit, and one left to a checkpoint would
-    /// hold on to them (see `store::wal`).
+    /// The spool has no ballast (a commit found the disk full, or there is no room for one):
+    /// since when, to look again once a second. While it has none, or the filesystem is short
+    /// of space otherwise (see [`Writer::short_of_space`]), every commit is durable in the file
+    /// itself: pages a commit frees are reusable only after a durable commit, and one left to
+    /// a checkpoint would hold on to them (see `store::wal`).
     tight: Option<std::time::Instant>,
     /// Free bytes of the filesystem, as last looked at (once per batch with appends).
     free: u64,

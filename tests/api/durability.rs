@@ -700,18 +700,7 @@ async fn spooled_then_killed_after(
     if checkpoint {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let id = format!("{prefix}-last");
-        let body = eduzz_event(&id, slug);
-        let sig = eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), &body);
-        let answer: serde_json::Value = reqwest::Client::new()
-            .post(&url)
-            .header("x-signature", sig)
-            .body(body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = post_signed(&url, &eduzz_event(&id, slug)).await;
         assert_eq!(answer["status"], "accepted", "{answer}");
         sent.acked.push(id);
     }

@@ -172,17 +172,7 @@ async fn upgraded_and_published(fixture: &str, format: serde_json::Value) {
     }
     // Its ids still dedupe: a retry of an event the old release took is a duplicate.
     let (name, body) = &eduzz[0];
-    let sig = eduzz_kafka_bridge::source::auth::sign_hex(SECRET.as_bytes(), body);
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://{}/webhooks/eduzz", bridge.addr))
-        .header("x-signature", sig)
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = post_signed(&format!("http://{}/webhooks/eduzz", bridge.addr), body).await;
     assert_eq!(answer["status"], "duplicate", "{name}: {answer}");
     assert!(bridge.terminate().success());
     let (code, found) = verify(&config);

@@ -70,15 +70,7 @@ pub(in crate::spool) fn commit_batch(
         let checkpoint =
             durable || marked || wal.checkpoint_due(written.events.len(), written.keys.len());
         let mut meta = txn.open_table(META)?;
-        for (k, v) in [
-            (NEXT_SEQ, c.next_seq),
-            (BYTES, c.bytes),
-            (DEDUPE_SEQ, c.dedupe_seq),
-            (DEPTH, c.depth),
-            (DEDUPE_ENTRIES, c.dedupe_entries),
-        ] {
-            meta.insert(k, v)?;
-        }
+        write_counters(&mut meta, &c)?;
         if c.quarantined != counters.quarantined {
             meta.insert(QUARANTINED, c.quarantined)?;
         }

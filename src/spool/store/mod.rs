@@ -16,8 +16,9 @@
 //! - `meta`: counters kept in the same transactions as the data they count, `format`, and the
 //!   [write-ahead log](wal)'s generation.
 //!
-//! A commit is made durable by the write-ahead log beside the file (`spool.wal`, see [`wal`]):
-//! redb commits it without durability, and a checkpoint now and then is redb's durable commit.
+//! A commit is made durable by the write-ahead log beside the file (`spool-0.wal` and
+//! `spool-1.wal`, see [`wal`]): redb commits it without durability, and a checkpoint now and
+//! then is redb's durable commit.
 //!
 //! Formats (`meta.format`): 4 since the write-ahead log (the tables as in 3; a build that does
 //! not know the log would open the file without the commits only the log holds, so the format
@@ -232,15 +233,7 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         }
         let mut meta = txn.open_table(META)?;
         if c.next_seq != before {
-            for (k, v) in [
-                (NEXT_SEQ, c.next_seq),
-                (BYTES, c.bytes),
-                (DEDUPE_SEQ, c.dedupe_seq),
-                (DEPTH, c.depth),
-                (DEDUPE_ENTRIES, c.dedupe_entries),
-            ] {
-                meta.insert(k, v)?;
-            }
+            write_counters(&mut meta, &c)?;
         }
         meta.insert(WAL_GENERATION, next)?;
     }
@@ -265,6 +258,24 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         );
     }
     Ok(Wal::open(dir, next)?)
+}
+
+/// Writes the counters a commit keeps in `meta` (all but the quarantine's, written only when
+/// it changes).
+fn write_counters(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    c: &Counters,
+) -> Result<(), redb::Error> {
+    for (k, v) in [
+        (NEXT_SEQ, c.next_seq),
+        (BYTES, c.bytes),
+        (DEDUPE_SEQ, c.dedupe_seq),
+        (DEPTH, c.depth),
+        (DEDUPE_ENTRIES, c.dedupe_entries),
+    ] {
+        meta.insert(k, v)?;
+    }
+    Ok(())
 }
 
 /// Copies a log damaged in its middle aside as `spool-<0|1>.wal.damaged-<unix ms>`, for the

@@ -39,6 +39,21 @@ format = "toolzz"
 auth = { type = "token", tokens = ["test-token"] }
 "#;
 
+/// Posts `body` signed with [`SECRET`] to the Eduzz webhook at `url`, and returns the JSON
+/// answer (for tests that run the bridge in its own process).
+pub async fn post_signed(url: &str, body: &[u8]) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(url)
+        .header("x-signature", sign_hex(SECRET.as_bytes(), body))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A free loopback port (bound and let go: a test's server takes it next).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
