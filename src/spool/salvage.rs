@@ -97,11 +97,14 @@ pub fn scan_keeping_damage(
     let f = std::fs::File::open(file).map_err(read_err)?;
     let len = f.metadata().map_err(read_err)?.len();
     // The write-ahead log moved aside with the file holds its newest commits, which the file
-    // itself may not (see `store::wal`): scanned after it, the same way.
-    let mut logs = Vec::new();
+    // itself may not (see `store::wal`): read after it, frame by frame.
+    let (mut logs, mut log_paths) = (Vec::new(), Vec::new());
     for path in super::damage::logs_beside(file) {
         match std::fs::File::open(&path) {
-            Ok(log) => logs.push(log),
+            Ok(log) => {
+                logs.push(log);
+                log_paths.push(path);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(SalvageError::Read { path, source }),
         }
@@ -122,10 +125,11 @@ pub fn scan_keeping_damage(
     if !s.scan_file(chunk, &mut each).map_err(read_err)? {
         return Ok(s.finish());
     }
-    for log in &logs {
+    for (log, path) in logs.iter().zip(&log_paths) {
         s.file = log;
         s.len = log.metadata().map_err(read_err)?.len();
-        if !s.scan_file(chunk, &mut each).map_err(read_err)? {
+        let frames = store::wal::frames_in(path).map_err(read_err)?;
+        if !s.scan_frames(&frames, chunk, &mut each) {
             return Ok(s.finish());
         }
     }
@@ -168,6 +172,23 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
+    /// Reads the events records at `offsets` of `self.file` (a log's frames, see
+    /// `store::wal::frames_in`); `false` when `each` asked to stop.
+    fn scan_frames(
+        &mut self,
+        offsets: &[u64],
+        chunk: usize,
+        each: &mut impl FnMut(Vec<Entry>) -> bool,
+    ) -> bool {
+        for &at in offsets {
+            self.record_at(at);
+            if self.out.len() >= chunk && !each(std::mem::take(&mut self.out)) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Scans the whole of `self.file` for records; `false` when `each` asked to stop.
     fn scan_file(
         &mut self,

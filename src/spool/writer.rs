@@ -243,6 +243,13 @@ impl Writer {
         let result = catch_unwind(AssertUnwindSafe(|| {
             store::commit_batch(&db, state, (&limits, durable), now, appends, marks)
         }));
+        if !matches!(result, Ok(Ok(_))) {
+            // Whatever failed (an error on the way, or a panic that skipped the store's own
+            // undo), a frame this batch left in the log must not bring it back at the re-open.
+            if let Some(wal) = self.wal.as_mut() {
+                wal.retract();
+            }
+        }
         match result {
             Ok(Ok(outcomes)) => {
                 publish_gauges(&self.gauges, &self.counters, limits.max_bytes);

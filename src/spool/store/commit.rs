@@ -78,7 +78,8 @@ pub(in crate::spool) fn commit_batch(
     };
     let logged = log_or_checkpoint(&mut txn, wal, &written, (checkpoint, durable))?;
     if let Err(e) = txn.commit() {
-        // The frame must not bring back, at the next open, a commit answered as failed.
+        // The frame must not bring back, at the next open, a commit answered as failed (the
+        // writer does the same for every other failure, a panic included).
         if logged.is_some() {
             wal.retract();
         }

@@ -220,7 +220,7 @@ impl Wal {
     /// and fsynced, so that no later open applies it. Best effort: when that fails too, the
     /// next open may apply a commit whose requests were answered as failed (a retry of them
     /// is then a duplicate, and delivered once).
-    pub(super) fn retract(&mut self) {
+    pub(in crate::spool) fn retract(&mut self) {
         let file = &self.files[self.current()];
         let undone = file
             .write_all_at(&[0u8; HEADER], self.end)
@@ -331,12 +331,11 @@ fn frame_at(bytes: &[u8], generation: u64) -> Option<(Frame, usize)> {
 /// bytes of events, bytes of keys).
 fn header_at(bytes: &[u8], generation: u64) -> Option<(u64, u64, u32, usize, usize)> {
     let h = bytes.get(..HEADER)?;
-    let word = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
     let long = |at: usize| u64::from_le_bytes(h[at..at + 8].try_into().expect("8 bytes"));
-    let sound = h[..4] == MAGIC && h[4] == VERSION && word(44) == crc32fast::hash(&h[..44]);
-    if !sound || long(8) != generation {
+    if !sound_header(h) || long(8) != generation {
         return None;
     }
+    let word = |at: usize| u32::from_le_bytes(h[at..at + 4].try_into().expect("4 bytes"));
     Some((
         long(16),
         long(24),
@@ -344,6 +343,23 @@ fn header_at(bytes: &[u8], generation: u64) -> Option<(u64, u64, u32, usize, usi
         word(36) as usize,
         word(40) as usize,
     ))
+}
+
+/// Whether `h` (at least [`HEADER`] bytes) is a frame header that passes its checksum.
+fn sound_header(h: &[u8]) -> bool {
+    let crc = u32::from_le_bytes(h[44..48].try_into().expect("4 bytes"));
+    h[..4] == MAGIC && h[4] == VERSION && crc == crc32fast::hash(&h[..44])
+}
+
+/// Where the events record of every frame with a whole header starts in the log file at
+/// `path`, whatever its generation: what the salvage of a log moved aside reads. A frame whose
+/// commit failed was retracted by zeroing its header, so its records are never taken, though
+/// they pass their own checksums.
+pub(in crate::spool) fn frames_in(path: &Path) -> io::Result<Vec<u64>> {
+    let bytes = std::fs::read(path)?;
+    let sound = |&i: &usize| bytes.get(i..i + HEADER).is_some_and(sound_header);
+    let frames = memchr::memmem::find_iter(&bytes, &MAGIC).filter(sound);
+    Ok(frames.map(|i| (i + HEADER) as u64).collect())
 }
 
 /// Whether a record reads whole: its header and every part pass their checksums.
@@ -506,6 +522,20 @@ mod tests {
         );
         assert_eq!(log.frames[0].events, short);
         assert_eq!((log.torn, log.past_damage), (0, 0));
+    }
+
+    #[test]
+    fn a_retracted_frame_is_not_one_for_the_salvage() {
+        let records = [record(0, &[b"a"]), record(1, &[b"b"])];
+        let (dir, mut wal) = log_of(&records);
+        let third = record(2, &[b"c"]);
+        wal.write(12, &third, &[]).unwrap();
+        wal.retract();
+        let path = dir.path().join(file_of(7));
+        let at = frames_in(&path).unwrap();
+        let second = (HEADER + records[0].len()) as u64;
+        assert_eq!(at, [HEADER as u64, second + HEADER as u64]);
+        assert_eq!(read_frames(dir.path(), 7).unwrap().frames.len(), 2);
     }
 
     #[test]
