@@ -23,8 +23,8 @@ pub(in crate::spool) struct Marks<'a> {
 ///
 /// `durable`: a checkpoint whatever is due (the filesystem is short of space).
 ///
-/// Returns one outcome per append, in order. On error nothing was written, and `counters`
-/// and `ids` are left as they were.
+/// Returns one outcome per append, in order. On error nothing was committed, and `counters`
+/// and `ids` are left as they were; a frame it logged is the caller's to retract.
 pub(in crate::spool) fn commit_batch(
     db: &Database,
     (counters, ids, wal): (&mut Counters, &mut Ids, &mut Wal),
@@ -77,14 +77,9 @@ pub(in crate::spool) fn commit_batch(
         (outcomes, moved, written, checkpoint)
     };
     let logged = log_or_checkpoint(&mut txn, wal, &written, (checkpoint, durable))?;
-    if let Err(e) = txn.commit() {
-        // The frame must not bring back, at the next open, a commit answered as failed (the
-        // writer does the same for every other failure, a panic included).
-        if logged.is_some() {
-            wal.retract();
-        }
-        return Err(e.into());
-    }
+    // On failure the frame written stays in the log, not taken into use: the writer retracts
+    // it after any failed commit (an error here or a panic in redb alike), see `Wal::retract`.
+    txn.commit()?;
     if let Some(end) = logged {
         wal.advance(end);
     }
@@ -196,15 +191,16 @@ impl<'txn> Tables<'txn> {
         first: u64,
         record: RecordBuilder,
     ) -> Result<u64, redb::Error> {
-        self.insert_record(first, &record.finish())
+        let count = record.count();
+        self.insert_record(first, count, &record.finish())
     }
 
-    /// Stores a finished record of events under `first`; returns its size in bytes.
-    fn insert_record(&mut self, first: u64, record: &[u8]) -> Result<u64, redb::Error> {
-        let count = u64::from(record::count(record));
+    /// Stores a finished record of `count` events under `first`; returns its size in bytes.
+    /// The count is the caller's: a record replayed from the log may have a damaged header.
+    fn insert_record(&mut self, first: u64, count: u32, record: &[u8]) -> Result<u64, redb::Error> {
         let len = record.len() as u64;
         self.batches.insert(first, record)?;
-        self.index.insert(first, (count, len))?;
+        self.index.insert(first, (u64::from(count), len))?;
         Ok(len)
     }
 
@@ -355,8 +351,9 @@ impl<'txn> Tables<'txn> {
             newest_ms: batch.newest_ms,
         };
         if batch.events.count() > 0 {
+            let count = batch.events.count();
             written.events = batch.events.finish();
-            self.insert_record(batch.first_seq, &written.events)?;
+            self.insert_record(batch.first_seq, count, &written.events)?;
         }
         if batch.keys.count() > 0 {
             changes.stored_batch(IdBatch {
@@ -391,9 +388,8 @@ impl<'txn> Tables<'txn> {
             );
             return Ok(false);
         }
-        let (count, len) = (u64::from(frame.count), frame.events.len() as u64);
-        self.batches.insert(frame.first, frame.events.as_slice())?;
-        self.index.insert(frame.first, (count, len))?;
+        let len = self.insert_record(frame.first, frame.count, &frame.events)?;
+        let count = u64::from(frame.count);
         c.next_seq += count;
         c.depth += count;
         c.bytes += len;
