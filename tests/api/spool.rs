@@ -121,6 +121,92 @@ async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
     assert!(!logs.contains("quarantine"), "logged once:\n{logs}");
 }
 
+/// The frames of the write-ahead log file `bytes`, in order from its start: (offset, generation)
+/// of each (the layout in `src/spool/store/wal.rs`: a 48-byte header, magic "EKBW",
+/// generation at 8, the records' lengths at 36 and 40).
+fn frames(bytes: &[u8]) -> Vec<(usize, u64)> {
+    let mut found = Vec::new();
+    let mut at = 0;
+    while bytes.len() >= at + 48 && &bytes[at..at + 4] == b"EKBW" {
+        let field = |i: usize| u32::from_le_bytes(bytes[at + i..at + i + 4].try_into().unwrap());
+        let generation = u64::from_le_bytes(bytes[at + 8..at + 16].try_into().unwrap());
+        found.push((at, generation));
+        at += 48 + field(36) as usize + field(40) as usize;
+    }
+    found
+}
+
+/// A frame's header damaged in the middle of the log, after a kill: the frames after it cannot
+/// be trusted as they are, so the log is copied aside (with an error) and salvaged, and every
+/// event acknowledged is published once, byte for byte, the damaged frame's too (its records
+/// carry their own checksums).
+async fn a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_once() {
+    let broker = TestBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
+    let text = without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE));
+    std::fs::write(&config, text).unwrap();
+    broker.down();
+    let mut first = BridgeProcess::start(&config);
+    let url = format!("http://{}/webhooks/eduzz", first.addr);
+    // A checkpoint is due a second after the open: the first event is one, the next ones are
+    // frames of the generation it starts, each its own commit (one sender).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let sent = load::send(url, "mid", SLUG, 1, 20).await;
+    assert_eq!(sent.acked.len(), 20, "all taken while Kafka is away");
+    first.kill();
+
+    // The newest generation's file, and a frame with frames of its generation after it.
+    let logs = ["spool-0.wal", "spool-1.wal"].map(|name| {
+        let bytes = std::fs::read(spool.join(name)).unwrap();
+        (name, frames(&bytes), bytes)
+    });
+    let [a, b] = logs;
+    let newest = |l: &(&str, Vec<(usize, u64)>, Vec<u8>)| l.1.first().map(|f| f.1);
+    let (name, found, mut bytes) = if newest(&a) > newest(&b) { a } else { b };
+    let gen = found[0].1;
+    assert!(
+        found.iter().filter(|f| f.1 == gen).count() >= 6,
+        "frames of one generation in {name}: {found:?}"
+    );
+    let victim = found[3].0;
+    bytes[victim + 20] ^= 0x01;
+    std::fs::write(spool.join(name), bytes).unwrap();
+
+    broker.up();
+    let mut second = BridgeProcess::start(&config);
+    wait_spool_empty(second.admin, Duration::from_secs(60)).await;
+    broker.read_topic(TOPIC, 20, Duration::from_secs(30)).await;
+    // A copy published late (by the salvage, which runs in the background) would show now.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let records = broker.read_topic(TOPIC, 21, Duration::from_secs(3)).await;
+    let counts = id_counts(&records);
+    assert!(
+        sent.acked.iter().all(|id| counts.get(id) == Some(&1)),
+        "every acknowledged event once: {counts:?}\n{}",
+        second.drain_logs().join("\n")
+    );
+    for r in &records {
+        let id = r.header("event-id").unwrap();
+        assert_eq!(r.value, eduzz_event(&id, SLUG), "{id}: byte for byte");
+    }
+    // (The error the open logged is read by `BridgeProcess::start`; the salvage's line is not.)
+    let logs = second.drain_logs().join("\n");
+    let salvaged = format!("{name}.damaged-");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("damaged spool file salvaged") && l.contains(&salvaged)),
+        "the copy salvaged:\n{logs}"
+    );
+    let kept: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{name}.damaged-")))
+        .collect();
+    assert_eq!(kept.len(), 1, "copied aside: {kept:?}");
+    second.terminate();
+}
+
 /// A spool file an earlier release wrote with the four Eduzz fixtures spooled while Kafka was
 /// away, then stopped cleanly: format 2 (no format in `meta`, events without a layout byte,
 /// the on-disk index of ids), and format 3 (the release before the write-ahead log, written by
@@ -189,6 +275,10 @@ pub(crate) fn tests() -> Vec<Test> {
         Test::tokio(
             "a_damaged_event_is_quarantined_and_every_other_event_is_published",
             a_damaged_event_is_quarantined_and_every_other_event_is_published,
+        ),
+        Test::tokio(
+            "a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_once",
+            a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_once,
         ),
         Test::tokio(
             "a_spool_written_by_the_previous_release_is_upgraded_and_every_event_published",
