@@ -240,10 +240,12 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         }
         meta.insert(WAL_GENERATION, next)?;
     }
-    // Kept aside before the checkpoint lets the log be overwritten.
+    // Kept aside before the checkpoint lets the log be overwritten; when that fails, nothing
+    // is committed and the open fails (and is retried): the commits past the damage are
+    // nowhere else.
     for (g, log) in &logs {
         if log.past_damage > 0 {
-            keep_damaged_log(&dir.join(wal::file_of(*g)), log.past_damage);
+            keep_damaged_log(&dir.join(wal::file_of(*g)), log.past_damage)?;
         }
     }
     txn.commit()?;
@@ -282,23 +284,35 @@ fn write_counters(
 }
 
 /// Copies a log damaged in its middle aside as `spool-<0|1>.wal.damaged-<unix ms>`, for the
-/// background salvage (see [`wal`]).
-fn keep_damaged_log(path: &Path, frames: usize) {
+/// background salvage (see [`wal`]). An error when it cannot (a full disk): the open must not
+/// go on to overwrite the only copy of the commits past the damage.
+fn keep_damaged_log(path: &Path, frames: usize) -> std::io::Result<()> {
     let ms = crate::event::unix_ms(std::time::SystemTime::now());
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".damaged-{ms}"));
     let to = PathBuf::from(name);
-    match std::fs::copy(path, &to) {
-        Ok(_) => tracing::error!(
-            frames,
-            kept_as = %to.display(),
-            "the spool's write-ahead log is damaged in its middle: the commits after the damage are not applied; the log was copied aside and is salvaged in the background"
-        ),
-        Err(e) => tracing::error!(
-            frames,
-            error = %e,
-            "the spool's write-ahead log is damaged in its middle, and cannot be copied aside: the commits after the damage are not applied"
-        ),
+    #[cfg(test)]
+    let copied = match tests::FAIL_LOG_COPY.with(std::cell::Cell::get) {
+        true => Err(std::io::Error::other("fault point: no room for the copy")),
+        false => std::fs::copy(path, &to),
+    };
+    #[cfg(not(test))]
+    let copied = std::fs::copy(path, &to);
+    match copied {
+        Ok(_) => {
+            tracing::error!(
+                frames,
+                kept_as = %to.display(),
+                "the spool's write-ahead log is damaged in its middle: the commits after the damage are not applied; the log was copied aside and is salvaged in the background"
+            );
+            Ok(())
+        }
+        // Of kind `Other` whatever the copy met: never taken for damage of the file itself.
+        Err(e) => Err(std::io::Error::other(format!(
+                "the spool's write-ahead log {} is damaged in its middle ({frames} frames after the damage) and cannot be copied aside to {} for the salvage: {e}; the spool is not opened until it can be (free space in its directory)",
+                path.display(),
+                to.display()
+        ))),
     }
 }
 

@@ -748,6 +748,53 @@ fn a_log_damaged_past_repair_is_copied_aside_for_the_salvage() {
     assert_eq!(kept, bytes, "the log as it was found");
 }
 
+thread_local! {
+    /// Fault point: copying a damaged log aside fails (as on a full disk).
+    pub(super) static FAIL_LOG_COPY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// When the damaged log cannot be copied aside, the open fails and changes nothing: the
+/// commits past the damage are only in that log, and a checkpoint would let it be overwritten.
+/// Once the copy can be made, the open goes on as usual.
+#[test]
+fn a_damaged_log_that_cannot_be_copied_aside_fails_the_open_and_changes_nothing() {
+    let mut s = Store::new(None);
+    for id in ["a", "b", "c"] {
+        s.commit(&[id], 1, &[]);
+    }
+    let image = crash_image(&s);
+    let log = log_with_frames(image.path());
+    let mut bytes = std::fs::read(&log).unwrap();
+    let magics: Vec<usize> = memchr::memmem::find_iter(&bytes, &record::MAGIC_V3).collect();
+    bytes[magics[1] - 20] ^= 0xFF;
+    std::fs::write(&log, &bytes).unwrap();
+
+    FAIL_LOG_COPY.with(|f| f.set(true));
+    let refused = open(image.path(), false);
+    FAIL_LOG_COPY.with(|f| f.set(false));
+    let Err(refused) = refused else {
+        panic!("the open fails")
+    };
+    let why = crate::problem::with_causes(&refused);
+    assert!(why.contains("cannot be copied aside"), "{why}");
+    assert_eq!(std::fs::read(&log).unwrap(), bytes, "the log as it was");
+    let db = Database::open(image.path().join(FILE_NAME)).unwrap();
+    assert_eq!(load_counters(&db).unwrap().next_seq, 0, "nothing applied");
+    drop(db);
+
+    let dir = image.path().to_path_buf();
+    let opened = Store::open_in(image, None);
+    assert_eq!(opened.ids_after(None), [(0, "a".into())]);
+    let aside = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().contains(".wal.damaged-")
+        })
+        .count();
+    assert_eq!(aside, 1, "copied aside once it could be");
+}
+
 /// redb falls back to its previous durable commit when its newest one is found damaged at
 /// open: the frames since that one are still in the log (generations alternate between its
 /// two files), and nothing is lost. Emulated with the file of one checkpoint before and the

@@ -45,7 +45,9 @@
 //! - a frame's header fails its checksum, and frames of the generation follow it: the frames
 //!   after it cannot be told apart from garbage with certainty. The log is copied aside as
 //!   `spool-<0|1>.wal.damaged-<unix ms>`, with an error, and salvaged in the background like a
-//!   damaged spool file (its records carry their sequence numbers and checksums).
+//!   damaged spool file (its records carry their sequence numbers and checksums). When it
+//!   cannot be copied (no room), the open fails and changes nothing: the commits past the
+//!   damage are in that log only.
 //!
 //! Hand-written rather than a log crate: a frame is two records the store already builds and
 //! checksums, the log needs no index (it is read whole once, at open), and the property that
