@@ -37,20 +37,41 @@ fn flip_every_copy(file: &std::path::Path, needle: &[u8]) -> usize {
     at.len()
 }
 
-async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
-    let broker = TestBroker::start();
+/// A bridge taking events while its broker is down, on a spool of its own.
+struct Spooling {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    spool: std::path::PathBuf,
+    first: BridgeProcess,
+    /// Where it takes Eduzz's webhooks.
+    url: String,
+}
+
+fn spooling_while_down(broker: &TestBroker) -> Spooling {
     let dir = tempfile::tempdir().unwrap();
     let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
     let text = without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE));
     std::fs::write(&config, text).unwrap();
     broker.down();
-    let mut first = BridgeProcess::start(&config);
+    let first = BridgeProcess::start(&config);
     let url = format!("http://{}/webhooks/eduzz", first.addr);
-    let sent = load::send(url, "qrt", SLUG, 2, 10).await;
+    Spooling {
+        _dir: dir,
+        config,
+        spool,
+        first,
+        url,
+    }
+}
+
+async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
+    let broker = TestBroker::start();
+    let mut s = spooling_while_down(&broker);
+    let sent = load::send(s.url.clone(), "qrt", SLUG, 2, 10).await;
     assert_eq!(sent.acked.len(), 20, "all taken while Kafka is away");
     // Killed at once: the newest commits are in the write-ahead log only, which the file's
     // own (redb's) checksums do not cover; the records' checksums do.
-    first.kill();
+    s.first.kill();
 
     // One event's bytes damaged on disk, wherever they are: its checksum finds it, and only
     // it. (redb checks its own pages at open: a flip in a page of the file may instead have
@@ -59,10 +80,10 @@ async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
     let needle = eduzz_event(victim, SLUG);
     let copies = ["spool-0.wal", "spool-1.wal", "spool.redb"]
         .iter()
-        .map(|name| flip_every_copy(&spool.join(name), &needle))
+        .map(|name| flip_every_copy(&s.spool.join(name), &needle))
         .sum::<usize>();
     assert!(copies >= 1, "the event is on disk");
-    let (code, found) = verify(&config);
+    let (code, found) = verify(&s.config);
     assert_eq!(found["format"], 4, "{found}");
     let depth = found["depth"].as_u64().unwrap() + found["in_log"].as_u64().unwrap();
     assert_eq!(depth, 20, "in the file or its log: {found}");
@@ -71,7 +92,7 @@ async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
     // Kafka back: every other event is published once, byte for byte; the damaged one is
     // kept in the quarantine, counted and logged.
     broker.up();
-    let mut second = BridgeProcess::start(&config);
+    let mut second = BridgeProcess::start(&s.config);
     let quarantined = "eduzz_bridge_spool_quarantined";
     let started = std::time::Instant::now();
     while admin_metric(second.admin, quarantined).await != Some(1.0) {
@@ -104,7 +125,7 @@ async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
 
     // Listed by `spool verify`, with its bytes; a sound spool again. A later start neither
     // logs it again nor forgets it.
-    let (code, found) = verify(&config);
+    let (code, found) = verify(&s.config);
     assert_eq!(code, Some(0), "{found}");
     let kept = &found["quarantine"][0];
     assert_eq!(found["quarantined"], 1, "{found}");
@@ -114,7 +135,7 @@ async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
     );
     let body_len = eduzz_event(victim, SLUG).len() as u64;
     assert!(kept["bytes"].as_u64().unwrap() > body_len, "{found}");
-    let third = BridgeProcess::start(&config);
+    let third = BridgeProcess::start(&s.config);
     assert_eq!(admin_metric(third.admin, quarantined).await, Some(1.0));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let logs = third.drain_logs().join("\n");
@@ -142,23 +163,17 @@ fn frames(bytes: &[u8]) -> Vec<(usize, u64)> {
 /// carry their own checksums).
 async fn a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_once() {
     let broker = TestBroker::start();
-    let dir = tempfile::tempdir().unwrap();
-    let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
-    let text = without_provisioning(config_text(broker.bootstrap(), &spool, ROUTE));
-    std::fs::write(&config, text).unwrap();
-    broker.down();
-    let mut first = BridgeProcess::start(&config);
-    let url = format!("http://{}/webhooks/eduzz", first.addr);
+    let mut s = spooling_while_down(&broker);
     // A checkpoint is due a second after the open: the first event is one, the next ones are
     // frames of the generation it starts, each its own commit (one sender).
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let sent = load::send(url, "mid", SLUG, 1, 20).await;
+    let sent = load::send(s.url.clone(), "mid", SLUG, 1, 20).await;
     assert_eq!(sent.acked.len(), 20, "all taken while Kafka is away");
-    first.kill();
+    s.first.kill();
 
     // The newest generation's file, and a frame with frames of its generation after it.
     let logs = ["spool-0.wal", "spool-1.wal"].map(|name| {
-        let bytes = std::fs::read(spool.join(name)).unwrap();
+        let bytes = std::fs::read(s.spool.join(name)).unwrap();
         (name, frames(&bytes), bytes)
     });
     let [a, b] = logs;
@@ -171,10 +186,10 @@ async fn a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_o
     );
     let victim = found[3].0;
     bytes[victim + 20] ^= 0x01;
-    std::fs::write(spool.join(name), bytes).unwrap();
+    std::fs::write(s.spool.join(name), bytes).unwrap();
 
     broker.up();
-    let mut second = BridgeProcess::start(&config);
+    let mut second = BridgeProcess::start(&s.config);
     wait_spool_empty(second.admin, Duration::from_secs(60)).await;
     broker.read_topic(TOPIC, 20, Duration::from_secs(30)).await;
     // A copy published late (by the salvage, which runs in the background) would show now.
@@ -198,7 +213,7 @@ async fn a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_o
             .any(|l| l.contains("damaged spool file salvaged") && l.contains(&salvaged)),
         "the copy salvaged:\n{logs}"
     );
-    let kept: Vec<String> = std::fs::read_dir(&spool)
+    let kept: Vec<String> = std::fs::read_dir(&s.spool)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with(&format!("{name}.damaged-")))

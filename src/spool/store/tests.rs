@@ -722,19 +722,25 @@ fn a_damaged_commit_in_the_middle_of_the_log_is_applied_and_its_event_quarantine
     assert!(q[0].reason.contains("checksum"), "{q:?}");
 }
 
-#[test]
-fn a_log_damaged_past_repair_is_copied_aside_for_the_salvage() {
+/// A crash image of three commits whose second frame's header is damaged (the byte 20 before
+/// its events record's magic): its log's path, and the bytes it holds.
+fn crash_image_with_a_damaged_frame_header() -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
     let mut s = Store::new(None);
     for id in ["a", "b", "c"] {
         s.commit(&[id], 1, &[]);
     }
     let image = crash_image(&s);
-    // The second frame's header: the byte before the events record's magic.
     let log = log_with_frames(image.path());
     let mut bytes = std::fs::read(&log).unwrap();
     let magics: Vec<usize> = memchr::memmem::find_iter(&bytes, &record::MAGIC_V3).collect();
     bytes[magics[1] - 20] ^= 0xFF;
     std::fs::write(&log, &bytes).unwrap();
+    (image, log, bytes)
+}
+
+#[test]
+fn a_log_damaged_past_repair_is_copied_aside_for_the_salvage() {
+    let (image, _, bytes) = crash_image_with_a_damaged_frame_header();
     let dir = image.path().to_path_buf();
     let crashed = Store::open_in(image, None);
     assert_eq!(crashed.ids_after(None), [(0, "a".into())]);
@@ -758,16 +764,7 @@ thread_local! {
 /// Once the copy can be made, the open goes on as usual.
 #[test]
 fn a_damaged_log_that_cannot_be_copied_aside_fails_the_open_and_changes_nothing() {
-    let mut s = Store::new(None);
-    for id in ["a", "b", "c"] {
-        s.commit(&[id], 1, &[]);
-    }
-    let image = crash_image(&s);
-    let log = log_with_frames(image.path());
-    let mut bytes = std::fs::read(&log).unwrap();
-    let magics: Vec<usize> = memchr::memmem::find_iter(&bytes, &record::MAGIC_V3).collect();
-    bytes[magics[1] - 20] ^= 0xFF;
-    std::fs::write(&log, &bytes).unwrap();
+    let (image, log, bytes) = crash_image_with_a_damaged_frame_header();
 
     FAIL_LOG_COPY.with(|f| f.set(true));
     let refused = open(image.path(), false);
