@@ -185,30 +185,65 @@ pub(super) fn move_aside(dir: &Path, kind: DamageKind, detail: String) -> Damage
         "{FILE_NAME}{DAMAGED_INFIX}{}",
         unix_ms(SystemTime::now())
     ));
-    match std::fs::rename(&from, &to) {
-        Ok(()) => {
-            // The write-ahead log holds the newest commits the file may not: it goes with it,
-            // for the salvage, and the fresh file starts a log of its own.
-            for (name, beside) in store::wal::FILE_NAMES.iter().zip(logs_beside(&to)) {
-                let log = dir.join(name);
-                if let Err(e) = std::fs::rename(&log, beside) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        tracing::error!(error = %e, path = %log.display(), "cannot move the damaged spool's write-ahead log aside with it; its newest commits may not be salvaged");
-                    }
-                }
+    let moved = std::fs::rename(&from, &to).and_then(|()| {
+        move_logs(dir, &to).inspect_err(|_| {
+            // Back in place, as found: the caller stays unwritable and tries again.
+            if let Err(e) = std::fs::rename(&to, &from) {
+                tracing::error!(error = %e, path = %to.display(), "cannot move the damaged spool file back after its write-ahead log could not follow it");
             }
-            Damaged {
-                kind,
-                moved_to: Some(to),
-                detail,
-            }
-        }
+        })
+    });
+    match moved {
+        Ok(()) => Damaged {
+            kind,
+            moved_to: Some(to),
+            detail,
+        },
         Err(e) => Damaged {
             kind,
             moved_to: None,
             detail: format!("{detail}; it could not be moved aside: {e}"),
         },
     }
+}
+
+/// Moves the write-ahead log beside the damaged file moved to `to`: it holds the newest
+/// commits the file may not, for the salvage, and the fresh file starts a log of its own. A
+/// log that cannot follow would be overwritten by the fresh file's, its commits lost: then
+/// the logs moved are put back, and the error returned.
+fn move_logs(dir: &Path, to: &Path) -> std::io::Result<()> {
+    let mut moved = Vec::new();
+    for (name, beside) in store::wal::FILE_NAMES.iter().zip(logs_beside(to)) {
+        let log = dir.join(name);
+        #[cfg(test)]
+        let renamed = match tests::FAIL_LOG_MOVE.with(std::cell::Cell::get) && !moved.is_empty() {
+            true => Err(std::io::Error::other(
+                "fault point: the log cannot be moved",
+            )),
+            false => std::fs::rename(&log, &beside),
+        };
+        #[cfg(not(test))]
+        let renamed = std::fs::rename(&log, &beside);
+        match renamed {
+            Ok(()) => moved.push((log, beside)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                for (log, beside) in moved {
+                    if let Err(e) = std::fs::rename(&beside, &log) {
+                        tracing::error!(error = %e, path = %beside.display(), "cannot move a damaged spool's write-ahead log back");
+                    }
+                }
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "its write-ahead log {} cannot follow it: {e}",
+                        log.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(super) fn report(d: &Damaged, path: &Path) {
@@ -282,4 +317,57 @@ pub fn mark_salvaged(file: &Path) -> std::io::Result<PathBuf> {
     let to = PathBuf::from(name);
     std::fs::rename(file, &to)?;
     Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        /// Fault point: the second file of the write-ahead log cannot be moved.
+        pub(super) static FAIL_LOG_MOVE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+
+    /// The spool's three files, each holding its own name.
+    fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        [
+            FILE_NAME,
+            store::wal::FILE_NAMES[0],
+            store::wal::FILE_NAMES[1],
+        ]
+        .iter()
+        .map(|name| (dir.join(name), name.as_bytes().to_vec()))
+        .collect()
+    }
+
+    /// A damaged file whose log cannot follow it stays where it is, its log too: a fresh file
+    /// there would write its own log over the only copy of the newest commits.
+    #[test]
+    fn a_file_whose_log_cannot_follow_it_is_not_moved_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, bytes) in files(dir.path()) {
+            std::fs::write(path, bytes).unwrap();
+        }
+        FAIL_LOG_MOVE.with(|f| f.set(true));
+        let stuck = move_aside(dir.path(), DamageKind::FoundRunning, "test".into());
+        FAIL_LOG_MOVE.with(|f| f.set(false));
+        assert_eq!(stuck.moved_to, None);
+        assert!(stuck.detail.contains("cannot follow"), "{}", stuck.detail);
+        for (path, bytes) in files(dir.path()) {
+            assert_eq!(std::fs::read(&path).unwrap(), bytes, "{}", path.display());
+        }
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            3,
+            "nothing else"
+        );
+
+        let moved = move_aside(dir.path(), DamageKind::FoundRunning, "test".into());
+        let to = moved.moved_to.expect("moved once the log can follow");
+        let beside = logs_beside(&to);
+        assert_eq!(std::fs::read(&to).unwrap(), FILE_NAME.as_bytes());
+        for (log, name) in beside.iter().zip(store::wal::FILE_NAMES) {
+            assert_eq!(std::fs::read(log).unwrap(), name.as_bytes());
+        }
+    }
 }
