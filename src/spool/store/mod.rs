@@ -298,6 +298,12 @@ fn keep_damaged_log(path: &Path, frames: usize) -> std::io::Result<()> {
     };
     #[cfg(not(test))]
     let copied = std::fs::copy(path, &to);
+    // Durable before the checkpoint lets the log be overwritten: the copy's bytes, and its
+    // name in the directory.
+    let copied = copied.and_then(|_| {
+        std::fs::File::open(&to)?.sync_all()?;
+        std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+    });
     match copied {
         Ok(_) => {
             tracing::error!(
