@@ -368,26 +368,14 @@ impl<'txn> Tables<'txn> {
         Ok(written)
     }
 
-    /// Applies one frame of the write-ahead log at open (see [`super::wal`]): `false` when it
-    /// does not follow on from what the file holds (the log ends there). A frame the file
-    /// holds already is passed over. A damaged frame is stored as it is: its records'
-    /// checksums tell the drain which events to quarantine.
+    /// Applies one frame of the write-ahead log at open (see [`super::wal`]), one that follows
+    /// on from what the file holds (see `frames_from`). A damaged frame is stored as it is:
+    /// its records' checksums tell the drain which events to quarantine.
     pub(super) fn apply_frame(
         &mut self,
         c: &mut Counters,
         frame: &wal::Frame,
-    ) -> Result<bool, redb::Error> {
-        if frame.first < c.next_seq {
-            return Ok(true);
-        }
-        if frame.first != c.next_seq {
-            tracing::warn!(
-                frame = frame.first,
-                next = c.next_seq,
-                "the spool's write-ahead log skips sequence numbers; it is read up to there"
-            );
-            return Ok(false);
-        }
+    ) -> Result<(), redb::Error> {
         let len = self.insert_record(frame.first, frame.count, &frame.events)?;
         let count = u64::from(frame.count);
         c.next_seq += count;
@@ -415,7 +403,7 @@ impl<'txn> Tables<'txn> {
                 "a commit in the spool's write-ahead log is damaged: applied as it is, its damaged events go to the quarantine as the drain meets them"
             );
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Forgets batches of ids that left the window, and the oldest ones while there are more

@@ -203,13 +203,8 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         let generation = meta.get(WAL_GENERATION)?.map(|v| v.value());
         generation
     };
-    // The file's generation, and the one after it: a file that fell back to its previous
-    // durable commit still says the generation that followed that one (see `wal::FILE_NAMES`).
     let logs = match generation {
-        Some(g) => vec![
-            (g, wal::read_frames(dir, g)?),
-            (g.wrapping_add(1), wal::read_frames(dir, g.wrapping_add(1))?),
-        ],
+        Some(g) => read_logs(dir, g)?,
         None => Vec::new(),
     };
     // The next generation writes the file the file's own generation did not, so its frames
@@ -228,11 +223,16 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         // Known limit: a damaged last frame of the first generation is left out as torn even
         // when frames of the next follow it (a fallback or a crash inside a checkpoint, and
         // media damage at once); the next generation then stops at the gap, with a warning.
-        let frames = logs.iter().flat_map(|(_, log)| &log.frames);
+        let (frames, gap) = frames_from(&logs, c.next_seq);
         for frame in frames {
-            if !t.apply_frame(&mut c, frame)? {
-                break;
-            }
+            t.apply_frame(&mut c, frame)?;
+        }
+        if let Some(gap) = gap {
+            tracing::warn!(
+                frame = gap,
+                next = c.next_seq,
+                "the spool's write-ahead log skips sequence numbers; it is read up to there"
+            );
         }
         let mut meta = txn.open_table(META)?;
         if c.next_seq != before {
@@ -263,6 +263,34 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         );
     }
     Ok(Wal::open(dir, next)?)
+}
+
+/// The log's frames of `generation` and of the one after it: a file that fell back to its
+/// previous durable commit still says the generation that followed that one (see
+/// `wal::FILE_NAMES`).
+fn read_logs(dir: &Path, generation: u64) -> std::io::Result<Vec<(u64, wal::Log)>> {
+    [generation, generation.wrapping_add(1)]
+        .into_iter()
+        .map(|g| Ok((g, wal::read_frames(dir, g)?)))
+        .collect()
+}
+
+/// The frames of `logs` a file whose next sequence number is `next` does not hold yet, in
+/// order: those it holds are passed over, and the log ends where a frame does not follow on
+/// from the one before (then with that frame's first sequence number).
+fn frames_from(logs: &[(u64, wal::Log)], mut next: u64) -> (Vec<&wal::Frame>, Option<u64>) {
+    let mut frames = Vec::new();
+    for frame in logs.iter().flat_map(|(_, log)| &log.frames) {
+        if frame.first < next {
+            continue;
+        }
+        if frame.first != next {
+            return (frames, Some(frame.first));
+        }
+        next += u64::from(frame.count);
+        frames.push(frame);
+    }
+    (frames, None)
 }
 
 /// Writes the counters a commit keeps in `meta` (all but the quarantine's, written only when
@@ -341,21 +369,11 @@ pub(super) fn pending_in_log(
     let Some(generation) = meta.get(WAL_GENERATION)?.map(|v| v.value()) else {
         return Ok(InLog::default());
     };
-    let start = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
-    let mut next = start;
-    let mut damaged = Vec::new();
-    let frames = [generation, generation.wrapping_add(1)]
-        .into_iter()
-        .map(|g| wal::read_frames(dir, g))
-        .collect::<Result<Vec<_>, _>>()?;
-    for frame in frames.into_iter().flat_map(|log| log.frames) {
-        if frame.first != next {
-            if frame.first > next {
-                break;
-            }
-            continue;
-        }
-        next += u64::from(frame.count);
+    let next = meta.get(NEXT_SEQ)?.map_or(0, |v| v.value());
+    let logs = read_logs(dir, generation)?;
+    let (mut events, mut damaged) = (0, Vec::new());
+    for frame in frames_from(&logs, next).0 {
+        events += u64::from(frame.count);
         if !frame.intact {
             let parts = record::parts(&frame.events).chain(std::iter::repeat(None));
             let bad = parts.take(frame.count as usize).enumerate();
@@ -365,10 +383,7 @@ pub(super) fn pending_in_log(
             );
         }
     }
-    Ok(InLog {
-        events: next - start,
-        damaged,
-    })
+    Ok(InLog { events, damaged })
 }
 
 /// A checkpoint of its own: redb's durable commit of everything committed so far, after which
