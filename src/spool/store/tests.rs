@@ -615,12 +615,17 @@ fn log_with_frames(dir: &Path) -> std::path::PathBuf {
     files[0].clone()
 }
 
-#[test]
-fn commits_only_the_log_holds_are_applied_again_on_open() {
-    let dedupe = Some(DedupeLimits {
+/// Dedupe on, with room for every id these tests commit.
+fn an_hour_of_ids() -> Option<DedupeLimits> {
+    Some(DedupeLimits {
         window: Duration::from_secs(3600),
         max_entries: 100,
-    });
+    })
+}
+
+#[test]
+fn commits_only_the_log_holds_are_applied_again_on_open() {
+    let dedupe = an_hour_of_ids();
     let mut s = Store::new(dedupe);
     assert_eq!(s.commit(&["a", "b"], 1_000, &[]), stored(0..2));
     assert_eq!(s.commit(&["c"], 1_001, &[]), stored(2..3));
@@ -798,10 +803,7 @@ fn a_damaged_log_that_cannot_be_copied_aside_fails_the_open_and_changes_nothing(
 /// log as it is after the next.
 #[test]
 fn a_file_that_fell_back_one_checkpoint_is_made_whole_from_the_log() {
-    let dedupe = Some(DedupeLimits {
-        window: Duration::from_secs(3600),
-        max_entries: 100,
-    });
+    let dedupe = an_hour_of_ids();
     let mut s = Store::new(dedupe);
     s.commit(&["a", "b"], 1_000, &[]);
     let earlier = crash_image(&s);
