@@ -97,7 +97,9 @@ pub fn scan_keeping_damage(
     let f = std::fs::File::open(file).map_err(read_err)?;
     let len = f.metadata().map_err(read_err)?.len();
     // The write-ahead log moved aside with the file holds its newest commits, which the file
-    // itself may not (see `store::wal`): read after it, frame by frame.
+    // itself may not (see `store::wal`): scanned after it, the same way, so that a frame
+    // whose header is damaged too still gives its events; only retracted frames are passed
+    // over.
     let (mut logs, mut log_paths) = (Vec::new(), Vec::new());
     for path in super::damage::logs_beside(file) {
         match std::fs::File::open(&path) {
@@ -112,6 +114,7 @@ pub fn scan_keeping_damage(
     let mut s = Scan {
         file: &f,
         len,
+        log: store::wal::is_log_copy(file),
         live: live.as_ref(),
         seen: HashSet::new(),
         damaged: BTreeMap::new(),
@@ -126,10 +129,14 @@ pub fn scan_keeping_damage(
         return Ok(s.finish());
     }
     for (log, path) in logs.iter().zip(&log_paths) {
+        let log_err = |source| SalvageError::Read {
+            path: path.clone(),
+            source,
+        };
         s.file = log;
-        s.len = log.metadata().map_err(read_err)?.len();
-        let frames = store::wal::frames_in(path).map_err(read_err)?;
-        if !s.scan_frames(&frames, chunk, &mut each) {
+        s.len = log.metadata().map_err(log_err)?.len();
+        s.log = true;
+        if !s.scan_file(chunk, &mut each).map_err(log_err)? {
             return Ok(s.finish());
         }
     }
@@ -163,6 +170,8 @@ fn read_at_most(f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<u
 struct Scan<'a> {
     file: &'a std::fs::File,
     len: u64,
+    /// Whether `file` is a write-ahead log, whose retracted frames are passed over.
+    log: bool,
     live: Option<&'a Live>,
     seen: HashSet<u64>,
     damaged: BTreeMap<u64, DamagedPart>,
@@ -172,23 +181,6 @@ struct Scan<'a> {
 }
 
 impl Scan<'_> {
-    /// Reads the events records at `offsets` of `self.file` (a log's frames, see
-    /// `store::wal::frames_in`); `false` when `each` asked to stop.
-    fn scan_frames(
-        &mut self,
-        offsets: &[u64],
-        chunk: usize,
-        each: &mut impl FnMut(Vec<Entry>) -> bool,
-    ) -> bool {
-        for &at in offsets {
-            self.record_at(at);
-            if self.out.len() >= chunk && !each(std::mem::take(&mut self.out)) {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Scans the whole of `self.file` for records; `false` when `each` asked to stop.
     fn scan_file(
         &mut self,
@@ -216,6 +208,9 @@ impl Scan<'_> {
 
     /// Reads the record whose magic is at `offset`, if it is one.
     fn record_at(&mut self, offset: u64) {
+        if self.log && store::wal::retracted(self.file, offset) {
+            return;
+        }
         let mut head = [0u8; Header::V2_LEN];
         if self.file.read_exact_at(&mut head, offset).is_err() {
             return;
@@ -333,17 +328,15 @@ mod tests {
         m
     }
 
-    /// A crash leaves the newest commits in the write-ahead log only: the salvage of the file
-    /// moved aside reads them from the log moved with it.
-    #[tokio::test]
-    async fn the_log_moved_with_a_damaged_file_is_salvaged_with_it() {
+    /// A spool of 20 events, one commit each, its file and log copied aside while it is open
+    /// (as a kill -9 would leave them) as a damaged file and the logs moved with it.
+    async fn moved_while_open() -> (tempfile::TempDir, PathBuf, [PathBuf; 2]) {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(&settings(dir.path()), &DedupeSettings::default()).unwrap();
         for i in 0..20 {
             let r = spool.append(&message(i)).await.unwrap();
             assert!(matches!(r, Appended::Stored(_)), "{r:?}");
         }
-        // Copied while the spool is open: as a kill -9 would leave the two files.
         let aside = tempfile::tempdir().unwrap();
         let file = aside.path().join("spool.redb.damaged-1");
         std::fs::copy(dir.path().join(store::FILE_NAME), &file).unwrap();
@@ -352,6 +345,25 @@ mod tests {
             std::fs::copy(dir.path().join(name), log).unwrap();
         }
         spool.close().await;
+        (aside, file, logs)
+    }
+
+    /// Where each frame of the log at `path` starts (its magic), in file order.
+    fn frame_starts(path: &Path) -> Vec<usize> {
+        let bytes = std::fs::read(path).unwrap();
+        memchr::memmem::find_iter(&bytes, b"EKBW").collect()
+    }
+
+    fn write_at(path: &Path, at: usize, bytes: &[u8]) {
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(bytes, at as u64).unwrap();
+    }
+
+    /// A crash leaves the newest commits in the write-ahead log only: the salvage of the file
+    /// moved aside reads them from the log moved with it.
+    #[tokio::test]
+    async fn the_log_moved_with_a_damaged_file_is_salvaged_with_it() {
+        let (_aside, file, logs) = moved_while_open().await;
         let (found, stats) = scan_all(&file);
         assert_eq!(stats.found, 20, "{stats:?}");
         let want: HashSet<String> = (0..20).map(|i| format!("ev-{i}")).collect();
@@ -361,6 +373,51 @@ mod tests {
         }
         let (_, without) = scan_all(&file);
         assert!(without.found < 20, "the file alone lacks them: {without:?}");
+    }
+
+    /// Two faults at once: the file is damaged, and so is the header of every frame of the
+    /// log moved with it. Those frames were acknowledged, and their records still pass their
+    /// checksums: every event is found. A retracted frame (its header zeroed: its commit
+    /// failed and its requests were answered as failed) is passed over.
+    #[tokio::test]
+    async fn a_moved_log_gives_the_events_of_damaged_headers_and_not_of_retracted_ones() {
+        let (_aside, file, logs) = moved_while_open().await;
+        let only_in_log = {
+            let kept: Vec<Vec<u8>> = logs.iter().map(|l| std::fs::read(l).unwrap()).collect();
+            logs.iter().for_each(|l| std::fs::remove_file(l).unwrap());
+            let in_file = ids(&scan_all(&file).0);
+            for (log, bytes) in logs.iter().zip(kept) {
+                std::fs::write(log, bytes).unwrap();
+            }
+            (0..20)
+                .rev()
+                .find(|i| !in_file.contains(&format!("ev-{i}")))
+        };
+        let only_in_log = only_in_log.expect("the file lacks the newest commits");
+        for log in &logs {
+            for at in frame_starts(log) {
+                write_at(log, at + 20, &[0x5A]);
+            }
+        }
+        let (found, stats) = scan_all(&file);
+        let want: HashSet<String> = (0..20).map(|i| format!("ev-{i}")).collect();
+        assert_eq!((ids(&found), stats.damaged), (want, 0), "{stats:?}");
+
+        let needle = format!("\"id\":\"ev-{only_in_log}\"");
+        let (log, at) = logs
+            .iter()
+            .find_map(|log| {
+                let bytes = std::fs::read(log).unwrap();
+                let event = memchr::memmem::find(&bytes, needle.as_bytes())?;
+                let frame = frame_starts(log).into_iter().filter(|&f| f < event).max()?;
+                Some((log, frame))
+            })
+            .expect("the event is in the log");
+        write_at(log, at, &[0u8; 48]);
+        let (found, stats) = scan_all(&file);
+        let mut want: HashSet<String> = (0..20).map(|i| format!("ev-{i}")).collect();
+        want.remove(&format!("ev-{only_in_log}"));
+        assert_eq!((ids(&found), stats.damaged), (want, 0), "{stats:?}");
     }
 
     /// A spool of `EVENTS` events in commits of 20, the first 100 published; closed.

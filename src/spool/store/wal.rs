@@ -353,15 +353,29 @@ fn sound_header(h: &[u8]) -> bool {
     h[..4] == MAGIC && h[4] == VERSION && crc == crc32fast::hash(&h[..44])
 }
 
-/// Where the events record of every frame with a whole header starts in the log file at
-/// `path`, whatever its generation: what the salvage of a log moved aside reads. A frame whose
-/// commit failed was retracted by zeroing its header, so its records are never taken, though
-/// they pass their own checksums.
-pub(in crate::spool) fn frames_in(path: &Path) -> io::Result<Vec<u64>> {
-    let bytes = std::fs::read(path)?;
-    let sound = |&i: &usize| bytes.get(i..i + HEADER).is_some_and(sound_header);
-    let frames = memchr::memmem::find_iter(&bytes, &MAGIC).filter(sound);
-    Ok(frames.map(|i| (i + HEADER) as u64).collect())
+/// Whether the record at `record_at` of the log file `file` belongs to a retracted frame:
+/// the [`HEADER`] bytes before it are all zeros, as [`Wal::retract`] leaves a frame whose
+/// commit failed (its requests were answered as failed), so its records, though they pass
+/// their own checksums, are not for the salvage. A header damaged in any other way (a flipped
+/// byte) is not a retraction: that frame's records were acknowledged, and the salvage of a
+/// log, which scans for records byte by byte, takes them.
+pub(in crate::spool) fn retracted(file: &File, record_at: u64) -> bool {
+    let mut header = [0u8; HEADER];
+    record_at >= HEADER as u64
+        && file
+            .read_exact_at(&mut header, record_at - HEADER as u64)
+            .is_ok()
+        && header.iter().all(|&b| b == 0)
+}
+
+/// Whether `path` is a copy of the log kept for the salvage (`spool-<0|1>.wal.damaged-<ms>`,
+/// see `store::keep_damaged_log`), rather than a damaged spool file.
+pub(in crate::spool) fn is_log_copy(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        FILE_NAMES
+            .iter()
+            .any(|log| n.starts_with(&format!("{log}.")))
+    })
 }
 
 /// Whether a record reads whole: its header and every part pass their checksums.
@@ -527,17 +541,31 @@ mod tests {
     }
 
     #[test]
-    fn a_retracted_frame_is_not_one_for_the_salvage() {
+    fn a_retracted_frame_is_told_from_a_damaged_header() {
         let records = [record(0, &[b"a"]), record(1, &[b"b"])];
         let (dir, mut wal) = log_of(&records);
         let third = record(2, &[b"c"]);
         wal.write(12, &third, &[]).unwrap();
         wal.retract();
-        let path = dir.path().join(file_of(7));
-        let at = frames_in(&path).unwrap();
+        let lens: Vec<usize> = records.iter().map(Vec::len).collect();
+        flip(dir.path(), &lens, 0, lens[0] + 20);
+        let file = File::open(dir.path().join(file_of(7))).unwrap();
         let second = (HEADER + records[0].len()) as u64;
-        assert_eq!(at, [HEADER as u64, second + HEADER as u64]);
-        assert_eq!(read_frames(dir.path(), 7).unwrap().frames.len(), 2);
+        let third_at = second + (HEADER + records[1].len()) as u64;
+        assert!(!retracted(&file, HEADER as u64), "a flipped header byte");
+        assert!(!retracted(&file, second + HEADER as u64));
+        assert!(retracted(&file, third_at + HEADER as u64));
+        assert!(!retracted(&file, 0), "nothing before the file's start");
+    }
+
+    #[test]
+    fn copies_of_the_log_are_told_from_spool_files() {
+        assert!(is_log_copy(Path::new("/s/spool-0.wal.damaged-17")));
+        assert!(is_log_copy(Path::new("spool-1.wal.damaged-17")));
+        assert!(!is_log_copy(Path::new("/s/spool.redb.damaged-17")));
+        assert!(!is_log_copy(Path::new(
+            "/s/spool.redb.damaged-17.spool-0.wal"
+        )));
     }
 
     #[test]
