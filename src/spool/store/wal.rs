@@ -146,6 +146,12 @@ impl Log {
 impl Wal {
     /// Opens (or creates) the log in `dir`, to be written from its start under `generation`.
     /// What it held must have been read first ([`read_frames`]).
+    ///
+    /// The directory is fsynced before the first frame: an `fdatasync` of a file makes its
+    /// bytes durable, not its name, so a power cut could otherwise lose a file created here
+    /// (the log's, or the spool file redb created just before) or a damaged file's rename
+    /// aside (which happens in this directory before the fresh file is opened), with the
+    /// commits acknowledged since.
     pub(super) fn open(dir: &Path, generation: u64) -> io::Result<Wal> {
         let open = |name: &str| {
             File::options()
@@ -156,6 +162,7 @@ impl Wal {
                 .open(dir.join(name))
         };
         let files = [open(FILE_NAMES[0])?, open(FILE_NAMES[1])?];
+        File::open(dir)?.sync_all()?;
         let prepared = [files[0].metadata()?.len(), files[1].metadata()?.len()];
         Ok(Wal {
             files,
