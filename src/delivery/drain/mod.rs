@@ -20,6 +20,10 @@
 //! pauses until the slow topic moves again, so memory stays flat, and the start-up recovery
 //! check knows how far past the oldest entry the drain can have gone.
 //!
+//! A backlog is read from the spool one batch ahead ([`reads`]): the next read runs on
+//! another thread while the drain sends the batch before, so reading and sending overlap on
+//! the machine's cores instead of taking turns.
+//!
 //! A topic not yet created (see [`crate::topics`]) is treated the same way: its
 //! entries wait aside, in order, until it is ready, and the drain wakes when it is.
 //!
@@ -29,6 +33,7 @@
 //! is retried now and then, and shows in logs and metrics. It is never dropped.
 
 mod deletes;
+mod reads;
 mod retries;
 mod shares;
 mod sink;
@@ -52,10 +57,11 @@ use crate::event::Message;
 use crate::kafka::report::{report_queue, ReportQueue, Reports};
 use crate::kafka::{is_permanent, EnqueueError, Outcome, Publisher};
 use crate::metrics::Metrics;
-use crate::spool::{Entry, Spool, SpoolError};
+use crate::spool::{Entry, Spool};
 use crate::telemetry::LogThrottle;
 use crate::topics::Topics;
 use deletes::PendingDeletes;
+use reads::{Read, ReadAhead};
 use retries::{Retries, Retry};
 use shares::{Limits, TopicShares};
 pub use sink::{KafkaSink, Sink};
@@ -106,10 +112,11 @@ impl DrainSettings {
     }
 
     /// How far into the spool entries can have been sent before a stop: the in-flight
-    /// window, the confirmed ones whose delete was pending, a read batch, and the entries that
-    /// waited aside while newer ones of other topics went out.
+    /// window, the confirmed ones whose delete was pending, the entries read ahead (less than
+    /// a batch held when the next batch is read), and the entries that waited aside while
+    /// newer ones of other topics went out.
     pub(crate) fn recovery_candidates(&self) -> usize {
-        self.max_in_flight + 2 * self.delete_batch + self.read_batch + self.max_waiting
+        self.max_in_flight + 2 * self.delete_batch + 2 * self.read_batch + self.max_waiting
     }
 }
 
@@ -217,6 +224,8 @@ pub struct Drain<S: Sink = KafkaSink> {
     /// The newest spool entry read so far.
     cursor: Option<u64>,
     buffer: VecDeque<Entry>,
+    /// The next entries, being read while the drain sends those it holds.
+    read_ahead: ReadAhead,
     retries: Retries,
     /// Sends in flight, by the token their report comes back with.
     in_flight: HashMap<u64, Sending<S::Pending>, TokenHasher>,
@@ -297,6 +306,7 @@ impl<S: Sink> Drain<S> {
             control: Arc::default(),
             cursor: None,
             buffer: VecDeque::new(),
+            read_ahead: ReadAhead::default(),
             retries: Retries::default(),
             in_flight: HashMap::default(),
             next_token: 0,
@@ -353,6 +363,7 @@ impl<S: Sink> Drain<S> {
             }
             tokio::select! {
                 _ = self.reports.recv_many(&mut self.report_buf, REPORTS_PER_TURN), if !self.in_flight.is_empty() => self.on_reports(),
+                read = self.read_ahead.done() => self.on_read(read),
                 changed = self.committed.changed(), if !stopping => stopping = changed.is_err(),
                 _ = topic_ready(&mut self.topics_ready), if self.topics.waiting_entries > 0 => {}
                 _ = &mut timer, if armed.is_some() => armed = None,
@@ -392,6 +403,7 @@ impl<S: Sink> Drain<S> {
     /// Fills the window: due retries first, then entries that waited for their topic's
     /// share, then the spool in order.
     async fn fill(&mut self) {
+        self.read_ahead_when_low();
         self.queue_full = self.queue_full && !self.in_flight.is_empty();
         let limits = Limits {
             share: self.settings.max_in_flight_per_topic,
@@ -425,9 +437,6 @@ impl<S: Sink> Drain<S> {
                     continue;
                 }
                 (e.seq, e.message, 0)
-            } else if *self.committed.borrow_and_update() > self.cursor {
-                self.read_more().await;
-                continue;
             } else {
                 break;
             };
@@ -448,6 +457,7 @@ impl<S: Sink> Drain<S> {
                 Err(EnqueueError::Refused(e)) => self.on_failure(seq, message, attempt, e),
             }
         }
+        self.read_ahead_when_low();
     }
 
     fn due_retry(&mut self) -> Option<Retry> {
@@ -507,44 +517,47 @@ impl<S: Sink> Drain<S> {
         }
     }
 
-    /// Reads the next committed entries into the buffer.
-    async fn read_more(&mut self) {
-        let committed = *self.committed.borrow();
-        match self
-            .spool
-            .read_after(self.cursor, self.settings.read_batch)
-            .await
-        {
-            Ok(entries) if entries.is_empty() => {
-                // Nothing left up to what was committed: the entries between were deleted
-                // (the recovery check found them on Kafka), or were in a damaged file the
-                // spool moved aside (salvage puts them back). Reading on from there.
-                self.cursor = self.cursor.max(committed);
-            }
-            Ok(entries) => {
-                for entry in entries {
-                    match entry {
-                        Ok(e) => {
-                            self.cursor = Some(e.seq);
-                            self.buffer.push_back(e);
-                        }
-                        Err(bad) => {
-                            // The spool moves it to its quarantine (and logs it there, once)
-                            // if it is damaged; an entry of an unknown layout stays in place.
-                            self.cursor = Some(bad.seq);
-                            tracing::warn!(seq = bad.seq, error = %crate::problem::with_causes(&bad), "a spooled entry does not read back; not published");
-                            self.to_quarantine.push(bad.seq);
-                        }
-                    }
+    /// Starts reading the next committed entries when the drain holds no more than a batch
+    /// of them and no read is under way (see [`reads`]): at the start of a fill, so the read
+    /// runs while the batch before is sent, and at its end.
+    fn read_ahead_when_low(&mut self) {
+        if self.read_ahead.in_progress() || self.buffer.len() > self.settings.read_batch {
+            return;
+        }
+        let committed = *self.committed.borrow_and_update();
+        if committed > self.cursor {
+            let batch = self.settings.read_batch;
+            self.read_ahead
+                .start(&self.spool, self.cursor, batch, committed);
+        }
+    }
+
+    /// A read came back: its entries go to the end of the buffer.
+    fn on_read(&mut self, read: Read) {
+        let entries = match read.entries {
+            Ok(entries) => entries,
+            // Logged by the read, which waited a moment before it came back.
+            Err(_) => return,
+        };
+        if entries.is_empty() {
+            // Nothing left up to what was committed: the entries between were deleted (the
+            // recovery check found them on Kafka), or were in a damaged file the spool moved
+            // aside (salvage puts them back). Reading on from there.
+            self.cursor = self.cursor.max(read.committed);
+        }
+        for entry in entries {
+            match entry {
+                Ok(e) => {
+                    self.cursor = Some(e.seq);
+                    self.buffer.push_back(e);
                 }
-            }
-            Err(SpoolError::Damaged) => {
-                // Reported by the spool, which moves the file aside and starts a fresh one.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => {
-                tracing::error!(error = %crate::problem::with_causes(&e), "cannot read the spool; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(bad) => {
+                    // The spool moves it to its quarantine (and logs it there, once) if it is
+                    // damaged; an entry of an unknown layout stays in place.
+                    self.cursor = Some(bad.seq);
+                    tracing::warn!(seq = bad.seq, error = %crate::problem::with_causes(&bad), "a spooled entry does not read back; not published");
+                    self.to_quarantine.push(bad.seq);
+                }
             }
         }
     }

@@ -598,3 +598,55 @@ async fn a_stop_with_everything_confirmed_returns_at_once_and_deletes_it_all() {
     assert!(Instant::now() - asked < Duration::from_millis(100));
     assert_eq!(run.spool.stats().depth, 0);
 }
+
+/// A backlog is read from the file one batch ahead: the next read is under way while the
+/// entries of the last one wait for room in the window, one read at a time, and the drain
+/// never holds more than two batches. Every entry still goes once, in order.
+#[tokio::test(start_paused = true)]
+async fn the_next_batch_is_read_while_the_last_one_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), &events("t", 20)).await;
+    spool.close().await;
+    drop(spool);
+    let spool = spool_with(dir.path(), &[]).await;
+    let fake = Fake::default();
+    fake.with(|s| s.hold.insert("t".into()));
+    let settings = DrainSettings {
+        read_batch: 4,
+        ..settings(2, 2)
+    };
+    let gauges = Arc::new(DrainGauges::default());
+    let metrics = Arc::new(Metrics::new());
+    let mut drain = Drain::with_sink(spool.clone(), fake.clone(), metrics, settings, gauges);
+
+    drain.fill().await;
+    assert!(
+        drain.read_ahead.in_progress(),
+        "nothing held: a read starts"
+    );
+    assert!(fake.handed().is_empty());
+    let read = drain.read_ahead.done().await;
+    drain.on_read(read);
+    assert_eq!(drain.buffer.len(), 4);
+
+    drain.fill().await;
+    assert_eq!(fake.ids_to("t"), ["t-0", "t-1"], "the window is full");
+    assert!(
+        drain.read_ahead.in_progress(),
+        "the next batch is being read while this one waits"
+    );
+    let read = drain.read_ahead.done().await;
+    drain.on_read(read);
+    drain.fill().await;
+    assert_eq!(drain.buffer.len(), 6);
+    assert!(
+        !drain.read_ahead.in_progress(),
+        "more than a batch held: no read until it is sent"
+    );
+
+    fake.release("t");
+    drain.run(DrainStop::default(), Until::Empty).await;
+    let want: Vec<String> = (0..20).map(|i| format!("t-{i}")).collect();
+    assert_eq!(fake.ids_to("t"), want);
+    assert_eq!(spool.stats().depth, 0);
+}
