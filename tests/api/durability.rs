@@ -1002,6 +1002,10 @@ async fn spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it(
 /// This file's tests, as the harness (tests/api/main.rs) runs them.
 pub(crate) fn tests() -> Vec<Test> {
     vec![
+        Test::sync(
+            "the_test_brokers_proxy_counts_kafka_frames_however_the_stream_is_cut",
+            crate::common::broker::frames_are_counted_however_the_stream_is_cut,
+        ),
         Test::tokio(
             "broker_down_under_load_loses_nothing_and_duplicates_nothing",
             broker_down_under_load_loses_nothing_and_duplicates_nothing,

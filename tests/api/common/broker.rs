@@ -11,7 +11,7 @@
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rdkafka::bindings as rd;
@@ -126,6 +126,25 @@ struct Proxy {
     down: Arc<AtomicBool>,
     /// Both ends of every connection passed through, to cut them when going down.
     open: Arc<Mutex<Vec<TcpStream>>>,
+    /// What each connection asked and was answered, to let the answers back before a cut.
+    exchanges: Arc<Mutex<Vec<Arc<Exchange>>>>,
+}
+
+/// One connection's Kafka requests passed on to the broker, and responses passed back
+/// (counted by their length-prefixed frames: every request the bridge sends has a response).
+#[derive(Default)]
+struct Exchange {
+    asked: AtomicU64,
+    answered: AtomicU64,
+    closed: AtomicBool,
+}
+
+impl Exchange {
+    /// Whether a request passed on still waits for its response.
+    fn waiting(&self) -> bool {
+        !self.closed.load(Ordering::SeqCst)
+            && self.answered.load(Ordering::SeqCst) < self.asked.load(Ordering::SeqCst)
+    }
 }
 
 impl Proxy {
@@ -135,8 +154,13 @@ impl Proxy {
             addr: listener.local_addr().unwrap(),
             down: Arc::new(AtomicBool::new(false)),
             open: Arc::new(Mutex::new(Vec::new())),
+            exchanges: Arc::new(Mutex::new(Vec::new())),
         };
-        let (down, open) = (proxy.down.clone(), proxy.open.clone());
+        let (down, open, exchanges) = (
+            proxy.down.clone(),
+            proxy.open.clone(),
+            proxy.exchanges.clone(),
+        );
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 if down.load(Ordering::SeqCst) {
@@ -153,28 +177,52 @@ impl Proxy {
                     open.push(client.try_clone().unwrap());
                     open.push(server.try_clone().unwrap());
                 }
+                let exchange = Arc::new(Exchange::default());
+                {
+                    let mut exchanges = exchanges.lock().unwrap();
+                    exchanges.retain(|e| !e.closed.load(Ordering::SeqCst));
+                    exchanges.push(exchange.clone());
+                }
+                let requests = Direction {
+                    frames: exchange.clone(),
+                    requests: true,
+                    gate: Some(down.clone()),
+                };
+                let responses = Direction {
+                    frames: exchange,
+                    requests: false,
+                    gate: None,
+                };
                 pipe(
                     client.try_clone().unwrap(),
                     server.try_clone().unwrap(),
-                    Some(down.clone()),
+                    requests,
                 );
-                pipe(server, client, None);
+                pipe(server, client, responses);
             }
         });
         proxy
     }
 
-    /// Going down: no request is passed on any more, the answers to those already passed on
-    /// get a moment to come back, then every connection is cut.
+    /// Going down: no request is passed on any more, the responses to those already passed
+    /// on come back (up to 10 s), then every connection is cut.
     ///
-    /// Why not cut at once: a request the mock broker took whose answer is lost is sent again,
-    /// and a real broker knows the repeat by its idempotent sequence number while the mock
-    /// appends it again (it checks sequences only for transactional producers), which would
-    /// show as a duplicate the bridge did not make.
+    /// Why not cut at once: a request the mock broker took whose response is lost is sent
+    /// again, and a real broker knows the repeat by its idempotent sequence number while the
+    /// mock appends it again (it checks sequences only for transactional producers), which
+    /// would show as a duplicate the bridge did not make. A fixed wait for the responses was
+    /// not enough on a loaded machine: copies of one batch side by side in a partition.
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         if down {
-            std::thread::sleep(std::time::Duration::from_millis(300));
+            // A request read just before the gate closed is counted within microseconds.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while self.exchanges.lock().unwrap().iter().any(|e| e.waiting())
+                && std::time::Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             for s in self.open.lock().unwrap().drain(..) {
                 let _ = s.shutdown(Shutdown::Both);
             }
@@ -182,22 +230,87 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until either end closes, or (with `gate`)
-/// until the proxy goes down: what arrives then is not passed on.
-fn pipe(mut from: TcpStream, mut to: TcpStream, gate: Option<Arc<AtomicBool>>) {
+/// One way through a proxied connection: what it counts, and (requests) the gate that stops
+/// them while the proxy is down.
+struct Direction {
+    frames: Arc<Exchange>,
+    requests: bool,
+    gate: Option<Arc<AtomicBool>>,
+}
+
+impl Direction {
+    fn passed(&self, frames: u64) {
+        let count = match self.requests {
+            true => &self.frames.asked,
+            false => &self.frames.answered,
+        };
+        count.fetch_add(frames, Ordering::SeqCst);
+    }
+}
+
+/// Counts the Kafka frames (a 4-byte big-endian length, then that many bytes) in a stream fed
+/// in pieces.
+#[derive(Default)]
+struct Frames {
+    /// Bytes of the length prefix read so far.
+    prefix: Vec<u8>,
+    /// Bytes of the current frame's body still to come.
+    body_left: usize,
+}
+
+impl Frames {
+    /// Feeds `bytes`; returns how many frames they completed.
+    fn feed(&mut self, mut bytes: &[u8]) -> u64 {
+        let mut done = 0;
+        while !bytes.is_empty() {
+            if self.body_left > 0 {
+                let n = self.body_left.min(bytes.len());
+                self.body_left -= n;
+                bytes = &bytes[n..];
+                done += u64::from(self.body_left == 0);
+                continue;
+            }
+            let n = (4 - self.prefix.len()).min(bytes.len());
+            self.prefix.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.prefix.len() == 4 {
+                let len = u32::from_be_bytes(self.prefix[..].try_into().unwrap()) as usize;
+                self.prefix.clear();
+                self.body_left = len;
+                done += u64::from(len == 0);
+            }
+        }
+        done
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own until either end closes, or (requests) until
+/// the proxy goes down: what arrives then is not passed on. Counts the frames passed.
+fn pipe(mut from: TcpStream, mut to: TcpStream, way: Direction) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
+        let mut frames = Frames::default();
         loop {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(_) if gate.as_ref().is_some_and(|g| g.load(Ordering::SeqCst)) => break,
+                Ok(_) if way.gate.as_ref().is_some_and(|g| g.load(Ordering::SeqCst)) => break,
                 Ok(n) => {
+                    // A request is counted before it is passed on, a response once passed
+                    // back: the count of requests waiting is never short.
+                    let complete = frames.feed(&buf[..n]);
+                    if way.requests {
+                        way.passed(complete);
+                    }
                     if to.write_all(&buf[..n]).is_err() {
                         break;
+                    }
+                    if !way.requests {
+                        way.passed(complete);
                     }
                 }
             }
         }
+        way.frames.closed.store(true, Ordering::SeqCst);
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });
@@ -225,4 +338,25 @@ impl ProxiedMock {
     pub(super) fn set_down(&self, down: bool) {
         self.proxy.set_down(down);
     }
+}
+
+/// The proxy's frame count, fed a stream cut anywhere (mid-prefix, mid-body, several frames
+/// in one piece), and an empty frame (a test of the harness, run with the durability tests).
+pub fn frames_are_counted_however_the_stream_is_cut() {
+    let mut stream = Vec::new();
+    for body in [&b"abc"[..], b"", &[7u8; 300]] {
+        stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        stream.extend_from_slice(body);
+    }
+    for cut in [1, 2, 3, 5, 7, 64, stream.len()] {
+        let mut frames = Frames::default();
+        let counted: u64 = stream.chunks(cut).map(|piece| frames.feed(piece)).sum();
+        assert_eq!(counted, 3, "pieces of {cut}");
+    }
+    let mut frames = Frames::default();
+    assert_eq!(
+        frames.feed(&stream[..stream.len() - 1]),
+        2,
+        "the last frame not whole"
+    );
 }

@@ -553,7 +553,22 @@ pub fn assert_exactly_once(records: &[Record], acked: &std::collections::HashSet
         missing.len(),
         &missing[..missing.len().min(10)]
     );
-    assert!(duplicated.is_empty(), "duplicates: {duplicated:?}");
+    // Where each copy landed: copies in one batch of one partition are a produce request
+    // appended twice; copies far apart were sent twice.
+    let copies = |id: &String| -> Vec<(i32, i64)> {
+        let of_id = records
+            .iter()
+            .filter(|r| r.header("event-id").as_ref() == Some(id));
+        of_id.map(|r| (r.partition, r.offset)).collect()
+    };
+    let duplicated: Vec<(&String, Vec<(i32, i64)>)> = duplicated
+        .into_iter()
+        .map(|(id, _)| (id, copies(id)))
+        .collect();
+    assert!(
+        duplicated.is_empty(),
+        "duplicates (partition, offset of each copy): {duplicated:?}"
+    );
     assert!(
         unexpected.is_empty(),
         "events never acknowledged arrived: {unexpected:?}"
