@@ -189,6 +189,12 @@ async fn spool_with(dir: &std::path::Path, events: &[(&str, String)]) -> Spool {
     spool
 }
 
+/// The same, closed: opened again, its entries are read from the file, not handed over in
+/// memory.
+async fn closed_spool_with(dir: &std::path::Path, events: &[(&str, String)]) {
+    spool_with(dir, events).await.close().await;
+}
+
 fn events(topic: &str, n: usize) -> Vec<(&str, String)> {
     (0..n).map(|i| (topic, format!("{topic}-{i}"))).collect()
 }
@@ -255,9 +261,7 @@ fn settings(max_in_flight: usize, per_topic: usize) -> DrainSettings {
 #[tokio::test(start_paused = true)]
 async fn a_damaged_entry_is_quarantined_once_and_every_other_entry_published() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = spool_with(dir.path(), &events("t", 3)).await;
-    spool.close().await;
-    drop(spool);
+    closed_spool_with(dir.path(), &events("t", 3)).await;
     crate::spool::damage_entry(dir.path(), 1);
     let reopened = spool_with(dir.path(), &[]).await;
     assert_eq!(reopened.stats().depth, 3, "redb's own checks pass");
@@ -605,9 +609,7 @@ async fn a_stop_with_everything_confirmed_returns_at_once_and_deletes_it_all() {
 #[tokio::test(start_paused = true)]
 async fn the_next_batch_is_read_while_the_last_one_is_sent() {
     let dir = tempfile::tempdir().unwrap();
-    let spool = spool_with(dir.path(), &events("t", 20)).await;
-    spool.close().await;
-    drop(spool);
+    closed_spool_with(dir.path(), &events("t", 20)).await;
     let spool = spool_with(dir.path(), &[]).await;
     let fake = Fake::default();
     fake.with(|s| s.hold.insert("t".into()));
