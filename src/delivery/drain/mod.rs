@@ -40,7 +40,7 @@ mod sink;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -61,7 +61,7 @@ use crate::spool::{Entry, Spool};
 use crate::telemetry::LogThrottle;
 use crate::topics::Topics;
 use deletes::PendingDeletes;
-use reads::{Read, ReadAhead};
+use reads::{Held, Read, ReadAhead};
 use retries::{Retries, Retry};
 use shares::{Limits, TopicShares};
 pub use sink::{KafkaSink, Sink};
@@ -112,11 +112,11 @@ impl DrainSettings {
     }
 
     /// How far into the spool entries can have been sent before a stop: the in-flight
-    /// window, the confirmed ones whose delete was pending, the entries read ahead (less than
-    /// a batch held when the next batch is read), and the entries that waited aside while
-    /// newer ones of other topics went out.
+    /// window, the confirmed ones whose delete was pending, a read batch, and the entries that
+    /// waited aside while newer ones of other topics went out. (Entries read ahead are newer
+    /// than any sent: they add nothing.)
     pub(crate) fn recovery_candidates(&self) -> usize {
-        self.max_in_flight + 2 * self.delete_batch + 2 * self.read_batch + self.max_waiting
+        self.max_in_flight + 2 * self.delete_batch + self.read_batch + self.max_waiting
     }
 }
 
@@ -223,7 +223,8 @@ pub struct Drain<S: Sink = KafkaSink> {
     topics_ready: Option<watch::Receiver<u64>>,
     /// The newest spool entry read so far.
     cursor: Option<u64>,
-    buffer: VecDeque<Entry>,
+    /// Entries read and not sent yet, in order.
+    buffer: Held,
     /// The next entries, being read while the drain sends those it holds.
     read_ahead: ReadAhead,
     retries: Retries,
@@ -305,7 +306,7 @@ impl<S: Sink> Drain<S> {
             gauges,
             control: Arc::default(),
             cursor: None,
-            buffer: VecDeque::new(),
+            buffer: Held::default(),
             read_ahead: ReadAhead::default(),
             retries: Retries::default(),
             in_flight: HashMap::default(),
@@ -518,10 +519,11 @@ impl<S: Sink> Drain<S> {
     }
 
     /// Starts reading the next committed entries when the drain holds no more than a batch
-    /// of them and no read is under way (see [`reads`]): at the start of a fill, so the read
-    /// runs while the batch before is sent, and at its end.
+    /// of them (and under [`reads::AHEAD_BYTES`] of bodies) and no read is under way (see
+    /// [`reads`]): at the start of a fill, so the read runs while the batch before is sent,
+    /// and at its end.
     fn read_ahead_when_low(&mut self) {
-        if self.read_ahead.in_progress() || self.buffer.len() > self.settings.read_batch {
+        if self.read_ahead.in_progress() || !self.buffer.wants_more(self.settings.read_batch) {
             return;
         }
         let committed = *self.committed.borrow_and_update();

@@ -7,14 +7,61 @@
 //! core at a time: the drain waited on its reads for 45 % of `spool_bench`'s drain, with the
 //! machine a quarter idle (BENCHMARKS.md, issue 26). Now a read runs as a task of its own
 //! while the drain goes on with what it holds, started as soon as the drain holds no more
-//! than a batch (before it sends them). One read at a time: each starts after the sequence
-//! number where the last one ended.
+//! than a batch (before it sends them) and less than [`AHEAD_BYTES`] of bodies. One read at a
+//! time: each starts after the sequence number where the last one ended.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use crate::spool::{ReadEntry, Spool, SpoolError};
+use crate::spool::{Entry, ReadEntry, Spool, SpoolError};
+
+/// Bytes of bodies held before another read is started: about one read's worth (the spool's
+/// reads stop at the record in which 4 MiB were read), so what the drain holds stays about
+/// two reads whatever the bodies' size, and however long Kafka is away.
+pub(super) const AHEAD_BYTES: usize = 4 * 1024 * 1024;
+
+/// The entries read and not sent yet, in order, and the bytes of their bodies.
+#[derive(Default)]
+pub(super) struct Held {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Held {
+    pub(super) fn push_back(&mut self, e: Entry) {
+        self.bytes += e.message.body.len();
+        self.entries.push_back(e);
+    }
+
+    /// Puts back an entry taken from the front (the producer's queue was full).
+    pub(super) fn push_front(&mut self, e: Entry) {
+        self.bytes += e.message.body.len();
+        self.entries.push_front(e);
+    }
+
+    pub(super) fn pop_front(&mut self) -> Option<Entry> {
+        let e = self.entries.pop_front()?;
+        self.bytes -= e.message.body.len();
+        Some(e)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Whether the drain holds little enough to read more: no more than `batch` entries, and
+    /// under [`AHEAD_BYTES`].
+    pub(super) fn wants_more(&self, batch: usize) -> bool {
+        self.entries.len() <= batch && self.bytes < AHEAD_BYTES
+    }
+}
 
 /// What a read brought back.
 pub(super) struct Read {
@@ -73,10 +120,18 @@ impl ReadAhead {
         };
         let read = reading.await;
         self.reading = None;
-        read.unwrap_or_else(|_| Read {
-            committed: None,
-            entries: Err(SpoolError::Closed),
-        })
+        match read {
+            Ok(read) => read,
+            Err(e) => {
+                // A panic outside the read's own guard: said, and not retried in a hot loop.
+                tracing::error!(error = %e, "a read of the spool failed; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Read {
+                    committed: None,
+                    entries: Err(SpoolError::Closed),
+                }
+            }
+        }
     }
 }
 

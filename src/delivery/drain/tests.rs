@@ -652,3 +652,37 @@ async fn the_next_batch_is_read_while_the_last_one_is_sent() {
     assert_eq!(fake.ids_to("t"), want);
     assert_eq!(spool.stats().depth, 0);
 }
+
+/// Reading ahead is bounded in bytes too: with large bodies and Kafka not confirming, the drain
+/// holds about two reads' worth (a read stops at about 4 MiB), never a batch of 1 024 of them.
+#[tokio::test(start_paused = true)]
+async fn large_bodies_are_read_ahead_only_up_to_a_read_s_worth_of_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = spool_with(dir.path(), &[]).await;
+    for i in 0..16 {
+        let mut m = sample();
+        m.topic = "t".into();
+        m.event_id = format!("t-{i}");
+        m.body = bytes::Bytes::from(vec![b'x'; 1024 * 1024]);
+        spool.append(&m).await.unwrap();
+    }
+    spool.close().await;
+    let spool = spool_with(dir.path(), &[]).await;
+    let fake = Fake::default();
+    fake.with(|s| s.hold.insert("t".into()));
+    let metrics = Arc::new(Metrics::new());
+    let gauges = Arc::new(DrainGauges::default());
+    let mut drain = Drain::with_sink(spool, fake.clone(), metrics, settings(1, 1), gauges);
+    for _ in 0..4 {
+        drain.fill().await;
+        if !drain.read_ahead.in_progress() {
+            break;
+        }
+        let read = drain.read_ahead.done().await;
+        drain.on_read(read);
+    }
+    assert_eq!(fake.ids_to("t"), ["t-0"], "the window holds one");
+    assert!(!drain.read_ahead.in_progress(), "no read past the bound");
+    let held = drain.buffer.len();
+    assert!((4..=8).contains(&held), "two reads of about 4 MiB: {held}");
+}
