@@ -180,7 +180,8 @@ pub(super) fn open_checked(dir: &Path, check: bool) -> CheckedOpen {
 
 /// Renames the spool file aside (kept for salvage, never deleted). The renames are made
 /// durable, with the fresh file's name, by the open of the fresh spool in the same directory
-/// (it fsyncs the directory before its first commit, see `store::wal::Wal::open`).
+/// (it fsyncs the directory before the first commit it acknowledges, see
+/// `store::wal::Wal::open`).
 pub(super) fn move_aside(dir: &Path, kind: DamageKind, detail: String) -> Damaged {
     let from = dir.join(FILE_NAME);
     let to = dir.join(format!(

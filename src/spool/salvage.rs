@@ -377,8 +377,10 @@ mod tests {
 
     /// Two faults at once: the file is damaged, and so is the header of every frame of the
     /// log moved with it. Those frames were acknowledged, and their records still pass their
-    /// checksums: every event is found. A retracted frame (its header zeroed: its commit
-    /// failed and its requests were answered as failed) is passed over.
+    /// checksums: every event is found. A retracted frame (its commit failed and its
+    /// requests were answered as failed), with only its header zeroed as the version before
+    /// left it, is passed over (this version zeroes its events record's header too, see
+    /// `wal::retract`).
     #[tokio::test]
     async fn a_moved_log_gives_the_events_of_damaged_headers_and_not_of_retracted_ones() {
         let (_aside, file, logs) = moved_while_open().await;

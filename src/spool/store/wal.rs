@@ -162,7 +162,12 @@ impl Wal {
                 .open(dir.join(name))
         };
         let files = [open(FILE_NAMES[0])?, open(FILE_NAMES[1])?];
-        File::open(dir)?.sync_all()?;
+        match File::open(dir).and_then(|d| d.sync_all()) {
+            // A filesystem that cannot fsync a directory (some network or FUSE ones) keeps
+            // names as it does; not a reason to refuse the spool.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
+            other => other?,
+        }
         let prepared = [files[0].metadata()?.len(), files[1].metadata()?.len()];
         Ok(Wal {
             files,
@@ -225,14 +230,17 @@ impl Wal {
         Ok(end)
     }
 
-    /// Undoes a written frame not taken into use (its commit failed): its header is zeroed
-    /// and fsynced, so that no later open applies it. Best effort: when that fails too, the
-    /// next open may apply a commit whose requests were answered as failed (a retry of them
-    /// is then a duplicate, and delivered once).
+    /// Undoes a written frame not taken into use (its commit failed): its header, and the
+    /// header of its events record, are zeroed and fsynced, so that no later open applies it
+    /// and no salvage (which scans a log for records byte by byte) takes its events, whatever
+    /// later overwrites part of it. Best effort: when that fails too, the next open may apply
+    /// a commit whose requests were answered as failed (a retry of them is then a duplicate,
+    /// and delivered once).
     pub(in crate::spool) fn retract(&mut self) {
         let file = &self.files[self.current()];
+        let zeros = [0u8; HEADER + record::Header::V2_LEN];
         let undone = file
-            .write_all_at(&[0u8; HEADER], self.end)
+            .write_all_at(&zeros, self.end)
             .and_then(|()| file.sync_data());
         if let Err(e) = undone {
             tracing::warn!(error = %e, "a failed commit's frame could not be undone in the spool's write-ahead log");
@@ -361,11 +369,13 @@ fn sound_header(h: &[u8]) -> bool {
 }
 
 /// Whether the record at `record_at` of the log file `file` belongs to a retracted frame:
-/// the [`HEADER`] bytes before it are all zeros, as [`Wal::retract`] leaves a frame whose
+/// the [`HEADER`] bytes before it are all zeros, as [`Wal::retract`] left a frame whose
 /// commit failed (its requests were answered as failed), so its records, though they pass
-/// their own checksums, are not for the salvage. A header damaged in any other way (a flipped
-/// byte) is not a retraction: that frame's records were acknowledged, and the salvage of a
-/// log, which scans for records byte by byte, takes them.
+/// their own checksums, are not for the salvage. (Since it also zeroes the events record's
+/// header, a retraction of this version leaves no record to find; this check is for logs of
+/// the version before, which zeroed the frame's header only.) A header damaged in any other
+/// way (a flipped byte) is not a retraction: that frame's records were acknowledged, and the
+/// salvage of a log, which scans for records byte by byte, takes them.
 pub(in crate::spool) fn retracted(file: &File, record_at: u64) -> bool {
     let mut header = [0u8; HEADER];
     record_at >= HEADER as u64
@@ -563,6 +573,17 @@ mod tests {
         assert!(!retracted(&file, second + HEADER as u64));
         assert!(retracted(&file, third_at + HEADER as u64));
         assert!(!retracted(&file, 0), "nothing before the file's start");
+        // Its events record's header is gone too: a later frame that ends inside the zeroed
+        // header (a later generation, from the file's start) leaves no record to find.
+        let path = dir.path().join(file_of(7));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let third = third_at as usize;
+        bytes[third..third + 20].fill(0xAB);
+        std::fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        assert!(!retracted(&file, third_at + HEADER as u64));
+        let found = record::Header::read(&bytes[third + HEADER..]);
+        assert!(!found.is_some_and(|h| h.checked), "{found:?}");
     }
 
     #[test]
