@@ -137,6 +137,9 @@ struct Exchange {
     asked: AtomicU64,
     answered: AtomicU64,
     closed: AtomicBool,
+    /// Held by the request side from its look at the gate until what it read is counted and
+    /// passed on: going down takes it once, so no request slips past the count.
+    passing: Mutex<()>,
 }
 
 impl Exchange {
@@ -215,8 +218,9 @@ impl Proxy {
     fn set_down(&self, down: bool) {
         self.down.store(down, Ordering::SeqCst);
         if down {
-            // A request read just before the gate closed is counted within microseconds.
-            std::thread::sleep(std::time::Duration::from_millis(50));
+            for e in self.exchanges.lock().unwrap().iter() {
+                drop(e.passing.lock().unwrap());
+            }
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while self.exchanges.lock().unwrap().iter().any(|e| e.waiting())
                 && std::time::Instant::now() < deadline
@@ -284,30 +288,35 @@ impl Frames {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until either end closes, or (requests) until
-/// the proxy goes down: what arrives then is not passed on. Counts the frames passed.
+/// Copies `from` to `to` on a thread of its own until either end closes (the proxy cuts both
+/// when it goes down); requests that arrive while it is down are dropped. Counts the frames
+/// passed.
 fn pipe(mut from: TcpStream, mut to: TcpStream, way: Direction) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 64 * 1024];
         let mut frames = Frames::default();
         loop {
-            match from.read(&mut buf) {
+            let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(_) if way.gate.as_ref().is_some_and(|g| g.load(Ordering::SeqCst)) => break,
-                Ok(n) => {
-                    // A request is counted before it is passed on, a response once passed
-                    // back: the count of requests waiting is never short.
-                    let complete = frames.feed(&buf[..n]);
-                    if way.requests {
-                        way.passed(complete);
-                    }
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                    if !way.requests {
-                        way.passed(complete);
-                    }
-                }
+                Ok(n) => n,
+            };
+            let _passing = way.requests.then(|| way.frames.passing.lock().unwrap());
+            if way.gate.as_ref().is_some_and(|g| g.load(Ordering::SeqCst)) {
+                // Down: requests are dropped, and the connection stays up until the proxy
+                // cuts it, so the responses to those passed on before still come back.
+                continue;
+            }
+            // A request is counted before it is passed on, a response once passed back: the
+            // count of requests waiting is never short.
+            let complete = frames.feed(&buf[..n]);
+            if way.requests {
+                way.passed(complete);
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if !way.requests {
+                way.passed(complete);
             }
         }
         way.frames.closed.store(true, Ordering::SeqCst);
