@@ -215,19 +215,30 @@ async fn start(events: &[(&str, String)], settings: DrainSettings, fake: Fake) -
     start_on(spool, dir, settings, fake)
 }
 
-/// A drain on `spool` (whose directory is `dir`).
-fn start_on(spool: Spool, dir: tempfile::TempDir, settings: DrainSettings, fake: Fake) -> Running {
+/// A drain of `spool` into `fake`, not started (tests that step it call `fill` and `on_read`
+/// themselves); its gauges with it.
+fn drain_on(
+    spool: &Spool,
+    fake: &Fake,
+    settings: DrainSettings,
+) -> (Drain<Fake>, Arc<DrainGauges>) {
     let gauges = Arc::new(DrainGauges::default());
     let metrics = Arc::new(Metrics::new());
-    let control = Arc::new(DrainControl::default());
     let drain = Drain::with_sink(
         spool.clone(),
         fake.clone(),
         metrics,
         settings,
         gauges.clone(),
-    )
-    .with_control(control.clone());
+    );
+    (drain, gauges)
+}
+
+/// A drain on `spool` (whose directory is `dir`).
+fn start_on(spool: Spool, dir: tempfile::TempDir, settings: DrainSettings, fake: Fake) -> Running {
+    let control = Arc::new(DrainControl::default());
+    let (drain, gauges) = drain_on(&spool, &fake, settings);
+    let drain = drain.with_control(control.clone());
     let stop = DrainStop::default();
     let task = tokio::spawn(drain.run(stop.clone(), Until::Shutdown));
     Running {
@@ -617,9 +628,7 @@ async fn the_next_batch_is_read_while_the_last_one_is_sent() {
         read_batch: 4,
         ..settings(2, 2)
     };
-    let gauges = Arc::new(DrainGauges::default());
-    let metrics = Arc::new(Metrics::new());
-    let mut drain = Drain::with_sink(spool.clone(), fake.clone(), metrics, settings, gauges);
+    let (mut drain, _) = drain_on(&spool, &fake, settings);
 
     drain.fill().await;
     assert!(
@@ -670,9 +679,7 @@ async fn large_bodies_are_read_ahead_only_up_to_a_read_s_worth_of_bytes() {
     let spool = spool_with(dir.path(), &[]).await;
     let fake = Fake::default();
     fake.with(|s| s.hold.insert("t".into()));
-    let metrics = Arc::new(Metrics::new());
-    let gauges = Arc::new(DrainGauges::default());
-    let mut drain = Drain::with_sink(spool, fake.clone(), metrics, settings(1, 1), gauges);
+    let (mut drain, _) = drain_on(&spool, &fake, settings(1, 1));
     for _ in 0..4 {
         drain.fill().await;
         if !drain.read_ahead.in_progress() {
