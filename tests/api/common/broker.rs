@@ -306,18 +306,13 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, way: Direction) {
                 // cuts it, so the responses to those passed on before still come back.
                 continue;
             }
-            // A request is counted before it is passed on, a response once passed back: the
-            // count of requests waiting is never short.
+            // Counted once passed on; a request, still under `passing`, so going down (which
+            // takes it once after closing the gate) counts every request passed on.
             let complete = frames.feed(&buf[..n]);
-            if way.requests {
-                way.passed(complete);
-            }
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
-            if !way.requests {
-                way.passed(complete);
-            }
+            way.passed(complete);
         }
         way.frames.closed.store(true, Ordering::SeqCst);
         let _ = to.shutdown(Shutdown::Both);
