@@ -189,7 +189,7 @@ pub(super) fn move_aside(dir: &Path, kind: DamageKind, detail: String) -> Damage
         unix_ms(SystemTime::now())
     ));
     let moved = std::fs::rename(&from, &to).and_then(|()| {
-        move_logs(dir, &to).inspect_err(|_| {
+        move_beside(dir, &to).inspect_err(|_| {
             // Back in place, as found: the caller stays unwritable and tries again.
             if let Err(e) = std::fs::rename(&to, &from) {
                 tracing::error!(error = %e, path = %to.display(), "cannot move the damaged spool file back after its write-ahead log could not follow it");
@@ -210,14 +210,22 @@ pub(super) fn move_aside(dir: &Path, kind: DamageKind, detail: String) -> Damage
     }
 }
 
-/// Moves the write-ahead log beside the damaged file moved to `to`: it holds the newest
-/// commits the file may not, for the salvage, and the fresh file starts a log of its own. A
-/// log that cannot follow would be overwritten by the fresh file's, its commits lost: then
-/// the logs moved are put back, and the error returned.
-fn move_logs(dir: &Path, to: &Path) -> std::io::Result<()> {
+/// Moves the write-ahead log and the segments beside the damaged file moved to `to`: the log
+/// holds the newest commits the file may not, and the segments its records of events, for the
+/// salvage; the fresh file starts a log and segments of its own. A log that cannot follow
+/// would be overwritten by the fresh file's, its commits lost: then the files moved are put
+/// back, and the error returned.
+fn move_beside(dir: &Path, to: &Path) -> std::io::Result<()> {
     let mut moved = Vec::new();
-    for (name, beside) in store::wal::FILE_NAMES.iter().zip(logs_beside(to)) {
-        let log = dir.join(name);
+    let logs = store::wal::FILE_NAMES
+        .iter()
+        .map(|name| dir.join(name))
+        .zip(logs_beside(to));
+    let segments = (
+        store::segment::dir_of(&dir.join(FILE_NAME)),
+        store::segment::dir_of(to),
+    );
+    for (log, beside) in logs.chain([segments]) {
         #[cfg(test)]
         let renamed = match tests::FAIL_LOG_MOVE.with(std::cell::Cell::get) && !moved.is_empty() {
             true => Err(std::io::Error::other(
@@ -233,13 +241,13 @@ fn move_logs(dir: &Path, to: &Path) -> std::io::Result<()> {
             Err(e) => {
                 for (log, beside) in moved {
                     if let Err(e) = std::fs::rename(&beside, &log) {
-                        tracing::error!(error = %e, path = %beside.display(), "cannot move a damaged spool's write-ahead log back");
+                        tracing::error!(error = %e, path = %beside.display(), "cannot move a damaged spool's write-ahead log or segments back");
                     }
                 }
                 return Err(std::io::Error::new(
                     e.kind(),
                     format!(
-                        "its write-ahead log {} cannot follow it: {e}",
+                        "what it keeps beside it ({}) cannot follow it: {e}",
                         log.display()
                     ),
                 ));
@@ -292,6 +300,7 @@ pub fn unsalvaged(dir: &Path) -> Vec<PathBuf> {
                 n.contains(DAMAGED_INFIX)
                     && !n.ends_with(SALVAGED_SUFFIX)
                     && !n.ends_with(LOG_SUFFIX)
+                    && !n.ends_with(store::segment::DIR_SUFFIX)
             })
         })
         .collect();
@@ -313,12 +322,17 @@ pub(super) fn logs_beside(file: &Path) -> [PathBuf; 2] {
     })
 }
 
-/// Marks a moved file as salvaged (renamed with [`SALVAGED_SUFFIX`]; kept for an operator).
+/// Marks a moved file as salvaged (renamed with [`SALVAGED_SUFFIX`]; kept for an operator),
+/// with its segments, if it has any.
 pub fn mark_salvaged(file: &Path) -> std::io::Result<PathBuf> {
     let mut name = file.as_os_str().to_owned();
     name.push(SALVAGED_SUFFIX);
     let to = PathBuf::from(name);
     std::fs::rename(file, &to)?;
+    let segments = store::segment::dir_of(file);
+    if segments.exists() {
+        std::fs::rename(&segments, store::segment::dir_of(&to))?;
+    }
     Ok(to)
 }
 

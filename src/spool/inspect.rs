@@ -11,8 +11,6 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use redb::ReadableDatabase;
-
 use super::damage::{self, panic_text};
 use super::store::{self, Counters, FILE_NAME};
 use super::unchanged::{Unchanged, Unopened};
@@ -87,7 +85,11 @@ pub fn inspect(dir: &Path) -> Result<Inspection, InspectError> {
     match Unchanged::open(&file, true) {
         Ok(opened) => {
             found.needed_recovery = opened.recovered();
-            read_all(opened.db(), &mut found);
+            let stored = store::Readable {
+                db: opened.db(),
+                path: &file,
+            };
+            read_all(stored, &mut found);
             match store::pending_in_log(opened.db(), dir) {
                 Ok(pending) => in_log(pending, &mut found),
                 Err(e) => found.damage = Some(format!("cannot read the write-ahead log: {e}")),
@@ -122,8 +124,8 @@ fn in_log(pending: store::InLog, found: &mut Inspection) {
 }
 
 /// Reads the counters and every entry back; a failure on the way is the file's damage.
-fn read_all(db: &dyn ReadableDatabase, found: &mut Inspection) {
-    let read = catch_unwind(AssertUnwindSafe(|| verify(db, found)));
+fn read_all(file: store::Readable<'_>, found: &mut Inspection) {
+    let read = catch_unwind(AssertUnwindSafe(|| verify(file, found)));
     match read {
         Ok(Ok(())) => found.verified = found.damage.is_none(),
         Ok(Err(e)) => found.damage = Some(e.to_string()),
@@ -131,7 +133,8 @@ fn read_all(db: &dyn ReadableDatabase, found: &mut Inspection) {
     }
 }
 
-fn verify(db: &dyn ReadableDatabase, found: &mut Inspection) -> Result<(), redb::Error> {
+fn verify(file: store::Readable<'_>, found: &mut Inspection) -> Result<(), redb::Error> {
+    let db = file.db;
     let Counters {
         depth,
         bytes,
@@ -142,7 +145,7 @@ fn verify(db: &dyn ReadableDatabase, found: &mut Inspection) -> Result<(), redb:
     let mut after = None;
     let mut entries = 0u64;
     loop {
-        let step = store::read_after(db, after, VERIFY_STEP)?;
+        let step = store::read_after(file, after, VERIFY_STEP)?;
         let Some(last) = step.last() else { break };
         after = Some(match last {
             Ok(e) => e.seq,

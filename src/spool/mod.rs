@@ -191,7 +191,7 @@ impl Spool {
     /// moved aside and a fresh one started (see [`damage`]); [`Spool::damage`] tells of it.
     pub fn open(settings: &SpoolSettings, dedupe: &DedupeSettings) -> Result<Spool, OpenError> {
         let (opened, mut counters, damaged) = damage::open_or_replace(&settings.dir)?;
-        let store::Opened { db, wal } = opened;
+        let store::Opened { db, files } = opened;
         let ids = store::load_ids(&db).map_err(OpenError::Read)?;
         counters.dedupe_entries = ids.len() as u64;
         let db = Arc::new(db);
@@ -218,7 +218,7 @@ impl Spool {
             read_panics: AtomicBool::new(false),
         });
         let writer = Writer::new(
-            (db, wal),
+            (db, files),
             settings,
             shared.clone(),
             rx,
@@ -438,13 +438,19 @@ impl Spool {
     /// `Corrupted` error, hands the file to the writer to check (and replace if damaged).
     async fn read_file(
         &self,
-        read: impl FnOnce(&Database) -> Result<Vec<ReadEntry>, redb::Error> + Send + 'static,
+        read: impl FnOnce(store::Readable<'_>) -> Result<Vec<ReadEntry>, redb::Error> + Send + 'static,
     ) -> Result<Vec<ReadEntry>, SpoolError> {
         let db = self.db()?;
-        let read =
-            tokio::task::spawn_blocking(move || catch_unwind(AssertUnwindSafe(|| read(&db))))
-                .await
-                .map_err(|_| SpoolError::Closed)?;
+        let path = self.dir.join(store::FILE_NAME);
+        let read = tokio::task::spawn_blocking(move || {
+            let file = store::Readable {
+                db: &*db,
+                path: &path,
+            };
+            catch_unwind(AssertUnwindSafe(|| read(file)))
+        })
+        .await
+        .map_err(|_| SpoolError::Closed)?;
         match read {
             Ok(Ok(entries)) => Ok(entries),
             Ok(Err(e)) if damage::is_damage(&e) => Err(self.found_damaged(e.to_string())),
@@ -562,17 +568,13 @@ mod tests {
         spool.close().await;
         let spool = open_in(dir.path());
         let mut damage = spool.damage();
-        // The disk loses the page that holds an entry, and the next read meets it.
+        // The disk loses the pages of the B-tree (every page but redb's header: the entries
+        // themselves are in segments), and the next read meets the damage.
         let file = dir.path().join(store::FILE_NAME);
-        let bytes = std::fs::read(&file).unwrap();
+        let len = std::fs::metadata(&file).unwrap().len();
         let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-        let pages: std::collections::BTreeSet<u64> = (0..bytes.len() - 7)
-            .filter(|&i| &bytes[i..i + 7] == b"before-")
-            .map(|i| i as u64 & !4095)
-            .collect();
-        for page in pages {
-            std::os::unix::fs::FileExt::write_all_at(&f, &[0u8; 4096], page).unwrap();
-        }
+        let zeros = vec![0u8; (len - 4096) as usize];
+        std::os::unix::fs::FileExt::write_all_at(&f, &zeros, 4096).unwrap();
         spool.shared.read_panics.store(true, Ordering::SeqCst);
         assert!(matches!(
             spool.read_disk(None, 100).await,

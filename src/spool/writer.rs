@@ -12,8 +12,9 @@ use super::*;
 pub(super) struct Writer {
     /// `None` only while being re-opened.
     db: Option<Arc<Database>>,
-    /// The file's write-ahead log (see `store::wal`); `None` with `db`.
-    wal: Option<store::Wal>,
+    /// The file's write-ahead log and segments (see `store::wal`, `store::segment`); `None`
+    /// with `db`.
+    files: Option<store::Files>,
     dir: PathBuf,
     min_free_bytes: u64,
     /// While the filesystem has less than `min_free_bytes` free: the spool's size when that
@@ -78,7 +79,7 @@ const MAX_REOPEN_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Writer {
     pub(super) fn new(
-        (db, wal): (Arc<Database>, store::Wal),
+        (db, files): (Arc<Database>, store::Files),
         settings: &SpoolSettings,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<WriterRequest>,
@@ -93,7 +94,7 @@ impl Writer {
             ballast,
             tight,
             db: Some(db),
-            wal: Some(wal),
+            files: Some(files),
             dir: settings.dir.clone(),
             min_free_bytes: settings.min_free_bytes,
             low_space: None,
@@ -236,18 +237,19 @@ impl Writer {
         let limits = self.limits_now(!appends.is_empty());
         let durable = self.short_of_space();
         let now = unix_ms(SystemTime::now());
-        let Some(wal) = self.wal.as_mut() else {
+        let Some(files) = self.files.as_mut() else {
             return Err(Failure::Spool(SpoolError::Unwritable));
         };
-        let state = (&mut self.counters, &mut self.ids, wal);
+        let state = (&mut self.counters, &mut self.ids, files);
         let result = catch_unwind(AssertUnwindSafe(|| {
             store::commit_batch(&db, state, (&limits, durable), now, appends, marks)
         }));
         if !matches!(result, Ok(Ok(_))) {
             // Whatever failed (an error on the way, or a panic that skipped the store's own
-            // undo), a frame this batch left in the log must not bring it back at the re-open.
-            if let Some(wal) = self.wal.as_mut() {
-                wal.retract();
+            // undo), a frame this batch left in the log must not bring it back at the re-open,
+            // nor its record in a segment be found by a salvage.
+            if let Some(files) = self.files.as_mut() {
+                files.retract();
             }
         }
         match result {
@@ -407,7 +409,7 @@ impl Writer {
     /// Closes the database, waiting briefly for readers to let go. A database redb panicked
     /// in may panic again as it closes: that is caught, the file is left behind either way.
     fn let_go(&mut self) {
-        self.wal = None;
+        self.files = None;
         let shared = self.shared.db.write().unwrap().take();
         drop(shared);
         if let Some(db) = self.db.take() {
@@ -456,7 +458,7 @@ impl Writer {
         mut counters: store::Counters,
     ) -> Option<Arc<Database>> {
         let db = Arc::new(opened.db);
-        self.wal = Some(opened.wal);
+        self.files = Some(opened.files);
         if let Some((next_seq, dedupe_seq)) = self.fresh_from {
             match store::continue_from(&db, next_seq, dedupe_seq) {
                 Ok(c) => counters = c,
@@ -511,8 +513,10 @@ impl Writer {
             let _ = late.send(());
         }
         // A clean stop leaves nothing for the next open to apply from the log.
-        if let (Some(db), Some(wal), false) = (&self.db, self.wal.as_mut(), self.broken.is_down()) {
-            if let Err(e) = store::checkpoint(db, wal) {
+        if let (Some(db), Some(files), false) =
+            (&self.db, self.files.as_mut(), self.broken.is_down())
+        {
+            if let Err(e) = store::checkpoint(db, files) {
                 tracing::warn!(error = %crate::problem::with_causes(&e), "spool not checkpointed at its close; the next start applies its write-ahead log");
             }
         }

@@ -729,24 +729,19 @@ fn damage(file: &std::path::Path, how: Damage) {
     }
 }
 
-/// Every 4 KiB page of the spool file that holds a spooled event zeroed, as a disk that lost
-/// them leaves it, after a SIGKILL: redb finds its newest commit damaged and falls back to the
-/// one before, or refuses the file (moved aside and salvaged); either way the write-ahead log
-/// holds every commit since the durable one before the newest, and the bridge serves on.
-async fn zeroed_pages_of_events_the_bridge_serves_on_and_keeps_what_the_log_holds() {
+/// Every page of the spool file's B-tree zeroed (all but redb's header), as a disk that lost
+/// them leaves it, after a SIGKILL: redb refuses the file, which is moved aside with its
+/// segments (where the events are, see `store::segment`) and its write-ahead log, and
+/// salvaged from them; the bridge serves on.
+async fn zeroed_pages_of_the_index_the_bridge_serves_on_and_keeps_every_event() {
     use std::os::unix::fs::FileExt;
     let (broker, dir, before) = checkpointed_then_killed("dmg", 4, 100).await;
     let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
     let file = spool.join("spool.redb");
-    let bytes = std::fs::read(&file).unwrap();
-    let pages: std::collections::BTreeSet<usize> = memchr::memmem::find_iter(&bytes, b"dmg-")
-        .map(|at| at & !4095)
-        .collect();
-    assert!(!pages.is_empty(), "the events are in the file");
+    let len = std::fs::metadata(&file).unwrap().len();
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-    for &page in &pages {
-        f.write_all_at(&[0u8; 4096], page as u64).unwrap();
-    }
+    f.write_all_at(&vec![0u8; (len - 4096) as usize], 4096)
+        .unwrap();
     broker.up();
     let second = BridgeProcess::start(&config);
     let url = format!("http://{}/webhooks/eduzz", second.addr);
@@ -760,21 +755,16 @@ async fn zeroed_pages_of_events_the_bridge_serves_on_and_keeps_what_the_log_hold
     assert!(after.acked.iter().all(|id| counts.contains_key(id)));
     let kept = before.acked.iter().filter(|id| counts.contains_key(*id));
     let kept = kept.count();
-    // As many as when one live page was zeroed before the log (every copy of the events
-    // committed before the checkpoint before the newest is gone with the pages).
-    assert!(kept >= 380, "{kept} of {} kept", before.acked.len());
+    // Every one: the segments and the log hold them all.
+    assert_eq!(kept, before.acked.len(), "kept");
     assert!(counts.values().all(|&n| n == 1), "published once");
-    eprintln!(
-        "zeroed pages: {kept} of {} acknowledged events kept",
-        before.acked.len()
-    );
 }
 
 async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can() {
     let damages = [Damage::CutByOne, Damage::CutToHalf, Damage::Emptied];
     for how in damages {
-        // Cut or emptied, the file is moved aside with its write-ahead log, and the events are
-        // salvaged from both.
+        // Cut or emptied, the file is moved aside with its segments and write-ahead log, and
+        // the events are salvaged from them.
         let (broker, dir, before) = spooled_then_killed("dmg", 4, 100).await;
         let (config, spool) = (dir.path().join("bridge.toml"), dir.path().join("spool"));
         damage(&spool.join("spool.redb"), how);
@@ -798,7 +788,8 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
         let moved: Vec<_> = std::fs::read_dir(&spool)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.starts_with("spool.redb.damaged-") && !n.ends_with(".wal"))
+            .filter(|n| n.starts_with("spool.redb.damaged-"))
+            .filter(|n| !n.ends_with(".wal") && !n.ends_with(".segments"))
             .collect();
         assert_eq!(
             moved.len(),
@@ -808,14 +799,11 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
         let file = moved[0].trim_end_matches(".salvaged");
         let log = spool.join(format!("{file}.spool-0.wal"));
         assert!(log.exists(), "{how:?}: its write-ahead log went with it");
+        let segments = spool.join(format!("{file}.segments"));
+        assert!(segments.exists(), "{how:?}: its segments went with it");
 
-        // The last byte gone: older copies of pages, and the log, hold what it held. Half the
-        // file gone: what the other half holds.
-        let expected = match how {
-            Damage::Emptied => 0,
-            Damage::CutToHalf => 1,
-            _ => 380,
-        };
+        // Whatever is left of the file, the events are in its segments and log.
+        let expected = 400;
         let started = std::time::Instant::now();
         let requeued = r#"eduzz_bridge_spool_salvaged_total{outcome="requeued"}"#;
         loop {
@@ -825,7 +813,7 @@ async fn a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_i
                     .to_string_lossy()
                     .ends_with(".salvaged")
             });
-            if salvaged || matches!(how, Damage::Emptied) {
+            if salvaged {
                 break;
             }
             assert!(
@@ -962,12 +950,11 @@ async fn spool_stats_verifies_a_killed_spool_and_leaves_the_file_as_it_found_it(
         std::fs::read(&file).unwrap() == before,
         "the file is as it was"
     );
-    // Zeroed pages: the file is not moved.
+    // Zeroed pages (every page of the B-tree: the events are in segments): the file is not
+    // moved.
     use std::os::unix::fs::FileExt;
     let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
-    let pages: std::collections::BTreeSet<usize> = memchr::memmem::find_iter(&before, b"stats-")
-        .map(|i| i & !4095)
-        .collect();
+    let pages: Vec<usize> = (4096..before.len()).step_by(4096).collect();
     for &page in &pages {
         f.write_all_at(&[0u8; 4096], page as u64).unwrap();
     }
@@ -1051,8 +1038,8 @@ pub(crate) fn tests() -> Vec<Test> {
             a_damaged_spool_is_moved_aside_the_bridge_serves_on_and_salvages_what_it_can,
         ),
         Test::tokio(
-            "zeroed_pages_of_events_the_bridge_serves_on_and_keeps_what_the_log_holds",
-            zeroed_pages_of_events_the_bridge_serves_on_and_keeps_what_the_log_holds,
+            "zeroed_pages_of_the_index_the_bridge_serves_on_and_keeps_every_event",
+            zeroed_pages_of_the_index_the_bridge_serves_on_and_keeps_every_event,
         ),
         Test::tokio(
             "parked_events_wait_on_disk_not_in_memory",

@@ -78,13 +78,18 @@ async fn a_damaged_event_is_quarantined_and_every_other_event_is_published() {
     // the file moved aside and salvaged, which keeps a damaged event in the quarantine too.)
     let victim = "qrt-1-4";
     let needle = eduzz_event(victim, SLUG);
+    let segments = std::fs::read_dir(s.spool.join("spool.redb.segments"))
+        .unwrap()
+        .map(|e| e.unwrap().path());
     let copies = ["spool-0.wal", "spool-1.wal", "spool.redb"]
         .iter()
-        .map(|name| flip_every_copy(&s.spool.join(name), &needle))
+        .map(|name| s.spool.join(name))
+        .chain(segments)
+        .map(|path| flip_every_copy(&path, &needle))
         .sum::<usize>();
     assert!(copies >= 1, "the event is on disk");
     let (code, found) = verify(&s.config);
-    assert_eq!(found["format"], 4, "{found}");
+    assert_eq!(found["format"], 5, "{found}");
     let depth = found["depth"].as_u64().unwrap() + found["in_log"].as_u64().unwrap();
     assert_eq!(depth, 20, "in the file or its log: {found}");
     assert_eq!(code, Some(1), "damage is an error: {found}");
@@ -224,13 +229,19 @@ async fn a_log_damaged_in_its_middle_is_copied_aside_and_every_event_published_o
 
 /// A spool file an earlier release wrote with the four Eduzz fixtures spooled while Kafka was
 /// away, then stopped cleanly: format 2 (no format in `meta`, events without a layout byte,
-/// the on-disk index of ids), and format 3 (the release before the write-ahead log, written by
-/// b985e19's build).
+/// the on-disk index of ids), format 3 (the release before the write-ahead log, written by
+/// b985e19's build), and format 4 (the release before segments, with its records in the
+/// B-tree, written by a54737c's build).
 const FORMAT_2_FILE: &str = "tests/api/fixtures/spool-format2.redb";
 const FORMAT_3_FILE: &str = "tests/api/fixtures/spool-format3.redb";
+const FORMAT_4_FILE: &str = "tests/api/fixtures/spool-format4.redb";
 const UPGRADE_TOPIC: &str = "upgrade.events";
 
 async fn a_spool_written_by_the_previous_release_is_upgraded_and_every_event_published() {
+    upgraded_and_published(FORMAT_4_FILE, serde_json::json!(4)).await;
+}
+
+async fn a_spool_of_format_3_is_upgraded_and_every_event_published() {
     upgraded_and_published(FORMAT_3_FILE, serde_json::json!(3)).await;
 }
 
@@ -279,7 +290,7 @@ async fn upgraded_and_published(fixture: &str, format: serde_json::Value) {
     let (code, found) = verify(&config);
     assert_eq!(
         (code, &found["format"]),
-        (Some(0), &serde_json::json!(4)),
+        (Some(0), &serde_json::json!(5)),
         "{found}"
     );
 }
@@ -298,6 +309,10 @@ pub(crate) fn tests() -> Vec<Test> {
         Test::tokio(
             "a_spool_written_by_the_previous_release_is_upgraded_and_every_event_published",
             a_spool_written_by_the_previous_release_is_upgraded_and_every_event_published,
+        ),
+        Test::tokio(
+            "a_spool_of_format_3_is_upgraded_and_every_event_published",
+            a_spool_of_format_3_is_upgraded_and_every_event_published,
         ),
         Test::tokio(
             "a_spool_of_format_2_is_upgraded_and_every_event_published",

@@ -18,16 +18,18 @@ pub(in crate::spool) struct Marks<'a> {
 }
 
 /// Applies a batch of appends and deletes in one transaction, made durable by a frame of the
-/// write-ahead log (see [`super::wal`]) or, when a checkpoint is due, by redb itself: the
-/// stored appends become one record, whatever their number.
+/// write-ahead log (see [`super::wal`]) or, when a checkpoint is due, by redb itself after the
+/// segments' fsync: the stored appends become one record, whatever their number, appended to
+/// the current [segment](super::segment).
 ///
 /// `durable`: a checkpoint whatever is due (the filesystem is short of space).
 ///
 /// Returns one outcome per append, in order. On error nothing was committed, and `counters`
-/// and `ids` are left as they were; a frame it logged is the caller's to retract.
+/// and `ids` are left as they were; what it wrote beside the file is the caller's to retract
+/// ([`Files::retract`]).
 pub(in crate::spool) fn commit_batch(
     db: &Database,
-    (counters, ids, wal): (&mut Counters, &mut Ids, &mut Wal),
+    (counters, ids, files): (&mut Counters, &mut Ids, &mut Files),
     (limits, durable): (&Limits, bool),
     now_ms: u64,
     appends: &[Append<'_>],
@@ -51,7 +53,7 @@ pub(in crate::spool) fn commit_batch(
             Vec::new()
         } else {
             let mut q = txn.open_table(QUARANTINE)?;
-            let mut moved = t.quarantine(&mut q, &mut c, marks.quarantined)?;
+            let mut moved = t.quarantine(&mut q, &mut c, marks.quarantined, &files.segments)?;
             moved.extend(quarantine::keep(&mut q, &mut c, marks.kept)?);
             moved
         };
@@ -63,25 +65,45 @@ pub(in crate::spool) fn commit_batch(
             .iter()
             .map(|a| t.admit(&mut c, (limits, cutoff), a, &mut batch, (ids, &mut changes)))
             .collect::<Result<Vec<_>, _>>()?;
-        let written = t.write(batch, &mut changes)?;
+        let written = t.write(batch, &mut changes, &mut files.segments)?;
         if let (Some(d), Some(cutoff)) = (limits.dedupe, cutoff) {
             t.forget_old_ids(&mut c, (&d, cutoff), (ids, &mut changes))?;
         }
-        let checkpoint =
-            durable || marked || wal.checkpoint_due(written.events.len(), written.keys.len());
+        let checkpoint = durable
+            || marked
+            || files
+                .wal
+                .checkpoint_due(written.events.len(), written.keys.len());
         let mut meta = txn.open_table(META)?;
         write_counters(&mut meta, &c)?;
+        if !written.events.is_empty() {
+            write_position(&mut meta, &files.segments)?;
+        }
         if c.quarantined != counters.quarantined {
             meta.insert(QUARANTINED, c.quarantined)?;
         }
         (outcomes, moved, written, checkpoint)
     };
-    let logged = log_or_checkpoint(&mut txn, wal, &written, (checkpoint, durable))?;
-    // On failure the frame written stays in the log, not taken into use: the writer retracts
-    // it after any failed commit (an error here or a panic in redb alike), see `Wal::retract`.
+    let (logged, checkpoint) =
+        log_or_checkpoint(&mut txn, &mut files.wal, &written, (checkpoint, durable))?;
+    // A durable commit points only at bytes that are durable too.
+    let live = match checkpoint {
+        true => {
+            files.segments.sync()?;
+            Some(oldest_segment(&txn)?)
+        }
+        false => None,
+    };
+    // On failure the frame written stays in the log, not taken into use, and the record in
+    // the segment: the writer retracts both after any failed commit (an error here or a panic
+    // in redb alike), see `Files::retract`.
     txn.commit()?;
     if let Some(end) = logged {
-        wal.advance(end);
+        files.wal.advance(end);
+    }
+    files.segments.advance();
+    if let Some(live) = live {
+        files.segments.checkpointed(live);
     }
     quarantine::log_moved(&moved);
     *counters = c;
@@ -92,13 +114,14 @@ pub(in crate::spool) fn commit_batch(
 /// Makes the commit durable: by a frame of the log, redb committing without durability; or,
 /// when `checkpoint` is due (or the log has no room to grow), by redb itself, the commit's
 /// events then the first frame of the next generation. Returns where the log ends after the
-/// frame written, to be taken into use once redb has the commit.
+/// frame written, to be taken into use once redb has the commit, and whether it is a
+/// checkpoint.
 fn log_or_checkpoint(
     txn: &mut redb::WriteTransaction,
     wal: &mut Wal,
     written: &Written,
     (checkpoint, durable): (bool, bool),
-) -> Result<Option<u64>, redb::Error> {
+) -> Result<(Option<u64>, bool), redb::Error> {
     let mut checkpoint = checkpoint;
     let mut logged = None;
     let (events, keys) = (&written.events, &written.keys);
@@ -128,7 +151,7 @@ fn log_or_checkpoint(
     } else {
         txn.set_durability(redb::Durability::None)?;
     }
-    Ok(logged)
+    Ok((logged, checkpoint))
 }
 
 /// The records one commit stored (empty when it stored none), for its frame in the log.
@@ -168,6 +191,7 @@ impl NewBatch {
 /// The tables one commit changes.
 pub(super) struct Tables<'txn> {
     pub(super) batches: redb::Table<'txn, u64, &'static [u8]>,
+    pub(super) at: redb::Table<'txn, u64, (u64, u64)>,
     pub(super) index: redb::Table<'txn, u64, (u64, u64)>,
     pub(super) gone: redb::Table<'txn, u64, ()>,
     pub(super) dedupe_batches: redb::Table<'txn, (u64, u64), &'static [u8]>,
@@ -179,29 +203,60 @@ impl<'txn> Tables<'txn> {
         Ok(Tables {
             parked: txn.open_table(PARKED)?,
             batches: txn.open_table(BATCHES)?,
+            at: txn.open_table(BATCH_AT)?,
             index: txn.open_table(BATCH_INDEX)?,
             gone: txn.open_table(GONE)?,
             dedupe_batches: txn.open_table(DEDUPE_BATCHES)?,
         })
     }
 
-    /// Stores a batch record under `first`; returns its size in bytes.
+    /// Stores a batch record under `first` in redb itself, as format 4 did (the upgrade of a
+    /// file from before batches, which has no segments yet); returns its size in bytes.
     pub(super) fn insert_batch(
         &mut self,
         first: u64,
         record: RecordBuilder,
     ) -> Result<u64, redb::Error> {
         let count = record.count();
-        self.insert_record(first, count, &record.finish())
+        let record = record.finish();
+        self.batches.insert(first, record.as_slice())?;
+        self.index
+            .insert(first, (u64::from(count), record.len() as u64))?;
+        Ok(record.len() as u64)
     }
 
-    /// Stores a finished record of `count` events under `first`; returns its size in bytes.
-    /// The count is the caller's: a record replayed from the log may have a damaged header.
-    fn insert_record(&mut self, first: u64, count: u32, record: &[u8]) -> Result<u64, redb::Error> {
+    /// Appends a finished record of `count` events to the segments, under `first`; returns
+    /// its size in bytes. The count is the caller's: a record replayed from the log may have a
+    /// damaged header.
+    fn insert_record(
+        &mut self,
+        (first, count): (u64, u32),
+        record: &[u8],
+        segments: &mut Segments,
+    ) -> Result<u64, redb::Error> {
         let len = record.len() as u64;
-        self.batches.insert(first, record)?;
+        let at = segments.append(record)?;
+        self.at.insert(first, (at.segment, at.offset))?;
         self.index.insert(first, (u64::from(count), len))?;
         Ok(len)
+    }
+
+    /// The stored record of the batch starting at `first`, `len` bytes long, and whether it
+    /// is in a segment: from there, or from redb for a batch of format 4.
+    pub(super) fn record(
+        &self,
+        (first, len): (u64, u64),
+        segments: &Segments,
+    ) -> Result<Option<(Vec<u8>, bool)>, redb::Error> {
+        if let Some(at) = self.at.get(first)? {
+            let (segment, offset) = at.value();
+            let at = segment::At { segment, offset };
+            return Ok(Some((segments.read(at, len)?, true)));
+        }
+        Ok(self
+            .batches
+            .get(first)?
+            .map(|r| (r.value().to_vec(), false)))
     }
 
     /// Records parked entries, and forgets those no longer parked or deleted (looked up only
@@ -257,7 +312,10 @@ impl<'txn> Tables<'txn> {
             .collect();
         c.depth = c.depth.saturating_sub(fresh.len() as u64);
         if (gone.len() + fresh.len()) as u64 >= batch.end - batch.start {
-            self.batches.remove(batch.start)?;
+            // Its segment goes once no batch points into it (see `Segments::checkpointed`).
+            if self.at.remove(batch.start)?.is_none() {
+                self.batches.remove(batch.start)?;
+            }
             self.index.remove(batch.start)?;
             for s in gone {
                 self.gone.remove(s)?;
@@ -344,6 +402,7 @@ impl<'txn> Tables<'txn> {
         &mut self,
         batch: NewBatch,
         changes: &mut IdChanges<'_>,
+        segments: &mut Segments,
     ) -> Result<Written, redb::Error> {
         let mut written = Written {
             events: Vec::new(),
@@ -353,7 +412,7 @@ impl<'txn> Tables<'txn> {
         if batch.events.count() > 0 {
             let count = batch.events.count();
             written.events = batch.events.finish();
-            self.insert_record(batch.first_seq, count, &written.events)?;
+            self.insert_record((batch.first_seq, count), &written.events, segments)?;
         }
         if batch.keys.count() > 0 {
             changes.stored_batch(IdBatch {
@@ -375,8 +434,9 @@ impl<'txn> Tables<'txn> {
         &mut self,
         c: &mut Counters,
         frame: &wal::Frame,
+        segments: &mut Segments,
     ) -> Result<(), redb::Error> {
-        let len = self.insert_record(frame.first, frame.count, &frame.events)?;
+        let len = self.insert_record((frame.first, frame.count), &frame.events, segments)?;
         let count = u64::from(frame.count);
         c.next_seq += count;
         c.depth += count;

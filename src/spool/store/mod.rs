@@ -4,8 +4,12 @@
 //! accepted as one [record](super::record), so its B-tree work is a few inserts however many
 //! events it carries (one insert and one delete per event before: a third of the process's CPU
 //! under load). Tables:
-//! - `batches`: first sequence number → record of encoded [`Message`]s; the publish queue.
-//! - `batch_index`: first sequence number → (entries, record bytes); what deletes look up.
+//! - `batch_index`: first sequence number → (entries, record bytes); the publish queue, and
+//!   what deletes look up.
+//! - `batch_at`: first sequence number → (segment, offset) of its record of encoded
+//!   [`Message`]s, kept in a [segment file](segment) beside the file.
+//! - `batches`: first sequence number → record, for the batches files of format 4 and before
+//!   kept in the B-tree itself (read and deleted as they were; no new ones).
 //! - `gone`: published entries of batches that still hold unpublished ones. A batch is removed
 //!   as a whole when its last entry is published, with its `gone` entries.
 //! - `dedupe_batches`: (newest receive ms, first dedupe seq) → record of the keys one commit
@@ -18,9 +22,11 @@
 //!
 //! A commit is made durable by the write-ahead log beside the file (`spool-0.wal` and
 //! `spool-1.wal`, see [`wal`]): redb commits it without durability, and a checkpoint now and
-//! then is redb's durable commit.
+//! then is redb's durable commit, after the segments' fsync.
 //!
-//! Formats (`meta.format`): 4 since the write-ahead log (the tables as in 3; a build that does
+//! Formats (`meta.format`): 5 since the segments (records of events outside the B-tree, `meta`
+//! says where the current segment ends; a format 4 file's records stay in `batches` and are
+//! read from there until published); 4 since the write-ahead log (the tables as in 3; a build that does
 //! not know the log would open the file without the commits only the log holds, so the format
 //! says it is there); 3 since the in-memory ids (no `dedupe` table: a B-tree of random
 //! ids made each commit rewrite one leaf per new id; event records of format 3, see
@@ -68,7 +74,9 @@ pub enum OpenError {
     Newer { path: PathBuf, found: u64 },
 }
 
-/// First sequence number of a batch → its record of encoded messages.
+/// First sequence number of a batch → where its record is among the segments.
+const BATCH_AT: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_at");
+/// First sequence number of a batch → its record of encoded messages (format 4 and before).
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 /// First sequence number of a batch → (entries, bytes of its record): what deletes look up,
 /// so they never read the records themselves.
@@ -98,9 +106,12 @@ const QUARANTINED: &str = "quarantined";
 const FORMAT_KEY: &str = "format";
 /// The generation of the write-ahead log's frames that the file does not hold yet.
 const WAL_GENERATION: &str = "wal_generation";
+/// The current segment, and where it ends (see [`segment`]).
+const SEGMENT: &str = "segment";
+const SEGMENT_END: &str = "segment_end";
 
 /// The format this build writes (see the module's doc).
-pub(super) const FORMAT: u64 = 4;
+pub(super) const FORMAT: u64 = 5;
 
 /// Dedupe keys a transaction forgets before it stops looking (a batch of keys goes as a whole,
 /// so up to one batch more): keeps each commit short, yet every commit can forget at least the
@@ -156,11 +167,27 @@ pub(super) struct Append<'a> {
 /// the same rate (BENCHMARKS.md, issue 26).
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
-/// A spool file opened for writing, with its write-ahead log.
+/// A spool file opened for writing, with the files it writes beside it.
 #[derive(Debug)]
 pub(super) struct Opened {
     pub db: Database,
+    pub files: Files,
+}
+
+/// What a spool file writes beside it: its write-ahead log and its segments.
+#[derive(Debug)]
+pub(in crate::spool) struct Files {
     pub wal: Wal,
+    pub segments: Segments,
+}
+
+impl Files {
+    /// Undoes what a commit that failed wrote beside the file (see [`Wal::retract`] and
+    /// [`Segments::retract`]).
+    pub(in crate::spool) fn retract(&mut self) {
+        self.wal.retract();
+        self.segments.retract();
+    }
 }
 
 /// Opens (or creates) the spool database in `dir` and applies what its write-ahead log holds
@@ -189,20 +216,24 @@ pub(super) fn open(dir: &Path, check: bool) -> Result<Opened, OpenError> {
         Err(source) => return Err(OpenError::Open { path, source }),
     }
     match recover_log(&db, dir) {
-        Ok(wal) => Ok(Opened { db, wal }),
+        Ok(files) => Ok(Opened { db, files }),
         Err(source) => Err(OpenError::Open { path, source }),
     }
 }
 
 /// Applies the write-ahead log's frames the file does not hold yet (see [`wal`]) and
-/// checkpoints them; returns the log, to be written from its start.
-fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
-    let generation = {
+/// checkpoints them (after the segments they were appended to); returns the log, to be
+/// written from its start, and the segments.
+fn recover_log(db: &Database, dir: &Path) -> Result<Files, redb::Error> {
+    let (generation, segment, end) = {
         let txn = db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let generation = meta.get(WAL_GENERATION)?.map(|v| v.value());
-        generation
+        let get =
+            |k: &str| -> Result<Option<u64>, redb::Error> { Ok(meta.get(k)?.map(|v| v.value())) };
+        (get(WAL_GENERATION)?, get(SEGMENT)?, get(SEGMENT_END)?)
     };
+    let mut segments =
+        Segments::open(&dir.join(FILE_NAME), segment.unwrap_or(0), end.unwrap_or(0))?;
     let logs = match generation {
         Some(g) => read_logs(dir, g)?,
         None => Vec::new(),
@@ -225,7 +256,7 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         // media damage at once); the next generation then stops at the gap, with a warning.
         let (frames, gap) = frames_from(&logs, c.next_seq);
         for frame in frames {
-            t.apply_frame(&mut c, frame)?;
+            t.apply_frame(&mut c, frame, &mut segments)?;
         }
         if let Some(gap) = gap {
             tracing::warn!(
@@ -237,9 +268,12 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         let mut meta = txn.open_table(META)?;
         if c.next_seq != before {
             write_counters(&mut meta, &c)?;
+            write_position(&mut meta, &segments)?;
         }
         meta.insert(WAL_GENERATION, next)?;
     }
+    let live = oldest_segment(&txn)?;
+    segments.sync()?;
     // Kept aside before the checkpoint lets the log be overwritten; when that fails, nothing
     // is committed and the open fails (and is retried): the commits past the damage are
     // nowhere else.
@@ -249,6 +283,8 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
         }
     }
     txn.commit()?;
+    segments.advance();
+    segments.checkpointed(live);
     if c.next_seq != before {
         tracing::info!(
             events = c.next_seq - before,
@@ -262,7 +298,8 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Wal, redb::Error> {
             "the last commit in the spool's write-ahead log was cut off by the stop (its events were never acknowledged): left out"
         );
     }
-    Ok(Wal::open(dir, next)?)
+    let wal = Wal::open(dir, next)?;
+    Ok(Files { wal, segments })
 }
 
 /// The log's frames of `generation` and of the one after it: a file that fell back to its
@@ -309,6 +346,26 @@ fn write_counters(
         meta.insert(k, v)?;
     }
     Ok(())
+}
+
+/// Writes where the current segment ends, with a commit that appended to it: where the next
+/// open cuts it back to, if this is the last durable commit then.
+fn write_position(
+    meta: &mut redb::Table<'_, &'static str, u64>,
+    segments: &Segments,
+) -> Result<(), redb::Error> {
+    let (segment, end) = segments.position();
+    meta.insert(SEGMENT, segment)?;
+    meta.insert(SEGMENT_END, end)?;
+    Ok(())
+}
+
+/// The segment of the oldest batch kept in one (`None`: none is), as of `txn`: what a durable
+/// commit of it still needs (see [`Segments::checkpointed`]).
+fn oldest_segment(txn: &redb::WriteTransaction) -> Result<Option<u64>, redb::Error> {
+    let at = txn.open_table(BATCH_AT)?;
+    let first = at.first()?.map(|(_, v)| v.value().0);
+    Ok(first)
 }
 
 /// Copies a log damaged in its middle aside as `spool-<0|1>.wal.damaged-<unix ms>`, for the
@@ -388,12 +445,15 @@ pub(super) fn pending_in_log(
 
 /// A checkpoint of its own: redb's durable commit of everything committed so far, after which
 /// the log starts over (when the writer closes, so a clean stop leaves nothing to apply).
-pub(super) fn checkpoint(db: &Database, wal: &mut Wal) -> Result<(), redb::Error> {
-    let next = wal.next_generation();
+pub(super) fn checkpoint(db: &Database, files: &mut Files) -> Result<(), redb::Error> {
+    let next = files.wal.next_generation();
     let txn = db.begin_write()?;
     txn.open_table(META)?.insert(WAL_GENERATION, next)?;
+    let live = oldest_segment(&txn)?;
+    files.segments.sync()?;
     txn.commit()?;
-    wal.restart(next);
+    files.wal.restart(next);
+    files.segments.checkpointed(live);
     Ok(())
 }
 
@@ -409,6 +469,7 @@ fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
     }
     {
         txn.open_table(BATCHES)?;
+        txn.open_table(BATCH_AT)?;
         txn.open_table(BATCH_INDEX)?;
         txn.open_table(GONE)?;
         txn.open_table(DEDUPE_BATCHES)?;
@@ -417,7 +478,7 @@ fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
     }
     if format != Some(FORMAT) {
         migrate_v1(&txn)?;
-        upgrade(&txn)?;
+        upgrade(&txn, format)?;
     }
     txn.commit()?;
     Ok(None)
@@ -426,11 +487,15 @@ fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
 /// From format 2: the index of ids by key goes (the ids are in `dedupe_batches` already,
 /// and in memory from now on). Its records of events stay as they are: they say their format.
 /// From format 3: nothing moves; the log's first generation is set by [`recover_log`].
-fn upgrade(txn: &redb::WriteTransaction) -> Result<(), redb::Error> {
+/// From format 4: nothing moves either; its records stay in `batches`, and new ones go to
+/// segments.
+fn upgrade(txn: &redb::WriteTransaction, from: Option<u64>) -> Result<(), redb::Error> {
     let had_index = txn.list_tables()?.any(|t| t.name() == DEDUPE_V2.name());
     if had_index {
         txn.delete_table(DEDUPE_V2)?;
         tracing::info!(format = FORMAT, "spool upgraded from format 2");
+    } else if let Some(from) = from {
+        tracing::info!(format = FORMAT, from, "spool upgraded");
     }
     txn.open_table(META)?.insert(FORMAT_KEY, FORMAT)?;
     Ok(())
@@ -554,6 +619,7 @@ pub(super) fn continue_from(
 mod commit;
 mod quarantine;
 mod read;
+pub(super) mod segment;
 pub(super) mod wal;
 
 use commit::{batch_holding, published_in, Tables};
@@ -561,21 +627,57 @@ pub(super) use commit::{commit_batch, Marks};
 pub use quarantine::Quarantined;
 use quarantine::QUARANTINE;
 pub(super) use quarantine::{quarantined, Kept};
-pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live};
+pub(super) use read::{decoder, live, read_after, read_parked, read_unparked, Live, Readable};
 pub use read::{Entry, ReadEntry, Undecodable};
+pub(super) use segment::Segments;
 pub(super) use wal::Wal;
 
 /// Test seam: rewrites the stored record of the batch starting at `first` through `damage`,
-/// in place through redb, as a disk that flipped bits under redb would leave it: redb's own
-/// checks pass and only the record's checksums can tell.
+/// in place in its segment of the spool in `dir` (or in redb, for a batch of format 4), as a
+/// disk that flipped bits would leave it: only the record's checksums can tell. A record
+/// whose length changes is written after the segment's end instead, and pointed at.
 #[cfg(test)]
-pub(super) fn damage_record(db: &Database, first: u64, damage: impl FnOnce(&mut Vec<u8>)) {
+pub(super) fn damage_record(
+    db: &Database,
+    dir: &Path,
+    first: u64,
+    damage: impl FnOnce(&mut Vec<u8>),
+) {
+    use std::os::unix::fs::FileExt;
     let txn = db.begin_write().unwrap();
     {
-        let mut batches = txn.open_table(BATCHES).unwrap();
-        let mut record = batches.get(first).unwrap().unwrap().value().to_vec();
+        let mut at_table = txn.open_table(BATCH_AT).unwrap();
+        let at = at_table.get(first).unwrap().map(|v| v.value());
+        let Some((segment, offset)) = at else {
+            let mut batches = txn.open_table(BATCHES).unwrap();
+            let mut record = batches.get(first).unwrap().unwrap().value().to_vec();
+            damage(&mut record);
+            batches.insert(first, record.as_slice()).unwrap();
+            drop(batches);
+            drop(at_table);
+            txn.commit().unwrap();
+            return;
+        };
+        let mut index = txn.open_table(BATCH_INDEX).unwrap();
+        let (count, len) = index.get(first).unwrap().unwrap().value();
+        let segments = segment::dir_of(&dir.join(FILE_NAME));
+        let mut record = segment::read(&segments, segment::At { segment, offset }, len).unwrap();
         damage(&mut record);
-        batches.insert(first, record.as_slice()).unwrap();
+        let path = segment::files_in(&segments)
+            .unwrap()
+            .into_iter()
+            .find(|(id, _)| *id == segment)
+            .unwrap()
+            .1;
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        if record.len() as u64 == len {
+            file.write_all_at(&record, offset).unwrap();
+        } else {
+            let end = file.metadata().unwrap().len();
+            file.write_all_at(&record, end).unwrap();
+            at_table.insert(first, (segment, end)).unwrap();
+            index.insert(first, (count, record.len() as u64)).unwrap();
+        }
     }
     txn.commit().unwrap();
 }
@@ -590,7 +692,7 @@ pub(crate) fn damage_entry(dir: &Path, seq: u64) {
         let index = txn.open_table(BATCH_INDEX).unwrap();
         batch_holding(&index, seq).unwrap().expect("spooled").0
     };
-    damage_record(&db, first, |record| {
+    damage_record(&db, dir, first, |record| {
         let (part, _) = record::part_as_stored(record, (seq - first) as u32).expect("framed");
         let at = part.as_ptr() as usize - record.as_ptr() as usize;
         record[at + 2] ^= 0x10;

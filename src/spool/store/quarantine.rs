@@ -36,8 +36,12 @@ pub struct Quarantined {
 
 /// What is wrong with one stored entry, if anything: `None` when it reads whole (or is of a
 /// layout this build does not know), else the reason and the bytes to keep.
-fn damage_of(record: &[u8], first: u64, seq: u64) -> Option<(String, Vec<u8>)> {
-    let Some(header) = record::Header::read(record) else {
+fn damage_of(
+    (record, in_segment): (&[u8], bool),
+    first: u64,
+    seq: u64,
+) -> Option<(String, Vec<u8>)> {
+    let Some(header) = record::Header::read_stored(record, in_segment) else {
         let kept = if seq == first {
             record.to_vec()
         } else {
@@ -71,6 +75,7 @@ impl Tables<'_> {
         q: &mut Table<'_>,
         c: &mut Counters,
         seqs: &[u64],
+        segments: &Segments,
     ) -> Result<Vec<Quarantined>, redb::Error> {
         let mut moved = Vec::new();
         for &seq in seqs {
@@ -80,10 +85,10 @@ impl Tables<'_> {
             if self.gone.get(seq)?.is_some() || q.get(seq)?.is_some() {
                 continue;
             }
-            let Some(record) = self.batches.get(first)?.map(|r| r.value().to_vec()) else {
+            let Some(record) = self.record((first, len), segments)? else {
                 continue;
             };
-            let Some((reason, kept)) = damage_of(&record, first, seq) else {
+            let Some((reason, kept)) = damage_of((&record.0, record.1), first, seq) else {
                 continue;
             };
             q.insert(seq, (first, reason.as_str(), kept.as_slice()))?;

@@ -83,49 +83,55 @@ pub(in crate::spool) const READ_MAX_BYTES: usize = 4 * 1024 * 1024;
 /// [`READ_MAX_BYTES`] of them were read. Entries that cannot be decoded are returned as errors
 /// with their seq.
 pub(in crate::spool) fn read_after(
-    db: &(impl ReadableDatabase + ?Sized),
+    file: Readable<'_>,
     after: Option<u64>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    read_where(db, after, Budget::new(limit, READ_MAX_BYTES), &|_| true)
+    read_where(file, after, Budget::new(limit, READ_MAX_BYTES), &|_| true)
+}
+
+/// A spool file to read: its database, and the path it has (where its segments are found,
+/// see [`segment::dir_of`]).
+#[derive(Clone, Copy)]
+pub(in crate::spool) struct Readable<'a> {
+    pub db: &'a dyn ReadableDatabase,
+    pub path: &'a Path,
 }
 
 /// The oldest `limit` entries that are not parked: those the drain can have sent before a
 /// stop (see delivery::recover), without their bodies. The check looks them up on Kafka by
 /// topic, key and time, and tens of thousands of large bodies would not fit in memory.
 pub(in crate::spool) fn read_unparked(
-    db: &(impl ReadableDatabase + ?Sized),
+    file: Readable<'_>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    let parked = parked_seqs(db)?;
+    let parked = parked_seqs(file.db)?;
     let budget = Budget {
         bodies: false,
         ..Budget::new(limit, usize::MAX)
     };
-    read_where(db, None, budget, &|seq| !parked.contains(&seq))
+    read_where(file, None, budget, &|seq| !parked.contains(&seq))
 }
 
 /// The parked entries (Kafka and the dead-letter topic refused them), oldest first, at most
 /// `limit` (for `parked list`).
 pub(in crate::spool) fn read_parked(
-    db: &(impl ReadableDatabase + ?Sized),
+    file: Readable<'_>,
     limit: usize,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    let parked = parked_seqs(db)?;
+    let parked = parked_seqs(file.db)?;
     let Some(&first) = parked.iter().min() else {
         return Ok(Vec::new());
     };
     let everything = Budget::new(usize::MAX, usize::MAX);
-    let mut out = read_where(db, first.checked_sub(1), everything, &|seq| {
+    let mut out = read_where(file, first.checked_sub(1), everything, &|seq| {
         parked.contains(&seq)
     })?;
     out.truncate(limit);
     Ok(out)
 }
 
-fn parked_seqs(
-    db: &(impl ReadableDatabase + ?Sized),
-) -> Result<std::collections::HashSet<u64>, redb::Error> {
+fn parked_seqs(db: &dyn ReadableDatabase) -> Result<std::collections::HashSet<u64>, redb::Error> {
     let txn = db.begin_read()?;
     let table = txn.open_table(PARKED)?;
     let mut parked = std::collections::HashSet::new();
@@ -157,13 +163,13 @@ impl Budget {
 /// Entries above `after` whose sequence number `keep` takes, oldest first, published ones left
 /// out, within `budget`.
 fn read_where(
-    db: &(impl ReadableDatabase + ?Sized),
+    file: Readable<'_>,
     after: Option<u64>,
     budget: Budget,
     keep: &dyn Fn(u64) -> bool,
 ) -> Result<Vec<ReadEntry>, redb::Error> {
-    let txn = db.begin_read()?;
-    let batches = txn.open_table(BATCHES)?;
+    let txn = file.db.begin_read()?;
+    let records = Records::open(&txn, file.path)?;
     let gone = txn.open_table(GONE)?;
     let start = after.map(|s| s + 1).unwrap_or(0);
     let index = txn.open_table(BATCH_INDEX)?;
@@ -171,25 +177,24 @@ fn read_where(
     let from = batch_holding(&index, start)?.map_or(start, |(first, ..)| first);
     let mut out = Vec::new();
     let mut bytes = 0usize;
-    for item in batches.range(from..)? {
+    for item in index.range(from..)? {
         // The byte budget is checked between records, never inside one: a record is read
         // whole anyway, and a read that stopped inside it would read all of it again.
         if !out.is_empty() && bytes >= budget.bytes {
             return Ok(out);
         }
         let (k, v) = item?;
-        let first = k.value();
-        let record = v.value();
-        let header = record::Header::read(record);
+        let (first, (listed, len)) = (k.value(), v.value());
+        let (record, in_segment) = records.get(first, len)?;
+        let header = record::Header::read_stored(&record, in_segment);
         let decode = decoder(header.is_some_and(|h| h.versioned));
         // A header that fails its checksum says nothing of its parts: the index still says
         // how many entries the record holds, and each is reported damaged, never skipped.
-        let count = match header {
-            Some(h) => u64::from(h.count),
-            None => index.get(first)?.map_or(0, |v| v.value().0),
-        };
+        let count = header.map_or(listed, |h| u64::from(h.count));
         let published = published_in(&gone, first..first + count)?;
-        let parts = record::parts(record).chain(std::iter::repeat(None));
+        // Parts only of a header that reads (a segment's record without one is damage).
+        let parts = header.map(|_| record::parts(&record));
+        let parts = parts.into_iter().flatten().chain(std::iter::repeat(None));
         for (i, part) in parts.take(count as usize).enumerate() {
             let seq = first + i as u64;
             if seq < start || published.binary_search(&seq).is_ok() || !keep(seq) {
@@ -214,6 +219,48 @@ fn read_where(
         }
     }
     Ok(out)
+}
+
+/// Where a read finds records: in segments, or (a batch of format 4) in redb.
+struct Records {
+    at: Option<redb::ReadOnlyTable<u64, (u64, u64)>>,
+    batches: redb::ReadOnlyTable<u64, &'static [u8]>,
+    segments: PathBuf,
+}
+
+impl Records {
+    fn open(txn: &redb::ReadTransaction, file: &Path) -> Result<Records, redb::Error> {
+        let at = match txn.open_table(BATCH_AT) {
+            Ok(t) => Some(t),
+            // A file of format 4 or before, read without being upgraded (`spool verify`).
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(Records {
+            at,
+            batches: txn.open_table(BATCHES)?,
+            segments: segment::dir_of(file),
+        })
+    }
+
+    /// The record of the batch starting at `first`, `len` bytes long as the index says, and
+    /// whether it is in a segment. One missing or cut short reads as what is there: its
+    /// checksums report its entries damaged.
+    fn get(&self, first: u64, len: u64) -> Result<(Vec<u8>, bool), redb::Error> {
+        if let Some(at) = self
+            .at
+            .as_ref()
+            .map(|t| t.get(first))
+            .transpose()?
+            .flatten()
+        {
+            let (segment, offset) = at.value();
+            let at = segment::At { segment, offset };
+            return Ok((segment::read(&self.segments, at, len)?, true));
+        }
+        let record = self.batches.get(first)?.map(|r| r.value().to_vec());
+        Ok((record.unwrap_or_default(), false))
+    }
 }
 
 /// How the parts of a record decode: with their layout version (`versioned`, format 3), or as

@@ -22,16 +22,42 @@ fn message(id: &str) -> Message {
 struct Store {
     _dir: tempfile::TempDir,
     db: Database,
-    wal: Wal,
+    files: Files,
+    /// The spool file (its segments are found by its name).
+    path: std::path::PathBuf,
     c: Counters,
     ids: Ids,
     limits: Limits,
 }
 
 impl Store {
+    /// The stored record of the batch starting at `first`, from its segment.
+    fn record(&self, first: u64) -> Vec<u8> {
+        let t = self.db.begin_read().unwrap();
+        let (_, len) = t
+            .open_table(BATCH_INDEX)
+            .unwrap()
+            .get(first)
+            .unwrap()
+            .unwrap()
+            .value();
+        let at = t.open_table(BATCH_AT).unwrap().get(first).unwrap();
+        let (segment, offset) = at.expect("in a segment").value();
+        let at = segment::At { segment, offset };
+        segment::read(&segment::dir_of(&self.path), at, len).unwrap()
+    }
+
+    /// The spool file, for the reads.
+    fn readable_file(&self) -> Readable<'_> {
+        Readable {
+            db: &self.db,
+            path: &self.path,
+        }
+    }
+
     fn new(dedupe: Option<DedupeLimits>) -> Store {
         let dir = tempfile::tempdir().unwrap();
-        let Opened { db, wal } = open(dir.path(), false).unwrap();
+        let Opened { db, files } = open(dir.path(), false).unwrap();
         let c = load_counters(&db).unwrap();
         let ids = load_ids(&db).unwrap();
         let limits = Limits {
@@ -39,9 +65,10 @@ impl Store {
             dedupe,
         };
         Store {
+            path: dir.path().join(FILE_NAME),
             _dir: dir,
             db,
-            wal,
+            files,
             c,
             ids,
             limits,
@@ -63,7 +90,7 @@ impl Store {
             .collect();
         commit_batch(
             &self.db,
-            (&mut self.c, &mut self.ids, &mut self.wal),
+            (&mut self.c, &mut self.ids, &mut self.files),
             (&self.limits, false),
             at_ms,
             &appends,
@@ -76,7 +103,7 @@ impl Store {
     }
 
     fn ids_after(&self, after: Option<u64>) -> Vec<(u64, String)> {
-        read_after(&self.db, after, 100)
+        read_after(self.readable_file(), after, 100)
             .unwrap()
             .into_iter()
             .map(|e| e.unwrap())
@@ -110,7 +137,7 @@ fn a_read_stops_after_the_record_that_crosses_its_byte_budget() {
         let marks = Marks::default();
         commit_batch(
             &s.db,
-            (&mut s.c, &mut s.ids, &mut s.wal),
+            (&mut s.c, &mut s.ids, &mut s.files),
             (&s.limits, false),
             1,
             &appends,
@@ -119,7 +146,7 @@ fn a_read_stops_after_the_record_that_crosses_its_byte_budget() {
         .unwrap();
     }
     let seqs = |after| -> Vec<u64> {
-        let read = read_after(&s.db, after, 1024).unwrap();
+        let read = read_after(s.readable_file(), after, 1024).unwrap();
         read.into_iter().map(|e| e.unwrap().seq).collect()
     };
     assert_eq!(
@@ -131,7 +158,7 @@ fn a_read_stops_after_the_record_that_crosses_its_byte_budget() {
     assert_eq!(seqs(Some(3)), [4, 5, 6]);
     assert!(seqs(Some(6)).is_empty());
     assert_eq!(
-        read_after(&s.db, None, 3).unwrap().len(),
+        read_after(s.readable_file(), None, 3).unwrap().len(),
         3,
         "entries still bound it"
     );
@@ -149,14 +176,14 @@ fn recovery_candidates_are_the_unparked_entries_without_their_bodies() {
     };
     commit_batch(
         &s.db,
-        (&mut s.c, &mut s.ids, &mut s.wal),
+        (&mut s.c, &mut s.ids, &mut s.files),
         (&s.limits, false),
         8,
         &[],
         &marks,
     )
     .unwrap();
-    let read: Vec<Entry> = read_unparked(&s.db, 10)
+    let read: Vec<Entry> = read_unparked(s.readable_file(), 10)
         .unwrap()
         .into_iter()
         .map(|e| e.unwrap())
@@ -177,7 +204,10 @@ fn recovery_candidates_are_the_unparked_entries_without_their_bodies() {
         !s.ids_after(None).is_empty(),
         "the drain still reads the bodies"
     );
-    let full = read_after(&s.db, None, 1).unwrap().remove(0).unwrap();
+    let full = read_after(s.readable_file(), None, 1)
+        .unwrap()
+        .remove(0)
+        .unwrap();
     assert_eq!(full.message.body, message("a").body);
 }
 
@@ -191,7 +221,8 @@ fn a_commit_is_one_batch_deleted_in_parts_then_whole() {
     assert_eq!(s.commit(&["a", "b", "c"], 1, &[]), stored(0..3));
     assert_eq!(s.commit(&["d"], 1, &[]), stored(3..4));
     let t = s.db.begin_read().unwrap();
-    assert_eq!(t.open_table(BATCHES).unwrap().iter().unwrap().count(), 2);
+    assert_eq!(t.open_table(BATCH_AT).unwrap().iter().unwrap().count(), 2);
+    assert_eq!(t.open_table(BATCHES).unwrap().iter().unwrap().count(), 0);
     drop(t);
     let full_bytes = s.c.bytes;
     // b and d published: d's batch goes at once, b is listed as gone.
@@ -200,7 +231,11 @@ fn a_commit_is_one_batch_deleted_in_parts_then_whole() {
     assert!(s.c.bytes < full_bytes && s.c.bytes > 0);
     assert_eq!(s.ids_after(None), [(0, "a".into()), (2, "c".into())]);
     assert_eq!(s.ids_after(Some(0)), [(2, "c".into())]);
-    assert_eq!(read_after(&s.db, None, 1).unwrap().len(), 1, "limit");
+    assert_eq!(
+        read_after(s.readable_file(), None, 1).unwrap().len(),
+        1,
+        "limit"
+    );
     // The rest of the first batch: nothing left, nothing listed as gone.
     s.commit(&[], 1, &[2, 0, 1]);
     assert_eq!((s.c.depth, s.c.bytes), (0, 0));
@@ -223,14 +258,15 @@ fn a_partly_published_batch_is_the_same_after_a_reopen() {
     let (before, counters) = (s.ids_after(None), s.c);
     assert_eq!(before, [(1, "b".into())]);
     let dir = s._dir;
-    drop((s.db, s.wal));
-    let Opened { db, wal } = open(dir.path(), false).unwrap();
+    drop((s.db, s.files));
+    let Opened { db, files } = open(dir.path(), false).unwrap();
     assert_eq!(load_counters(&db).unwrap(), counters);
     let mut s = Store {
         c: counters,
         ids: Ids::default(),
         db,
-        wal,
+        files,
+        path: dir.path().join(FILE_NAME),
         _dir: dir,
         limits: s.limits,
     };
@@ -346,12 +382,13 @@ fn a_spool_of_the_old_layout_is_moved_on_open() {
 impl Store {
     /// The spool in `dir` as `open` leaves it, its counters and ids read back.
     fn open_in(dir: tempfile::TempDir, dedupe: Option<DedupeLimits>) -> Store {
-        let Opened { db, wal } = open(dir.path(), false).unwrap();
+        let Opened { db, files } = open(dir.path(), false).unwrap();
         Store {
             c: load_counters(&db).unwrap(),
             ids: load_ids(&db).unwrap(),
             db,
-            wal,
+            files,
+            path: dir.path().join(FILE_NAME),
             _dir: dir,
             limits: Limits {
                 max_bytes: u64::MAX,
@@ -363,7 +400,7 @@ impl Store {
     /// Closes the file and opens it again, the ids read back from it.
     fn reopened(self) -> Store {
         let (dir, dedupe) = (self._dir, self.limits.dedupe);
-        drop((self.db, self.wal));
+        drop((self.db, self.files));
         Store::open_in(dir, dedupe)
     }
 }
@@ -476,13 +513,13 @@ impl Store {
     /// Rewrites the stored record of the batch starting at `first` through `damage` (see
     /// [`super::damage_record`]).
     fn damage_record(&mut self, first: u64, damage: impl FnOnce(&mut Vec<u8>)) {
-        super::damage_record(&self.db, first, damage);
+        super::damage_record(&self.db, self._dir.path(), first, damage);
     }
 
     fn quarantine(&mut self, seqs: &[u64]) {
         commit_batch(
             &self.db,
-            (&mut self.c, &mut self.ids, &mut self.wal),
+            (&mut self.c, &mut self.ids, &mut self.files),
             (&self.limits, false),
             1,
             &[],
@@ -496,7 +533,7 @@ impl Store {
 
     /// (seq, whether it reads back) of every spooled entry.
     fn readable(&self) -> Vec<(u64, bool)> {
-        read_after(&self.db, None, 100)
+        read_after(self.readable_file(), None, 100)
             .unwrap()
             .into_iter()
             .map(|e| match e {
@@ -512,12 +549,7 @@ fn a_damaged_entry_is_quarantined_with_its_bytes_and_its_neighbours_still_read()
     let mut s = Store::new(None);
     s.commit(&["a", "b", "c"], 1, &[]);
     // One byte of b's body flipped: a and c still read, b is reported, never skipped.
-    let b_at = {
-        let t = s.db.begin_read().unwrap();
-        let batches = t.open_table(BATCHES).unwrap();
-        let record = batches.get(0).unwrap().unwrap().value().to_vec();
-        memchr::memmem::find(&record, b"{\"id\":\"b\"}").unwrap()
-    };
+    let b_at = memchr::memmem::find(&s.record(0), b"{\"id\":\"b\"}").unwrap();
     s.damage_record(0, |r| r[b_at + 2] ^= 0x20);
     assert_eq!(s.readable(), [(0, true), (1, false), (2, true)]);
     // Asking to quarantine an intact entry (or an unknown one) moves nothing.
@@ -547,18 +579,7 @@ fn a_record_whose_header_is_damaged_has_every_entry_reported_and_quarantined() {
     s.commit(&["a"], 1, &[]);
     s.commit(&["b", "c"], 1, &[]);
     s.commit(&["d"], 1, &[]);
-    let whole = {
-        let t = s.db.begin_read().unwrap();
-        let len = t
-            .open_table(BATCHES)
-            .unwrap()
-            .get(1)
-            .unwrap()
-            .unwrap()
-            .value()
-            .len();
-        len as u64
-    };
+    let whole = s.record(1).len() as u64;
     s.damage_record(1, |r| r[13] ^= 1);
     assert_eq!(
         s.readable(),
@@ -600,6 +621,12 @@ fn crash_image(s: &Store) -> tempfile::TempDir {
     let copy = tempfile::tempdir().unwrap();
     for name in [FILE_NAME, wal::FILE_NAMES[0], wal::FILE_NAMES[1]] {
         std::fs::copy(s._dir.path().join(name), copy.path().join(name)).unwrap();
+    }
+    // The segments as the page cache has them (a process that crashed, not a power cut).
+    let segments = segment::dir_of(&copy.path().join(FILE_NAME));
+    std::fs::create_dir(&segments).unwrap();
+    for (_, path) in segment::files_in(&segment::dir_of(&s.path)).unwrap() {
+        std::fs::copy(&path, segments.join(path.file_name().unwrap())).unwrap();
     }
     copy
 }
@@ -663,7 +690,7 @@ fn commits_only_the_log_holds_are_applied_again_on_open() {
     assert_eq!(seqs, [0, 1, 2, 3]);
 
     // A checkpoint holds everything: the log's frames are not applied twice.
-    checkpoint(&s.db, &mut s.wal).unwrap();
+    checkpoint(&s.db, &mut s.files).unwrap();
     let after = Store::open_in(crash_image(&s), dedupe);
     assert_eq!(after.c.next_seq, 4);
     assert_eq!(
@@ -808,7 +835,7 @@ fn a_file_that_fell_back_one_checkpoint_is_made_whole_from_the_log() {
     s.commit(&["a", "b"], 1_000, &[]);
     let earlier = crash_image(&s);
     s.commit(&["c"], 1_000, &[]);
-    checkpoint(&s.db, &mut s.wal).unwrap();
+    checkpoint(&s.db, &mut s.files).unwrap();
     s.commit(&["d"], 1_000, &[]);
     let now = crash_image(&s);
     std::fs::copy(earlier.path().join(FILE_NAME), now.path().join(FILE_NAME)).unwrap();
@@ -822,4 +849,130 @@ fn a_file_that_fell_back_one_checkpoint_is_made_whole_from_the_log() {
     );
     let again = fell_back.reopened();
     assert_eq!(again.ids_after(None).len(), 5, "and durable");
+}
+
+/// A power cut loses what the page cache held of the segments (they are fsynced at
+/// checkpoints only): the segment is cut back to where the file's last durable commit says it
+/// ends, or is missing altogether, and the log's frames write the acknowledged records again.
+#[test]
+fn a_power_cut_that_loses_the_segments_unsynced_bytes_loses_no_event() {
+    let dedupe = an_hour_of_ids();
+    let mut s = Store::new(dedupe);
+    s.commit(&["a", "b"], 1_000, &[]);
+    checkpoint(&s.db, &mut s.files).unwrap();
+    s.commit(&["c"], 1_000, &[]);
+    s.commit(&["d", "e"], 1_000, &[]);
+    for lost in ["the tail", "the whole segment"] {
+        let image = crash_image(&s);
+        let segments = segment::files_in(&segment::dir_of(&image.path().join(FILE_NAME))).unwrap();
+        let (_, path) = segments.last().unwrap();
+        match lost {
+            // Garbage where the unsynced records were: what a disk may hold after a cut.
+            "the tail" => {
+                let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+                let len = f.metadata().unwrap().len();
+                std::os::unix::fs::FileExt::write_all_at(&f, &[0xA5; 64], len - 64).unwrap();
+            }
+            _ => std::fs::remove_file(path).unwrap(),
+        }
+        let reopened = Store::open_in(image, dedupe);
+        match lost {
+            "the tail" => {
+                let ids: Vec<String> = reopened.ids_after(None).into_iter().map(|e| e.1).collect();
+                assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+            }
+            // The checkpointed record too: a power cut does not lose fsynced bytes, but a
+            // missing segment reads as damage (reported, never skipped), not as no events.
+            _ => assert_eq!(
+                reopened.readable(),
+                [(0, false), (1, false), (2, true), (3, true), (4, true)]
+            ),
+        }
+    }
+}
+
+/// Published records leave the segments: a segment goes once no batch points into it as of
+/// two durable commits, and an emptied spool gives back the room of its current segment.
+#[test]
+fn published_segments_are_deleted_after_the_next_checkpoints() {
+    let mut s = Store::new(None);
+    let big = "x".repeat(600 * 1024);
+    s.commit(&[&big, "b"], 1, &[]);
+    s.commit(&[&format!("{big}2")], 1, &[]);
+    checkpoint(&s.db, &mut s.files).unwrap();
+    let files = |s: &Store| segment::files_in(&segment::dir_of(&s.path)).unwrap().len();
+    assert_eq!(files(&s), 1);
+    s.commit(&[], 1, &[0, 1, 2]);
+    checkpoint(&s.db, &mut s.files).unwrap();
+    assert_eq!(
+        files(&s),
+        2,
+        "a new segment begun; the old one kept one checkpoint more"
+    );
+    checkpoint(&s.db, &mut s.files).unwrap();
+    assert_eq!(files(&s), 1);
+    assert_eq!(s.commit(&["c"], 1, &[]), stored(3..4));
+    let again = s.reopened();
+    assert_eq!(again.ids_after(None), [(3, "c".into())]);
+}
+
+/// A file of format 4 keeps its records in redb: read and published from there, while new
+/// records go to segments; the upgrade moves nothing.
+#[test]
+fn a_format_4_batch_is_read_and_deleted_where_it_is() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let Opened { db, .. } = open(dir.path(), false).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = Tables::open(&txn).unwrap();
+            let mut events = RecordBuilder::events(0);
+            events.push(&message("old").encode());
+            t.insert_batch(0, events).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            for (k, v) in [(NEXT_SEQ, 1), (DEPTH, 1), (FORMAT_KEY, 4)] {
+                meta.insert(k, v).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let mut s = Store::open_in(dir, None);
+    assert_eq!(format(&s.db).unwrap(), Some(FORMAT));
+    assert_eq!(s.commit(&["new"], 1, &[]), stored(1..2));
+    assert_eq!(s.ids_after(None), [(0, "old".into()), (1, "new".into())]);
+    s.commit(&[], 1, &[0]);
+    let t = s.db.begin_read().unwrap();
+    assert_eq!(t.open_table(BATCHES).unwrap().iter().unwrap().count(), 0);
+    assert_eq!(t.open_table(BATCH_AT).unwrap().iter().unwrap().count(), 1);
+    drop(t);
+    assert_eq!(s.ids_after(None), [(1, "new".into())]);
+}
+
+/// A commit that fails leaves nothing of its record in the segment, for a salvage to find.
+#[test]
+fn a_failed_commit_is_cut_from_its_segment() {
+    let mut s = Store::new(None);
+    s.commit(&["a"], 1, &[]);
+    let before = s.files.segments.position();
+    segment::tests::FAIL_APPEND.with(|f| f.set(true));
+    let encoded = message("b").encode();
+    let append = Append {
+        encoded: &encoded,
+        dedupe_key: None,
+        received_at_ms: 1,
+    };
+    let failed = commit_batch(
+        &s.db,
+        (&mut s.c, &mut s.ids, &mut s.files),
+        (&s.limits, false),
+        1,
+        &[append],
+        &Marks::default(),
+    );
+    segment::tests::FAIL_APPEND.with(|f| f.set(false));
+    assert!(failed.is_err());
+    s.files.retract();
+    assert_eq!(s.files.segments.position(), before);
+    assert_eq!(s.commit(&["c"], 1, &[]), stored(1..2));
+    assert_eq!(s.ids_after(None), [(0, "a".into()), (1, "c".into())]);
 }
