@@ -116,12 +116,11 @@ pub(super) fn open_or_replace(
                 "the spool file is empty".into(),
             ))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir.join(MARKER).exists() => {
-            damaged = Some(Damaged {
-                kind: DamageKind::Missing,
-                moved_to: None,
-                detail: format!("{} is gone, though a spool lived here", path.display()),
-            })
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                && (dir.join(MARKER).exists() || has_segments(dir)) =>
+        {
+            damaged = Some(missing(dir, &path))
         }
         _ => {}
     }
@@ -134,7 +133,9 @@ pub(super) fn open_or_replace(
             CheckedOpen::Failed(e) => return Err(e),
         }
     }
-    if let Some(d) = damaged.as_ref().filter(|d| d.kind != DamageKind::Missing) {
+    // A fresh file must not start on segments it does not know (it would cut them back).
+    let stays = |d: &&Damaged| d.kind != DamageKind::Missing || has_segments(dir);
+    if let Some(d) = damaged.as_ref().filter(stays) {
         if d.moved_to.is_none() {
             return Err(OpenError::Damaged {
                 path,
@@ -149,6 +150,36 @@ pub(super) fn open_or_replace(
         report(d, &path);
     }
     Ok((opened, counters, damaged))
+}
+
+/// The spool file is gone: its events are in its segments, if they are still there. Those are
+/// moved aside with an empty file in its place, which the salvage then scans with them (as it
+/// does an emptied file's), so a fresh file neither takes them for its own nor cuts them back.
+fn missing(dir: &Path, path: &Path) -> Damaged {
+    let detail = format!("{} is gone, though a spool lived here", path.display());
+    if !has_segments(dir) {
+        return Damaged {
+            kind: DamageKind::Missing,
+            moved_to: None,
+            detail,
+        };
+    }
+    let detail = format!("{detail}; its segments are kept for the salvage");
+    match std::fs::File::create(path) {
+        Ok(_) => move_aside(dir, DamageKind::Missing, detail),
+        Err(e) => Damaged {
+            kind: DamageKind::Missing,
+            moved_to: None,
+            detail: format!("{detail}, but no file can be put in its place: {e}"),
+        },
+    }
+}
+
+/// Whether segments of the spool file in `dir` hold anything (see `store::segment`).
+fn has_segments(dir: &Path) -> bool {
+    let segments = store::segment::dir_of(&dir.join(FILE_NAME));
+    let written = |p: &PathBuf| std::fs::metadata(p).is_ok_and(|m| m.len() > 0);
+    store::segment::files_in(&segments).is_ok_and(|files| files.iter().any(|(_, p)| written(p)))
 }
 
 /// What opening the spool file came to.

@@ -548,11 +548,25 @@ mod tests {
             .unwrap()
             .set_len(0)
             .unwrap();
-        reopen_damaged(dir.path(), DamageKind::Empty).await;
+        let emptied = reopen_damaged(dir.path(), DamageKind::Empty).await;
+        let (found, _) = scan_all(&emptied);
+        assert_eq!(found.len(), EVENTS, "its segments hold every event");
+        // Gone, with its segments still there (holding the one event taken after the move):
+        // they are moved aside with an empty file in its place, for the salvage.
         std::fs::remove_file(file(dir.path())).unwrap();
         let spool = Spool::open(&settings(dir.path()), &DedupeSettings::default()).unwrap();
         let damage = spool.damage().borrow().clone();
         assert_eq!(damage.len(), 1);
+        assert_eq!(damage[0].kind, DamageKind::Missing);
+        let moved = damage[0].moved_to.clone().expect("its segments kept");
+        let (found, _) = scan_all(&moved);
+        assert_eq!(ids(&found), HashSet::from(["ev-9999".to_string()]));
+        spool.close().await;
+        // Gone with nothing beside it: reported.
+        std::fs::remove_file(file(dir.path())).unwrap();
+        std::fs::remove_dir_all(store::segment::dir_of(&file(dir.path()))).unwrap();
+        let spool = Spool::open(&settings(dir.path()), &DedupeSettings::default()).unwrap();
+        let damage = spool.damage().borrow().clone();
         assert_eq!(
             (damage[0].kind, damage[0].moved_to.is_none()),
             (DamageKind::Missing, true)

@@ -520,6 +520,9 @@ impl Writer {
                 tracing::warn!(error = %crate::problem::with_causes(&e), "spool not checkpointed at its close; the next start applies its write-ahead log");
             }
         }
+        // The segments first: redb's close makes its pending commits durable, and those point
+        // into them (see `store::Segments`'s `Drop`).
+        drop(self.files.take());
         drop(self.db);
         let _ = reply.send(());
     }

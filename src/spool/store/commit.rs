@@ -312,7 +312,7 @@ impl<'txn> Tables<'txn> {
             .collect();
         c.depth = c.depth.saturating_sub(fresh.len() as u64);
         if (gone.len() + fresh.len()) as u64 >= batch.end - batch.start {
-            // Its segment goes once no batch points into it (see `Segments::checkpointed`).
+            // Its segment goes once older than the oldest batch's (see `Segments::checkpointed`).
             if self.at.remove(batch.start)?.is_none() {
                 self.batches.remove(batch.start)?;
             }

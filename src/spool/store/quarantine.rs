@@ -41,7 +41,8 @@ fn damage_of(
     first: u64,
     seq: u64,
 ) -> Option<(String, Vec<u8>)> {
-    let Some(header) = record::Header::read_stored(record, in_segment) else {
+    let header = record::Header::read_stored(record, in_segment);
+    let Some(header) = header.filter(|h| !in_segment || h.first == first) else {
         let kept = if seq == first {
             record.to_vec()
         } else {

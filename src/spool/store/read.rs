@@ -186,7 +186,11 @@ fn read_where(
         let (k, v) = item?;
         let (first, (listed, len)) = (k.value(), v.value());
         let (record, in_segment) = records.get(first, len)?;
-        let header = record::Header::read_stored(&record, in_segment);
+        // A record that says it starts elsewhere is not this batch's (a read still on a file
+        // that was replaced, whose segments' names the fresh one took): damage, never another
+        // batch's events under these numbers.
+        let header = record::Header::read_stored(&record, in_segment)
+            .filter(|h| !in_segment || h.first == first);
         let decode = decoder(header.is_some_and(|h| h.versioned));
         // A header that fails its checksum says nothing of its parts: the index still says
         // how many entries the record holds, and each is reported damaged, never skipped.

@@ -26,8 +26,11 @@
 //!
 //! A segment is appended to up to [`SEGMENT_BYTES`], then the next one begins (or earlier,
 //! when nothing in it is still spooled, see [`Segments::checkpointed`]). A segment is deleted
-//! once no batch points into it, as of the durable commit before the newest: redb falls back to
-//! that one when its newest is damaged, and the batches it lists must still be readable.
+//! once it is older than the oldest batch's segment, as of the durable commit before the newest
+//! too: redb falls back to that one when its newest is damaged, and the batches it lists must
+//! still be readable. Known limit: a batch that stays (a parked event) keeps its segment and
+//! every later one, published records included, until it goes; moving such records forward
+//! would need the live bytes of each segment tracked, and was not built.
 //!
 //! Hand-written: an append at a known offset, a `pread`, a rename and an unlink are the whole
 //! of it; a log crate would bring its own framing and recovery, where the store's records and
@@ -157,8 +160,10 @@ impl Segments {
         let file = open_segment(&dir, current)?;
         if file.metadata()?.len() > end {
             file.set_len(end)?;
-            file.sync_all()?;
         }
+        // Always: a re-open in the same process finds what the last one appended in the page
+        // cache, and redb may have made those commits durable as it closed (see `Drop`).
+        file.sync_all()?;
         sync_dir(&dir)?;
         Ok(Segments {
             dir,
@@ -224,7 +229,7 @@ impl Segments {
     }
 
     /// After a durable commit in which the oldest batch points into segment `live` (`None`:
-    /// no batch is in a segment): deletes the segments no batch pointed into as of this
+    /// no batch is in a segment): deletes the segments older than the oldest batch's as of this
     /// durable commit and the one before (see the module's doc), and begins a new segment when
     /// nothing is spooled in the current one and it is large enough to be worth giving back
     /// (the commit was taken into use, see [`Segments::advance`]).
@@ -269,6 +274,18 @@ impl Segments {
     /// Reads a record this spool file's segments hold (for the writer's quarantine).
     pub(super) fn read(&self, at: At, len: u64) -> io::Result<Vec<u8>> {
         read(&self.dir, at, len)
+    }
+}
+
+/// redb makes its pending non-durable commits durable when its database is closed (dropped),
+/// even after a failed commit: those point into what was appended here since the last
+/// checkpoint, so it must be durable before. The writer lets go of its segments before its
+/// database (`Writer::let_go`, `Writer::close`); this sync is that.
+impl Drop for Segments {
+    fn drop(&mut self) {
+        if let Err(e) = self.sync() {
+            tracing::error!(error = %e, "the spool's segment could not be made durable as the spool closed: a power cut before the kernel writes it back may damage the newest events");
+        }
     }
 }
 

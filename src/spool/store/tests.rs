@@ -891,7 +891,7 @@ fn a_power_cut_that_loses_the_segments_unsynced_bytes_loses_no_event() {
     }
 }
 
-/// Published records leave the segments: a segment goes once no batch points into it as of
+/// Published records leave the segments: a segment goes once older than the oldest batch's as of
 /// two durable commits, and an emptied spool gives back the room of its current segment.
 #[test]
 fn published_segments_are_deleted_after_the_next_checkpoints() {
