@@ -74,9 +74,12 @@ pub(in crate::spool) fn commit_batch(
             || files
                 .wal
                 .checkpoint_due(written.events.len(), written.keys.len());
+        // Not on a disk short of space: the copies would take room before the old segments
+        // give theirs back.
+        let moved_forward = checkpoint && !durable && t.move_forward(&mut files.segments)?;
         let mut meta = txn.open_table(META)?;
         write_counters(&mut meta, &c)?;
-        if !written.events.is_empty() {
+        if !written.events.is_empty() || moved_forward {
             write_position(&mut meta, &files.segments)?;
         }
         if c.quarantined != counters.quarantined {
@@ -192,6 +195,7 @@ impl NewBatch {
 pub(super) struct Tables<'txn> {
     pub(super) batches: redb::Table<'txn, u64, &'static [u8]>,
     pub(super) at: redb::Table<'txn, u64, (u64, u64)>,
+    pub(super) live: redb::Table<'txn, u64, (u64, u64)>,
     pub(super) index: redb::Table<'txn, u64, (u64, u64)>,
     pub(super) gone: redb::Table<'txn, u64, ()>,
     pub(super) dedupe_batches: redb::Table<'txn, (u64, u64), &'static [u8]>,
@@ -204,6 +208,7 @@ impl<'txn> Tables<'txn> {
             parked: txn.open_table(PARKED)?,
             batches: txn.open_table(BATCHES)?,
             at: txn.open_table(BATCH_AT)?,
+            live: txn.open_table(SEGMENT_LIVE)?,
             index: txn.open_table(BATCH_INDEX)?,
             gone: txn.open_table(GONE)?,
             dedupe_batches: txn.open_table(DEDUPE_BATCHES)?,
@@ -237,8 +242,30 @@ impl<'txn> Tables<'txn> {
         let len = record.len() as u64;
         let at = segments.append(record)?;
         self.at.insert(first, (at.segment, at.offset))?;
+        self.live_added(at.segment, len)?;
         self.index.insert(first, (u64::from(count), len))?;
         Ok(len)
+    }
+
+    /// Counts a record of `len` bytes into `segment` (see `SEGMENT_LIVE`).
+    pub(super) fn live_added(&mut self, segment: u64, len: u64) -> Result<(), redb::Error> {
+        let (batches, bytes) = self.live.get(segment)?.map_or((0, 0), |v| v.value());
+        self.live.insert(segment, (batches + 1, bytes + len))?;
+        Ok(())
+    }
+
+    /// Counts a record of `len` bytes out of `segment`; a segment with none left is no longer
+    /// listed.
+    pub(super) fn live_removed(&mut self, segment: u64, len: u64) -> Result<(), redb::Error> {
+        let (batches, bytes) = self.live.get(segment)?.map_or((0, 0), |v| v.value());
+        match batches {
+            0 | 1 => self.live.remove(segment)?.map(drop),
+            _ => self
+                .live
+                .insert(segment, (batches - 1, bytes.saturating_sub(len)))?
+                .map(drop),
+        };
+        Ok(())
     }
 
     /// The stored record of the batch starting at `first`, `len` bytes long, and whether it
@@ -313,8 +340,12 @@ impl<'txn> Tables<'txn> {
         c.depth = c.depth.saturating_sub(fresh.len() as u64);
         if (gone.len() + fresh.len()) as u64 >= batch.end - batch.start {
             // Its segment goes once older than the oldest batch's (see `Segments::checkpointed`).
-            if self.at.remove(batch.start)?.is_none() {
-                self.batches.remove(batch.start)?;
+            let segment = self.at.remove(batch.start)?.map(|at| at.value().0);
+            match segment {
+                Some(segment) => self.live_removed(segment, len)?,
+                None => {
+                    self.batches.remove(batch.start)?;
+                }
             }
             self.index.remove(batch.start)?;
             for s in gone {

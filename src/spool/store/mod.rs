@@ -8,6 +8,8 @@
 //!   what deletes look up.
 //! - `batch_at`: first sequence number → (segment, offset) of its record of encoded
 //!   [`Message`]s, kept in a [segment file](segment) beside the file.
+//! - `segment_live`: segment → (batches, bytes) still in it: the oldest batch's segment, and
+//!   the old segments little is left in ([`compact`]).
 //! - `batches`: first sequence number → record, for the batches files of format 4 and before
 //!   kept in the B-tree itself (read and deleted as they were; no new ones).
 //! - `gone`: published entries of batches that still hold unpublished ones. A batch is removed
@@ -76,6 +78,9 @@ pub enum OpenError {
 
 /// First sequence number of a batch → where its record is among the segments.
 const BATCH_AT: TableDefinition<u64, (u64, u64)> = TableDefinition::new("batch_at");
+/// Segment → (batches, bytes of their records) still in it: the oldest batch's segment (what
+/// may be deleted below it), and the old segments little is left in (see [`compact`]).
+const SEGMENT_LIVE: TableDefinition<u64, (u64, u64)> = TableDefinition::new("segment_live");
 /// First sequence number of a batch → its record of encoded messages (format 4 and before).
 const BATCHES: TableDefinition<u64, &[u8]> = TableDefinition::new("batches");
 /// First sequence number of a batch → (entries, bytes of its record): what deletes look up,
@@ -360,11 +365,11 @@ fn write_position(
     Ok(())
 }
 
-/// The segment of the oldest batch kept in one (`None`: none is), as of `txn`: what a durable
-/// commit of it still needs (see [`Segments::checkpointed`]).
+/// The oldest segment a batch is in (`None`: none is), as of `txn`: what a durable commit of
+/// it still needs (see [`Segments::checkpointed`]).
 fn oldest_segment(txn: &redb::WriteTransaction) -> Result<Option<u64>, redb::Error> {
-    let at = txn.open_table(BATCH_AT)?;
-    let first = at.first()?.map(|(_, v)| v.value().0);
+    let live = txn.open_table(SEGMENT_LIVE)?;
+    let first = live.first()?.map(|(k, _)| k.value());
     Ok(first)
 }
 
@@ -448,7 +453,13 @@ pub(super) fn pending_in_log(
 pub(super) fn checkpoint(db: &Database, files: &mut Files) -> Result<(), redb::Error> {
     let next = files.wal.next_generation();
     let txn = db.begin_write()?;
-    txn.open_table(META)?.insert(WAL_GENERATION, next)?;
+    let moved = Tables::open(&txn)?.move_forward(&mut files.segments)?;
+    let mut meta = txn.open_table(META)?;
+    if moved {
+        write_position(&mut meta, &files.segments)?;
+    }
+    meta.insert(WAL_GENERATION, next)?;
+    drop(meta);
     let live = oldest_segment(&txn)?;
     files.segments.sync()?;
     txn.commit()?;
@@ -470,6 +481,7 @@ fn create_tables(db: &Database) -> Result<Option<u64>, redb::Error> {
     {
         txn.open_table(BATCHES)?;
         txn.open_table(BATCH_AT)?;
+        txn.open_table(SEGMENT_LIVE)?;
         txn.open_table(BATCH_INDEX)?;
         txn.open_table(GONE)?;
         txn.open_table(DEDUPE_BATCHES)?;
@@ -617,6 +629,7 @@ pub(super) fn continue_from(
 }
 
 mod commit;
+mod compact;
 mod quarantine;
 mod read;
 pub(super) mod segment;

@@ -28,9 +28,8 @@
 //! when nothing in it is still spooled, see [`Segments::checkpointed`]). A segment is deleted
 //! once it is older than the oldest batch's segment, as of the durable commit before the newest
 //! too: redb falls back to that one when its newest is damaged, and the batches it lists must
-//! still be readable. Known limit: a batch that stays (a parked event) keeps its segment and
-//! every later one, published records included, until it goes; moving such records forward
-//! would need the live bytes of each segment tracked, and was not built.
+//! still be readable. A batch that stays (a parked event) would keep its segment and every later
+//! one: its record is moved forward instead (see [`super::compact`]).
 //!
 //! Hand-written: an append at a known offset, a `pread`, a rename and an unlink are the whole
 //! of it; a log crate would bring its own framing and recovery, where the store's records and
@@ -44,7 +43,11 @@ use std::path::{Path, PathBuf};
 /// Bytes after which a segment is not appended to any more: small enough that a drained spool
 /// gives its disk space back soon, large enough that a segment is created rarely (each one
 /// costs an fsync of the directory).
+#[cfg(not(test))]
 pub(super) const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Small in unit tests, so that a few records roll a segment.
+#[cfg(test)]
+pub(super) const SEGMENT_BYTES: u64 = 1024 * 1024;
 
 /// Bytes of a segment past which it is left for a new one at a checkpoint that finds nothing
 /// spooled in it: so a spool that empties gives back the room its segment took (on a full

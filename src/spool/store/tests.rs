@@ -896,7 +896,8 @@ fn a_power_cut_that_loses_the_segments_unsynced_bytes_loses_no_event() {
 #[test]
 fn published_segments_are_deleted_after_the_next_checkpoints() {
     let mut s = Store::new(None);
-    let big = "x".repeat(600 * 1024);
+    // Each message holds its id twice (event id and body): records of about 600 KiB.
+    let big = "x".repeat(300 * 1024);
     s.commit(&[&big, "b"], 1, &[]);
     s.commit(&[&format!("{big}2")], 1, &[]);
     checkpoint(&s.db, &mut s.files).unwrap();
@@ -975,4 +976,31 @@ fn a_failed_commit_is_cut_from_its_segment() {
     assert_eq!(s.files.segments.position(), before);
     assert_eq!(s.commit(&["c"], 1, &[]), stored(1..2));
     assert_eq!(s.ids_after(None), [(0, "a".into()), (1, "c".into())]);
+}
+
+/// A batch that stays (a parked event) while everything after it is published does not keep
+/// every later segment: its record is moved forward at a checkpoint, and the old segments go.
+#[test]
+fn a_batch_that_stays_does_not_keep_the_segments_after_it() {
+    let mut s = Store::new(None);
+    s.commit(&["stays"], 1, &[]);
+    let big = "x".repeat(300 * 1024);
+    let mut seq = 1;
+    for round in 0..12 {
+        let ids: Vec<String> = (0..2).map(|i| format!("{big}{round}-{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        s.commit(&ids, 1, &[]);
+        s.commit(&[], 1, &[seq, seq + 1]);
+        seq += 2;
+        checkpoint(&s.db, &mut s.files).unwrap();
+    }
+    let files = segment::files_in(&segment::dir_of(&s.path)).unwrap();
+    let (current, _) = s.files.segments.position();
+    assert!(current >= 6, "segments rolled: {current}");
+    // The current one, the one before (never moved from), and those a checkpoint or two from
+    // deletion: not one per round.
+    assert!(files.len() <= 4, "old segments deleted: {files:?}");
+    assert_eq!(s.ids_after(None), [(0, "stays".into())]);
+    let again = s.reopened();
+    assert_eq!(again.ids_after(None), [(0, "stays".into())], "and durable");
 }
