@@ -55,15 +55,18 @@ impl Header {
     /// Bytes of a format-2 header.
     pub(super) const V2_LEN: usize = 20;
 
-    /// Reads the header at the start of `record`; `None` when it is too short, or a format-2
-    /// header whose checksum does not match.
-    /// The header of a record as stored: in a segment (`in_segment`), where every record was
-    /// written with a checksummed header, one without (which [`Header::read`] takes for the
-    /// first format's, its count in its first bytes) is damage, never a record of no events.
-    pub(super) fn read_stored(record: &[u8], in_segment: bool) -> Option<Header> {
-        Header::read(record).filter(|h| h.checked || !in_segment)
+    /// The header of the record stored for the batch starting at `first`. In a segment
+    /// (`in_segment`), where every record was written with a checksummed header, one without
+    /// (which [`Header::read`] takes for the first format's, its count in its first bytes) is
+    /// damage, never a record of no events; and so is one that says it starts elsewhere (a
+    /// read still on a file that was replaced, whose segments' names the fresh one took),
+    /// never another batch's events under these numbers.
+    pub(super) fn read_stored(record: &[u8], first: u64, in_segment: bool) -> Option<Header> {
+        Header::read(record).filter(|h| !in_segment || (h.checked && h.first == first))
     }
 
+    /// Reads the header at the start of `record`; `None` when it is too short, or a format-2
+    /// header whose checksum does not match.
     pub(super) fn read(record: &[u8]) -> Option<Header> {
         let head = record.get(..4)?;
         if head != MAGIC && head != MAGIC_KEYS && head != MAGIC_V3 {

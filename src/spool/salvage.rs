@@ -161,17 +161,6 @@ fn read_index(file: &Path) -> Option<Live> {
     read.ok().flatten()
 }
 
-fn read_at_most(f: &std::fs::File, buf: &mut [u8], at: u64) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match f.read_at(&mut buf[filled..], at + filled as u64)? {
-            0 => break,
-            n => filled += n,
-        }
-    }
-    Ok(filled)
-}
-
 struct Scan<'a> {
     file: &'a std::fs::File,
     len: u64,
@@ -195,7 +184,7 @@ impl Scan<'_> {
         let mut buf = vec![0u8; SCAN_CHUNK + MAGIC_PREFIX.len()];
         let mut at = 0u64;
         while at < self.len {
-            let n = read_at_most(self.file, &mut buf, at)?;
+            let n = store::segment::read_at_most(self.file, &mut buf, at)?;
             if n < MAGIC_PREFIX.len() {
                 break;
             }

@@ -89,24 +89,17 @@ pub(in crate::spool) fn commit_batch(
     };
     let (logged, checkpoint) =
         log_or_checkpoint(&mut txn, &mut files.wal, &written, (checkpoint, durable))?;
-    // A durable commit points only at bytes that are durable too.
-    let live = match checkpoint {
-        true => {
-            files.segments.sync()?;
-            Some(oldest_segment(&txn)?)
-        }
-        false => None,
-    };
     // On failure the frame written stays in the log, not taken into use, and the record in
     // the segment: the writer retracts both after any failed commit (an error here or a panic
     // in redb alike), see `Files::retract`.
-    txn.commit()?;
+    if checkpoint {
+        commit_durably(txn, &mut files.segments)?;
+    } else {
+        txn.commit()?;
+        files.segments.advance();
+    }
     if let Some(end) = logged {
         files.wal.advance(end);
-    }
-    files.segments.advance();
-    if let Some(live) = live {
-        files.segments.checkpointed(live);
     }
     quarantine::log_moved(&moved);
     *counters = c;
@@ -258,13 +251,12 @@ impl<'txn> Tables<'txn> {
     /// listed.
     pub(super) fn live_removed(&mut self, segment: u64, len: u64) -> Result<(), redb::Error> {
         let (batches, bytes) = self.live.get(segment)?.map_or((0, 0), |v| v.value());
-        match batches {
-            0 | 1 => self.live.remove(segment)?.map(drop),
-            _ => self
-                .live
-                .insert(segment, (batches - 1, bytes.saturating_sub(len)))?
-                .map(drop),
-        };
+        if batches <= 1 {
+            self.live.remove(segment)?;
+        } else {
+            self.live
+                .insert(segment, (batches - 1, bytes.saturating_sub(len)))?;
+        }
         Ok(())
     }
 
@@ -275,15 +267,8 @@ impl<'txn> Tables<'txn> {
         (first, len): (u64, u64),
         segments: &Segments,
     ) -> Result<Option<(Vec<u8>, bool)>, redb::Error> {
-        if let Some(at) = self.at.get(first)? {
-            let (segment, offset) = at.value();
-            let at = segment::At { segment, offset };
-            return Ok(Some((segments.read(at, len)?, true)));
-        }
-        Ok(self
-            .batches
-            .get(first)?
-            .map(|r| (r.value().to_vec(), false)))
+        let tables = (Some(&self.at), &self.batches);
+        read::stored_record(tables, segments.dir(), (first, len))
     }
 
     /// Records parked entries, and forgets those no longer parked or deleted (looked up only

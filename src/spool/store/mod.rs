@@ -277,8 +277,6 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Files, redb::Error> {
         }
         meta.insert(WAL_GENERATION, next)?;
     }
-    let live = oldest_segment(&txn)?;
-    segments.sync()?;
     // Kept aside before the checkpoint lets the log be overwritten; when that fails, nothing
     // is committed and the open fails (and is retried): the commits past the damage are
     // nowhere else.
@@ -287,9 +285,7 @@ fn recover_log(db: &Database, dir: &Path) -> Result<Files, redb::Error> {
             keep_damaged_log(&dir.join(wal::file_of(*g)), log.past_damage)?;
         }
     }
-    txn.commit()?;
-    segments.advance();
-    segments.checkpointed(live);
+    commit_durably(txn, &mut segments)?;
     if c.next_seq != before {
         tracing::info!(
             events = c.next_seq - before,
@@ -365,12 +361,30 @@ fn write_position(
     Ok(())
 }
 
-/// The oldest segment a batch is in (`None`: none is), as of `txn`: what a durable commit of
-/// it still needs (see [`Segments::checkpointed`]).
-fn oldest_segment(txn: &redb::WriteTransaction) -> Result<Option<u64>, redb::Error> {
-    let live = txn.open_table(SEGMENT_LIVE)?;
-    let first = live.first()?.map(|(k, _)| k.value());
-    Ok(first)
+/// Commits `txn` durably (a checkpoint), after the segments' fsync: a durable commit points
+/// only at bytes that are durable too. Then lets go of the segments older than the oldest one
+/// a batch is in, as of this durable commit and the one before (see
+/// [`Segments::checkpointed`]).
+fn commit_durably(txn: redb::WriteTransaction, segments: &mut Segments) -> Result<(), redb::Error> {
+    let live = txn
+        .open_table(SEGMENT_LIVE)?
+        .first()?
+        .map(|(k, _)| k.value());
+    segments.sync()?;
+    txn.commit()?;
+    segments.advance();
+    segments.checkpointed(live);
+    Ok(())
+}
+
+/// Makes the names in `dir` durable: an `fdatasync` of a file makes its bytes durable, not
+/// its name. A filesystem that cannot fsync a directory (some network or FUSE ones) keeps
+/// names as it does: not a reason to refuse the spool.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::File::open(dir).and_then(|d| d.sync_all()) {
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => Ok(()),
+        other => other,
+    }
 }
 
 /// Copies a log damaged in its middle aside as `spool-<0|1>.wal.damaged-<unix ms>`, for the
@@ -460,11 +474,8 @@ pub(super) fn checkpoint(db: &Database, files: &mut Files) -> Result<(), redb::E
     }
     meta.insert(WAL_GENERATION, next)?;
     drop(meta);
-    let live = oldest_segment(&txn)?;
-    files.segments.sync()?;
-    txn.commit()?;
+    commit_durably(txn, &mut files.segments)?;
     files.wal.restart(next);
-    files.segments.checkpointed(live);
     Ok(())
 }
 
@@ -676,12 +687,7 @@ pub(super) fn damage_record(
         let segments = segment::dir_of(&dir.join(FILE_NAME));
         let mut record = segment::read(&segments, segment::At { segment, offset }, len).unwrap();
         damage(&mut record);
-        let path = segment::files_in(&segments)
-            .unwrap()
-            .into_iter()
-            .find(|(id, _)| *id == segment)
-            .unwrap()
-            .1;
+        let path = segment::path_of(&segments, segment);
         let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         if record.len() as u64 == len {
             file.write_all_at(&record, offset).unwrap();

@@ -41,8 +41,7 @@ fn damage_of(
     first: u64,
     seq: u64,
 ) -> Option<(String, Vec<u8>)> {
-    let header = record::Header::read_stored(record, in_segment);
-    let Some(header) = header.filter(|h| !in_segment || h.first == first) else {
+    let Some(header) = record::Header::read_stored(record, first, in_segment) else {
         let kept = if seq == first {
             record.to_vec()
         } else {

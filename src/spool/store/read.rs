@@ -186,11 +186,7 @@ fn read_where(
         let (k, v) = item?;
         let (first, (listed, len)) = (k.value(), v.value());
         let (record, in_segment) = records.get(first, len)?;
-        // A record that says it starts elsewhere is not this batch's (a read still on a file
-        // that was replaced, whose segments' names the fresh one took): damage, never another
-        // batch's events under these numbers.
-        let header = record::Header::read_stored(&record, in_segment)
-            .filter(|h| !in_segment || h.first == first);
+        let header = record::Header::read_stored(&record, first, in_segment);
         let decode = decoder(header.is_some_and(|h| h.versioned));
         // A header that fails its checksum says nothing of its parts: the index still says
         // how many entries the record holds, and each is reported damaged, never skipped.
@@ -251,20 +247,33 @@ impl Records {
     /// whether it is in a segment. One missing or cut short reads as what is there: its
     /// checksums report its entries damaged.
     fn get(&self, first: u64, len: u64) -> Result<(Vec<u8>, bool), redb::Error> {
-        if let Some(at) = self
-            .at
-            .as_ref()
-            .map(|t| t.get(first))
-            .transpose()?
-            .flatten()
-        {
-            let (segment, offset) = at.value();
-            let at = segment::At { segment, offset };
-            return Ok((segment::read(&self.segments, at, len)?, true));
-        }
-        let record = self.batches.get(first)?.map(|r| r.value().to_vec());
-        Ok((record.unwrap_or_default(), false))
+        let stored = stored_record(
+            (self.at.as_ref(), &self.batches),
+            &self.segments,
+            (first, len),
+        )?;
+        Ok(stored.unwrap_or_default())
     }
+}
+
+/// The stored record of the batch starting at `first`, `len` bytes long, and whether it is in
+/// a segment (among those in `segments`): from there, or from `batches` for a batch of format
+/// 4 (`at` is `None` for a file of format 4 read without being upgraded). `None` when neither
+/// has it.
+pub(super) fn stored_record(
+    (at, batches): (
+        Option<&impl ReadableTable<u64, (u64, u64)>>,
+        &impl ReadableTable<u64, &'static [u8]>,
+    ),
+    segments: &Path,
+    (first, len): (u64, u64),
+) -> Result<Option<(Vec<u8>, bool)>, redb::Error> {
+    if let Some(at) = at.map(|t| t.get(first)).transpose()?.flatten() {
+        let (segment, offset) = at.value();
+        let at = segment::At { segment, offset };
+        return Ok(Some((segment::read(segments, at, len)?, true)));
+    }
+    Ok(batches.get(first)?.map(|r| (r.value().to_vec(), false)))
 }
 
 /// How the parts of a record decode: with their layout version (`versioned`, format 3), or as

@@ -67,7 +67,7 @@ pub(in crate::spool) const DIR_SUFFIX: &str = ".segments";
 
 const EXTENSION: &str = "seg";
 
-fn path_of(dir: &Path, id: u64) -> PathBuf {
+pub(super) fn path_of(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:016x}.{EXTENSION}"))
 }
 
@@ -114,15 +114,21 @@ pub(in crate::spool) fn read(dir: &Path, at: At, len: u64) -> io::Result<Vec<u8>
         Err(e) => return Err(e),
     };
     let mut buf = vec![0u8; len as usize];
+    let filled = read_at_most(&file, &mut buf, at.offset)?;
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Reads into `buf` from `at` until it is full or the file ends; how many bytes were read.
+pub(in crate::spool) fn read_at_most(f: &File, buf: &mut [u8], at: u64) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read_at(&mut buf[filled..], at.offset + filled as u64)? {
+        match f.read_at(&mut buf[filled..], at + filled as u64)? {
             0 => break,
             n => filled += n,
         }
     }
-    buf.truncate(filled);
-    Ok(buf)
+    Ok(filled)
 }
 
 /// The segments of one spool file, open for appending.
@@ -153,7 +159,7 @@ impl Segments {
         let dir = dir_of(file);
         if !dir.exists() {
             std::fs::create_dir_all(&dir)?;
-            sync_dir(file.parent().unwrap_or(Path::new(".")))?;
+            super::sync_dir(file.parent().unwrap_or(Path::new(".")))?;
         }
         let files = files_in(&dir)?;
         for (_, path) in files.iter().filter(|(id, _)| *id > current) {
@@ -167,7 +173,7 @@ impl Segments {
         // Always: a re-open in the same process finds what the last one appended in the page
         // cache, and redb may have made those commits durable as it closed (see `Drop`).
         file.sync_all()?;
-        sync_dir(&dir)?;
+        super::sync_dir(&dir)?;
         Ok(Segments {
             dir,
             current,
@@ -265,7 +271,7 @@ impl Segments {
     fn roll(&mut self) -> io::Result<()> {
         self.file.sync_data()?;
         let file = open_segment(&self.dir, self.current + 1)?;
-        sync_dir(&self.dir)?;
+        super::sync_dir(&self.dir)?;
         self.file = file;
         self.current += 1;
         self.end = 0;
@@ -274,9 +280,14 @@ impl Segments {
         Ok(())
     }
 
-    /// Reads a record this spool file's segments hold (for the writer's quarantine).
+    /// Reads a record this spool file's segments hold (to move it forward).
     pub(super) fn read(&self, at: At, len: u64) -> io::Result<Vec<u8>> {
         read(&self.dir, at, len)
+    }
+
+    /// The directory the segments are in.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
     }
 }
 
@@ -299,15 +310,6 @@ fn open_segment(dir: &Path, id: u64) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path_of(dir, id))
-}
-
-/// Makes the names in `dir` durable. A filesystem that cannot fsync a directory (some network
-/// or FUSE ones) keeps names as it does: not a reason to refuse the spool.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    match File::open(dir).and_then(|d| d.sync_all()) {
-        Err(e) if e.kind() == io::ErrorKind::InvalidInput => Ok(()),
-        other => other,
-    }
 }
 
 #[cfg(test)]

@@ -162,12 +162,7 @@ impl Wal {
                 .open(dir.join(name))
         };
         let files = [open(FILE_NAMES[0])?, open(FILE_NAMES[1])?];
-        match File::open(dir).and_then(|d| d.sync_all()) {
-            // A filesystem that cannot fsync a directory (some network or FUSE ones) keeps
-            // names as it does; not a reason to refuse the spool.
-            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {}
-            other => other?,
-        }
+        super::sync_dir(dir)?;
         let prepared = [files[0].metadata()?.len(), files[1].metadata()?.len()];
         Ok(Wal {
             files,
